@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUNDIR ?= $(CURDIR)/run
+
+.PHONY: venv install run test test-all test-slow bench lint deb clean system-deps
+
+$(STAMP): pyproject.toml client/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ./client[notifier] -e '.[test,dev]'
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+# Debian packages the tests use (ClamAV, dbus-daemon, systemd-analyze); only when root, else tests skip.
+system-deps:
+	@bash tests/system-deps.sh
+
+# Runs the daemon in user mode on the shipped templates, with its state under ./run.
+run: $(STAMP)
+	$(VENV)/bin/sdd --user --config examples/user.toml
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/pytest -q -m "not slow"
+
+# The slow end-to-end tests (Debian package build and install); .ci/run runs these too.
+test-slow: $(STAMP) system-deps
+	$(VENV)/bin/pytest -q -m slow
+
+bench: $(STAMP)
+	@$(PY) -m bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sdd client bench tests
+	$(VENV)/bin/mypy sdd client/sdd_client
+
+deb:
+	bash packaging/build-deb.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info client/*.egg-info debian-build

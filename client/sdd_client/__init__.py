@@ -1,0 +1,1 @@
+"""sdd-client: wire protocol, client library, sddctl and the desktop notifier."""

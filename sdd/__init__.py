@@ -1,0 +1,3 @@
+"""sdd: the Search & Destroy response daemon."""
+
+__version__ = "0.1.0"

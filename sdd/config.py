@@ -1,0 +1,411 @@
+"""Configuration: resolves every setting once, from TOML (stdlib tomllib) over built-in defaults.
+
+System mode reads `/etc/sdd/sdd.toml`; user mode (`sdd --user`) uses XDG paths and the session bus.
+Unknown keys and wrong types are errors that name the key and the file; nothing half-valid is returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+SYSTEM_CONFIG = Path("/etc/sdd/sdd.toml")
+SYSTEM_TEMPLATES = Path("/usr/share/sdd/templates")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` lists every problem, each naming the file and key."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    spool: Path
+    state: Path
+    socket: Path
+    workflows: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    socket_mode: str = "0660"
+    socket_group: str = "sdd"
+    read_groups: tuple[str, ...] = ()
+    max_connections: int = 256
+    idle_timeout: float = 300.0  # seconds a connection may stay silent (subscribers excepted)
+
+
+@dataclass(frozen=True)
+class DbusConfig:
+    bus: str = "system"  # "system" | "session" | "none" | a D-Bus address
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_concurrent_runs: int = 16
+    history_retention_days: int = 90
+    dedup_window: float = 60.0  # seconds: same (workflow, file, threat) inside it is a duplicate
+    shutdown_grace: float = 20.0  # seconds SIGTERM lets running runs finish
+    max_subworkflow_depth: int = 8
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    max_file_size: int = 1024 * 1024
+    rescan_interval: float = 30.0  # slow safety rescan of new/, seconds
+    max_queued: int = 1000  # detections waiting in the database before claiming slows down
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "localhost"
+    port: int = 25
+    sender: str = "sdd@localhost"  # TOML key: "from"
+    timeout: float = 30.0
+    starttls: bool = False
+    username: str = ""
+    password_file: str = ""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    count: int
+    per_seconds: float
+
+
+@dataclass(frozen=True)
+class ActionsConfig:
+    allowed_roots: tuple[Path, ...] = (Path("/home"), Path("/tmp"), Path("/var/tmp"), Path("/srv"), Path("/opt"))
+    scripts_dir: Path = Path("/etc/sdd/scripts")
+    scanner: tuple[str, ...] = ("clamdscan",)
+    updater: tuple[str, ...] = ("freshclam",)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    protected_processes: tuple[str, ...] = (
+        "systemd", "init", "sshd", "dbus-daemon", "dbus-broker", "journald", "systemd-journald", "login",
+    )
+    # Guards: destructive actions per window, and circuit breakers per integration.
+    rate_limits: Mapping[str, RateLimit] = field(
+        default_factory=lambda: {
+            "kill_process": RateLimit(30, 60.0),
+            "quarantine_file": RateLimit(120, 60.0),
+            "delete_file": RateLimit(60, 60.0),
+        }
+    )
+    breaker_failures: int = 5
+    breaker_reset: float = 60.0
+    webhook_secret_file: str = ""  # HMAC key for call_webhook; or env SDD_WEBHOOK_SECRET
+    user_mode: bool = False
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig
+    api: ApiConfig = field(default_factory=ApiConfig)
+    dbus: DbusConfig = field(default_factory=DbusConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    user_mode: bool = False
+    source: Path | None = None  # the file it was read from, None for built-in defaults
+
+    @property
+    def database(self) -> Path:
+        return self.paths.state / "sdd.db"
+
+    @property
+    def vault(self) -> Path:
+        return self.paths.state / "vault"
+
+    @property
+    def reports(self) -> Path:
+        return self.paths.state / "reports"
+
+
+def templates_dir() -> Path:
+    """Where the shipped workflow templates are: $SDD_TEMPLATES, the Debian path, else the source tree."""
+    env = os.environ.get("SDD_TEMPLATES")
+    if env:
+        return Path(env)
+    if SYSTEM_TEMPLATES.is_dir():
+        return SYSTEM_TEMPLATES
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def _xdg(name: str, fallback: str) -> Path:
+    value = os.environ.get(name)
+    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+
+
+def default_paths(user: bool) -> PathsConfig:
+    if not user:
+        return PathsConfig(
+            spool=Path("/var/spool/sdd"),
+            state=Path("/var/lib/sdd"),
+            socket=Path("/run/sdd/sdd.sock"),
+            workflows=(SYSTEM_TEMPLATES, Path("/etc/sdd/workflows")),
+        )
+    state = _xdg("XDG_STATE_HOME", ".local/state") / "sdd"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    socket_dir = Path(runtime) / "sdd" if runtime else Path(f"/tmp/sdd-{os.getuid()}")
+    return PathsConfig(
+        spool=state / "spool",
+        state=state,
+        socket=socket_dir / "sdd.sock",
+        workflows=(templates_dir(), _xdg("XDG_CONFIG_HOME", ".config") / "sdd" / "workflows"),
+    )
+
+
+def config_path(explicit: str | os.PathLike[str] | None, user: bool) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("SDD_CONFIG")
+    if env:
+        return Path(env)
+    if user:
+        return _xdg("XDG_CONFIG_HOME", ".config") / "sdd" / "sdd.toml"
+    return SYSTEM_CONFIG
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, user: bool = False) -> Config:
+    """Reads the config file (a missing file means defaults) and returns a validated Config."""
+    file = config_path(path, user)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if path:  # an explicitly named file must exist
+            raise ConfigError([f"{file}: no such file"]) from None
+        raw = {}
+        source = None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{file}: cannot read: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{file}: invalid TOML: {exc}"]) from None
+    else:
+        source = file
+    return parse_config(raw, file=str(file), user=user, source=source)
+
+
+def parse_config(raw: Mapping[str, Any], *, file: str = "<config>", user: bool = False,
+                 source: Path | None = None) -> Config:
+    errors: list[str] = []
+    p = _Parser(file, errors)
+    sections = p.table(raw, "", {"paths", "api", "dbus", "engine", "intake", "actions", "logging"})
+    defaults = default_paths(user)
+
+    paths_raw = p.table(sections.get("paths", {}), "paths", {"spool", "state", "socket", "workflows"})
+    paths = PathsConfig(
+        spool=p.path(paths_raw, "paths.spool", defaults.spool),
+        state=p.path(paths_raw, "paths.state", defaults.state),
+        socket=p.path(paths_raw, "paths.socket", defaults.socket),
+        workflows=tuple(p.path_list(paths_raw, "paths.workflows", defaults.workflows)),
+    )
+
+    api_raw = p.table(sections.get("api", {}), "api", _field_names(ApiConfig))
+    api = ApiConfig(
+        socket_mode=p.mode(api_raw, "api.socket_mode", ApiConfig.socket_mode),
+        socket_group=p.typed(api_raw, "api.socket_group", str, ApiConfig.socket_group),
+        read_groups=tuple(p.str_list(api_raw, "api.read_groups", [])),
+        max_connections=p.positive_int(api_raw, "api.max_connections", ApiConfig.max_connections),
+        idle_timeout=p.positive_number(api_raw, "api.idle_timeout", ApiConfig.idle_timeout),
+    )
+
+    dbus_raw = p.table(sections.get("dbus", {}), "dbus", {"bus"})
+    dbus = DbusConfig(bus=p.typed(dbus_raw, "dbus.bus", str, "session" if user else "system"))
+
+    eng_raw = p.table(sections.get("engine", {}), "engine", _field_names(EngineConfig))
+    engine = EngineConfig(
+        max_concurrent_runs=p.positive_int(eng_raw, "engine.max_concurrent_runs", EngineConfig.max_concurrent_runs),
+        history_retention_days=p.positive_int(
+            eng_raw, "engine.history_retention_days", EngineConfig.history_retention_days),
+        dedup_window=p.number(eng_raw, "engine.dedup_window", EngineConfig.dedup_window, minimum=0),
+        shutdown_grace=p.number(eng_raw, "engine.shutdown_grace", EngineConfig.shutdown_grace, minimum=0),
+        max_subworkflow_depth=p.positive_int(
+            eng_raw, "engine.max_subworkflow_depth", EngineConfig.max_subworkflow_depth),
+    )
+
+    in_raw = p.table(sections.get("intake", {}), "intake", _field_names(IntakeConfig))
+    intake = IntakeConfig(
+        max_file_size=p.positive_int(in_raw, "intake.max_file_size", IntakeConfig.max_file_size),
+        rescan_interval=p.positive_number(in_raw, "intake.rescan_interval", IntakeConfig.rescan_interval),
+        max_queued=p.positive_int(in_raw, "intake.max_queued", IntakeConfig.max_queued),
+    )
+
+    act_keys = _field_names(ActionsConfig) - {"user_mode"}
+    act_raw = p.table(sections.get("actions", {}), "actions", act_keys)
+    dflt = ActionsConfig()
+    smtp_raw = p.table(act_raw.get("smtp", {}), "actions.smtp",
+                       {"host", "port", "from", "timeout", "starttls", "username", "password_file"})
+    smtp = SmtpConfig(
+        host=p.typed(smtp_raw, "actions.smtp.host", str, SmtpConfig.host),
+        port=p.positive_int(smtp_raw, "actions.smtp.port", SmtpConfig.port),
+        sender=p.typed(smtp_raw, "actions.smtp.from", str, SmtpConfig.sender),
+        timeout=p.positive_number(smtp_raw, "actions.smtp.timeout", SmtpConfig.timeout),
+        starttls=p.typed(smtp_raw, "actions.smtp.starttls", bool, False),
+        username=p.typed(smtp_raw, "actions.smtp.username", str, ""),
+        password_file=p.typed(smtp_raw, "actions.smtp.password_file", str, ""),
+    )
+    rate_limits = dict(dflt.rate_limits)
+    rl_raw = p.table(act_raw.get("rate_limits", {}), "actions.rate_limits", None)
+    for name, value in rl_raw.items():
+        key = f"actions.rate_limits.{name}"
+        if (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)
+                and value[0] >= 0 and value[1] > 0):
+            rate_limits[name] = RateLimit(int(value[0]), float(value[1]))
+        else:
+            errors.append(f"{file}: {key}: expected [count, per_seconds], got {value!r}")
+    actions = ActionsConfig(
+        allowed_roots=tuple(p.path_list(act_raw, "actions.allowed_roots", dflt.allowed_roots)),
+        scripts_dir=p.path(act_raw, "actions.scripts_dir", dflt.scripts_dir),
+        scanner=tuple(p.argv(act_raw, "actions.scanner", dflt.scanner)),
+        updater=tuple(p.argv(act_raw, "actions.updater", dflt.updater)),
+        smtp=smtp,
+        protected_processes=tuple(p.str_list(act_raw, "actions.protected_processes", dflt.protected_processes)),
+        rate_limits=rate_limits,
+        breaker_failures=p.positive_int(act_raw, "actions.breaker_failures", dflt.breaker_failures),
+        breaker_reset=p.positive_number(act_raw, "actions.breaker_reset", dflt.breaker_reset),
+        webhook_secret_file=p.typed(act_raw, "actions.webhook_secret_file", str, ""),
+        user_mode=user,
+    )
+
+    log_raw = p.table(sections.get("logging", {}), "logging", {"level"})
+    level = p.typed(log_raw, "logging.level", str, "info")
+    if level not in ("debug", "info", "warning", "error"):
+        errors.append(f"{file}: logging.level: expected one of debug, info, warning, error, got {level!r}")
+
+    if errors:
+        raise ConfigError(errors)
+    return Config(paths=paths, api=api, dbus=dbus, engine=engine, intake=intake, actions=actions,
+                  logging=LoggingConfig(level=level), user_mode=user, source=source)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _Parser:
+    """Collects errors instead of stopping at the first, so check-config can list them all."""
+
+    def __init__(self, file: str, errors: list[str]) -> None:
+        self.file = file
+        self.errors = errors
+
+    def err(self, key: str, message: str) -> None:
+        self.errors.append(f"{self.file}: {key}: {message}")
+
+    def table(self, raw: object, key: str, allowed: set[str] | None) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            self.err(key or "<top>", f"expected a table, got {type(raw).__name__}")
+            return {}
+        if allowed is not None:
+            for name in raw:
+                if name not in allowed:
+                    where = f"{key}.{name}" if key else name
+                    hint = _suggest(name, allowed)
+                    self.err(where, "unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
+        return raw
+
+    def typed(self, raw: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+        name = key.rsplit(".", 1)[-1]
+        if name not in raw:
+            return default
+        value = raw[name]
+        if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+            self.err(key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+            return default
+        return value
+
+    def number(self, raw: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
+        name = key.rsplit(".", 1)[-1]
+        if name not in raw:
+            return default
+        value = raw[name]
+        if not _is_number(value) or value < minimum:
+            self.err(key, f"expected a number >= {minimum}, got {value!r}")
+            return default
+        return float(value)
+
+    def positive_number(self, raw: Mapping[str, Any], key: str, default: float) -> float:
+        value = self.number(raw, key, default, 0)
+        if value == 0 and key.rsplit(".", 1)[-1] in raw:
+            self.err(key, "must be greater than 0")
+        return value
+
+    def positive_int(self, raw: Mapping[str, Any], key: str, default: int) -> int:
+        value = self.typed(raw, key, int, default)
+        if value < 1:
+            self.err(key, f"must be at least 1, got {value}")
+            return default
+        return value
+
+    def path(self, raw: Mapping[str, Any], key: str, default: Path) -> Path:
+        value = self.typed(raw, key, str, None)
+        if value is None:
+            return default
+        if not os.path.isabs(value):
+            self.err(key, f"must be an absolute path, got {value!r}")
+            return default
+        return Path(os.path.normpath(value))
+
+    def str_list(self, raw: Mapping[str, Any], key: str, default: Any) -> list[str]:
+        value = self.typed(raw, key, list, None)
+        if value is None:
+            return list(default)
+        if not all(isinstance(v, str) for v in value):
+            self.err(key, f"expected a list of strings, got {value!r}")
+            return list(default)
+        return value
+
+    def path_list(self, raw: Mapping[str, Any], key: str, default: Any) -> list[Path]:
+        values = self.str_list(raw, key, [str(d) for d in default])
+        bad = [v for v in values if not os.path.isabs(v)]
+        if bad:
+            self.err(key, f"every path must be absolute, got {bad!r}")
+            return list(default)
+        return [Path(os.path.normpath(v)) for v in values]
+
+    def argv(self, raw: Mapping[str, Any], key: str, default: tuple[str, ...]) -> list[str]:
+        name = key.rsplit(".", 1)[-1]
+        if name not in raw:
+            return list(default)
+        value = raw[name]
+        if isinstance(value, str) and value.strip():
+            return [value]  # a program name, never split by a shell
+        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+            return value
+        self.err(key, f"expected a program name or a non-empty argv list, got {value!r}")
+        return list(default)
+
+    def mode(self, raw: Mapping[str, Any], key: str, default: str) -> str:
+        value = self.typed(raw, key, str, default)
+        try:
+            number = int(value, 8)
+        except ValueError:
+            number = -1
+        if not 0 <= number <= 0o777 or number & 0o007:
+            self.err(key, f"expected an octal mode with no bits for others, such as \"0660\", got {value!r}")
+            return default
+        return value
+
+
+def _suggest(name: str, allowed: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
+    return matches[0] if matches else None
