@@ -1,0 +1,531 @@
+"""Spool intake, Maildir rules: watch `new/`, claim files into `cur/`, read and parse them, reject bad ones.
+
+Where a detection enters sdd. The order of operations is what makes it lossless:
+- the watch on `new/` (watchdog, non-recursive, created/moved-to events only) is armed *before* `new/` is
+  scanned, so a file lands either before the scan (the scan sees it) or after the watch (an event);
+- an inotify queue overflow (watchdog only logs it) and a slow timer both trigger a rescan of `new/`;
+- a file is claimed by `link(new/x, cur/x)` + `unlink(new/x)` — not rename, because watchdog holds every
+  moved-out event ~0.5 s (field-notes.md) — and a name found in both directories counts as claimed;
+- it is deleted from `cur/` only after the daemon has committed the detection (`Intake.done`); anything left
+  in `cur/` at start-up is delivered again, marked `leftover` so the daemon can de-duplicate by spool name.
+
+The file work runs on one worker thread in batches; the event loop only receives parsed batches.
+Memory stays bounded with any number of files in the spool: at most `max_pending` names are remembered
+(beyond that a rescan is scheduled) and at most `max_inflight` claimed files wait for their commit.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.inotify import InotifyObserver
+
+from .logging import kv
+
+log = logging.getLogger(__name__)
+
+MAX_NESTING = 64  # a detection deeper than this is hostile, and would hurt the engine's renderer
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_WATCHDOG_LOGGER = "watchdog.observers.inotify_c"
+
+
+class SpoolRejection(Exception):
+    """A spool file that cannot be accepted; the message is the reason written next to it."""
+
+
+@dataclass(frozen=True)
+class SpoolLayout:
+    root: Path
+
+    @property
+    def new(self) -> Path:
+        return self.root / "new"
+
+    @property
+    def cur(self) -> Path:
+        return self.root / "cur"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def rejected(self) -> Path:
+        return self.root / "rejected"
+
+    def ensure(self, mode: int = 0o755) -> None:
+        """Creates the spool directories; refuses any of them being a symlink (we never follow one)."""
+        for path in (self.root, self.new, self.cur, self.tmp, self.rejected):
+            try:
+                os.mkdir(path, mode)
+            except FileExistsError:
+                pass
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise OSError(errno.ENOTDIR, f"spool directory {path} is not a directory (symlink?)")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A parsed detection whose file sits in `cur/name` until `Intake.done([name])`."""
+
+    name: str
+    detection: dict[str, Any]
+    leftover: bool = False  # found in cur/ at start-up: the daemon may already have committed it
+
+
+@dataclass(frozen=True)
+class Rejected:
+    name: str
+    reason: str
+
+
+Deliver = Callable[[list[Claimed], list[Rejected]], None]
+
+
+# ---- pure parsing ----------------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return False
+
+
+def parse_detection(raw: bytes) -> dict[str, Any]:
+    """One UTF-8 JSON object with a non-empty string `type`; raises SpoolRejection saying what is wrong."""
+    if not raw.strip():
+        raise SpoolRejection("empty file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpoolRejection(f"not valid UTF-8 (byte {exc.start})") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise SpoolRejection("invalid JSON: nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise SpoolRejection(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise SpoolRejection(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
+        raise SpoolRejection(f"expected one JSON object, got {kind}")
+    kind = obj.get("type")
+    if not isinstance(kind, str) or not kind.strip():
+        raise SpoolRejection("field 'type' is missing or not a non-empty string")
+    ident = obj.get("id")
+    if ident is not None and (isinstance(ident, bool) or not isinstance(ident, (str, int))):
+        raise SpoolRejection("field 'id' must be a string")
+    if _too_deep(obj, MAX_NESTING):
+        raise SpoolRejection(f"JSON nested deeper than {MAX_NESTING} levels")
+    try:  # "\ud800" escapes decode to lone surrogates that no UTF-8 store can hold
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpoolRejection("invalid Unicode (lone surrogate escape)") from None
+    return obj
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def read_spool_file(path: Path, max_size: int) -> bytes:
+    """Reads a claimed file without following symlinks or opening FIFOs/devices; raises SpoolRejection."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise SpoolRejection(f"is {_describe(st.st_mode)}, not a regular file")
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpoolRejection("is a symbolic link, not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)  # the inode actually opened, whatever happened to the name since lstat
+        if not stat.S_ISREG(st.st_mode):
+            raise SpoolRejection(f"is {_describe(st.st_mode)}, not a regular file")
+        if st.st_nlink > 1:
+            raise SpoolRejection("has other hard links (it may be someone else's file)")
+        if st.st_size > max_size:
+            raise SpoolRejection(f"too large: {st.st_size} bytes (limit {max_size})")
+        data = os.read(fd, max_size + 1)
+        if len(data) > max_size:
+            raise SpoolRejection(f"too large: more than {max_size} bytes (limit {max_size})")
+        return data
+    finally:
+        os.close(fd)
+
+
+# ---- the watcher and worker ------------------------------------------------------------------------------
+
+
+class _Events(FileSystemEventHandler):
+    def __init__(self, intake: "Intake") -> None:
+        self.intake = intake
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        path = event.dest_path if isinstance(event, (FileMovedEvent, DirMovedEvent)) else event.src_path
+        self.intake.notify_name(os.path.basename(os.fsdecode(path)))
+
+
+class _OverflowHandler(logging.Handler):
+    """watchdog only *logs* an inotify queue overflow; this turns that log line into a rescan."""
+
+    def __init__(self, intake: "Intake") -> None:
+        super().__init__(logging.WARNING)
+        self.intake = intake
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if "overflow" in record.getMessage().lower():
+                self.intake.rescan("inotify queue overflow")
+        except Exception:  # a logging handler must never raise into watchdog
+            pass
+
+
+class Intake:
+    """Owns the spool. `deliver(claimed, rejected)` is called on the worker thread after each batch."""
+
+    def __init__(self, spool: Path, deliver: Deliver, *, max_file_size: int = 1024 * 1024,
+                 rescan_interval: float = 30.0, batch_size: int = 256, max_inflight: int = 2048,
+                 max_pending: int = 8192, on_first_scan: Callable[[], None] | None = None,
+                 observer_timeout: float = 2.0) -> None:
+        self.layout = SpoolLayout(spool)
+        self.deliver = deliver
+        self.max_file_size = max_file_size
+        self.rescan_interval = rescan_interval
+        self.batch_size = batch_size
+        self.max_inflight = max_inflight
+        self.max_pending = max_pending
+        self.on_first_scan = on_first_scan
+        self._observer_timeout = observer_timeout
+        self._cond = threading.Condition()
+        self._pending: dict[str, None] = {}      # names to look at, in arrival order
+        self._inflight: set[str] = set()         # claimed into cur/, waiting for done()
+        self._deferred: set[str] = set()         # seen again while in flight: look once it is done
+        self._unlink: list[str] = []
+        self._rescan_reasons: list[str] = []
+        self._paused = False
+        self._stopping = False
+        self._first_scan_done = False
+        self._thread: threading.Thread | None = None
+        self._observer: InotifyObserver | None = None
+        self._overflow = _OverflowHandler(self)
+        self.stats = {"claimed": 0, "rejected": 0, "rescans": 0, "overflows": 0}
+
+    # -- lifecycle
+    def start(self) -> None:
+        self.layout.ensure()
+        logging.getLogger(_WATCHDOG_LOGGER).addHandler(self._overflow)
+        observer = InotifyObserver(timeout=self._observer_timeout)
+        observer.schedule(_Events(self), str(self.layout.new), recursive=False,
+                          event_filter=[FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent])
+        observer.daemon = True
+        observer.start()  # the watch is armed when start() returns ...
+        self._observer = observer
+        with self._cond:  # ... and only then is new/ scanned (after cur/'s leftovers)
+            self._rescan_reasons.append("start-up")
+        self._thread = threading.Thread(target=self._run, name="sdd-intake", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops watching and claiming; files not yet claimed stay in new/ for the next start."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._observer is not None:
+            self._observer.stop()
+        logging.getLogger(_WATCHDOG_LOGGER).removeHandler(self._overflow)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._observer is not None:
+            self._observer.join(timeout=10)
+
+    # -- called from other threads
+    def notify_name(self, name: str) -> None:
+        with self._cond:
+            self._add_pending(name)
+            self._cond.notify()
+
+    def rescan(self, reason: str) -> None:
+        with self._cond:
+            if reason == "inotify queue overflow":
+                self.stats["overflows"] += 1
+            self._rescan_reasons.append(reason)
+            self._cond.notify()
+
+    def pause(self) -> None:
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            if self._paused:
+                self._paused = False
+                self._cond.notify()
+
+    def done(self, names: list[str]) -> None:
+        """The detections in cur/NAMES are committed: their files may go."""
+        with self._cond:
+            self._unlink.extend(names)
+            self._cond.notify()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # -- worker thread
+    def _add_pending(self, name: str) -> None:
+        if name in self._inflight:
+            self._deferred.add(name)
+        elif name not in self._pending:
+            if len(self._pending) >= self.max_pending:
+                if not self._rescan_reasons:
+                    self._rescan_reasons.append("backlog")
+            else:
+                self._pending[name] = None
+
+    def _can_claim(self) -> bool:
+        return bool(self._pending) and not self._paused and len(self._inflight) < self.max_inflight
+
+    def _run(self) -> None:
+        next_safety = time.monotonic() + self.rescan_interval
+        leftovers = True
+        while True:
+            with self._cond:
+                while not self._stopping and not self._unlink and not self._can_claim() and not (
+                        self._rescan_reasons and not self._paused and not self._pending):
+                    timeout = next_safety - time.monotonic()
+                    if timeout <= 0:
+                        if "safety timer" not in self._rescan_reasons:
+                            self._rescan_reasons.append("safety timer")
+                        next_safety = time.monotonic() + self.rescan_interval
+                        continue
+                    self._cond.wait(timeout)
+                if self._stopping:
+                    return
+                unlink, self._unlink = self._unlink, []
+                for name in unlink:
+                    self._inflight.discard(name)
+                    if name in self._deferred:
+                        self._deferred.discard(name)
+                        self._add_pending(name)
+                scan = bool(self._rescan_reasons) and not self._paused and not self._pending
+                reasons, batch = [], []
+                if scan:
+                    reasons, self._rescan_reasons = self._rescan_reasons, []
+                elif self._can_claim():
+                    room = min(self.batch_size, self.max_inflight - len(self._inflight))
+                    while self._pending and len(batch) < room:
+                        name = next(iter(self._pending))
+                        del self._pending[name]
+                        batch.append(name)
+                    self._inflight.update(batch)
+            for name in unlink:
+                self._remove(self.layout.cur / name)
+            if scan:
+                if leftovers:
+                    leftovers = False
+                    self._deliver_leftovers()
+                self._scan_new(reasons)
+                if not self._first_scan_done:
+                    self._first_scan_done = True
+                    if self.on_first_scan is not None:
+                        self.on_first_scan()
+            elif batch:
+                self._process(batch)
+
+    def _scan_new(self, reasons: list[str]) -> None:
+        self.stats["rescans"] += 1
+        found = 0
+        try:
+            with os.scandir(self.layout.new) as it, self._cond:
+                for entry in it:
+                    found += 1
+                    self._add_pending(entry.name)
+                    if len(self._pending) >= self.max_pending:
+                        self._rescan_reasons.append("backlog")  # the rest on the next scan
+                        break
+        except OSError as exc:
+            log.error("cannot scan the spool", extra=kv(dir=self.layout.new, error=exc))
+        if found or "safety timer" not in reasons:
+            log.info("spool scanned", extra=kv(reason=",".join(sorted(set(reasons))), found=found))
+
+    def _deliver_leftovers(self) -> None:
+        """Files a crash left in cur/: claimed before, maybe committed; the daemon de-duplicates them."""
+        try:
+            names = sorted(os.listdir(self.layout.cur))
+        except OSError as exc:
+            log.error("cannot list cur/", extra=kv(dir=self.layout.cur, error=exc))
+            return
+        if names:
+            log.info("re-processing files left in cur/", extra=kv(count=len(names)))
+        for start in range(0, len(names), self.batch_size):
+            chunk = names[start:start + self.batch_size]
+            with self._cond:
+                self._inflight.update(chunk)
+            claimed, rejected = [], []
+            for name in chunk:
+                self._read(name, claimed, rejected, leftover=True)
+            self._hand_over(claimed, rejected)
+            # Back-pressure applies to leftovers too.
+            with self._cond:
+                while not self._stopping and (self._paused or len(self._inflight) >= self.max_inflight):
+                    self._cond.wait(1.0)
+                    unlink, self._unlink = self._unlink, []
+                    for name in unlink:
+                        self._inflight.discard(name)
+                        self._remove(self.layout.cur / name)
+                if self._stopping:
+                    return
+
+    def _process(self, batch: list[str]) -> None:
+        claimed: list[Claimed] = []
+        rejected: list[Rejected] = []
+        for name in batch:
+            try:
+                cur_name = self._claim(name, rejected)
+            except OSError as exc:
+                log.error("cannot claim spool file", extra=kv(name=name, error=exc))
+                cur_name = None
+            if cur_name is None:
+                with self._cond:
+                    self._inflight.discard(name)
+                continue
+            if cur_name != name:
+                with self._cond:
+                    self._inflight.discard(name)
+                    self._inflight.add(cur_name)
+            self._read(cur_name, claimed, rejected, leftover=False)
+        self._hand_over(claimed, rejected)
+
+    def _hand_over(self, claimed: list[Claimed], rejected: list[Rejected]) -> None:
+        self.stats["claimed"] += len(claimed)
+        self.stats["rejected"] += len(rejected)
+        if claimed or rejected:
+            try:
+                self.deliver(claimed, rejected)
+            except Exception:
+                log.exception("intake delivery failed")
+
+    def _claim(self, name: str, rejected: list[Rejected]) -> str | None:
+        """Moves new/NAME into cur/ (link + unlink); returns the name in cur/, or None if nothing to do."""
+        src, dst = self.layout.new / name, self.layout.cur / name
+        try:
+            os.link(src, dst, follow_symlinks=False)  # a symlink is linked as itself, never followed
+        except FileNotFoundError:
+            return None
+        except FileExistsError:
+            s, d = os.lstat(src), os.lstat(dst)
+            if (s.st_dev, s.st_ino) == (d.st_dev, d.st_ino):
+                pass  # a crash between link and unlink: already claimed
+            else:  # a different file under a name still in cur/: claim it under a unique name
+                name = f"{name}.{time.time_ns()}"
+                os.link(src, self.layout.cur / name, follow_symlinks=False)
+        except OSError as exc:
+            # Directories (EPERM) and anything else that cannot be linked: reject it from new/.
+            try:
+                st = os.lstat(src)
+            except FileNotFoundError:
+                return None
+            reason = f"is {_describe(st.st_mode)}" if not stat.S_ISREG(st.st_mode) else f"cannot claim: {exc}"
+            with self._cond:
+                self._inflight.discard(name)
+            self._reject(src, name, reason, rejected)
+            return None
+        try:
+            os.unlink(src)
+        except FileNotFoundError:
+            pass
+        return name
+
+    def _read(self, name: str, claimed: list[Claimed], rejected: list[Rejected], *, leftover: bool) -> None:
+        path = self.layout.cur / name
+        try:
+            detection = parse_detection(read_spool_file(path, self.max_file_size))
+        except SpoolRejection as exc:
+            with self._cond:
+                self._inflight.discard(name)
+            self._reject(path, name, str(exc), rejected)
+            return
+        except FileNotFoundError:
+            with self._cond:
+                self._inflight.discard(name)
+            return
+        except OSError as exc:
+            with self._cond:
+                self._inflight.discard(name)
+            self._reject(path, name, f"cannot read: {exc.strerror}", rejected)
+            return
+        claimed.append(Claimed(name, detection, leftover))
+
+    def _reject(self, path: Path, name: str, reason: str, rejected: list[Rejected]) -> None:
+        target = name
+        for n in range(1000):
+            candidate = name if n == 0 else f"{name}.{time.time_ns()}"
+            if not os.path.lexists(self.layout.rejected / candidate) and not os.path.lexists(
+                    self.layout.rejected / f"{candidate}.reason"):
+                target = candidate
+                break
+        try:
+            os.rename(path, self.layout.rejected / target)
+        except OSError as exc:
+            log.error("cannot move a rejected file", extra=kv(name=name, error=exc))
+            self._remove(path)
+        try:
+            fd = os.open(self.layout.rejected / f"{target}.reason",
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(reason + "\n")
+        except OSError as exc:
+            log.error("cannot write a rejection reason", extra=kv(name=target, error=exc))
+        log.warning("spool file rejected", extra=kv(name=name, reason=reason))
+        rejected.append(Rejected(target, reason))
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("cannot remove a processed spool file", extra=kv(path=path, error=exc))

@@ -1,0 +1,74 @@
+"""Structured logging: one line per record on stderr, `key=value` pairs (logfmt), that journald keeps whole.
+
+Use `log.info("claimed", extra=kv(name=..., n=3))` to attach fields. When stderr is connected to the journal
+(`$JOURNAL_STREAM`), each line starts with the syslog priority prefix (`<3>`) that journald turns into the
+entry's priority. Multi-line text (tracebacks, messages quoting input) is escaped so it stays one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def kv(**fields: Any) -> dict[str, Mapping[str, Any]]:
+    """The `extra=` argument that attaches structured fields to one log record."""
+    return {"sdd_fields": fields}
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' "=\\\n\r\t') and text.isprintable():
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    escaped = escaped.replace("\t", "\\t")
+    # Anything else unprintable (input comes from hostile files) is shown as an escape, never raw.
+    return '"' + "".join(c if c.isprintable() else repr(c)[1:-1] for c in escaped) + '"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    """`level=info logger=sdd.intake msg="claimed" name=x` — with the journal priority prefix if asked."""
+
+    def __init__(self, journal: bool = False, timestamps: bool = True) -> None:
+        super().__init__()
+        self.journal = journal
+        self.timestamps = timestamps and not journal  # journald stamps entries itself
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = []
+        if self.timestamps:
+            t = record.created
+            parts.append("ts=" + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z")
+        parts.append("level=" + record.levelname.lower())
+        parts.append("logger=" + record.name)
+        parts.append("msg=" + _quote(record.getMessage()))
+        fields = getattr(record, "sdd_fields", None)
+        if fields:
+            parts.extend(f"{k}={_quote(v)}" for k, v in fields.items())
+        if record.exc_info:
+            parts.append("exc=" + _quote(self.formatException(record.exc_info)))
+        line = " ".join(parts)
+        if self.journal:
+            line = f"<{_PRIORITY.get(record.levelno, 6)}>" + line
+        return line
+
+
+def setup_logging(level: str = "info") -> None:
+    """Routes every logger to one stderr handler with the logfmt formatter (idempotent)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_sdd", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._sdd = True  # type: ignore[attr-defined]
+    handler.setFormatter(LogfmtFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
+    root.addHandler(handler)
+    root.setLevel(_LEVELS.get(level, logging.INFO))
+    # watchdog is chatty at debug level; its overflow warning is what we listen for.
+    logging.getLogger("watchdog").setLevel(max(logging.INFO, root.level))
