@@ -1,0 +1,259 @@
+"""The sdd client library: find the daemon's socket, call methods, follow events. Sync and async.
+
+    with Client() as sdd:
+        print(sdd.call("status")["state"])
+        for event in sdd.subscribe():
+            print(event.name, event.data)
+
+`AsyncClient` offers the same with `await`/`async for`. Error replies raise `ApiError(code, message)`;
+a daemon that cannot be reached raises `DaemonUnreachable` naming the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator, Mapping
+
+from . import protocol
+from .errors import ApiError, DaemonUnreachable, MalformedFrame, ProtocolError
+
+SYSTEM_SOCKET = Path("/run/sdd/sdd.sock")
+DEFAULT_TIMEOUT = 60.0
+
+
+def user_socket() -> Path:
+    """Where `sdd --user` listens: $XDG_RUNTIME_DIR/sdd/sdd.sock, else /tmp/sdd-UID/sdd.sock."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return Path(runtime) / "sdd" / "sdd.sock"
+    return Path(f"/tmp/sdd-{os.getuid()}") / "sdd.sock"
+
+
+def resolve_socket(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`--socket`, else $SDD_SOCKET, else the system socket if it exists, else the user socket if it
+    exists, else the system path (so the error names the socket a root daemon would use)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("SDD_SOCKET")
+    if env:
+        return Path(env)
+    if SYSTEM_SOCKET.exists():
+        return SYSTEM_SOCKET
+    user = user_socket()
+    if user.exists():
+        return user
+    return SYSTEM_SOCKET
+
+
+@dataclass(frozen=True)
+class Event:
+    """One message of a subscription: `name` is the hub event (`run.finished`, `lagged`, ...)."""
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _unwrap(reply: Mapping[str, Any], rid: int) -> Any:
+    """The result of a reply to request rid, or ApiError."""
+    if reply.get("id") != rid:
+        error = reply.get("error")
+        if isinstance(error, dict) and reply.get("id") == protocol.NO_ID:
+            raise ApiError(str(error.get("code", "bad_frame")), str(error.get("message", "")))
+        raise MalformedFrame(f"reply id {reply.get('id')!r} does not match request id {rid}")
+    if "error" in reply:
+        error = reply["error"]
+        if not isinstance(error, dict):
+            raise MalformedFrame("reply field 'error' must be a map")
+        raise ApiError(str(error.get("code", "internal")), str(error.get("message", "")))
+    if "result" not in reply:
+        raise MalformedFrame("reply has neither 'result' nor 'error'")
+    return reply["result"]
+
+
+def _event(message: Mapping[str, Any]) -> Event:
+    name = message.get("event")
+    data = message.get("data", {})
+    if not isinstance(name, str) or not isinstance(data, dict):
+        if "error" in message and isinstance(message["error"], dict):
+            err = message["error"]
+            raise ApiError(str(err.get("code", "internal")), str(err.get("message", "")))
+        raise MalformedFrame("an event must be {'event': str, 'data': map}")
+    return Event(name, data)
+
+
+class Client:
+    """A blocking client on one connection. Not thread-safe: one call at a time."""
+
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self.socket_path = resolve_socket(socket_path)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count(1)
+
+    def connect(self) -> "Client":
+        if self._sock is None:
+            self._sock = self._open()
+        return self
+
+    def _open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(os.fspath(self.socket_path))
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnreachable(str(self.socket_path), exc.strerror or str(exc)) from None
+        return sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> "Client":
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, method: str, /, **params: Any) -> Any:
+        """Calls one method and returns its result; ApiError on an error reply."""
+        return self.call_params(method, params)
+
+    def call_params(self, method: str, params: Mapping[str, Any]) -> Any:
+        sock = self.connect()._sock
+        assert sock is not None
+        rid = next(self._ids)
+        try:
+            protocol.send_message(sock, protocol.request(rid, method, params))
+            reply = protocol.recv_message(sock, max_depth=protocol.REPLY_MAX_DEPTH)
+        except ProtocolError:
+            self.close()
+            raise
+        except (OSError, socket.timeout) as exc:
+            self.close()
+            reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+            raise DaemonUnreachable(str(self.socket_path), reason) from None
+        if reply is None:
+            self.close()
+            raise DaemonUnreachable(str(self.socket_path), "connection closed by the daemon")
+        return _unwrap(reply, rid)
+
+    def subscribe(self, events: list[str] | None = None) -> Iterator[Event]:
+        """Follows live events on a connection of its own until the caller stops iterating."""
+        sock = self._open()
+        sock.settimeout(None)  # events may be minutes apart
+        try:
+            params: dict[str, Any] = {"events": list(events)} if events else {}
+            protocol.send_message(sock, protocol.request(0, "subscribe", params))
+            first = protocol.recv_message(sock, max_depth=protocol.REPLY_MAX_DEPTH)
+            if first is None:
+                raise DaemonUnreachable(str(self.socket_path), "connection closed by the daemon")
+            _unwrap(first, 0)
+            while True:
+                message = protocol.recv_message(sock, max_depth=protocol.REPLY_MAX_DEPTH)
+                if message is None:
+                    return
+                yield _event(message)
+        except OSError as exc:
+            raise DaemonUnreachable(str(self.socket_path), exc.strerror or str(exc)) from None
+        finally:
+            sock.close()
+
+
+class AsyncClient:
+    """An asyncio client on one connection; calls are serialised by a lock."""
+
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self.socket_path = resolve_socket(socket_path)
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_unix_connection(os.fspath(self.socket_path), limit=protocol.MAX_FRAME + 8),
+                self.timeout)
+        except asyncio.TimeoutError:
+            raise DaemonUnreachable(str(self.socket_path), "timed out") from None
+        except OSError as exc:
+            raise DaemonUnreachable(str(self.socket_path), exc.strerror or str(exc)) from None
+
+    async def connect(self) -> "AsyncClient":
+        if self._writer is None:
+            self._reader, self._writer = await self._open()
+        return self
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    async def __aenter__(self) -> "AsyncClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def call(self, method: str, /, **params: Any) -> Any:
+        return await self.call_params(method, params)
+
+    async def call_params(self, method: str, params: Mapping[str, Any]) -> Any:
+        async with self._lock:
+            await self.connect()
+            assert self._reader is not None and self._writer is not None
+            rid = next(self._ids)
+            try:
+                await protocol.write_message(self._writer, protocol.request(rid, method, params))
+                reply = await asyncio.wait_for(
+                    protocol.read_message(self._reader, max_depth=protocol.REPLY_MAX_DEPTH), self.timeout)
+            except ProtocolError:
+                await self.close()
+                raise
+            except asyncio.TimeoutError:
+                await self.close()
+                raise DaemonUnreachable(str(self.socket_path), "timed out") from None
+            except OSError as exc:
+                await self.close()
+                raise DaemonUnreachable(str(self.socket_path), exc.strerror or str(exc)) from None
+            if reply is None:
+                await self.close()
+                raise DaemonUnreachable(str(self.socket_path), "connection closed by the daemon")
+            return _unwrap(reply, rid)
+
+    async def subscribe(self, events: list[str] | None = None) -> AsyncIterator[Event]:
+        """Follows live events on a connection of its own until the caller stops iterating."""
+        reader, writer = await self._open()
+        try:
+            params: dict[str, Any] = {"events": list(events)} if events else {}
+            await protocol.write_message(writer, protocol.request(0, "subscribe", params))
+            first = await protocol.read_message(reader, max_depth=protocol.REPLY_MAX_DEPTH)
+            if first is None:
+                raise DaemonUnreachable(str(self.socket_path), "connection closed by the daemon")
+            _unwrap(first, 0)
+            while True:
+                message = await protocol.read_message(reader, max_depth=protocol.REPLY_MAX_DEPTH)
+                if message is None:
+                    return
+                yield _event(message)
+        except OSError as exc:
+            raise DaemonUnreachable(str(self.socket_path), exc.strerror or str(exc)) from None
+        finally:
+            writer.close()
+
+
+__all__ = ["Client", "AsyncClient", "Event", "resolve_socket", "user_socket", "SYSTEM_SOCKET"]

@@ -1,0 +1,326 @@
+"""The API methods: check params, call the daemon facade or read the store, shape the result.
+
+Each handler is `async def handler(call, params) -> result`. Authorisation has been decided before a handler
+runs (see auth.py); state-changing handlers record an audit entry with the caller's uid. Exceptions from the
+layers below are mapped to error codes by `map_exception` — the message of an unexpected one is not sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+
+from sdd.engine.statuses import RunStatus
+
+from . import auth
+from .errors import ApiError, Conflict, ErrorCode, Forbidden, InvalidParams, NotFound
+from .params import Params
+
+if TYPE_CHECKING:
+    from .server import ApiServer
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 50
+MAX_YAML = 512 * 1024
+DETECTION_STATES = ("queued", "matched", "no_match", "duplicate", "excluded", "rejected")
+ON_CONFLICT = ("fail", "rename", "overwrite")
+
+
+@dataclass
+class Call:
+    """What a handler knows about the call it serves."""
+
+    daemon: Any
+    server: "ApiServer"
+    peer: auth.Peer
+    access: auth.Access
+    method: str
+
+    async def audit(self, *, outcome: str, target: str | None = None, detection_id: Any = None,
+                    run_id: str | None = None, details: Mapping[str, Any] | None = None) -> None:
+        """Records a state-changing call; a failing audit write is logged, never turned into a reply."""
+        try:
+            await self.daemon.store.audit(
+                actor=self.peer.actor, action=f"api.{self.method}", target=target,
+                detection_id=None if detection_id is None else str(detection_id), run_id=run_id,
+                outcome=outcome, details={"uid": self.peer.uid, "pid": self.peer.pid, **(details or {})})
+        except Exception:
+            log.exception("API: cannot write the audit record of %s by uid %d", self.method, self.peer.uid)
+
+
+Handler = Callable[[Call, Params], Awaitable[Any]]
+METHODS: dict[str, Handler] = {}
+
+
+def method(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        METHODS[name] = fn
+        return fn
+    return register
+
+
+def map_exception(exc: BaseException, method_name: str) -> ApiError:
+    """The error reply for an exception raised while serving method_name."""
+    if isinstance(exc, ApiError):
+        return exc
+    from sdd.engine import errors as engine_errors
+    from sdd.store.errors import StoreValueError
+
+    message = f"{method_name}: {exc}"
+    if isinstance(exc, (StoreValueError, engine_errors.InvalidParams, engine_errors.WorkflowValidationError)):
+        return InvalidParams(message)
+    if isinstance(exc, engine_errors.NotFound):
+        return NotFound(message)
+    if isinstance(exc, engine_errors.Conflict):
+        return Conflict(message)
+    if isinstance(exc, engine_errors.Forbidden):
+        return Forbidden(message)
+    log.error("API: %s failed", method_name, exc_info=exc)
+    return ApiError(f"{method_name}: internal error ({type(exc).__name__}); see the daemon's log",
+                    ErrorCode.INTERNAL)
+
+
+def _page(p: Params) -> tuple[int, str | None]:
+    limit = p.integer("limit", default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
+    cursor = p.string("cursor", max_len=1024)
+    return limit, cursor
+
+
+def _plain(value: Any) -> Any:
+    """A store Page (or anything with to_dict) as plain data."""
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else value
+
+
+# -- read methods ------------------------------------------------------------------------------------------
+
+
+@method("ping")
+async def ping(call: Call, p: Params) -> Any:
+    p.done()
+    return {"pong": True}
+
+
+@method("status")
+async def status(call: Call, p: Params) -> Any:
+    p.done()
+    result = dict(call.daemon.status())
+    result["api"] = {"connections": call.server.connection_count, "subscribers": call.server.subscriber_count,
+                     "access": str(call.access)}
+    return result
+
+
+def _trigger(wf: Any) -> dict[str, Any] | None:
+    trigger = getattr(wf, "trigger", None)
+    if trigger is None:
+        return None
+    schedule = getattr(trigger, "schedule", None)
+    return {
+        "types": list(getattr(trigger, "types", ()) or ()),
+        "when": getattr(trigger, "when", None),
+        "priority": getattr(trigger, "priority", 0),
+        "schedule": None if schedule is None else {"every": schedule.every, "at": schedule.at},
+    }
+
+
+def _workflow_summary(wf: Any) -> dict[str, Any]:
+    source = getattr(wf, "source", None)
+    return {
+        "workflow_id": wf.workflow_id,
+        "name": getattr(wf, "name", "") or "",
+        "description": getattr(wf, "description", "") or "",
+        "steps": len(getattr(wf, "steps", ()) or ()),
+        "trigger": _trigger(wf),
+        "source": None if source is None else str(source),
+    }
+
+
+def _workflow(call: Call, workflow_id: str) -> Any:
+    wf = call.daemon.workflows.get(workflow_id)
+    if wf is None:
+        raise NotFound(f"{call.method}: no workflow {workflow_id!r}")
+    return wf
+
+
+@method("workflows.list")
+async def workflows_list(call: Call, p: Params) -> Any:
+    p.done()
+    items = [_workflow_summary(wf) for _, wf in sorted(call.daemon.workflows.items())]
+    return {"items": items}
+
+
+@method("workflows.get")
+async def workflows_get(call: Call, p: Params) -> Any:
+    workflow_id = p.required_string("workflow_id", aliases=("id",))
+    p.done()
+    wf = _workflow(call, workflow_id)
+    result = dict(wf.to_dict())
+    result.setdefault("workflow_id", wf.workflow_id)
+    summary = _workflow_summary(wf)
+    result["source"] = summary["source"]
+    result["trigger_summary"] = summary["trigger"]
+    return result
+
+
+@method("workflows.validate")
+async def workflows_validate(call: Call, p: Params) -> Any:
+    text = p.required_string("text", max_len=MAX_YAML)
+    name = p.string("name", default="<api>", max_len=1024) or "<api>"
+    p.done()
+    from sdd.engine import validate_text
+    from sdd.engine.errors import WorkflowValidationError
+
+    actions = getattr(call.daemon.engine, "actions", None)
+    try:
+        wf = validate_text(text, name, actions)
+    except WorkflowValidationError as exc:
+        return {"valid": False, "issues": [i.to_dict() for i in exc.issues],
+                "errors": [str(i) for i in exc.issues]}
+    return {"valid": True, "issues": [], "errors": [], "workflow_id": getattr(wf, "workflow_id", None)}
+
+
+@method("runs.list")
+async def runs_list(call: Call, p: Params) -> Any:
+    limit, cursor = _page(p)
+    workflow_id = p.string("workflow", aliases=("workflow_id",))
+    status_ = p.enum("status", RunStatus)
+    since, until = p.timestamp("since"), p.timestamp("until")
+    p.done()
+    page = call.daemon.store.list_runs(limit=limit, cursor=cursor, workflow_id=workflow_id,
+                                       status=None if status_ is None else status_.value, since=since, until=until)
+    return _plain(page)
+
+
+@method("runs.get")
+async def runs_get(call: Call, p: Params) -> Any:
+    run_id = p.required_string("run_id", aliases=("id",))
+    p.done()
+    run = call.daemon.store.get_run(run_id)
+    if run is None:
+        raise NotFound(f"runs.get: no run {run_id!r}")
+    return run
+
+
+@method("runs.stats")
+async def runs_stats(call: Call, p: Params) -> Any:
+    p.done()
+    stats = call.daemon.store.run_stats()
+    return {"items": list(stats.values()) if isinstance(stats, Mapping) else stats}
+
+
+@method("detections.list")
+async def detections_list(call: Call, p: Params) -> Any:
+    limit, cursor = _page(p)
+    filters: dict[str, Any] = {}
+    state = p.string("state", choices=DETECTION_STATES)
+    kind = p.string("type")
+    since, until = p.timestamp("since"), p.timestamp("until")
+    p.done()
+    for key, value in (("state", state), ("type", kind), ("since", since), ("until", until)):
+        if value is not None:
+            filters[key] = value
+    return _plain(call.daemon.store.list_detections(limit=limit, cursor=cursor, filters=filters))
+
+
+@method("quarantine.list")
+async def quarantine_list(call: Call, p: Params) -> Any:
+    limit, cursor = _page(p)
+    restored = p._get("restored")
+    if restored is not None and not isinstance(restored, bool):
+        raise InvalidParams("quarantine.list: params.restored: expected true or false")
+    p.done()
+    return _plain(call.daemon.store.list_quarantine(limit=limit, cursor=cursor, restored=restored))
+
+
+# -- state-changing methods (audited) ----------------------------------------------------------------------
+
+
+@method("runs.start")
+async def runs_start(call: Call, p: Params) -> Any:
+    workflow_id = p.required_string("workflow_id", aliases=("workflow", "id"))
+    context = p.mapping("context")
+    dry_run = p.boolean("dry_run")
+    p.done()
+    _workflow(call, workflow_id)
+    result = await call.daemon.start_run(workflow_id, context, dry_run, call.peer.uid)
+    await call.audit(outcome="ok", target=workflow_id, run_id=_get(result, "run_id"),
+                     details={"dry_run": dry_run, "context_keys": sorted(context)[:50]})
+    return result
+
+
+@method("runs.cancel")
+async def runs_cancel(call: Call, p: Params) -> Any:
+    run_id = p.required_string("run_id", aliases=("id",))
+    p.done()
+    cancelled = await call.daemon.cancel_run(run_id, call.peer.uid)
+    if not cancelled:
+        run = call.daemon.store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"runs.cancel: no run {run_id!r}")
+        raise Conflict(f"runs.cancel: run {run_id} is not active (status {_get(run, 'status')})")
+    await call.audit(outcome="ok", target=run_id, run_id=run_id)
+    return {"run_id": run_id, "cancelled": True}
+
+
+@method("detections.submit")
+async def detections_submit(call: Call, p: Params) -> Any:
+    detection = p.mapping("detection", required=True)
+    p.done()
+    kind = detection.get("type")
+    if not isinstance(kind, str) or not kind.strip():
+        raise InvalidParams("detections.submit: params.detection.type: a non-empty string is required")
+    result = await call.daemon.submit_detection(detection, call.peer.uid)
+    detection_id = _get(result, "detection_id", result if isinstance(result, (str, int)) else None)
+    await call.audit(outcome="ok", target=str(detection.get("file_path") or "")[:1024] or None,
+                     detection_id=detection_id, details={"type": kind[:100]})
+    if isinstance(result, Mapping):
+        return dict(result)
+    if isinstance(result, (str, int)):
+        return {"detection_id": str(result)}
+    to_dict = getattr(result, "__dataclass_fields__", None)
+    if to_dict is not None:
+        return {name: getattr(result, name) for name in to_dict}
+    return {"detection_id": None if detection_id is None else str(detection_id)}
+
+
+@method("quarantine.restore")
+async def quarantine_restore(call: Call, p: Params) -> Any:
+    qid = p.required_string("id", aliases=("quarantine_id",))
+    on_conflict = p.string("on_conflict", default="fail", choices=ON_CONFLICT) or "fail"
+    p.done()
+    if call.daemon.store.get_quarantine(qid) is None:
+        raise NotFound(f"quarantine.restore: no quarantine entry {qid!r}")
+    result = await call.daemon.restore_quarantine(qid, on_conflict, call.peer.uid)
+    await call.audit(outcome="ok", target=qid, details={"on_conflict": on_conflict})
+    return result if isinstance(result, Mapping) else {"id": qid, "restored": True, "result": result}
+
+
+@method("reload")
+async def reload(call: Call, p: Params) -> Any:
+    p.done()
+    result = await call.daemon.reload(call.peer.uid)
+    ok = bool(_get(result, "ok", True))
+    await call.audit(outcome="ok" if ok else "failed", details={"errors": len(_get(result, "errors", []) or [])})
+    return result
+
+
+def subscribe_params(p: Params) -> tuple[frozenset[str] | None, int | None]:
+    """The `subscribe` params: `events` (names to receive; all when absent) and `queue` (bound, 10..10000)."""
+    events = p.string_list("events")
+    queue = p.integer("queue", default=0, minimum=0, maximum=10000) or None
+    p.done()
+    if queue is not None and queue < 10:
+        raise InvalidParams("subscribe: params.queue: must be at least 10")
+    return (frozenset(events) if events else None), queue
+
+
+def _get(value: Any, key: str, default: Any = None) -> Any:
+    if isinstance(value, Mapping):
+        return value.get(key, default)
+    return getattr(value, key, default)
+
+
+__all__ = ["METHODS", "Call", "map_exception", "subscribe_params"]

@@ -1,0 +1,233 @@
+"""The socket API server: accepts connections, reads frames, checks who may call what, dispatches.
+
+Life of a connection: the kernel's peer credentials decide its `Access` once; then request frames are read
+one at a time (the idle timeout applies between them) and answered in order. A frame that breaks the
+protocol gets a `bad_frame` reply when the connection can still carry one, and the connection is closed;
+nothing a client sends can stop the server or disturb its other clients. A `subscribe` call turns the
+connection into an event stream fed from a bounded hub subscription (a slow reader loses events and gets a
+`lagged` event; the daemon never waits for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdd_client import protocol
+from sdd_client.errors import ErrorCode, ProtocolError
+
+from . import auth, listener
+from .errors import ApiError, Forbidden, UnknownMethod
+from .methods import METHODS, Call, map_exception, subscribe_params
+from .params import Params
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBER_QUEUE = 1000  # events a subscriber may fall behind before it gets `lagged`
+WRITE_BUFFER_HIGH = 256 * 1024  # bytes queued to a slow client before drain() waits
+
+
+@dataclass(eq=False)
+class Connection:
+    peer: auth.Peer
+    access: auth.Access
+    writer: asyncio.StreamWriter
+    subscribed: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class ApiServer:
+    """The daemon's socket API. `await start()` binds (or inherits) the socket; `await close()` undoes it."""
+
+    def __init__(self, daemon: Any, *, listen_fd: int | None = None) -> None:
+        self.daemon = daemon
+        self.config = daemon.config
+        api = self.config.api
+        self.max_connections: int = api.max_connections
+        self.idle_timeout: float = api.idle_timeout
+        self.policy = auth.Policy.from_config(api.socket_group, api.read_groups, self.config.user_mode)
+        self._listen_fd = listen_fd
+        self._listener: listener.Listener | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[Connection] = set()
+        self._closing = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        fd = self._listen_fd
+        if fd is None:
+            from sdd import sdnotify  # socket activation: systemd hands over fd 3
+
+            fds = sdnotify.listen_fds(unset=True)
+            fd = fds[0] if fds else None
+        if fd is not None:
+            self._listener = listener.inherited(fd)
+            where = f"inherited fd {fd}"
+        else:
+            api = self.config.api
+            self._listener = listener.bind(self.config.paths.socket, api.socket_mode, api.socket_group or None)
+            where = str(self.config.paths.socket)
+        self._server = await asyncio.start_unix_server(self._accept, sock=self._listener.sock,
+                                                       limit=protocol.MAX_FRAME + protocol.HEADER_SIZE)
+        log.info("API listening on %s", where)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in tuple(self._connections):
+            if conn.task is not None:
+                conn.task.cancel()
+        tasks = [c.task for c in self._connections if c.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._server = None
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(1 for c in self._connections if c.subscribed)
+
+    # -- connections ---------------------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock: socket.socket = writer.get_extra_info("socket")
+        try:
+            peer = auth.peer_of(sock)
+        except OSError as exc:
+            log.warning("API: cannot read peer credentials: %s", exc)
+            await _close(writer)
+            return
+        if self._closing or len(self._connections) >= self.max_connections:
+            await self._send_and_close(writer, protocol.error_reply(
+                protocol.NO_ID, ErrorCode.BUSY,
+                f"too many connections (api.max_connections = {self.max_connections}); try again later"))
+            return
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        conn = Connection(peer, self.policy.access(peer), writer, task=asyncio.current_task())  # type: ignore[arg-type]
+        self._connections.add(conn)
+        try:
+            await self._serve(conn, reader)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, OSError):
+            pass  # the client went away mid-reply
+        except Exception:  # a bug here must cost one connection, never the server
+            log.exception("API: connection from uid %d failed", peer.uid)
+        finally:
+            self._connections.discard(conn)
+            await _close(writer)
+
+    async def _serve(self, conn: Connection, reader: asyncio.StreamReader) -> None:
+        writer = conn.writer
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    message = await protocol.read_message(reader)
+            except TimeoutError:
+                log.debug("API: closing idle connection of uid %d", conn.peer.uid)
+                return
+            except ProtocolError as exc:
+                await self._send_and_close(writer, protocol.error_reply(protocol.NO_ID, exc.code, str(exc)))
+                return
+            if message is None:
+                return
+            try:
+                request = protocol.parse_request(message)
+            except ProtocolError as exc:
+                rid = protocol.request_id(message)
+                await self._send_and_close(writer, protocol.error_reply(rid, exc.code, str(exc)))
+                return
+            if request.method == "subscribe":
+                await self._subscribe(conn, request, reader)
+                return
+            reply = await self.dispatch(conn, request)
+            try:
+                frame = protocol.encode(reply)
+            except ProtocolError as exc:
+                frame = protocol.encode(protocol.error_reply(
+                    request.id, ErrorCode.INTERNAL, f"{request.method}: reply too large ({exc}); ask for less"))
+            writer.write(frame)
+            await writer.drain()
+            if "error" in reply and reply["error"]["code"] == ErrorCode.UNKNOWN_METHOD:
+                return  # unknown methods count as malformed: answer, then hang up
+
+    async def dispatch(self, conn: Connection, request: protocol.Request) -> dict[str, Any]:
+        """One request in, one reply map out (never raises)."""
+        method = request.method
+        handler = METHODS.get(method)
+        call = Call(self.daemon, self, conn.peer, conn.access, method)
+        try:
+            if handler is None:
+                raise UnknownMethod(f"unknown method {method[:80]!r}")
+            if not auth.allowed(method, conn.access):
+                raise Forbidden(f"{method}: not permitted for uid {conn.peer.uid} ({conn.access} access)")
+            result = await handler(call, Params(method, request.params))
+        except Exception as exc:  # every failure becomes an error reply
+            error = map_exception(exc, method)
+            if method in auth.WRITE_METHODS:
+                await call.audit(outcome=str(error.code), details={"message": error.message[:500]})
+            return protocol.error_reply(request.id, error.code, error.message)
+        return protocol.result_reply(request.id, result)
+
+    async def _subscribe(self, conn: Connection, request: protocol.Request, reader: asyncio.StreamReader) -> None:
+        writer = conn.writer
+        try:
+            if not auth.allowed("subscribe", conn.access):
+                raise Forbidden(f"subscribe: not permitted for uid {conn.peer.uid} ({conn.access} access)")
+            events, maxsize = subscribe_params(Params("subscribe", request.params))
+        except ApiError as exc:
+            await self._send_and_close(writer, protocol.error_reply(request.id, exc.code, exc.message))
+            return
+        sub = self.daemon.hub.subscribe(maxsize=maxsize or SUBSCRIBER_QUEUE, events=events)
+        conn.subscribed = True
+        # The client says nothing more; anything it sends, or its EOF, ends the stream.
+        watcher = asyncio.ensure_future(reader.read(1))
+        watcher.add_done_callback(lambda _f: sub.close())
+        try:
+            writer.write(protocol.encode(protocol.result_reply(request.id, {"subscribed": True})))
+            await writer.drain()
+            async for name, data in sub:
+                if watcher.done():
+                    return
+                try:
+                    frame = protocol.encode(protocol.event_message(name, data))
+                except (ProtocolError, TypeError, ValueError) as exc:
+                    log.warning("API: event %s cannot be sent to subscribers: %s", name, exc)
+                    continue
+                writer.write(frame)
+                # Waits only for this client's socket buffer; the hub goes on (and counts what it drops).
+                await writer.drain()
+        finally:
+            sub.close()
+            watcher.cancel()
+
+    async def _send_and_close(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
+        try:
+            writer.write(protocol.encode(reply))
+            async with asyncio.timeout(1.0):
+                await writer.drain()
+        except (OSError, TimeoutError, ProtocolError):
+            pass
+        await _close(writer)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
+    except (OSError, TimeoutError, asyncio.CancelledError):
+        pass
+
+__all__ = ["ApiServer", "Connection"]
