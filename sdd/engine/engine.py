@@ -1,0 +1,178 @@
+"""`WorkflowEngine`: the public face of the engine — action registry, listeners, the set of workflows used
+for sub-workflows, and starting/cancelling runs (`RunHandle`). The walk itself is in `runner.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import EngineError, NotFound
+from .events import Listener
+from .model import Workflow
+from .registry import ActionRegistry, ActionSpec, Handler, discover_entry_points
+from .results import PriorStep, WorkflowResult
+from .runner import Run
+from .statuses import RunStatus
+
+
+class RunHandle:
+    """A started run: `await handle.wait()` for its `WorkflowResult`, `handle.cancel()` to stop it."""
+
+    __slots__ = ("run_id", "task", "_run")
+
+    def __init__(self, run_id: str, task: "asyncio.Task[WorkflowResult]", run: Run):
+        self.run_id = run_id
+        self.task = task
+        self._run = run
+
+    @property
+    def workflow(self) -> Workflow:
+        return self._run.workflow
+
+    @property
+    def status(self) -> RunStatus:
+        return self._run.status
+
+    def done(self) -> bool:
+        return self.task.done()
+
+    async def wait(self) -> WorkflowResult:
+        """The run's result; cancelling the waiter does not cancel the run."""
+        return await asyncio.shield(self.task)
+
+    def cancel(self, interrupt: bool = False) -> bool:
+        """Stop the run. It then rolls back if the workflow says `rollback_on_failure` and ends `cancelled`;
+        with `interrupt=True` it ends `interrupted` at once, without rollback (shutdown after the grace
+        period). False when the run had already finished."""
+        if self.task.done():
+            return False
+        run = self._run
+        if interrupt:
+            run.interrupt = True
+        if run.cancel_requested and not interrupt:
+            return True
+        run.cancel_requested = True
+        if run.started:
+            self.task.cancel()
+        # Not started yet: main() sees cancel_requested first thing and ends the run cancelled.
+        return True
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r}, {self.status.value})"
+
+
+def default_template_dirs() -> list[Path]:
+    env = os.environ.get("SDD_TEMPLATES")
+    if env:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    return [Path(__file__).resolve().parents[2] / "templates"]
+
+
+class WorkflowEngine:
+    """Runs workflows. No global state: actions, listeners and known workflows belong to the instance."""
+
+    def __init__(self, actions: Iterable[ActionSpec] = (), listeners: Iterable[Listener] = (),
+                 workflows: Mapping[str, Workflow] | None = None, max_depth: int = 8,
+                 template_dirs: Iterable[str | Path] | None = None):
+        self.registry = ActionRegistry(actions)
+        self._listeners: tuple[Listener, ...] = tuple(listeners)
+        self.workflows: Mapping[str, Workflow] = dict(workflows or {})
+        self.max_depth = max_depth
+        self.template_dirs = [Path(p) for p in template_dirs] if template_dirs is not None else None
+        self.active_runs: dict[str, RunHandle] = {}
+        self.discovery_errors: list[str] = []
+
+    # -- actions
+    def register_action(self, name: str, handler: Handler, *, idempotent: bool = False,
+                        destructive: bool = False, description: str = "") -> ActionSpec:
+        spec = ActionSpec(name, handler, idempotent=idempotent, destructive=destructive,
+                          description=description)
+        self.registry.register(spec)
+        return spec
+
+    def register(self, spec: ActionSpec) -> None:
+        self.registry.register(spec)
+
+    def discover_actions(self) -> list[ActionSpec]:
+        """Register every action of the entry-point group `sdd.actions`; broken plugins are listed in
+        `discovery_errors` and skipped."""
+        specs, errors = discover_entry_points()
+        for spec in specs:
+            self.registry.register(spec)
+        self.discovery_errors.extend(errors)
+        return specs
+
+    @property
+    def actions(self) -> frozenset[str]:
+        return self.registry.names()
+
+    # -- listeners and workflows
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        return self._listeners
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners = self._listeners + (listener,)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    def set_workflows(self, workflows: Mapping[str, Workflow]) -> None:
+        """Swap the set used to resolve sub-workflows (on reload); running runs keep what they resolved."""
+        self.workflows = dict(workflows)
+
+    def load_template(self, name: str) -> Workflow:
+        """`NAME.yaml` (or `.yml`) from the template dirs, validated."""
+        from .loader import load_workflow
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise NotFound(f"invalid template name {name!r}")
+        dirs = self.template_dirs if self.template_dirs is not None else default_template_dirs()
+        for d in dirs:
+            for ext in (".yaml", ".yml"):
+                path = Path(d) / f"{name}{ext}"
+                if path.is_file():
+                    return load_workflow(path)
+        raise NotFound(f"no template {name!r} in {', '.join(str(d) for d in dirs)}")
+
+    # -- running
+    def start(self, workflow: Workflow, context: Mapping[str, Any] | None = None, *,
+              detection: Mapping[str, Any] | None = None, run_id: str | None = None, dry_run: bool = False,
+              prior: Mapping[str, PriorStep] | None = None) -> RunHandle:
+        """Start a run on the running loop and return at once."""
+        if not isinstance(workflow, Workflow):
+            raise EngineError(f"expected a Workflow, got {type(workflow).__name__}")
+        ctx = dict(workflow.context)
+        if context:
+            ctx.update(context)
+        rid = run_id or uuid.uuid4().hex
+        if rid in self.active_runs:
+            raise EngineError(f"run {rid!r} is already running")
+        run = Run(self, workflow, ctx, detection, rid, dry_run, prior)
+        task = asyncio.get_running_loop().create_task(run.main())
+        handle = RunHandle(rid, task, run)
+        self.active_runs[rid] = handle
+        return handle
+
+    async def execute_workflow(self, workflow: Workflow, context: Mapping[str, Any] | None = None, *,
+                               detection: Mapping[str, Any] | None = None, run_id: str | None = None,
+                               dry_run: bool = False, prior: Mapping[str, PriorStep] | None = None
+                               ) -> WorkflowResult:
+        """start() + wait(); cancelling the caller cancels the run."""
+        handle = self.start(workflow, context, detection=detection, run_id=run_id, dry_run=dry_run,
+                            prior=prior)
+        try:
+            return await asyncio.shield(handle.task)
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
+
+    execute = execute_workflow
+
+    def plan(self, workflow: Workflow, context: Mapping[str, Any] | None = None,
+             detection: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """What each step would do for this context, running nothing."""
+        from .plan import plan
+        return plan(self, workflow, context, detection)

@@ -1,0 +1,70 @@
+"""Events the engine publishes to its listeners, in order, one run at a time.
+
+A listener is `Callable[[EngineEvent], Awaitable[None] | None]`; when it returns an awaitable the engine
+awaits it before going on (the history recorder uses that to commit a step's intent before it acts).
+Times are `time.time()` floats; results and params are plain JSON-able data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Union
+
+if TYPE_CHECKING:
+    from .model import Workflow, WorkflowResult
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    run_id: str
+    workflow_id: str
+    detection_id: str | None
+    started_at: float
+    dry_run: bool
+    resumed: bool
+    workflow: "Workflow"
+    context: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted:
+    run_id: str
+    step_id: str            # the step's path: "quarantine", "loop[3].child", "par.child", "sub.child"
+    parent_id: str | None
+    step_type: str
+    action: str | None
+    attempt: int
+    idempotent: bool
+    phase: str              # "run" | "rollback"
+    started_at: float
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    run_id: str
+    step_id: str
+    status: str             # a StepStatus value
+    attempts: int
+    started_at: float
+    finished_at: float
+    result: Any
+    error: str | None
+    phase: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    run_id: str
+    workflow_id: str
+    status: str             # a RunStatus value
+    started_at: float
+    finished_at: float
+    error: str | None
+    result: "WorkflowResult"
+
+
+EngineEvent = Union[RunStarted, StepStarted, StepFinished, RunFinished]
+Listener = Callable[[EngineEvent], Union[Awaitable[None], None]]
+
+__all__ = ["RunStarted", "StepStarted", "StepFinished", "RunFinished", "EngineEvent", "Listener"]

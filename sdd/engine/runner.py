@@ -1,0 +1,534 @@
+"""How a workflow *runs*: one `Run` per execution, a tree walk over the steps on one asyncio task.
+
+Sequential steps are awaited directly (no task per step); only `parallel` children and concurrent loop
+items get tasks. Failure policy (`on_failure`), retries, timeouts, cancellation, rollback and resume from
+`prior` are all decided here; what a step *does* is its action's business.
+
+Cancellation of a step is delivered to its handler as `asyncio.CancelledError`; a handler that started a
+subprocess must kill it when it sees that (the built-in actions do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .errors import ActionError, EngineError, ExpressionError, NotFound, StepTimeout, is_retryable
+from .events import RunFinished, RunStarted, StepFinished, StepStarted
+from .expressions import Expression, Renderer, compile_expression, compile_template, compile_value
+from .expressions import evaluate, evaluate_condition
+from .model import LEAF_TYPES, Workflow, WorkflowStep
+from .registry import _current_step
+from .results import PriorStep, StepResult, WorkflowResult
+from .statuses import RunStatus, StepStatus
+
+if TYPE_CHECKING:
+    from .engine import WorkflowEngine
+
+log = logging.getLogger(__name__)
+
+MAX_LOOP_ITEMS = 10_000
+_EMPTY: Mapping[str, Any] = {}
+_COMPLETED, _FAILED, _SKIPPED = StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED
+_CANCELLED, _INTERRUPTED = StepStatus.CANCELLED, StepStatus.INTERRUPTED
+_REUSABLE = frozenset({"completed", "skipped", "rolled_back"})
+
+
+# ---- control flow signals -------------------------------------------------------------------------------
+
+class _Abort(Exception):
+    """A step failed and its policy stops the enclosing run (or composite step)."""
+
+    def __init__(self, path: str, error: str, rollback: bool = False, status: RunStatus = RunStatus.FAILED):
+        super().__init__(error)
+        self.path, self.error, self.rollback, self.status = path, error, rollback, status
+
+
+class _Halt(Exception):
+    """A condition step with `on_false: stop` ends the run successfully."""
+
+
+# ---- compiled step ---------------------------------------------------------------------------------------
+
+class Compiled:
+    """A step's expressions and templates, parsed once and kept on the step (`step._compiled`)."""
+
+    __slots__ = ("cond", "params", "items", "items_value", "cases", "rollback_params")
+
+    def __init__(self, step: WorkflowStep):
+        self.cond: Expression | None = compile_expression(step.condition) if step.condition else None
+        self.params: Renderer | None = compile_value(step.params)
+        self.rollback_params: Renderer | None = (compile_value(step.rollback_params)
+                                                 if step.rollback_params is not None else None)
+        self.items: Expression | None = None
+        self.items_value: Any = None
+        if isinstance(step.items, str):
+            tpl = compile_template(step.items)
+            self.items = tpl.whole if tpl is not None and tpl.whole is not None else compile_expression(
+                step.items)
+        elif step.items is not None:
+            self.items_value = compile_value(step.items) or step.items
+        self.cases = [(compile_expression(c.condition) if c.condition is not None else None, c)
+                      for c in step.conditions]
+
+
+def compiled(step: WorkflowStep) -> Compiled:
+    c = step._compiled
+    if c is None:
+        c = step._compiled = Compiled(step)
+    return c
+
+
+# ---- the names expressions see -----------------------------------------------------------------------------
+
+class StepsView(Mapping[str, Any]):
+    """`steps.<id>` in expressions: {status, result, error, attempts} built on demand from the results.
+    Inside a loop item or a composite, ids resolve to the nearest enclosing scope first."""
+
+    __slots__ = ("run", "prefix")
+
+    def __init__(self, run: "Run", prefix: str = ""):
+        self.run, self.prefix = run, prefix
+
+    def _find(self, key: str) -> StepResult | None:
+        results = self.run.step_results
+        if self.prefix:
+            sr = results.get(self.prefix + key)
+            if sr is not None:
+                return sr
+        sr = results.get(key)
+        if sr is None:
+            path = self.run.local_ids.get(key)
+            if path is not None:
+                sr = results.get(path)
+        return sr
+
+    def __getitem__(self, key: str) -> Any:
+        sr = self._find(key)
+        if sr is None:
+            raise KeyError(key)
+        return {"status": sr.status.value, "result": sr.result, "error": sr.error, "attempts": sr.attempts}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.run.step_results)
+
+    def __len__(self) -> int:
+        return len(self.run.step_results)
+
+
+class Scope:
+    """What steps at one level share: the names for expressions and the context handlers receive."""
+
+    __slots__ = ("names", "context", "prefix", "depth", "workflow_id")
+
+    def __init__(self, names: dict[str, Any], context: dict[str, Any], prefix: str, depth: int,
+                 workflow_id: str):
+        self.names, self.context, self.prefix, self.depth, self.workflow_id = (
+            names, context, prefix, depth, workflow_id)
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, engine: "WorkflowEngine", workflow: Workflow, context: dict[str, Any],
+                 detection: Mapping[str, Any] | None, run_id: str, dry_run: bool,
+                 prior: Mapping[str, PriorStep] | None):
+        self.engine = engine
+        self.workflow = workflow
+        self.context = context
+        self.detection: Mapping[str, Any] = detection if detection is not None else _EMPTY
+        self.run_id = run_id
+        self.dry_run = dry_run
+        self.prior = prior
+        self.listeners = engine._listeners
+        self.step_results: dict[str, StepResult] = {}
+        self.local_ids: dict[str, str] = {}
+        # (step, path, params, result, scope) of completed steps that have a rollback_action, in order.
+        self.undo: list[tuple[WorkflowStep, str, Any, Any, Scope]] = []
+        self.started = False
+        self.cancel_requested = False
+        self.interrupt = False
+        self.status = RunStatus.PENDING
+
+    # -- events
+    async def emit(self, event: Any) -> None:
+        for listener in self.listeners:
+            try:
+                ret = listener(event)
+                if ret is not None:
+                    await ret
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a broken listener must not break the run it observes
+                log.exception("engine listener %r failed on %s", listener, type(event).__name__)
+
+    # -- entry point
+    async def main(self) -> WorkflowResult:
+        wf = self.workflow
+        started = time.time()
+        t0 = time.perf_counter()
+        self.started = True
+        self.status = RunStatus.RUNNING
+        try:
+            if self.listeners:
+                await self.emit(RunStarted(self.run_id, wf.workflow_id, self.detection.get("id"), started,
+                                           self.dry_run, self.prior is not None, wf, self.context))
+            steps = StepsView(self)
+            scope = Scope({"context": self.context, "detection": self.detection, "steps": steps},
+                          self.context, "", 0, wf.workflow_id)
+            status, error, rollback = RunStatus.COMPLETED, None, False
+            try:
+                if self.cancel_requested:
+                    raise asyncio.CancelledError
+                if wf.timeout is not None:
+                    async with asyncio.timeout(wf.timeout):
+                        await self.run_steps(wf.steps, scope)
+                else:
+                    await self.run_steps(wf.steps, scope)
+            except _Halt:
+                pass
+            except _Abort as stop:
+                status, error = stop.status, stop.error
+                rollback = stop.rollback or (status is RunStatus.FAILED and wf.rollback_on_failure)
+            except TimeoutError:
+                status, error = RunStatus.FAILED, f"run timed out after {wf.timeout:g}s"
+                rollback = wf.rollback_on_failure
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                if self.interrupt:
+                    status, error = RunStatus.INTERRUPTED, "run interrupted"
+                else:
+                    status, error = RunStatus.CANCELLED, "run cancelled"
+                    rollback = wf.rollback_on_failure
+            if rollback and not self.dry_run:
+                failures = await self.rollback()
+                if status is RunStatus.FAILED:
+                    status = RunStatus.ROLLED_BACK if failures == 0 else RunStatus.FAILED
+                if failures:
+                    error = f"{error}; rollback incomplete: {failures} rollback action(s) failed"
+                if self.interrupt:
+                    status = RunStatus.INTERRUPTED
+            return await self.finish(status, error, started, t0)
+        finally:
+            self.engine.active_runs.pop(self.run_id, None)
+
+    async def finish(self, status: RunStatus, error: str | None, started: float, t0: float) -> WorkflowResult:
+        self.status = status
+        completed = failed = skipped = 0
+        for sr in self.step_results.values():
+            s = sr.status
+            if s is _COMPLETED:
+                completed += 1
+            elif s is _SKIPPED:
+                skipped += 1
+            elif s is _FAILED:
+                failed += 1
+        finished = time.time()
+        result = WorkflowResult(self.workflow.workflow_id, status, time.perf_counter() - t0, completed, failed,
+                                skipped, error, self.context, self.step_results, self.run_id, started, finished,
+                                self.dry_run)
+        if self.listeners:
+            await self.emit(RunFinished(self.run_id, self.workflow.workflow_id, status, started, finished, error,
+                                        result))
+        return result
+
+    # -- walking steps
+    async def run_steps(self, steps: list[WorkflowStep], scope: Scope, parent: str | None = None) -> None:
+        prefix = scope.prefix
+        for step in steps:
+            if step.step_type in LEAF_TYPES:
+                await self.run_leaf(step, prefix + step.step_id, parent, scope)
+            else:
+                await self.run_composite(step, prefix + step.step_id, parent, scope)
+
+    def record(self, path: str, step: WorkflowStep, status: StepStatus, result: Any, error: str | None,
+               attempts: int, started: float, finished: float, reason: str | None = None) -> StepResult:
+        sr = StepResult(path, status, result, error, attempts, started, finished, step.step_type, step.action,
+                        None, reason)
+        self.step_results[path] = sr
+        if path != step.step_id:
+            self.local_ids[step.step_id] = path
+        return sr
+
+    async def skip(self, step: WorkflowStep, path: str, parent: str | None, reason: str,
+                   result: Any = None) -> None:
+        now = time.time()
+        self.record(path, step, _SKIPPED, result, None, 0, now, now, reason)
+        if self.listeners:
+            await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, 0,
+                                        self.idempotent(step), "run", now, _EMPTY))
+            await self.emit(StepFinished(self.run_id, path, _SKIPPED, 0, now, now, result, None, "run"))
+
+    def idempotent(self, step: WorkflowStep) -> bool:
+        spec = self.engine.registry.get(step.action) if step.action else None
+        return spec.idempotent if spec is not None else False
+
+    async def fail(self, step: WorkflowStep, path: str, parent: str | None, started: float, attempts: int,
+                   error: str, result: Any = None, child_rollback: bool = False, announce: bool = False) -> None:
+        """Record a failed step and apply its on_failure policy (raise _Abort, or carry on)."""
+        now = time.time()
+        policy = step.on_failure
+        status = _SKIPPED if policy == "skip" else _FAILED
+        self.record(path, step, status, result, error, attempts, started, now,
+                    "failed, skipped by on_failure: skip" if policy == "skip" else None)
+        if self.listeners:
+            if announce:
+                await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, 0,
+                                            self.idempotent(step), "run", started, _EMPTY))
+            await self.emit(StepFinished(self.run_id, path, status, attempts, started, now, result, error, "run"))
+        if policy in ("continue", "skip"):
+            return
+        raise _Abort(path, f"step {path!r} failed: {error}", rollback=policy == "rollback" or child_rollback)
+
+    async def cancelled(self, step: WorkflowStep, path: str, started: float, attempts: int) -> None:
+        now = time.time()
+        status = _INTERRUPTED if self.interrupt else _CANCELLED
+        error = "interrupted" if self.interrupt else "cancelled"
+        self.record(path, step, status, None, error, attempts, started, now)
+        if self.listeners:
+            await asyncio.shield(self.emit(StepFinished(self.run_id, path, status, attempts, started, now, None,
+                                                        error, "run")))
+
+    # -- leaf steps (action, notification, script, webhook)
+    async def run_leaf(self, step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:
+        c = step._compiled
+        if c is None:
+            try:
+                c = compiled(step)
+            except ExpressionError as exc:
+                return await self.fail(step, path, parent, time.time(), 0, str(exc), announce=True)
+        spec = self.engine.registry.get(step.action) if step.action else None
+        if self.prior is not None:
+            prior = self.prior.get(path)
+            if prior is not None:
+                if await self.resume(step, path, parent, scope, prior, spec):
+                    return
+        names = scope.names
+        if c.cond is not None:
+            try:
+                if not evaluate_condition(c.cond, names):
+                    return await self.skip(step, path, parent, "condition is false")
+            except ExpressionError as exc:
+                return await self.fail(step, path, parent, time.time(), 0, f"condition: {exc}", announce=True)
+        try:
+            params = step.params if c.params is None else c.params.fn(names)
+        except ExpressionError as exc:
+            return await self.fail(step, path, parent, time.time(), 0, f"params: {exc}", announce=True)
+        if spec is None:
+            return await self.fail(step, path, parent, time.time(), 0,
+                                   f"unknown action {step.action!r}", announce=True)
+        await self.attempts(step, path, parent, scope, spec, params)
+
+    async def attempts(self, step: WorkflowStep, path: str, parent: str | None, scope: Scope, spec: Any,
+                       params: Mapping[str, Any]) -> None:
+        retries = step.max_retries
+        if retries is None:
+            retries = 3 if step.on_failure == "retry" else 0
+        handler = spec.handler
+        listeners = self.listeners
+        started = time.time()
+        attempt = 0
+        context = scope.context
+        timeout = step.timeout
+        deadline = None if step.total_timeout is None else time.monotonic() + step.total_timeout
+        while True:
+            attempt += 1
+            if listeners:
+                await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, attempt,
+                                            spec.idempotent, "run", time.time(), params))
+            token = _current_step.set((self.run_id, scope.workflow_id, path, attempt, f"{self.run_id}:{path}",
+                                       self.detection, self.dry_run, "run", None))
+            try:
+                if self.dry_run:
+                    result: Any = {"dry_run": True, "action": step.action, "params": params,
+                                   "irreversible": spec.destructive and not step.rollback_action}
+                elif deadline is not None:
+                    left = max(deadline - time.monotonic(), 0.0)
+                    if timeout is not None and timeout < left:
+                        left = timeout
+                    result = await self.call_with_timeout(handler, params, context, left)
+                elif timeout is None:
+                    result = handler(**params, context=context)
+                    if result is not None and hasattr(result, "__await__"):
+                        result = await result
+                else:
+                    result = await self.call_with_timeout(handler, params, context, timeout)
+            except asyncio.CancelledError:
+                _current_step.reset(token)
+                await self.cancelled(step, path, started, attempt)
+                raise
+            except Exception as exc:
+                _current_step.reset(token)
+                error = describe(exc)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return await self.fail(step, path, parent, started, attempt,
+                                           f"step timed out after {step.total_timeout:g}s "
+                                           f"({attempt} attempt(s); last: {error})")
+                if attempt > retries or not is_retryable(exc):
+                    return await self.fail(step, path, parent, started, attempt, error)
+                delay = retry_delay(step, attempt)
+                if deadline is not None:
+                    delay = min(delay, max(deadline - time.monotonic(), 0.0))
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    await self.cancelled(step, path, started, attempt)
+                    raise
+                continue
+            _current_step.reset(token)
+            break
+        finished = time.time()
+        self.record(path, step, _COMPLETED, result, None, attempt, started, finished)
+        if step.output:
+            self.context[step.output] = result
+        if step.rollback_action:
+            self.undo.append((step, path, params, result, scope))
+        if listeners:
+            await self.emit(StepFinished(self.run_id, path, _COMPLETED, attempt, started, finished, result, None,
+                                         "run"))
+
+    @staticmethod
+    async def call_with_timeout(handler: Any, params: Mapping[str, Any], context: dict[str, Any],
+                                timeout: float) -> Any:
+        try:
+            async with asyncio.timeout(timeout) as cm:
+                result = handler(**params, context=context)
+                if result is not None and hasattr(result, "__await__"):
+                    result = await result
+                return result
+        except TimeoutError:
+            if cm.expired():
+                raise StepTimeout(f"timed out after {timeout:g}s") from None
+            raise
+
+    async def resume(self, step: WorkflowStep, path: str, parent: str | None, scope: Scope, prior: PriorStep,
+                     spec: Any) -> bool:
+        """Apply a recorded outcome; True when the step needs no (re)run."""
+        status = str(prior.status.value if isinstance(prior.status, StepStatus) else prior.status)
+        now = time.time()
+        if status in _REUSABLE:
+            st = _SKIPPED if status == "skipped" else _COMPLETED
+            self.record(path, step, st, prior.result, prior.error, prior.attempts, now, now, "resumed")
+            if st is _COMPLETED:
+                if step.output:
+                    self.context[step.output] = prior.result
+                if step.rollback_action:
+                    self.undo.append((step, path, step.params, prior.result, scope))
+            return True
+        if status == "failed":
+            await self.fail(step, path, parent, now, prior.attempts, prior.error or "failed before the restart")
+            return True
+        if status == "pending":
+            return False
+        # running / interrupted / cancelled: the intent was recorded, the outcome was not.
+        if spec is not None and spec.idempotent:
+            return False
+        mode = self.workflow.on_interrupt
+        if mode == "retry":
+            return False
+        error = "interrupted: the action may or may not have run (not idempotent)"
+        self.record(path, step, _INTERRUPTED, None, error, prior.attempts, now, now)
+        if self.listeners:
+            await self.emit(StepFinished(self.run_id, path, _INTERRUPTED, prior.attempts, now, now, None, error,
+                                         "run"))
+        if mode == "rollback":
+            raise _Abort(path, f"step {path!r} {error}", rollback=True, status=RunStatus.ROLLED_BACK)
+        raise _Abort(path, f"step {path!r} {error}", status=RunStatus.INTERRUPTED)
+
+    # -- composite steps
+    async def run_composite(self, step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:
+        from .composite import run_composite
+        await run_composite(self, step, path, parent, scope)
+
+    # -- rollback
+    async def rollback(self) -> int:
+        """Undo completed steps in reverse; every rollback is recorded, a failing one does not stop the rest."""
+        failures = 0
+        registry = self.engine.registry
+        while self.undo:
+            step, path, params, result, scope = self.undo.pop()
+            started = time.time()
+            spec = registry.get(step.rollback_action) if step.rollback_action else None
+            c = compiled(step)
+            error: str | None = None
+            rparams: Any = params
+            try:
+                if c.rollback_params is not None:
+                    rparams = c.rollback_params.fn(scope.names)
+                elif step.rollback_params is not None:
+                    rparams = step.rollback_params
+            except ExpressionError as exc:
+                error = f"rollback params: {exc}"
+            if self.listeners:
+                await self.emit(StepStarted(self.run_id, path, None, step.step_type, step.rollback_action, 1,
+                                            spec.idempotent if spec else False, "rollback", started,
+                                            rparams if error is None else _EMPTY))
+            if error is None and spec is None:
+                error = f"unknown rollback action {step.rollback_action!r}"
+            if error is None:
+                token = _current_step.set((self.run_id, scope.workflow_id, path, 1, f"{self.run_id}:{path}",
+                                           self.detection, self.dry_run, "rollback", result))
+                try:
+                    if step.timeout is None:
+                        ret = spec.handler(**rparams, context=scope.context)
+                        if ret is not None and hasattr(ret, "__await__"):
+                            await ret
+                    else:
+                        await self.call_with_timeout(spec.handler, rparams, scope.context, step.timeout)
+                except asyncio.CancelledError:
+                    error = "rollback cancelled"
+                    self.interrupt = True
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                except Exception as exc:
+                    error = describe(exc)
+                finally:
+                    _current_step.reset(token)
+            finished = time.time()
+            sr = self.step_results.get(path)
+            if error is None:
+                status = StepStatus.ROLLED_BACK
+                if sr is not None:
+                    sr.status = StepStatus.ROLLED_BACK
+            else:
+                failures += 1
+                status = _FAILED
+                if sr is not None:
+                    sr.rollback_error = error
+            if self.listeners:
+                await self.emit(StepFinished(self.run_id, path, status, 1, started, finished, None, error,
+                                             "rollback"))
+            if self.interrupt and error == "rollback cancelled":
+                break
+        return failures
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, EngineError):
+        text = str(exc)
+        if isinstance(exc, ActionError) and not isinstance(exc, StepTimeout) and type(exc) is not ActionError:
+            return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return text or type(exc).__name__
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def retry_delay(step: WorkflowStep, attempt: int) -> float:
+    """Delay before attempt `attempt + 1`: retry_delay x backoff^(attempt-1), capped, +/- jitter."""
+    delay = step.retry_delay * (step.backoff ** (attempt - 1)) if step.retry_delay > 0 else 0.0
+    delay = min(delay, step.max_delay)
+    if delay > 0 and step.jitter > 0:
+        delay *= 1.0 + random.uniform(-step.jitter, step.jitter)
+    return max(delay, 0.0)
+
+
+def not_found(what: str) -> NotFound:
+    return NotFound(what)
+
+
+__all__ = ["Run", "Scope", "StepsView", "compiled", "Compiled", "describe", "retry_delay"]
