@@ -1,0 +1,9 @@
+"""sdd.store: the durable history (SQLite, WAL, group commit). Re-exports only; see store.py."""
+
+from .errors import SchemaError, StoreClosed, StoreError, StoreValueError, UnsafePath
+from .records import AddedDetection, DetectionState, ExclusionKind, Page, RunTrigger, WriterStats
+from .schema import SCHEMA_VERSION
+from .store import Store
+
+__all__ = ["Store", "Page", "AddedDetection", "DetectionState", "ExclusionKind", "RunTrigger", "WriterStats",
+           "SCHEMA_VERSION", "StoreError", "StoreClosed", "StoreValueError", "SchemaError", "UnsafePath"]

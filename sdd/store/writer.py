@@ -1,0 +1,188 @@
+"""Group commit: one thread owns the write connection and commits whatever is queued in one transaction.
+
+Callers enqueue an operation (a function of the connection). The writer takes everything queued (up to
+`max_batch`), runs each operation inside its own SAVEPOINT — an operation that raises is rolled back alone
+and fails only its own waiter — and COMMITs once. Waiters are resolved only after that COMMIT returns, so
+"the awaitable resolved" means "the row is durable" (as durable as WAL with synchronous=NORMAL makes it: it
+survives a crash of the process; a power loss can lose the last commits).
+
+No timer and no polling: when idle the thread sleeps on a condition; while it commits one batch the next
+one accumulates, which is what makes batching adaptive — one caller gets one-row latency, a burst gets
+large transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sqlite3
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import StoreClosed, StoreError
+from .records import WriterStats
+
+log = logging.getLogger("sdd.store")
+
+Operation = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Operation
+    loop: asyncio.AbstractEventLoop | None = None
+    future: "asyncio.Future[Any] | concurrent.futures.Future[Any] | None" = None
+
+
+class GroupCommitWriter:
+    """The single writer. Thread-safe to enqueue from any thread or event loop."""
+
+    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 1024, name: str = "sdd-store-writer"):
+        self._conn = conn
+        self.max_batch = max_batch
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Op] = deque()
+        self._closing = False
+        self._dead: BaseException | None = None
+        self._sleeping = False
+        self.transactions = 0
+        self.operations = 0
+        self.failed_operations = 0
+        self.largest_batch = 0
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    # --- enqueueing -------------------------------------------------------------------------------------------
+    def write(self, fn: Operation) -> "asyncio.Future[Any]":
+        """Enqueue from an event loop; the future resolves (on that loop) after the batch has committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._put(_Op(fn, loop, future))
+        return future
+
+    def write_sync(self, fn: Operation, timeout: float | None = None) -> Any:
+        """Enqueue from a plain thread and block until committed (for tools, tests and non-async callers)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._put(_Op(fn, None, future))
+        return future.result(timeout)
+
+    def submit(self, fn: Operation) -> None:
+        """Enqueue without waiting: ordered with every other write, failures are logged, nothing to await."""
+        self._put(_Op(fn))
+
+    def _put(self, op: _Op) -> None:
+        with self._cond:
+            if self._closing or self._dead is not None:
+                raise StoreClosed("the store is closed" if self._dead is None
+                                  else f"the store writer stopped: {self._dead}")
+            self._queue.append(op)
+            if self._sleeping:
+                self._cond.notify()
+
+    # --- the thread -------------------------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing:
+                        self._sleeping = True
+                        self._cond.wait()
+                        self._sleeping = False
+                    if not self._queue:
+                        return  # closing and drained
+                    n = min(len(self._queue), self.max_batch)
+                    batch = [self._queue.popleft() for _ in range(n)]
+                self._commit(batch)
+        except BaseException as exc:  # a bug or a dead disk: fail everyone loudly instead of hanging them
+            log.exception("store writer stopped")
+            with self._cond:
+                self._dead = exc
+                pending = list(self._queue)
+                self._queue.clear()
+            self._resolve([(op, None, StoreClosed(f"the store writer stopped: {exc}")) for op in pending])
+
+    def _commit(self, batch: list[_Op]) -> None:
+        conn = self._conn
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The transaction as a whole failed (disk full, I/O error): nothing in it is durable.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            log.error("store commit of %d operations failed: %s", len(batch), exc)
+            error = StoreError(f"commit failed: {exc}")
+            outcomes = [(op, None, error) for op in batch]
+        self.transactions += 1
+        self.operations += len(batch)
+        self.failed_operations += sum(1 for _, _, e in outcomes if e is not None)
+        self.largest_batch = max(self.largest_batch, len(batch))
+        self._resolve(outcomes)
+
+    @staticmethod
+    def _resolve(outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, BaseException | None]]] = {}
+        for op, result, exc in outcomes:
+            if op.future is None:
+                if exc is not None:
+                    log.error("store write %s failed: %s", getattr(op.fn, "__name__", op.fn), exc)
+            elif op.loop is None:
+                fut = op.future
+                assert isinstance(fut, concurrent.futures.Future)
+                if exc is None:
+                    fut.set_result(result)
+                else:
+                    fut.set_exception(exc)
+            else:
+                by_loop.setdefault(op.loop, []).append((op.future, result, exc))
+        # One wake-up per loop per batch, not one per write.
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:
+                pass  # that loop is closed; nobody is waiting any more
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+    def stats(self) -> WriterStats:
+        with self._cond:
+            queued = len(self._queue)
+        return WriterStats(self.transactions, self.operations, self.failed_operations, queued, self.largest_batch)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting writes, commit everything queued, and wait for the thread to finish."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+
+def _settle(items: list[tuple[Any, Any, BaseException | None]]) -> None:
+    for future, result, exc in items:
+        if future.done():
+            continue  # the waiter was cancelled; the write happened anyway
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+
+__all__ = ["GroupCommitWriter", "Operation"]

@@ -1,0 +1,371 @@
+"""The SQL of every write. Each `*_op` validates and encodes its arguments in the caller's thread (so a bad
+value fails at once, naming the field) and returns the operation the writer thread runs inside the batch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+import uuid
+from typing import Any, Mapping
+
+from ..engine.statuses import RunStatus, StepStatus
+from . import codec
+from .errors import StoreValueError
+from .records import AddedDetection, DetectionState, ExclusionKind, RunTrigger
+from .schema import SAMPLE_SLOTS
+from .writer import Operation
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TERMINAL = {s.value for s in RunStatus if s.terminal}
+_STAT_COLUMN = {"completed": "completed", "failed": "failed", "rolled_back": "rolled_back",
+                "cancelled": "cancelled", "interrupted": "interrupted"}
+
+
+def _enum(kind: type, value: Any, field: str) -> str:
+    try:
+        return str(kind(value).value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise StoreValueError(f"{field}: {value!r:.60} is not one of {allowed}") from None
+
+
+def sha256_value(value: Any, field: str = "sha256") -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value.lower()):
+        raise StoreValueError(f"{field}: expected 64 hexadecimal digits")
+    return value.lower()
+
+
+def path_value(value: Any, field: str) -> str:
+    """An absolute path in canonical spelling (no '.', '..' or doubled or trailing slashes)."""
+    text = codec.text(value, field, required=True)
+    assert text is not None
+    if not text.startswith("/"):
+        raise StoreValueError(f"{field}: expected an absolute path")
+    norm = os.path.normpath(text)
+    return "/" + norm.lstrip("/") if norm.startswith("//") else norm
+
+
+def actor_value(actor: Any) -> str:
+    """uids become "uid:N"; strings ("detection:ID", "run:ID", "sdd") are kept."""
+    if isinstance(actor, int) and not isinstance(actor, bool):
+        return f"uid:{actor}"
+    if actor is None:
+        return "sdd"
+    value = codec.text(actor, "actor", required=True, limit=256)
+    assert value is not None
+    return value
+
+
+def detection_ref(value: Any) -> int | None:
+    """A detection id for a foreign-key column; ids that are not ours (an external id) become NULL."""
+    if value is None:
+        return None
+    try:
+        return codec.row_id(value, "detection_id")
+    except StoreValueError:
+        return None
+
+
+# --- detections -------------------------------------------------------------------------------------------------
+def record_detection_op(data: Mapping[str, Any], spool_name: str | None, received_at: float | None,
+                        state: Any, note: str | None) -> Operation:
+    if not isinstance(data, Mapping):
+        raise StoreValueError(f"detection: expected a JSON object, got {type(data).__name__}")
+    dtype = data.get("type")
+    if not isinstance(dtype, str) or not dtype:
+        raise StoreValueError("detection.type: required, a non-empty string")
+    ext = data.get("id")
+    external = codec.text(ext, "detection.id", limit=1024) if isinstance(ext, (str, int)) and \
+        not isinstance(ext, bool) else None
+    sha = data.get("sha256")
+    sha = sha.lower() if isinstance(sha, str) and _SHA256.fullmatch(sha.lower()) else None
+    raw = codec.dumps(dict(data), "detection", limit=codec.MAX_RAW_JSON, truncate=False)
+    row = (external, codec.text(dtype, "detection.type", limit=1024),
+           codec.opt_text(data.get("severity"), "detection.severity"),
+           codec.opt_text(data.get("file_path"), "detection.file_path"),
+           codec.opt_text(data.get("threat_name"), "detection.threat_name"), sha, raw,
+           codec.timestamp(received_at, "received_at") or time.time(),
+           _enum(DetectionState, state, "state"), codec.text(note, "note"), codec.text(spool_name, "spool_name"))
+
+    def record_detection(conn: sqlite3.Connection) -> AddedDetection:
+        if row[-1] is not None:
+            old = conn.execute("SELECT id, state, duplicate_of FROM detections WHERE spool_name = ?",
+                               (row[-1],)).fetchone()
+            if old is not None:
+                return AddedDetection(str(old[0]), DetectionState(old[1]),
+                                      None if old[2] is None else str(old[2]), replayed=True)
+        values = list(row)
+        duplicate_of = None
+        if external is not None:
+            first = conn.execute("SELECT id FROM detections WHERE external_id = ?", (external,)).fetchone()
+            if first is not None:
+                duplicate_of = first[0]
+                values[0] = None
+                values[8] = DetectionState.DUPLICATE.value
+                values[9] = values[9] or f"duplicate of detection {first[0]} (same id)"
+        new_id = conn.execute(
+            "INSERT INTO detections (external_id, type, severity, file_path, threat_name, sha256, raw, "
+            "received_at, state, note, spool_name, duplicate_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+            (*values, duplicate_of)).fetchone()[0]
+        return AddedDetection(str(new_id), DetectionState(values[8]),
+                              None if duplicate_of is None else str(duplicate_of))
+    return record_detection
+
+
+def set_detection_state_op(detection_id: Any, state: Any, note: str | None) -> Operation:
+    args = (_enum(DetectionState, state, "state"), codec.text(note, "note"), time.time(),
+            codec.row_id(detection_id, "detection_id"))
+
+    def set_detection_state(conn: sqlite3.Connection) -> bool:
+        cur = conn.execute("UPDATE detections SET state = ?, note = coalesce(?, note), updated_at = ? "
+                           "WHERE id = ?", args)
+        return cur.rowcount > 0
+    return set_detection_state
+
+
+# --- runs and steps ---------------------------------------------------------------------------------------------
+def create_run_op(run_id: str, workflow_id: str, detection_id: Any, context: Any, workflow_snapshot: Any,
+                  status: Any, trigger: Any, started_at: float | None, dry_run: bool, uid: int | None,
+                  resumed: bool) -> Operation:
+    rid = codec.text(run_id, "run_id", required=True, limit=256)
+    det = detection_ref(detection_id)
+    row = (rid, codec.text(workflow_id, "workflow_id", required=True, limit=1024),
+           _enum(RunStatus, status, "status"), _enum(RunTrigger, trigger, "trigger"),
+           codec.dumps(context, "context"), codec.dumps(workflow_snapshot, "workflow_snapshot", truncate=False),
+           codec.timestamp(started_at, "started_at") or time.time(), int(bool(dry_run)),
+           codec.integer(uid, "uid"), int(bool(resumed)))
+
+    def create_run(conn: sqlite3.Connection) -> None:
+        d = det
+        if d is not None and conn.execute("SELECT 1 FROM detections WHERE id = ?", (d,)).fetchone() is None:
+            d = None
+        # Upsert: the daemon may create the run (pending, with its trigger and uid) before the engine's
+        # RunStarted arrives; a resumed run keeps its first start time and counts the resumption.
+        conn.execute(
+            "INSERT INTO runs (run_id, workflow_id, status, trigger, context, workflow, started_at, dry_run, uid, "
+            "resumed, detection_id) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (run_id) DO UPDATE SET "
+            "status = excluded.status, context = coalesce(excluded.context, context), "
+            "workflow = coalesce(excluded.workflow, workflow), uid = coalesce(uid, excluded.uid), "
+            "detection_id = coalesce(detection_id, excluded.detection_id), "
+            "resumed = resumed + excluded.resumed, finished_at = NULL, error = NULL",
+            (*row, d))
+    return create_run
+
+
+def record_step_started_op(run_id: str, step_id: str, phase: str, parent_id: str | None, step_type: str | None,
+                           action: str | None, attempt: int, idempotent: bool, started_at: float | None,
+                           params: Any) -> Operation:
+    if phase not in ("run", "rollback"):
+        raise StoreValueError(f"phase: {phase!r:.40} is not run or rollback")
+    row = (codec.text(run_id, "run_id", required=True, limit=256), phase,
+           codec.text(step_id, "step_id", required=True, limit=4096), codec.text(parent_id, "parent_id", limit=4096),
+           codec.text(step_type, "step_type", limit=256), codec.text(action, "action", limit=256),
+           codec.integer(attempt, "attempt") or 1, int(bool(idempotent)),
+           codec.timestamp(started_at, "started_at") or time.time(), codec.dumps(params, "params"))
+
+    def record_step_started(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO steps (run_id, phase, step_id, parent_id, step_type, action, status, attempts, idempotent, "
+            "started_at, params) VALUES (?,?,?,?,?,?,'running',?,?,?,?) ON CONFLICT DO UPDATE SET "
+            "status = 'running', attempts = excluded.attempts, idempotent = excluded.idempotent, "
+            "params = excluded.params, finished_at = NULL, result = NULL, error = NULL", row)
+    return record_step_started
+
+
+def record_step_finished_op(run_id: str, step_id: str, status: Any, phase: str, attempts: int | None,
+                            started_at: float | None, finished_at: float | None, result: Any,
+                            error: str | None) -> Operation:
+    if phase not in ("run", "rollback"):
+        raise StoreValueError(f"phase: {phase!r:.40} is not run or rollback")
+    finished = codec.timestamp(finished_at, "finished_at") or time.time()
+    row = (codec.text(run_id, "run_id", required=True, limit=256), phase,
+           codec.text(step_id, "step_id", required=True, limit=4096), _enum(StepStatus, status, "status"),
+           codec.integer(attempts, "attempts") or 0, codec.timestamp(started_at, "started_at") or finished,
+           finished, codec.dumps(result, "result"), codec.text(error, "error"))
+
+    def record_step_finished(conn: sqlite3.Connection) -> None:
+        # An upsert: skipped steps finish without ever starting.
+        conn.execute(
+            "INSERT INTO steps (run_id, phase, step_id, status, attempts, started_at, finished_at, result, error) "
+            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET status = excluded.status, "
+            "attempts = max(attempts, excluded.attempts), finished_at = excluded.finished_at, "
+            "result = excluded.result, error = excluded.error", row)
+    return record_step_finished
+
+
+def finish_run_op(run_id: str, status: Any, error: str | None, finished_at: float | None, result: Any) -> Operation:
+    new = _enum(RunStatus, status, "status")
+    if new not in _TERMINAL:
+        raise StoreValueError(f"status: {new} is not a final run status")
+    rid = codec.text(run_id, "run_id", required=True, limit=256)
+    finished = codec.timestamp(finished_at, "finished_at") or time.time()
+    err = codec.text(error, "error")
+    res = codec.dumps(result, "result")
+
+    def finish_run(conn: sqlite3.Connection) -> bool:
+        old = conn.execute("SELECT workflow_id, status, started_at FROM runs WHERE run_id = ?", (rid,)).fetchone()
+        if old is None:
+            return False
+        workflow_id, old_status, started = old
+        conn.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, result = coalesce(?, result) "
+                     "WHERE run_id = ?", (new, finished, err, res, rid))
+        if old_status in _TERMINAL:  # finished twice (recovery): move the count, keep the duration
+            if old_status != new:
+                conn.execute(f"UPDATE workflow_stats SET {_STAT_COLUMN[old_status]} = "
+                             f"max({_STAT_COLUMN[old_status]} - 1, 0), {_STAT_COLUMN[new]} = {_STAT_COLUMN[new]} + 1 "
+                             "WHERE workflow_id = ?", (workflow_id,))
+            return True
+        duration = max(finished - started, 0.0)
+        conn.execute("INSERT INTO workflow_stats (workflow_id) VALUES (?) ON CONFLICT DO NOTHING", (workflow_id,))
+        seq = conn.execute(
+            f"UPDATE workflow_stats SET finished = finished + 1, {_STAT_COLUMN[new]} = {_STAT_COLUMN[new]} + 1, "
+            "duration_sum = duration_sum + ?, duration_n = duration_n + 1, sample_seq = sample_seq + 1, "
+            "last_run_id = iif(coalesce(last_finished_at, 0) <= ?, ?, last_run_id), "
+            "last_status = iif(coalesce(last_finished_at, 0) <= ?, ?, last_status), "
+            "last_started_at = iif(coalesce(last_finished_at, 0) <= ?, ?, last_started_at), "
+            "last_finished_at = max(coalesce(last_finished_at, 0), ?) "
+            "WHERE workflow_id = ? RETURNING sample_seq",
+            (duration, finished, rid, finished, new, finished, started, finished, workflow_id)).fetchone()[0]
+        conn.execute("INSERT OR REPLACE INTO duration_samples (workflow_id, slot, duration) VALUES (?,?,?)",
+                     (workflow_id, (seq - 1) % SAMPLE_SLOTS, duration))
+        return True
+    return finish_run
+
+
+# --- quarantine, exclusions, false positives, audit --------------------------------------------------------------
+_QUARANTINE_COLUMNS = ("id", "sha256", "size", "original_path", "uid", "gid", "mode", "mtime", "detection_id",
+                       "run_id", "threat_name", "quarantined_at")
+
+
+def put_quarantine_op(meta: Mapping[str, Any]) -> tuple[str, Operation]:
+    if not isinstance(meta, Mapping):
+        raise StoreValueError("quarantine meta: expected a mapping")
+    qid = codec.text(meta.get("id") or uuid.uuid4().hex, "id", limit=256)
+    assert qid is not None
+    extra = {k: v for k, v in meta.items() if k not in _QUARANTINE_COLUMNS}
+    row = (qid, sha256_value(meta.get("sha256")), codec.integer(meta.get("size"), "size"),
+           codec.text(meta.get("original_path"), "original_path", required=True, limit=8192),
+           codec.integer(meta.get("uid"), "uid"), codec.integer(meta.get("gid"), "gid"),
+           codec.integer(meta.get("mode"), "mode"), codec.timestamp(meta.get("mtime"), "mtime"),
+           codec.text(meta.get("detection_id"), "detection_id", limit=256),
+           codec.text(meta.get("run_id"), "run_id", limit=256), codec.text(meta.get("threat_name"), "threat_name"),
+           codec.timestamp(meta.get("quarantined_at"), "quarantined_at") or time.time(),
+           codec.dumps(extra or None, "extra"))
+
+    def put_quarantine(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO quarantine (id, sha256, size, original_path, uid, gid, mode, mtime, detection_id, "
+                     "run_id, threat_name, quarantined_at, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+        return qid
+    return qid, put_quarantine
+
+
+def mark_restored_op(qid: str, restored_at: float | None, restored_to: str | None) -> Operation:
+    args = (codec.timestamp(restored_at, "restored_at") or time.time(),
+            codec.text(restored_to, "restored_to", limit=8192), codec.text(qid, "qid", required=True, limit=256))
+
+    def mark_restored(conn: sqlite3.Connection) -> bool:
+        return conn.execute("UPDATE quarantine SET restored_at = ?, restored_to = ? WHERE id = ?",
+                            args).rowcount > 0
+    return mark_restored
+
+
+def exclusion_value(kind: Any, value: Any) -> tuple[str, str]:
+    k = _enum(ExclusionKind, kind, "kind")
+    return k, (sha256_value(value, "value") if k == "sha256" else path_value(value, "value"))
+
+
+def _audit_row(actor: Any, action: str, target: Any, detection_id: Any, run_id: Any, outcome: str,
+               details: Any) -> tuple[Any, ...]:
+    return (time.time(), actor_value(actor), codec.text(action, "action", required=True, limit=256),
+            codec.text(target, "target", limit=8192),
+            None if detection_id is None else codec.text(str(detection_id), "detection_id", limit=256),
+            codec.text(run_id, "run_id", limit=256), codec.text(outcome, "outcome", required=True, limit=256),
+            codec.dumps(details, "details"))
+
+
+_AUDIT_SQL = ("INSERT INTO audit (time, actor, action, target, detection_id, run_id, outcome, details) "
+              "VALUES (?,?,?,?,?,?,?,?)")
+
+
+def add_exclusion_op(kind: Any, value: Any, reason: str | None, actor: Any) -> Operation:
+    k, v = exclusion_value(kind, value)
+    row = (k, v, codec.text(reason, "reason"), actor_value(actor), time.time())
+    audit = _audit_row(actor, "exclusion.add", f"{k}:{v}", None, None, "ok", {"reason": reason})
+
+    def add_exclusion(conn: sqlite3.Connection) -> bool:
+        added = conn.execute("INSERT INTO exclusions (kind, value, reason, actor, created_at) VALUES (?,?,?,?,?) "
+                             "ON CONFLICT DO NOTHING", row).rowcount > 0
+        conn.execute(_AUDIT_SQL, audit[:6] + ("ok" if added else "exists",) + audit[7:])
+        return added
+    return add_exclusion
+
+
+def remove_exclusion_op(kind: Any, value: Any, actor: Any) -> Operation:
+    k, v = exclusion_value(kind, value)
+    audit = _audit_row(actor, "exclusion.remove", f"{k}:{v}", None, None, "ok", None)
+
+    def remove_exclusion(conn: sqlite3.Connection) -> bool:
+        removed = conn.execute("DELETE FROM exclusions WHERE kind = ? AND value = ?", (k, v)).rowcount > 0
+        conn.execute(_AUDIT_SQL, audit[:6] + ("ok" if removed else "absent",) + audit[7:])
+        return removed
+    return remove_exclusion
+
+
+def log_false_positive_op(detection_id: Any, run_id: Any, sha256: Any, file_path: Any, threat_name: Any,
+                          reason: Any, actor: Any, details: Any) -> Operation:
+    row = (None if detection_id is None else codec.text(str(detection_id), "detection_id", limit=256),
+           codec.text(run_id, "run_id", limit=256), None if sha256 is None else sha256_value(sha256),
+           codec.text(file_path, "file_path", limit=8192), codec.text(threat_name, "threat_name"),
+           codec.text(reason, "reason"), actor_value(actor), time.time(), codec.dumps(details, "details"))
+
+    def log_false_positive(conn: sqlite3.Connection) -> int:
+        return int(conn.execute(
+            "INSERT INTO false_positives (detection_id, run_id, sha256, file_path, threat_name, reason, actor, "
+            "created_at, details) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id", row).fetchone()[0])
+    return log_false_positive
+
+
+def audit_op(actor: Any, action: str, target: Any, detection_id: Any, run_id: Any, outcome: str,
+             details: Any) -> Operation:
+    row = _audit_row(actor, action, target, detection_id, run_id, outcome, details)
+
+    def audit(conn: sqlite3.Connection) -> None:
+        conn.execute(_AUDIT_SQL, row)
+    return audit
+
+
+# --- retention ---------------------------------------------------------------------------------------------------
+def purge_runs_chunk_op(cutoff: float, chunk: int) -> Operation:
+    def purge_runs(conn: sqlite3.Connection) -> int:
+        ids = [r[0] for r in conn.execute(
+            "SELECT run_id FROM runs INDEXED BY runs_started WHERE started_at < ? AND finished_at < ? "
+            "AND status NOT IN ('pending', 'running') ORDER BY started_at LIMIT ?", (cutoff, cutoff, chunk))]
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        # Keep runs.stats consistent with the history that is kept.
+        for wf, status, n, total in conn.execute(
+                f"SELECT workflow_id, status, count(*), total(max(finished_at - started_at, 0)) FROM runs "
+                f"WHERE run_id IN ({marks}) GROUP BY workflow_id, status", ids).fetchall():
+            col = _STAT_COLUMN.get(status)
+            if col is None:
+                continue
+            conn.execute(f"UPDATE workflow_stats SET finished = max(finished - ?, 0), {col} = max({col} - ?, 0), "
+                         "duration_sum = max(duration_sum - ?, 0), duration_n = max(duration_n - ?, 0) "
+                         "WHERE workflow_id = ?", (n, n, total, n, wf))
+        conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", ids)  # steps go by ON DELETE CASCADE
+        return len(ids)
+    return purge_runs
+
+
+def purge_detections_chunk_op(cutoff: float, chunk: int) -> Operation:
+    def purge_detections(conn: sqlite3.Connection) -> int:
+        return conn.execute(
+            "DELETE FROM detections WHERE id IN (SELECT id FROM detections INDEXED BY detections_received "
+            "WHERE received_at < ? AND state != 'queued' AND NOT EXISTS "
+            "(SELECT 1 FROM runs WHERE runs.detection_id = detections.id) ORDER BY received_at LIMIT ?)",
+            (cutoff, chunk)).rowcount
+    return purge_detections
