@@ -178,7 +178,7 @@ async def test_hostile_detection_fields_are_cleaned_and_the_bridge_stays_on_the_
     (det,) = await collector.wait_for("DetectionReceived")
     await collector.wait_for("RunStarted")
     detection_id, type_, severity, file_path = det.body
-    assert detection_id == "7" and severity == ""
+    assert detection_id == "7" and severity == "" and type_ == file_path
     assert "\x00" not in file_path and len(file_path) <= 4096
     file_path.encode("utf-8")  # valid UTF-8 on the wire (raises on a lone surrogate)
     if hostile and len(hostile) < 4096:
