@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import math
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import StoreValueError
 
@@ -25,11 +25,17 @@ PREVIEW_CHARS = 4096
 MAX_TEXT = 64 * 1024
 
 
+class RawJSON(str):
+    """Text already encoded by `dumps` (e.g. a workflow snapshot cached by the caller): stored as is."""
+
+
 def dumps(value: Any, field: str, *, limit: int = MAX_DATA_JSON, truncate: bool = True) -> str | None:
     """Serialise `value` for a JSON column. Unserialisable or too deep → StoreValueError naming `field`;
     too large → a `{"truncated": true, ...}` marker when `truncate`, else StoreValueError."""
     if value is None:
         return None
+    if isinstance(value, RawJSON):
+        return str(value)
     try:
         # ensure_ascii keeps lone surrogates and NULs as \u escapes: the column is always valid UTF-8.
         text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_default)
@@ -44,8 +50,19 @@ def dumps(value: Any, field: str, *, limit: int = MAX_DATA_JSON, truncate: bool 
     return text
 
 
+def dumps_lenient(value: Any, field: str) -> str | None:
+    """For outcome records (step results, final contexts): a value that cannot be stored becomes a marker
+    saying why, because failing the write would lose the fact that the step ran."""
+    try:
+        return dumps(value, field)
+    except StoreValueError as exc:
+        return json.dumps({"unserialisable": str(exc)[:PREVIEW_CHARS]})
+
+
 def _default(value: Any) -> Any:
     # Enums and paths are common in results; anything else is refused so nothing is silently mangled.
+    if isinstance(value, Mapping):
+        return dict(value)
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     if hasattr(value, "value") and isinstance(getattr(value, "value"), (str, int, float)):
@@ -63,8 +80,9 @@ def loads(text: str | None) -> Any:
     return json.loads(text)
 
 
-def text(value: Any, field: str, *, required: bool = False, limit: int = MAX_TEXT) -> str | None:
-    """A value for a TEXT column: valid UTF-8 without NULs (escaped as backslash sequences), bounded."""
+def text(value: Any, field: str, *, required: bool = False, limit: int = MAX_TEXT, clip: bool = False) -> str | None:
+    """A value for a TEXT column: valid UTF-8 without NULs (escaped as backslash sequences), bounded: longer
+    text is refused, or cut with a marker when `clip` (error messages must never fail their record)."""
     if value is None:
         if required:
             raise StoreValueError(f"{field}: required")
@@ -80,6 +98,8 @@ def text(value: Any, field: str, *, required: bool = False, limit: int = MAX_TEX
     if "\x00" in value:
         value = value.replace("\x00", "\\x00")
     if len(value) > limit:
+        if clip:
+            return value[:limit] + f"... [{len(value) - limit} more characters]"
         raise StoreValueError(f"{field}: {len(value)} characters, more than the {limit} allowed")
     return value
 
@@ -148,5 +168,5 @@ def decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
     return key
 
 
-__all__ = ["dumps", "loads", "text", "opt_text", "timestamp", "integer", "row_id", "encode_cursor",
+__all__ = ["RawJSON", "dumps", "dumps_lenient", "loads", "text", "opt_text", "timestamp", "integer", "row_id", "encode_cursor",
            "decode_cursor", "MAX_RAW_JSON", "MAX_DATA_JSON"]

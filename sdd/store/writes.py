@@ -88,7 +88,7 @@ def record_detection_op(data: Mapping[str, Any], spool_name: str | None, receive
            codec.opt_text(data.get("file_path"), "detection.file_path"),
            codec.opt_text(data.get("threat_name"), "detection.threat_name"), sha, raw,
            codec.timestamp(received_at, "received_at") or time.time(),
-           _enum(DetectionState, state, "state"), codec.text(note, "note"), codec.text(spool_name, "spool_name"))
+           _enum(DetectionState, state, "state"), codec.text(note, "note", clip=True), codec.text(spool_name, "spool_name"))
 
     def record_detection(conn: sqlite3.Connection) -> AddedDetection:
         if row[-1] is not None:
@@ -116,7 +116,7 @@ def record_detection_op(data: Mapping[str, Any], spool_name: str | None, receive
 
 
 def set_detection_state_op(detection_id: Any, state: Any, note: str | None) -> Operation:
-    args = (_enum(DetectionState, state, "state"), codec.text(note, "note"), time.time(),
+    args = (_enum(DetectionState, state, "state"), codec.text(note, "note", clip=True), time.time(),
             codec.row_id(detection_id, "detection_id"))
 
     def set_detection_state(conn: sqlite3.Connection) -> bool:
@@ -134,7 +134,7 @@ def create_run_op(run_id: str, workflow_id: str, detection_id: Any, context: Any
     det = detection_ref(detection_id)
     row = (rid, codec.text(workflow_id, "workflow_id", required=True, limit=1024),
            _enum(RunStatus, status, "status"), _enum(RunTrigger, trigger, "trigger"),
-           codec.dumps(context, "context"), codec.dumps(workflow_snapshot, "workflow_snapshot", truncate=False),
+           codec.dumps_lenient(context, "context"), codec.dumps(workflow_snapshot, "workflow_snapshot", truncate=False),
            codec.timestamp(started_at, "started_at") or time.time(), int(bool(dry_run)),
            codec.integer(uid, "uid"), int(bool(resumed)))
 
@@ -163,8 +163,8 @@ def record_step_started_op(run_id: str, step_id: str, phase: str, parent_id: str
     row = (codec.text(run_id, "run_id", required=True, limit=256), phase,
            codec.text(step_id, "step_id", required=True, limit=4096), codec.text(parent_id, "parent_id", limit=4096),
            codec.text(step_type, "step_type", limit=256), codec.text(action, "action", limit=256),
-           codec.integer(attempt, "attempt") or 1, int(bool(idempotent)),
-           codec.timestamp(started_at, "started_at") or time.time(), codec.dumps(params, "params"))
+           1 if attempt is None else codec.integer(attempt, "attempt"), int(bool(idempotent)),
+           codec.timestamp(started_at, "started_at") or time.time(), codec.dumps_lenient(params, "params"))
 
     def record_step_started(conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -184,7 +184,7 @@ def record_step_finished_op(run_id: str, step_id: str, status: Any, phase: str, 
     row = (codec.text(run_id, "run_id", required=True, limit=256), phase,
            codec.text(step_id, "step_id", required=True, limit=4096), _enum(StepStatus, status, "status"),
            codec.integer(attempts, "attempts") or 0, codec.timestamp(started_at, "started_at") or finished,
-           finished, codec.dumps(result, "result"), codec.text(error, "error"))
+           finished, codec.dumps_lenient(result, "result"), codec.text(error, "error", clip=True))
 
     def record_step_finished(conn: sqlite3.Connection) -> None:
         # An upsert: skipped steps finish without ever starting.
@@ -202,8 +202,8 @@ def finish_run_op(run_id: str, status: Any, error: str | None, finished_at: floa
         raise StoreValueError(f"status: {new} is not a final run status")
     rid = codec.text(run_id, "run_id", required=True, limit=256)
     finished = codec.timestamp(finished_at, "finished_at") or time.time()
-    err = codec.text(error, "error")
-    res = codec.dumps(result, "result")
+    err = codec.text(error, "error", clip=True)
+    res = codec.dumps_lenient(result, "result")
 
     def finish_run(conn: sqlite3.Connection) -> bool:
         old = conn.execute("SELECT workflow_id, status, started_at FROM runs WHERE run_id = ?", (rid,)).fetchone()

@@ -1,0 +1,164 @@
+"""The history recorder: the engine listener that turns engine events into durable rows.
+
+Every step writes an intent record (status `running`, its attempt and params) before it acts and its outcome
+after. For a step whose action is NOT idempotent the recorder hands the engine an awaitable that resolves only
+once the intent is committed, so after a kill -9 the step is found "in flight" rather than silently run twice.
+Idempotent steps, outcomes and run starts are enqueued without waiting (still in order with every other
+write: anything enqueued before an awaited intent is committed with or before it). A run's final status is
+awaited, so when `handle.wait()` returns the run is recorded complete.
+
+`prior_steps(run_id)` reads the recorded steps back as the engine's `PriorStep`s for crash recovery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable
+
+from .engine import PriorStep, StepStatus
+from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
+from .store import Store, StoreError
+from .store.codec import RawJSON
+from .store.writes import create_run_op, finish_run_op, record_step_finished_op, record_step_started_op
+
+log = logging.getLogger("sdd.history")
+
+
+@dataclass(frozen=True, slots=True)
+class RunNote:
+    """What the daemon knows about a run that the engine's events do not carry."""
+
+    detection_id: str | None = None   # the store's detection id (RunStarted carries the detection's own "id")
+    trigger: str = "detection"        # "detection" | "api" | "schedule"
+    uid: int | None = None            # who asked, for API-started runs
+
+
+class HistoryRecorder:
+    """`engine = WorkflowEngine(listeners=[HistoryRecorder(store)])`. Call `note_run` before `engine.start`
+    to attach the store's detection id, the trigger and the uid to a run (or pre-create the run with
+    `store.create_run(..., status="pending")`; the recorder's upsert keeps those fields)."""
+
+    def __init__(self, store: Store, *, snapshot_cache_size: int = 64):
+        self.store = store
+        self._notes: dict[str, RunNote] = {}
+        self._snapshots: dict[int, tuple[Any, RawJSON | None]] = {}
+        self._snapshot_cache_size = snapshot_cache_size
+
+    def note_run(self, run_id: str, *, detection_id: str | int | None = None, trigger: str = "detection",
+                 uid: int | None = None) -> None:
+        self._notes[run_id] = RunNote(None if detection_id is None else str(detection_id), trigger, uid)
+
+    def __call__(self, event: EngineEvent) -> Awaitable[Any] | None:
+        if isinstance(event, StepStarted):
+            return self._step_started(event)
+        if isinstance(event, StepFinished):
+            self._submit(record_step_finished_op(event.run_id, event.step_id, event.status, event.phase,
+                                                 event.attempts, event.started_at, event.finished_at,
+                                                 event.result, event.error), event)
+            return None
+        if isinstance(event, RunStarted):
+            self._run_started(event)
+            return None
+        if isinstance(event, RunFinished):
+            return self._run_finished(event)
+        return None
+
+    def prior_steps(self, run_id: str) -> dict[str, PriorStep]:
+        """The recorded run-phase steps of `run_id` as the engine's `PriorStep`s (for `engine.start(prior=)`)."""
+        return prior_steps(self.store, run_id)
+
+    # --- events -----------------------------------------------------------------------------------------------
+    def _step_started(self, event: StepStarted) -> Awaitable[Any] | None:
+        op = record_step_started_op(event.run_id, event.step_id, event.phase, event.parent_id, event.step_type,
+                                    event.action, event.attempt, event.idempotent, event.started_at, event.params)
+        # attempt 0 announces a step that is skipped or failed before acting: nothing is about to happen.
+        if event.idempotent or event.attempt == 0 or event.step_type not in _ACTING_TYPES:
+            self.store.submit(op)
+            return None
+        return self.store.write(op)
+
+    def _run_started(self, event: RunStarted) -> None:
+        note = self._notes.pop(event.run_id, None)
+        if note is not None:
+            detection_id: str | None = note.detection_id
+            trigger, uid = note.trigger, note.uid
+        else:
+            detection_id = self._detection_by_external_id(event.detection_id)
+            trigger, uid = ("detection" if event.detection_id is not None else "api"), None
+        snapshot = self._snapshot(event.workflow)
+        try:
+            op = create_run_op(event.run_id, event.workflow_id, detection_id, dict(event.context), snapshot,
+                               "running", trigger, event.started_at, event.dry_run, uid, event.resumed)
+        except StoreError as exc:  # record the run even when its snapshot cannot be stored
+            log.error("run %s: storing without its workflow snapshot: %s", event.run_id, exc)
+            op = create_run_op(event.run_id, event.workflow_id, detection_id, None, None, "running", trigger,
+                               event.started_at, event.dry_run, uid, event.resumed)
+        self.store.submit(op)
+
+    def _run_finished(self, event: RunFinished) -> Awaitable[Any]:
+        result = event.result
+        summary = None
+        if result is not None:
+            summary = {"steps_completed": result.steps_completed, "steps_failed": result.steps_failed,
+                       "steps_skipped": result.steps_skipped, "execution_time": result.execution_time,
+                       "context": result.context}
+        self._notes.pop(event.run_id, None)
+        return self.store.write(finish_run_op(event.run_id, event.status, event.error, event.finished_at, summary))
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def _submit(self, op: Any, event: EngineEvent) -> None:
+        try:
+            self.store.submit(op)
+        except StoreError as exc:
+            log.error("history: cannot record %s of run %s: %s", type(event).__name__,
+                      getattr(event, "run_id", "?"), exc)
+
+    def _detection_by_external_id(self, external_id: Any) -> str | None:
+        if external_id is None or isinstance(external_id, bool) or not isinstance(external_id, (str, int)):
+            return None
+        try:
+            found = self.store.find_detection(str(external_id))
+        except StoreError:
+            return None
+        return None if found is None else found["detection_id"]
+
+    def _snapshot(self, workflow: Any) -> RawJSON | None:
+        """The workflow as JSON, encoded once per workflow object (a burst of runs shares one workflow)."""
+        key = id(workflow)
+        cached = self._snapshots.get(key)
+        if cached is not None and cached[0] is workflow:
+            return cached[1]
+        try:
+            snap: RawJSON | None = RawJSON(json.dumps(workflow.to_dict(), ensure_ascii=True, separators=(",", ":")))
+        except (TypeError, ValueError, RecursionError, AttributeError) as exc:
+            log.error("workflow %s: snapshot not serialisable: %s", getattr(workflow, "workflow_id", "?"), exc)
+            snap = None
+        if len(self._snapshots) >= self._snapshot_cache_size:
+            self._snapshots.pop(next(iter(self._snapshots)))
+        self._snapshots[key] = (workflow, snap)
+        return snap
+
+
+# Step types that run a handler with side effects; composite steps (loop, parallel, branch, workflow,
+# condition) only organise their children, whose own intents are what matters.
+_ACTING_TYPES = frozenset({"action", "notification", "script", "webhook"})
+
+
+def prior_steps(store: Store, run_id: str) -> dict[str, PriorStep]:
+    """The run-phase steps recorded for `run_id`, keyed by step path, as the engine's `PriorStep`s."""
+    prior: dict[str, PriorStep] = {}
+    for step in store.steps_of(run_id):
+        if step["phase"] != "run":
+            continue
+        try:
+            status: StepStatus | str = StepStatus(step["status"])
+        except ValueError:
+            status = step["status"]
+        prior[step["step_id"]] = PriorStep(status=status, result=step["result"], attempts=step["attempts"],
+                                           error=step["error"])
+    return prior
+
+
+__all__ = ["HistoryRecorder", "RunNote", "prior_steps"]
