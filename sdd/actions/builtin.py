@@ -1,0 +1,54 @@
+"""The table of built-in actions: name, handler, idempotent/destructive flags (docs/internals.md lists
+them; docs/actions.md documents each). `builtin_actions(services)` binds every handler to one
+`ActionServices` and returns the `ActionSpec`s the engine registers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sdd.engine.registry import ActionSpec
+
+from .exclusions import add_exclusion, log_false_positive, remove_exclusion
+from .files import delete_file, quarantine_file, restore_file
+from .notify import send_notification
+from .process import kill_process
+from .report import generate_report
+from .scanner import run_scan, update_definitions
+from .script import run_script
+from .services import ActionServices
+from .webhook import call_webhook
+
+Impl = Callable[..., Awaitable[Any]]
+
+# name, implementation, idempotent, destructive, description
+BUILTINS: tuple[tuple[str, Impl, bool, bool, str], ...] = (
+    ("quarantine_file", quarantine_file, True, True, "Move a file into the quarantine vault (neutralised)"),
+    ("restore_file", restore_file, True, False, "Restore a quarantined file, never overwriting"),
+    ("delete_file", delete_file, True, True, "Delete a file (irreversible)"),
+    ("kill_process", kill_process, True, True, "Terminate a process (pid + start time), optionally its tree"),
+    ("send_notification", send_notification, True, False, "Desktop, email, syslog or log notification"),
+    ("update_definitions", update_definitions, True, False, "Run the configured signature updater"),
+    ("run_scan", run_scan, True, False, "Run the configured ClamAV scanner and parse its findings"),
+    ("generate_report", generate_report, True, False, "Write a JSON + HTML incident report of the run"),
+    ("call_webhook", call_webhook, False, False, "Signed JSON request to an http(s) URL"),
+    ("run_script", run_script, False, False, "Run an executable from scripts_dir"),
+    ("add_exclusion", add_exclusion, True, False, "Exclude a SHA-256 or path from triggering workflows"),
+    ("remove_exclusion", remove_exclusion, True, False, "Remove an exclusion"),
+    ("log_false_positive", log_false_positive, True, False, "Record a false positive for analysis"),
+)
+
+
+def _bind(impl: Impl, services: ActionServices) -> Impl:
+    @functools.wraps(impl)
+    async def handler(*, context: dict[str, Any] | None = None, **params: Any) -> Any:
+        return await impl(services, context=context, **params)
+    return handler
+
+
+def builtin_actions(services: ActionServices) -> list[ActionSpec]:
+    """Every built-in action bound to `services`, ready for `WorkflowEngine(actions=...)`."""
+    return [ActionSpec(name=name, handler=_bind(impl, services), idempotent=idem, destructive=destr,
+                       description=desc)
+            for name, impl, idem, destr, desc in BUILTINS]

@@ -1,0 +1,172 @@
+"""File actions: `quarantine_file`, `restore_file` (its rollback) and `delete_file`.
+
+Path rules shared by all three: absolute, no `.`/`..`, strictly inside `allowed_roots`, no symlink in any
+component (walked with openat + O_NOFOLLOW), regular files only. The vault (`vault.py`) does the byte
+work; this module checks parameters, takes the guards and the per-path lock, and keeps the store's index
+and audit trail in step with the vault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from typing import Any
+
+from . import runinfo
+from .errors import ActionError, Forbidden, InvalidParams, NotFound
+from .params import Params, under_roots
+from .safepath import lstat_at, open_parent, open_regular, unlink_same
+from .services import ActionServices
+from .vault import QID_RE, Vault
+
+log = logging.getLogger("sdd.actions")
+
+
+def _checked_path(p: Params, services: ActionServices, name: str = "file_path") -> str:
+    path = p.abs_path(name)
+    assert path is not None
+    if not under_roots(path, services.config.allowed_roots):
+        roots = ", ".join(str(r) for r in services.config.allowed_roots) or "(none configured)"
+        raise Forbidden(f"{p.action}: {path} is outside the allowed roots ({roots})")
+    return path
+
+
+def _result(meta: dict[str, Any], already: bool) -> dict[str, Any]:
+    return {"quarantine_id": meta["quarantine_id"], "sha256": meta["sha256"],
+            "original_path": meta["original_path"], "size": meta["size"],
+            "already_quarantined": already}
+
+
+async def _index(services: ActionServices, meta: dict[str, Any]) -> None:
+    if services.store is None:
+        return
+    try:
+        # The store's put is an insert: an item indexed by an earlier (crashed or repeated) call stays as is.
+        if await asyncio.to_thread(services.store.get_quarantine, meta["quarantine_id"]) is None:
+            await services.store.put_quarantine({**meta, "id": meta["quarantine_id"]})
+    except Exception as exc:
+        # The vault has the item; a re-run finds it there and indexes it again.
+        raise ActionError(f"quarantined {meta['original_path']} as {meta['quarantine_id']} but could not "
+                          f"index it in the database: {exc}") from exc
+
+
+async def quarantine_file(services: ActionServices, *, context: dict[str, Any] | None = None,
+                          **params: Any) -> dict[str, Any]:
+    p = Params("quarantine_file", params, {"file_path", "quarantine_dir", "detection_id", "threat_name"})
+    path = _checked_path(p, services)
+    if p.present("quarantine_dir"):
+        # Accepted for the original engine's workflows; the vault's place is configuration, never
+        # workflow text (a workflow-chosen vault could be anywhere).
+        log.info("quarantine_file: ignoring quarantine_dir=%r; the vault is %s",
+                 p.raw["quarantine_dir"], services.vault_dir)
+    det = runinfo.detection(context)
+    detection_id = p.string("detection_id", max_len=256) or runinfo.text(det.get("id"), 256)
+    threat = p.string("threat_name", max_len=512) or runinfo.text(det.get("threat_name"))
+    if runinfo.dry_run():
+        return {"dry_run": True, "would": f"move {path} into the vault {services.vault_dir}",
+                "irreversible": False, "original_path": path}
+    vault = Vault(services.vault_dir)
+    run_id, _, _ = runinfo.ids()
+    async with services.lock(path):
+        exists = await asyncio.to_thread(_exists, path)
+        if exists:
+            services.guards.acquire("quarantine_file")
+        meta, already = await asyncio.to_thread(
+            vault.quarantine, path, detection_id=detection_id, threat_name=threat, run_id=run_id)
+    await _index(services, meta)
+    if not already:
+        await services.audit("quarantine_file", path, "quarantined",
+                             {"quarantine_id": meta["quarantine_id"], "sha256": meta["sha256"]},
+                             detection_id, run_id)
+    return _result(meta, already)
+
+
+def _exists(path: str) -> bool:
+    try:
+        with open_parent(path, what="quarantine_file") as parent:
+            return lstat_at(parent) is not None
+    except NotFound:
+        return False
+
+
+async def restore_file(services: ActionServices, *, context: dict[str, Any] | None = None,
+                       **params: Any) -> dict[str, Any]:
+    p = Params("restore_file", params, {"quarantine_id", "file_path", "on_conflict", "quarantine_dir",
+                                        "detection_id", "threat_name"})
+    on_conflict = p.string("on_conflict", default="fail", choices=("fail", "rename"))
+    qid = p.string("quarantine_id", max_len=64)
+    info = runinfo.step()
+    if qid is None and info is not None and info.phase == "rollback" and isinstance(info.step_result, dict):
+        # Undoing a quarantine: its result names the exact item, better than a lookup by path.
+        candidate = info.step_result.get("quarantine_id")
+        qid = candidate if isinstance(candidate, str) else None
+    vault = Vault(services.vault_dir)
+    if qid is not None:
+        if not QID_RE.fullmatch(qid):
+            raise p.fail("quarantine_id", f"expected 32 hexadecimal digits, got {qid!r:.80}")
+        meta = await asyncio.to_thread(vault.read_meta, qid)
+        if not under_roots(meta["original_path"], services.config.allowed_roots):
+            raise Forbidden(f"restore_file: {meta['original_path']} is outside the allowed roots")
+    elif p.present("file_path"):
+        path = _checked_path(p, services)
+        meta = await asyncio.to_thread(vault.find, path) or await asyncio.to_thread(vault.find, path, None)
+        if meta is None:
+            raise NotFound(f"restore_file: nothing from {path} is in the quarantine vault")
+        qid = meta["quarantine_id"]
+    else:
+        raise InvalidParams("restore_file: give quarantine_id or file_path")
+    if runinfo.dry_run():
+        return {"dry_run": True, "would": f"restore {qid} to {meta['original_path']}",
+                "quarantine_id": qid, "original_path": meta["original_path"]}
+    async with services.lock(meta["original_path"]):
+        meta, already = await asyncio.to_thread(vault.restore, qid, on_conflict=on_conflict)
+    if services.store is not None:
+        try:
+            await services.store.mark_restored(qid, meta.get("restored_at"), meta.get("restored_path"))
+        except Exception as exc:
+            raise ActionError(f"restored {qid} but could not mark it in the database: {exc}") from exc
+    run_id, _, _ = runinfo.ids()
+    if not already:
+        await services.audit("restore_file", meta["restored_path"], "restored",
+                             {"quarantine_id": qid, "sha256": meta["sha256"]}, meta.get("detection_id"), run_id)
+    return {"quarantine_id": qid, "restored_path": meta["restored_path"], "original_path": meta["original_path"],
+            "sha256": meta["sha256"], "size": meta["size"], "already_restored": already}
+
+
+async def delete_file(services: ActionServices, *, context: dict[str, Any] | None = None,
+                      **params: Any) -> dict[str, Any]:
+    p = Params("delete_file", params, {"file_path"})
+    path = _checked_path(p, services)
+    if runinfo.dry_run():
+        return {"dry_run": True, "would": f"delete {path}", "irreversible": True, "file_path": path}
+    async with services.lock(path):
+        exists = await asyncio.to_thread(_exists, path)
+        if exists:
+            services.guards.acquire("delete_file")
+        result = await asyncio.to_thread(_delete, path)
+    if result["deleted"]:
+        run_id, _, _ = runinfo.ids()
+        det = runinfo.detection(context)
+        await services.audit("delete_file", path, "deleted", {"sha256": result["sha256"]},
+                             runinfo.text(det.get("id"), 256), run_id)
+    return result
+
+
+def _delete(path: str) -> dict[str, Any]:
+    what = "delete_file"
+    with open_parent(path, what=what) as parent:
+        if lstat_at(parent) is None:
+            return {"deleted": False, "already_absent": True, "file_path": path, "sha256": None, "size": None,
+                    "irreversible": True}
+        fd, fst = open_regular(parent, what)
+        try:
+            digest = hashlib.sha256()
+            while chunk := os.read(fd, 1 << 20):
+                digest.update(chunk)
+            unlink_same(parent, fst, what)
+        finally:
+            os.close(fd)
+    return {"deleted": True, "already_absent": False, "file_path": path, "sha256": digest.hexdigest(),
+            "size": fst.st_size, "irreversible": True}

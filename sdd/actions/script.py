@@ -1,0 +1,106 @@
+"""`run_script`: run an executable from `scripts_dir` — and only from there — with an argv list.
+
+The script's resolved path must lie inside the resolved `scripts_dir`, be a regular executable file, and
+(in system mode) it and every directory above it must be root-owned and not writable by group or others:
+otherwise a non-root user could change what root runs. Detection values reach the script only as argv
+items, environment variables (names from the workflow, never from the detection) or JSON on stdin.
+The environment is minimal plus `SDD_IDEMPOTENCY_KEY`, `SDD_RUN_ID`, `SDD_STEP_ID`, `SDD_WORKFLOW_ID`.
+
+Exit 0 succeeds; a JSON object on stdout becomes the result. Exit 75 (EX_TEMPFAIL) is a retryable
+failure, any other non-zero status a non-retryable one. Not idempotent (see the contract's crash rules).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from typing import Any
+
+from . import runinfo
+from .errors import ActionError, Forbidden, NotFound
+from .params import Params
+from .services import ActionServices
+from .subproc import run_argv
+
+EX_TEMPFAIL = 75
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+# Variables that change how the loader or an interpreter behaves: a detection value must never set them.
+_DANGEROUS_ENV = re.compile(r"^(LD_.*|BASH_ENV|ENV|BASH_FUNC_.*|IFS|PYTHON(PATH|STARTUP|HOME|INSPECT)|"
+                            r"PERL5(LIB|OPT)|RUBYOPT|RUBYLIB|NODE_OPTIONS|SHELLOPTS|PS4|GCONV_PATH|SDD_.*)$")
+
+
+def resolve_script(services: ActionServices, name: str) -> str:
+    """The script's real path, after every check; raises Forbidden/NotFound naming what is wrong."""
+    base = os.path.realpath(services.config.scripts_dir)
+    candidate = name if name.startswith("/") else os.path.join(base, name)
+    real = os.path.realpath(candidate)
+    if os.path.commonpath([base, real]) != base or real == base:
+        raise Forbidden(f"run_script: {name!r:.200} is not inside scripts_dir {services.config.scripts_dir}")
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise NotFound(f"run_script: no script {name!r:.200} in {services.config.scripts_dir}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Forbidden(f"run_script: {real} is not a regular file")
+    if not st.st_mode & 0o111:
+        raise Forbidden(f"run_script: {real} is not executable")
+    owners = {0} if not services.config.user_mode else {0, os.geteuid()}
+    path = real
+    while True:
+        st = os.stat(path)
+        if st.st_uid not in owners:
+            raise Forbidden(f"run_script: {path} is owned by uid {st.st_uid}; only root may own a script or "
+                            f"the directories above it")
+        sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and path != real
+        # A root-owned sticky directory (/tmp) lets others add names but not replace root's.
+        if st.st_mode & 0o022 and not sticky_dir:
+            raise Forbidden(f"run_script: {path} is writable by group or others; a non-root user could "
+                            f"change what runs")
+        if path == "/":
+            return real
+        path = os.path.dirname(path)
+
+
+async def run_script(services: ActionServices, *, context: dict[str, Any] | None = None,
+                     **params: Any) -> dict[str, Any]:
+    p = Params("run_script", params, {"script", "args", "env", "stdin", "timeout"})
+    name = p.req_string("script", max_len=4096)
+    args = p.str_list("args")
+    extra_env = p.str_map("env", key_pattern=_ENV_NAME)
+    for key in extra_env:
+        if _DANGEROUS_ENV.match(key):
+            raise p.fail("env", f"{key} may not be set by a workflow")
+    timeout = p.number("timeout", default=60.0, minimum=0.1, maximum=3600.0)
+    assert timeout is not None
+    stdin: bytes | None = None
+    if "stdin" in p.raw and p.raw["stdin"] is not None:
+        try:
+            stdin = json.dumps(p.raw["stdin"], allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise p.fail("stdin", f"is not JSON-serialisable: {exc}") from None
+    real = resolve_script(services, name)
+    run_id, step_id, key = runinfo.ids()
+    info = runinfo.step()
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+           "HOME": os.environ.get("HOME", "/root") if services.config.user_mode else "/root",
+           **extra_env, "SDD_IDEMPOTENCY_KEY": key or "", "SDD_RUN_ID": run_id or "",
+           "SDD_STEP_ID": step_id or "", "SDD_WORKFLOW_ID": info.workflow_id if info else ""}
+    if runinfo.dry_run():
+        return {"dry_run": True, "would": f"run {real} {' '.join(args)}", "script": real}
+    done = await run_argv([real, *args], timeout=timeout, env=env, stdin=stdin,
+                          cwd=os.path.dirname(real), what="run_script")
+    if done.returncode != 0:
+        raise ActionError(
+            f"run_script: {os.path.basename(real)} exited with status {done.returncode}: "
+            f"{done.stderr_tail.strip()[-500:]!r}", retryable=done.returncode == EX_TEMPFAIL)
+    if not done.stdout_truncated:
+        try:
+            parsed = json.loads(done.stdout_head)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    return {"exit_code": 0, "script": real, "stdout": done.stdout_tail, "stderr": done.stderr_tail,
+            "stdout_truncated": done.stdout_truncated}

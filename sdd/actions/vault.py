@@ -1,0 +1,341 @@
+"""The quarantine vault: `STATE/vault` (0700), one neutralised blob (0600) and one metadata JSON per item.
+
+The vault describes itself: `<id>.bin` holds a header (magic + a random 32-byte key) and the file's bytes
+XOR-ed with that key, so it can never run or be re-detected as is; `<id>.json` beside it holds the
+metadata (SHA-256, size, original path, owner, mode, times, detection, threat, state). Both are written to
+a temporary name, fsync'd and renamed, so a restore needs nothing but the vault; the database is only
+the index used for listing.
+
+Crash safety of a quarantine: blob written, fsync'd and its SHA-256 re-checked from disk → metadata
+written → only then the original unlinked (relative to its pinned parent, after checking it is still the
+same inode). A re-run after a crash at any point ends in the same state with the same id, because the id
+is derived from the content hash and the original path.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import ActionError, Conflict, Forbidden, NotFound
+from .safepath import Parent, lstat_at, open_dir_nofollow, open_parent, open_regular, unlink_same
+
+MAGIC = b"SDDQ\x01\x00\x00\x00"
+KEY_LEN = 32
+HEADER_LEN = len(MAGIC) + KEY_LEN
+CHUNK = 1 << 20  # a multiple of KEY_LEN, so the keystream stays aligned across chunks
+QID_RE = re.compile(r"[0-9a-f]{32}")
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def quarantine_id(sha256: str, original_path: str) -> str:
+    """Deterministic: the same file (content and path) quarantined twice gets the same id."""
+    return hashlib.sha256(f"{sha256}\0{original_path}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+class _Xor:
+    def __init__(self, key: bytes) -> None:
+        self.stream = key * (CHUNK // KEY_LEN + 1)
+        self.offset = 0
+
+    def __call__(self, data: bytes) -> bytes:
+        n = len(data)
+        start = self.offset % KEY_LEN
+        self.offset += n
+        ks = self.stream[start:start + n]
+        return (int.from_bytes(data, "little") ^ int.from_bytes(ks, "little")).to_bytes(n, "little")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_chunks(fd: int, offset: int = 0) -> Iterator[bytes]:
+    while True:
+        data = os.pread(fd, CHUNK, offset)
+        if not data:
+            return
+        offset += len(data)
+        yield data
+
+
+def _decoded(fd: int) -> Iterator[bytes]:
+    header = os.pread(fd, HEADER_LEN, 0)
+    if len(header) != HEADER_LEN or not header.startswith(MAGIC):
+        raise ActionError("vault blob has no valid header; it is damaged", retryable=False)
+    xor = _Xor(header[len(MAGIC):])
+    for chunk in _read_chunks(fd, HEADER_LEN):
+        yield xor(chunk)
+
+
+class Vault:
+    """Sync operations on the vault directory; the async actions call them in worker threads."""
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        self.path = os.path.normpath(os.fspath(path))
+
+    # -- the directory -------------------------------------------------------------------------------
+    def _open(self) -> int:
+        """The vault directory as an fd, created 0700 on first use; refuses one someone else could write."""
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+        except FileExistsError:
+            pass
+        fd = open_dir_nofollow(self.path, what="vault")
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            os.close(fd)
+            raise Forbidden(f"vault {self.path} is owned by uid {st.st_uid}, not by the daemon")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+        return fd
+
+    def _write_json(self, vfd: int, name: str, data: dict[str, Any]) -> None:
+        tmp = f".tmp-{secrets.token_hex(8)}.json"
+        fd = os.open(tmp, _NEW, 0o600, dir_fd=vfd)
+        try:
+            _write_all(fd, json.dumps(data, indent=1, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=vfd, dst_dir_fd=vfd)
+        os.fsync(vfd)
+
+    def read_meta(self, qid: str) -> dict[str, Any]:
+        if not QID_RE.fullmatch(qid):
+            raise NotFound(f"quarantine id {qid!r:.80} is not a valid id (32 hexadecimal digits)")
+        vfd = self._open()
+        try:
+            return self._read_meta(vfd, qid)
+        finally:
+            os.close(vfd)
+
+    @staticmethod
+    def _read_meta(vfd: int, qid: str) -> dict[str, Any]:
+        try:
+            fd = os.open(f"{qid}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=vfd)
+        except FileNotFoundError:
+            raise NotFound(f"no quarantined item with id {qid}") from None
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                meta = json.loads(fh.read(1 << 20))
+        finally:
+            os.close(fd)
+        if not isinstance(meta, dict) or meta.get("quarantine_id") != qid:
+            raise ActionError(f"vault metadata for {qid} is damaged", retryable=False)
+        return meta
+
+    def items(self) -> list[dict[str, Any]]:
+        """Every item's metadata (the vault alone, no database), newest first."""
+        vfd = self._open()
+        try:
+            out = []
+            for name in os.listdir(vfd):
+                if name.endswith(".json") and QID_RE.fullmatch(name[:-5]):
+                    try:
+                        out.append(self._read_meta(vfd, name[:-5]))
+                    except (ActionError, ValueError, OSError):
+                        continue
+            return sorted(out, key=lambda m: m.get("quarantined_at", 0), reverse=True)
+        finally:
+            os.close(vfd)
+
+    def find(self, original_path: str, state: str | None = "quarantined") -> dict[str, Any] | None:
+        for meta in self.items():
+            if meta.get("original_path") == original_path and (state is None or meta.get("state") == state):
+                return meta
+        return None
+
+    def set_state(self, qid: str, **changes: Any) -> dict[str, Any]:
+        vfd = self._open()
+        try:
+            meta = self._read_meta(vfd, qid)
+            meta.update(changes)
+            self._write_json(vfd, f"{qid}.json", meta)
+            return meta
+        finally:
+            os.close(vfd)
+
+    # -- quarantine ----------------------------------------------------------------------------------
+    def quarantine(self, path: str, *, detection_id: str | None = None, threat_name: str | None = None,
+                   run_id: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Move the regular file at `path` (already checked: absolute, normalised, inside the roots) into
+        the vault. Returns (metadata, already): `already` when it had been quarantined by an earlier call."""
+        what = "quarantine_file"
+        with open_parent(path, what=what) as parent:
+            if lstat_at(parent) is None:
+                earlier = self.find(path)
+                if earlier is not None:
+                    return earlier, True
+                raise NotFound(f"{what}: {path} does not exist")
+            fd, fst = open_regular(parent, what)
+            try:
+                return self._quarantine_fd(parent, fd, fst, detection_id, threat_name, run_id), False
+            finally:
+                os.close(fd)
+
+    def _quarantine_fd(self, parent: Parent, fd: int, fst: os.stat_result, detection_id: str | None,
+                       threat_name: str | None, run_id: str | None) -> dict[str, Any]:
+        what = "quarantine_file"
+        vfd = self._open()
+        tmp = f".tmp-{secrets.token_hex(8)}.bin"
+        try:
+            bfd = os.open(tmp, _NEW, 0o600, dir_fd=vfd)
+            try:
+                key = secrets.token_bytes(KEY_LEN)
+                _write_all(bfd, MAGIC + key)
+                xor, digest, size = _Xor(key), hashlib.sha256(), 0
+                for chunk in _read_chunks(fd):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    _write_all(bfd, xor(chunk))
+                os.fsync(bfd)
+                after = os.fstat(fd)
+                if (after.st_size, after.st_mtime_ns) != (fst.st_size, fst.st_mtime_ns) or size != fst.st_size:
+                    raise ActionError(f"{what}: {parent.path} changed while being copied; left in place")
+                sha = digest.hexdigest()
+                # Check what reached the disk, not what we meant to write, before the original goes.
+                check = hashlib.sha256()
+                for chunk in _decoded(bfd):
+                    check.update(chunk)
+                if check.hexdigest() != sha:
+                    raise ActionError(f"{what}: the vault copy of {parent.path} does not verify; left in place")
+            finally:
+                os.close(bfd)
+            qid = quarantine_id(sha, parent.path)
+            os.rename(tmp, f"{qid}.bin", src_dir_fd=vfd, dst_dir_fd=vfd)
+            meta = {
+                "format": 1, "quarantine_id": qid, "sha256": sha, "size": size,
+                "original_path": parent.path, "uid": fst.st_uid, "gid": fst.st_gid,
+                "mode": stat.S_IMODE(fst.st_mode), "mtime": fst.st_mtime, "mtime_ns": fst.st_mtime_ns,
+                "atime_ns": fst.st_atime_ns, "nlink": fst.st_nlink, "detection_id": detection_id,
+                "threat_name": threat_name, "run_id": run_id, "quarantined_at": time.time(),
+                "state": "quarantined", "blob": f"{qid}.bin",
+            }
+            self._write_json(vfd, f"{qid}.json", meta)
+            unlink_same(parent, fst, what)
+            return meta
+        finally:
+            try:
+                os.unlink(tmp, dir_fd=vfd)
+            except FileNotFoundError:
+                pass
+            os.close(vfd)
+
+    # -- restore -------------------------------------------------------------------------------------
+    def restore(self, qid: str, *, on_conflict: str = "fail") -> tuple[dict[str, Any], bool]:
+        """Recreate the item at its original path; never clobbers. Returns (metadata, already)."""
+        what = "restore_file"
+        meta = self.read_meta(qid)
+        path = meta["original_path"]
+        with open_parent(path, what=what) as parent:
+            target = parent.name
+            st = lstat_at(parent)
+            if meta.get("state") == "restored":
+                done = meta.get("restored_path") or path
+                if os.path.dirname(done) == os.path.dirname(path) and self._same_content(
+                        parent, os.path.basename(done), meta):
+                    return meta, True
+            if st is not None:
+                if on_conflict != "rename":
+                    raise Conflict(f"{what}: {path} already exists; not overwritten "
+                                   f"(use on_conflict: rename to restore beside it)")
+                target = self._free_name(parent, f"{parent.name}.restored-{qid[:8]}")
+            self._write_restored(parent, target, qid, meta)
+        restored_path = os.path.join(os.path.dirname(path), target)
+        meta = self.set_state(qid, state="restored", restored_at=time.time(), restored_path=restored_path)
+        return meta, False
+
+    @staticmethod
+    def _same_content(parent: Parent, name: str, meta: dict[str, Any]) -> bool:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent.fd)
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            digest = hashlib.sha256()
+            for chunk in _read_chunks(fd):
+                digest.update(chunk)
+            return digest.hexdigest() == meta["sha256"]
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _free_name(parent: Parent, base: str) -> str:
+        for n in range(1, 1000):
+            name = base if n == 1 else f"{base}-{n}"
+            try:
+                os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return name
+        raise Conflict(f"restore_file: no free name beside {parent.path}")
+
+    def _write_restored(self, parent: Parent, target: str, qid: str, meta: dict[str, Any]) -> None:
+        what = "restore_file"
+        tmp = f".sdd-restore-{qid[:16]}.tmp"
+        stale = lstat_at(Parent(parent.fd, tmp, ""))
+        if stale is not None:
+            if stat.S_ISREG(stale.st_mode) and stale.st_uid == os.geteuid() and stale.st_nlink == 1:
+                os.unlink(tmp, dir_fd=parent.fd)  # ours, left by a crash
+            else:
+                tmp = f".sdd-restore-{secrets.token_hex(8)}.tmp"
+        vfd = self._open()
+        try:
+            try:
+                bfd = os.open(meta["blob"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=vfd)
+            except FileNotFoundError:
+                raise NotFound(f"{what}: the vault blob of {qid} is missing") from None
+        finally:
+            os.close(vfd)
+        placed = False
+        try:
+            tfd = os.open(tmp, _NEW, 0o600, dir_fd=parent.fd)
+            try:
+                for chunk in _decoded(bfd):
+                    _write_all(tfd, chunk)
+                os.fsync(tfd)
+                check = hashlib.sha256()
+                for chunk in _read_chunks(tfd):
+                    check.update(chunk)
+                if check.hexdigest() != meta["sha256"]:
+                    raise ActionError(f"{what}: restored bytes of {qid} do not match SHA-256 {meta['sha256']}",
+                                      retryable=False)
+                try:
+                    os.fchown(tfd, meta["uid"], meta["gid"])
+                except PermissionError:
+                    if os.geteuid() == 0:
+                        raise
+                os.fchmod(tfd, meta["mode"])  # after chown, which would clear set-id bits
+                os.utime(tfd, ns=(meta.get("atime_ns", meta["mtime_ns"]), meta["mtime_ns"]))
+                os.fsync(tfd)
+            finally:
+                os.close(tfd)
+            try:
+                # link() never replaces an existing name: the no-clobber guarantee, atomically.
+                os.link(tmp, target, src_dir_fd=parent.fd, dst_dir_fd=parent.fd, follow_symlinks=False)
+            except FileExistsError:
+                raise Conflict(f"{what}: {os.path.join(os.path.dirname(parent.path), target)} appeared "
+                               f"while restoring; not overwritten") from None
+            placed = True
+            os.unlink(tmp, dir_fd=parent.fd)
+            os.fsync(parent.fd)
+        finally:
+            os.close(bfd)
+            if not placed:
+                try:
+                    os.unlink(tmp, dir_fd=parent.fd)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
