@@ -23,9 +23,10 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -199,7 +200,7 @@ def read_spool_file(path: Path, max_size: int) -> bytes:
 
 
 class _Events(FileSystemEventHandler):
-    def __init__(self, intake: "Intake") -> None:
+    def __init__(self, intake: Intake) -> None:
         self.intake = intake
 
     def dispatch(self, event: FileSystemEvent) -> None:
@@ -210,7 +211,7 @@ class _Events(FileSystemEventHandler):
 class _OverflowHandler(logging.Handler):
     """watchdog only *logs* an inotify queue overflow; this turns that log line into a rescan."""
 
-    def __init__(self, intake: "Intake") -> None:
+    def __init__(self, intake: Intake) -> None:
         super().__init__(logging.WARNING)
         self.intake = intake
 
@@ -243,6 +244,7 @@ class Intake:
         self._inflight: set[str] = set()         # claimed into cur/, waiting for done()
         self._deferred: set[str] = set()         # seen again while in flight: look once it is done
         self._unlink: list[str] = []
+        self._late_rejects: list[tuple[str, str]] = []
         self._rescan_reasons: list[str] = []
         self._paused = False
         self._stopping = False
@@ -309,6 +311,12 @@ class Intake:
             self._unlink.extend(names)
             self._cond.notify()
 
+    def reject_claimed(self, items: list[tuple[str, str]]) -> None:
+        """Claimed files the daemon could not accept after all: move cur/NAME to rejected/ with the reason."""
+        with self._cond:
+            self._late_rejects.extend(items)
+            self._cond.notify()
+
     @property
     def inflight(self) -> int:
         return len(self._inflight)
@@ -332,7 +340,7 @@ class Intake:
         leftovers = True
         while True:
             with self._cond:
-                while not self._stopping and not self._unlink and not self._can_claim() and not (
+                while not self._stopping and not self._unlink and not self._late_rejects and not self._can_claim() and not (
                         self._rescan_reasons and not self._paused and not self._pending):
                     timeout = next_safety - time.monotonic()
                     if timeout <= 0:
@@ -344,7 +352,8 @@ class Intake:
                 if self._stopping:
                     return
                 unlink, self._unlink = self._unlink, []
-                for name in unlink:
+                late, self._late_rejects = self._late_rejects, []
+                for name in unlink + [n for n, _ in late]:
                     self._inflight.discard(name)
                     if name in self._deferred:
                         self._deferred.discard(name)
@@ -362,6 +371,11 @@ class Intake:
                     self._inflight.update(batch)
             for name in unlink:
                 self._remove(self.layout.cur / name)
+            if late:
+                rejected: list[Rejected] = []
+                for name, reason in late:
+                    self._reject(self.layout.cur / name, name, reason, rejected)
+                self._hand_over([], rejected)
             if scan:
                 if leftovers:
                     leftovers = False
