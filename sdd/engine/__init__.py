@@ -7,7 +7,8 @@ from .engine import RunHandle, WorkflowEngine
 from .errors import (ActionError, Conflict, EngineError, ExpressionError, Forbidden, InvalidParams,
                      NonRetryableError, NotFound, StepTimeout, ValidationIssue, WorkflowValidationError)
 from .events import EngineEvent, Listener, RunFinished, RunStarted, StepFinished, StepStarted
-from .loader import load_workflow
+from .loader import load_text, load_workflow, load_workflow_dirs, validate_text
+from .expressions import check_syntax, evaluate, evaluate_condition, render
 from .model import BranchCase, Schedule, Trigger, Workflow, WorkflowStep
 from .registry import ActionSpec, StepInfo, current_step
 from .results import PriorStep, StepResult, WorkflowResult
@@ -19,4 +20,5 @@ __all__ = [
     "current_step", "EngineError", "WorkflowValidationError", "ValidationIssue", "ExpressionError",
     "ActionError", "NonRetryableError", "InvalidParams", "Forbidden", "NotFound", "Conflict", "StepTimeout",
     "RunStarted", "StepStarted", "StepFinished", "RunFinished", "EngineEvent", "Listener", "load_workflow",
+    "load_workflow_dirs", "validate_text", "load_text", "evaluate", "evaluate_condition", "render", "check_syntax",
 ]
