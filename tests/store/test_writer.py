@@ -1,0 +1,128 @@
+"""Group commit: batching, per-operation failure isolation, ordering, flush and close."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from sdd.store import Store, StoreClosed, StoreValueError
+
+
+def _hold_writer(store: Store) -> tuple[threading.Event, "asyncio.Future[object]"]:
+    """Park the writer thread inside one operation (returns once it is parked) so later writes queue up."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(30)
+
+    blocker = store.write(hold)
+    assert entered.wait(30)
+    return gate, blocker
+
+
+async def test_concurrent_writes_share_transactions(store: Store) -> None:
+    gate, blocker = _hold_writer(store)
+    before = store.writer_stats()
+    writes = [store.add_detection({"type": "malware", "n": i}) for i in range(500)]
+    tasks = [asyncio.ensure_future(w) for w in writes]
+    deadline = asyncio.get_running_loop().time() + 30
+    while store.writer_stats().queued < 500:  # every add has been validated and enqueued
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0)
+    gate.set()
+    await blocker
+    ids = await asyncio.gather(*tasks)
+    after = store.writer_stats()
+    assert len(set(ids)) == 500
+    assert after.operations - before.operations >= 500
+    # 500 writes queued behind the parked one commit in one transaction (max_batch is 1024), not 500.
+    assert after.transactions - before.transactions == 2
+    assert after.largest_batch >= 500
+    assert store.list_detections(limit=1000).items.__len__() == 500
+
+
+async def test_failing_operation_fails_alone(store: Store) -> None:
+    gate, blocker = _hold_writer(store)
+    good1 = asyncio.ensure_future(store.add_detection({"type": "a"}))
+    bad = asyncio.ensure_future(store.write(lambda c: c.execute("INSERT INTO no_such_table VALUES (1)")))
+    half = asyncio.ensure_future(store.write(_half_then_fail))
+    good2 = asyncio.ensure_future(store.add_detection({"type": "b"}))
+    deadline = asyncio.get_running_loop().time() + 30
+    while store.writer_stats().queued < 4:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0)
+    gate.set()
+    await blocker
+    assert await good1
+    assert await good2
+    with pytest.raises(sqlite3.OperationalError):
+        await bad
+    with pytest.raises(RuntimeError):
+        await half
+    types = sorted(d["type"] for d in store.list_detections().items)
+    assert types == ["a", "b"]  # the half-done write of `_half_then_fail` was rolled back to its savepoint
+    assert store.writer_stats().failed_operations >= 2
+
+
+def _half_then_fail(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO detections (type, raw, received_at, state) VALUES ('half', '{}', 1, 'queued')")
+    raise RuntimeError("after half the work")
+
+
+async def test_invalid_values_fail_before_enqueueing(store: Store) -> None:
+    with pytest.raises(StoreValueError, match="detection.type"):
+        await store.add_detection({"no_type": 1})
+    with pytest.raises(StoreValueError, match="status"):
+        await store.finish_run("r", "running")
+    assert store.writer_stats().operations == 0
+
+
+async def test_submit_is_ordered_and_flush_waits_for_it(store: Store) -> None:
+    await store.create_run("r1", "wf")
+    for i in range(100):
+        store.submit(store.create_run_op(f"r{i + 2}", "wf", started_at=1000.0 + i))
+    await store.flush()
+    assert len(store.list_runs(limit=1000).items) == 101
+
+
+async def test_submitted_failure_is_logged_not_raised(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    store.submit(lambda c: c.execute("INSERT INTO nope VALUES (1)"))
+    await store.flush()
+    assert any("nope" in r.getMessage() for r in caplog.records)
+
+
+async def test_close_drains_queued_writes(db_path: Path) -> None:
+    s = Store.open(db_path)
+    for i in range(200):
+        s.submit(s.create_run_op(f"r{i}", "wf", started_at=float(i)))
+    s.close()
+    with pytest.raises(StoreClosed):
+        s.submit(s.create_run_op("late", "wf"))
+    s2 = Store.open(db_path)
+    try:
+        assert len(s2.list_runs(limit=1000).items) == 200
+    finally:
+        s2.close()
+
+
+async def test_writes_from_a_plain_thread(store: Store) -> None:
+    result: list[object] = []
+
+    def worker() -> None:
+        result.append(store.write_sync(lambda c: c.execute("SELECT 41 + 1").fetchone()[0]))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    await asyncio.get_running_loop().run_in_executor(None, t.join)
+    assert result == [42]
+
+
+async def test_reads_from_other_threads_use_their_own_connection(store: Store) -> None:
+    await store.add_detection({"type": "x"})
+    seen = await asyncio.get_running_loop().run_in_executor(None, lambda: store.counts()["queued_detections"])
+    assert seen == 1
