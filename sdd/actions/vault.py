@@ -33,7 +33,7 @@ KEY_LEN = 32
 HEADER_LEN = len(MAGIC) + KEY_LEN
 CHUNK = 1 << 20  # a multiple of KEY_LEN, so the keystream stays aligned across chunks
 QID_RE = re.compile(r"[0-9a-f]{32}")
-_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def quarantine_id(sha256: str, original_path: str) -> str:
@@ -85,12 +85,13 @@ class Vault:
         self.path = os.path.normpath(os.fspath(path))
 
     # -- the directory -------------------------------------------------------------------------------
-    def _open(self) -> int:
+    def _open(self, create: bool = True) -> int:
         """The vault directory as an fd, created 0700 on first use; refuses one someone else could write."""
-        try:
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
-        except FileExistsError:
-            pass
+        if create:
+            try:
+                os.makedirs(self.path, mode=0o700, exist_ok=True)
+            except FileExistsError:
+                pass
         fd = open_dir_nofollow(self.path, what="vault")
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
@@ -114,7 +115,10 @@ class Vault:
     def read_meta(self, qid: str) -> dict[str, Any]:
         if not QID_RE.fullmatch(qid):
             raise NotFound(f"quarantine id {qid!r:.80} is not a valid id (32 hexadecimal digits)")
-        vfd = self._open()
+        try:
+            vfd = self._open(create=False)
+        except NotFound:
+            raise NotFound(f"no quarantined item with id {qid}") from None
         try:
             return self._read_meta(vfd, qid)
         finally:
@@ -137,7 +141,10 @@ class Vault:
 
     def items(self) -> list[dict[str, Any]]:
         """Every item's metadata (the vault alone, no database), newest first."""
-        vfd = self._open()
+        try:
+            vfd = self._open(create=False)
+        except NotFound:
+            return []
         try:
             out = []
             for name in os.listdir(vfd):
