@@ -24,6 +24,10 @@ _STAT_COLUMN = {"completed": "completed", "failed": "failed", "rolled_back": "ro
                 "cancelled": "cancelled", "interrupted": "interrupted"}
 
 
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 def _enum(kind: type, value: Any, field: str) -> str:
     try:
         return str(kind(value).value)
@@ -87,7 +91,7 @@ def record_detection_op(data: Mapping[str, Any], spool_name: str | None, receive
            codec.opt_text(data.get("severity"), "detection.severity"),
            codec.opt_text(data.get("file_path"), "detection.file_path"),
            codec.opt_text(data.get("threat_name"), "detection.threat_name"), sha, raw,
-           codec.timestamp(received_at, "received_at") or time.time(),
+           _or(codec.timestamp(received_at, "received_at"), time.time()),
            _enum(DetectionState, state, "state"), codec.text(note, "note", clip=True), codec.text(spool_name, "spool_name"))
 
     def record_detection(conn: sqlite3.Connection) -> AddedDetection:
@@ -135,7 +139,7 @@ def create_run_op(run_id: str, workflow_id: str, detection_id: Any, context: Any
     row = (rid, codec.text(workflow_id, "workflow_id", required=True, limit=1024),
            _enum(RunStatus, status, "status"), _enum(RunTrigger, trigger, "trigger"),
            codec.dumps_lenient(context, "context"), codec.dumps(workflow_snapshot, "workflow_snapshot", truncate=False),
-           codec.timestamp(started_at, "started_at") or time.time(), int(bool(dry_run)),
+           _or(codec.timestamp(started_at, "started_at"), time.time()), int(bool(dry_run)),
            codec.integer(uid, "uid"), int(bool(resumed)))
 
     def create_run(conn: sqlite3.Connection) -> None:
@@ -164,7 +168,7 @@ def record_step_started_op(run_id: str, step_id: str, phase: str, parent_id: str
            codec.text(step_id, "step_id", required=True, limit=4096), codec.text(parent_id, "parent_id", limit=4096),
            codec.text(step_type, "step_type", limit=256), codec.text(action, "action", limit=256),
            1 if attempt is None else codec.integer(attempt, "attempt"), int(bool(idempotent)),
-           codec.timestamp(started_at, "started_at") or time.time(), codec.dumps_lenient(params, "params"))
+           _or(codec.timestamp(started_at, "started_at"), time.time()), codec.dumps_lenient(params, "params"))
 
     def record_step_started(conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -180,10 +184,10 @@ def record_step_finished_op(run_id: str, step_id: str, status: Any, phase: str, 
                             error: str | None) -> Operation:
     if phase not in ("run", "rollback"):
         raise StoreValueError(f"phase: {phase!r:.40} is not run or rollback")
-    finished = codec.timestamp(finished_at, "finished_at") or time.time()
+    finished = _or(codec.timestamp(finished_at, "finished_at"), time.time())
     row = (codec.text(run_id, "run_id", required=True, limit=256), phase,
            codec.text(step_id, "step_id", required=True, limit=4096), _enum(StepStatus, status, "status"),
-           codec.integer(attempts, "attempts") or 0, codec.timestamp(started_at, "started_at") or finished,
+           codec.integer(attempts, "attempts") or 0, _or(codec.timestamp(started_at, "started_at"), finished),
            finished, codec.dumps_lenient(result, "result"), codec.text(error, "error", clip=True))
 
     def record_step_finished(conn: sqlite3.Connection) -> None:
@@ -201,7 +205,7 @@ def finish_run_op(run_id: str, status: Any, error: str | None, finished_at: floa
     if new not in _TERMINAL:
         raise StoreValueError(f"status: {new} is not a final run status")
     rid = codec.text(run_id, "run_id", required=True, limit=256)
-    finished = codec.timestamp(finished_at, "finished_at") or time.time()
+    finished = _or(codec.timestamp(finished_at, "finished_at"), time.time())
     err = codec.text(error, "error", clip=True)
     res = codec.dumps_lenient(result, "result")
 
@@ -252,7 +256,7 @@ def put_quarantine_op(meta: Mapping[str, Any]) -> tuple[str, Operation]:
            codec.integer(meta.get("mode"), "mode"), codec.timestamp(meta.get("mtime"), "mtime"),
            codec.text(meta.get("detection_id"), "detection_id", limit=256),
            codec.text(meta.get("run_id"), "run_id", limit=256), codec.text(meta.get("threat_name"), "threat_name"),
-           codec.timestamp(meta.get("quarantined_at"), "quarantined_at") or time.time(),
+           _or(codec.timestamp(meta.get("quarantined_at"), "quarantined_at"), time.time()),
            codec.dumps(extra or None, "extra"))
 
     def put_quarantine(conn: sqlite3.Connection) -> str:
@@ -263,7 +267,7 @@ def put_quarantine_op(meta: Mapping[str, Any]) -> tuple[str, Operation]:
 
 
 def mark_restored_op(qid: str, restored_at: float | None, restored_to: str | None) -> Operation:
-    args = (codec.timestamp(restored_at, "restored_at") or time.time(),
+    args = (_or(codec.timestamp(restored_at, "restored_at"), time.time()),
             codec.text(restored_to, "restored_to", limit=8192), codec.text(qid, "qid", required=True, limit=256))
 
     def mark_restored(conn: sqlite3.Connection) -> bool:
