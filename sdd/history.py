@@ -51,12 +51,21 @@ class HistoryRecorder:
         self._notes[run_id] = RunNote(None if detection_id is None else str(detection_id), trigger, uid)
 
     def __call__(self, event: EngineEvent) -> Awaitable[Any] | None:
+        try:
+            return self._record(event)
+        except StoreError as exc:
+            # The engine goes on either way; say once, plainly, which record is missing and why.
+            log.error("history: cannot record %s of run %s: %s", type(event).__name__,
+                      getattr(event, "run_id", "?"), exc)
+            return None
+
+    def _record(self, event: EngineEvent) -> Awaitable[Any] | None:
         if isinstance(event, StepStarted):
             return self._step_started(event)
         if isinstance(event, StepFinished):
-            self._submit(record_step_finished_op(event.run_id, event.step_id, event.status, event.phase,
-                                                 event.attempts, event.started_at, event.finished_at,
-                                                 event.result, event.error), event)
+            self.store.submit(record_step_finished_op(event.run_id, event.step_id, event.status, event.phase,
+                                                      event.attempts, event.started_at, event.finished_at,
+                                                      event.result, event.error))
             return None
         if isinstance(event, RunStarted):
             self._run_started(event)
@@ -108,13 +117,6 @@ class HistoryRecorder:
         return self.store.write(finish_run_op(event.run_id, event.status, event.error, event.finished_at, summary))
 
     # --- helpers ----------------------------------------------------------------------------------------------
-    def _submit(self, op: Any, event: EngineEvent) -> None:
-        try:
-            self.store.submit(op)
-        except StoreError as exc:
-            log.error("history: cannot record %s of run %s: %s", type(event).__name__,
-                      getattr(event, "run_id", "?"), exc)
-
     def _detection_by_external_id(self, external_id: Any) -> str | None:
         if external_id is None or isinstance(external_id, bool) or not isinstance(external_id, (str, int)):
             return None

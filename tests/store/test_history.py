@@ -1,0 +1,151 @@
+"""The history recorder on a real engine: intent before action, outcomes, final status, resume records."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sdd.engine import StepStatus, Workflow, WorkflowEngine
+from sdd.history import HistoryRecorder, prior_steps
+from sdd.store import Store
+
+
+def _peek_step(db: Path, run_id: str, step_id: str) -> tuple[str, int] | None:
+    """What another process would find on disk right now (a fresh connection, no shared cache)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT status, attempts FROM steps WHERE run_id = ? AND step_id = ? AND phase = 'run'",
+                           (run_id, step_id)).fetchone()
+        return None if row is None else (row[0], row[1])
+    finally:
+        conn.close()
+
+
+def _workflow(**extra: Any) -> Workflow:
+    return Workflow.from_dict({"workflow_id": "wf", "name": "test", **extra, "steps": [
+        {"step_id": "scan", "type": "action", "action": "safe", "params": {"path": "{{ detection.file_path }}"}},
+        {"step_id": "hook", "type": "action", "action": "unsafe", "params": {"n": 1}},
+        {"step_id": "never", "type": "action", "action": "safe", "condition": "False"},
+    ]})
+
+
+async def test_non_idempotent_intent_is_on_disk_before_the_action_runs(store: Store, db_path: Path) -> None:
+    seen: list[Any] = []
+    engine = WorkflowEngine(listeners=[HistoryRecorder(store)])
+
+    async def safe(*, context: dict[str, Any], **params: Any) -> dict[str, Any]:
+        return {"scanned": params.get("path")}
+
+    async def unsafe(*, context: dict[str, Any], **params: Any) -> str:
+        from sdd.engine import current_step
+        seen.append(_peek_step(db_path, current_step().run_id, "hook"))
+        return "posted"
+
+    engine.register_action("safe", safe, idempotent=True)
+    engine.register_action("unsafe", unsafe, idempotent=False)
+    det = await store.add_detection({"type": "malware", "id": "ext-1", "file_path": "/tmp/f"})
+    handle = engine.start(_workflow(), {"who": "me"}, detection={"type": "malware", "id": "ext-1",
+                                                                  "file_path": "/tmp/f"})
+    result = await handle.wait()
+    assert result.status.value == "completed"
+    assert seen == [("running", 1)]
+    # RunFinished was awaited: the final state is readable without a flush.
+    run = store.get_run(handle.run_id)
+    assert run is not None and run["status"] == "completed" and run["detection_id"] == det
+    assert run["workflow"]["workflow_id"] == "wf" and run["trigger"] == "detection"
+    steps = {s["step_id"]: s for s in run["steps"]}
+    assert steps["scan"]["result"] == {"scanned": "/tmp/f"} and steps["scan"]["params"] == {"path": "/tmp/f"}
+    assert steps["hook"]["status"] == "completed" and steps["hook"]["idempotent"] is False
+    assert steps["never"]["status"] == "skipped"
+    assert run["result"]["steps_completed"] == 2
+    assert store.run_stats("wf")[0]["completed"] == 1
+
+
+async def test_note_run_sets_detection_trigger_and_uid(store: Store) -> None:
+    recorder = HistoryRecorder(store)
+    engine = WorkflowEngine(listeners=[recorder])
+
+    async def safe(*, context: dict[str, Any], **params: Any) -> None:
+        return None
+
+    engine.register_action("safe", safe, idempotent=True)
+    engine.register_action("unsafe", safe, idempotent=False)
+    det = await store.add_detection({"type": "malware"})
+    recorder.note_run("run-a", detection_id=det, trigger="api", uid=1000)
+    await engine.execute_workflow(_workflow(), run_id="run-a", detection={"type": "malware"}, dry_run=True)
+    run = store.get_run("run-a")
+    assert run is not None
+    assert (run["detection_id"], run["trigger"], run["uid"], run["dry_run"]) == (det, "api", 1000, True)
+
+
+async def test_resume_after_crash_reuses_results_and_interrupts_unsafe_step(store: Store) -> None:
+    calls: list[str] = []
+
+    async def safe(*, context: dict[str, Any], **params: Any) -> str:
+        calls.append("safe")
+        return "ok"
+
+    async def unsafe(*, context: dict[str, Any], **params: Any) -> str:
+        calls.append("unsafe")
+        return "posted"
+
+    # What a crash leaves behind: the run running, `scan` done, `hook`'s intent without an outcome.
+    wf = _workflow()
+    await store.create_run("crashed", "wf", None, {}, wf.to_dict(), started_at=10.0)
+    await store.record_step_started("crashed", "scan", action="safe", idempotent=True)
+    await store.record_step_finished("crashed", "scan", "completed", attempts=1, result="earlier")
+    await store.record_step_started("crashed", "hook", action="unsafe", idempotent=False, attempt=1)
+
+    recorder = HistoryRecorder(store)
+    prior = recorder.prior_steps("crashed")
+    assert prior["scan"].status is StepStatus.COMPLETED and prior["scan"].result == "earlier"
+    assert prior["hook"].status is StepStatus.RUNNING and prior["hook"].attempts == 1
+    assert prior == prior_steps(store, "crashed")
+
+    engine = WorkflowEngine(listeners=[recorder])
+    engine.register_action("safe", safe, idempotent=True)
+    engine.register_action("unsafe", unsafe, idempotent=False)
+    snapshot = Workflow.from_dict(store.get_run("crashed")["workflow"])  # type: ignore[index]
+    result = await engine.execute_workflow(snapshot, run_id="crashed", prior=prior)
+    assert result.status.value == "interrupted"
+    assert calls == []  # nothing re-run: scan reused, hook never repeated by the daemon's own choice
+    run = store.get_run("crashed")
+    assert run is not None and run["status"] == "interrupted" and run["resumed"] == 1
+    assert run["started_at"] == 10.0
+    assert {s["step_id"]: s["status"] for s in run["steps"]}["hook"] == "interrupted"
+
+
+async def test_on_interrupt_retry_runs_the_unsafe_step_again(store: Store) -> None:
+    calls: list[str] = []
+
+    async def act(*, context: dict[str, Any], **params: Any) -> str:
+        calls.append("x")
+        return "done"
+
+    wf = _workflow(on_interrupt="retry")
+    await store.create_run("r", "wf", None, {}, wf.to_dict())
+    await store.record_step_finished("r", "scan", "completed", attempts=1, result="earlier")
+    await store.record_step_started("r", "hook", action="unsafe", attempt=1)
+    recorder = HistoryRecorder(store)
+    engine = WorkflowEngine(listeners=[recorder])
+    engine.register_action("safe", act, idempotent=True)
+    engine.register_action("unsafe", act, idempotent=False)
+    result = await engine.execute_workflow(wf, run_id="r", prior=recorder.prior_steps("r"))
+    assert result.status.value == "completed" and calls == ["x"]
+    hook = {s["step_id"]: s for s in store.steps_of("r")}["hook"]
+    assert hook["status"] == "completed"
+
+
+async def test_a_closed_store_does_not_break_the_run(db_path: Path) -> None:
+    store = Store.open(db_path)
+    engine = WorkflowEngine(listeners=[HistoryRecorder(store)])
+
+    async def act(*, context: dict[str, Any], **params: Any) -> str:
+        return "ok"
+
+    engine.register_action("safe", act, idempotent=True)
+    engine.register_action("unsafe", act, idempotent=False)
+    store.close()
+    result = await engine.execute_workflow(_workflow(), detection={"type": "m", "file_path": "/x"})
+    assert result.status.value == "completed"
