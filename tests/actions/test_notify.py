@@ -1,0 +1,123 @@
+"""send_notification on real sinks: aiosmtpd on 127.0.0.1, the desktop callback, syslog and the log."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from email import message_from_bytes
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from sdd.actions import BreakerOpen
+from sdd.config import SmtpConfig
+from sdd.engine import ActionError, InvalidParams
+
+from .conftest import Env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        if address.startswith("nobody@"):
+            return "550 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.messages.append(envelope)
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+async def test_email_reaches_the_relay(env: Env, smtp) -> None:
+    inbox, port = smtp
+    env.configure(smtp=SmtpConfig(host="127.0.0.1", port=port, sender="sdd@test", timeout=5))
+    res = await env.call("send_notification", recipient="root@localhost", title="Threat\r\nBcc: evil@x",
+                         message="Found <Win.Trojan> in /home/a", urgency="critical")
+    assert res["channels"] == ["email"]
+    [env_] = inbox.messages
+    assert env_.rcpt_tos == ["root@localhost"]
+    msg = message_from_bytes(env_.content)
+    assert msg["Subject"] == "Threat  Bcc: evil@x"  # the line break is gone: no header injection
+    assert msg["Bcc"] is None
+    assert "Found <Win.Trojan>" in msg.get_payload()
+
+
+async def test_rejected_recipient_is_a_permanent_failure(env: Env, smtp) -> None:
+    _, port = smtp
+    env.configure(smtp=SmtpConfig(host="127.0.0.1", port=port, timeout=5))
+    with pytest.raises(ActionError) as err:
+        await env.call("send_notification", recipient="nobody@localhost", message="x")
+    assert err.value.retryable is False
+
+
+@pytest.mark.parametrize("recipient", ["root@localhost\r\nRCPT TO:<x@y>", "not-an-address", 5, ["a@b", 3]])
+async def test_bad_recipients_are_refused(env: Env, smtp, recipient: object) -> None:
+    inbox, port = smtp
+    env.configure(smtp=SmtpConfig(host="127.0.0.1", port=port, timeout=5))
+    with pytest.raises(InvalidParams, match="recipient"):
+        await env.call("send_notification", recipient=recipient, message="x", channel="email")
+    assert inbox.messages == []
+
+
+async def test_dead_relay_opens_the_breaker(env: Env) -> None:
+    port = free_port()  # nothing listens here
+    env.configure(smtp=SmtpConfig(host="127.0.0.1", port=port, timeout=2), breaker_failures=2)
+    for _ in range(2):
+        with pytest.raises(ActionError) as err:
+            await env.call("send_notification", recipient="a@b.c", message="x")
+        assert err.value.retryable is True
+    with pytest.raises(BreakerOpen, match="circuit breaker for smtp:127.0.0.1"):
+        await env.call("send_notification", recipient="a@b.c", message="x")
+    status = env.services.guards.status()["breakers"][f"smtp:127.0.0.1:{port}"]
+    assert status["state"] == "open" and status["consecutive_failures"] == 2
+
+
+async def test_desktop_goes_to_the_notify_callback(env: Env) -> None:
+    seen: list[tuple[str, str, str]] = []
+    env.configure(notify=lambda *a: seen.append(a))
+    res = await env.call("send_notification", message="hello\x1b[31m", title="T", urgency="low")
+    assert res["channels"] == ["desktop"]
+    assert seen == [("T", "hello [31m", "low")]
+
+
+async def test_desktop_without_a_sink_fails_clearly(env: Env) -> None:
+    with pytest.raises(ActionError, match="no desktop notification sink"):
+        await env.call("send_notification", message="x", channel="desktop")
+
+
+async def test_log_and_syslog_channels(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="sdd.notify"):
+        res = await env.call("send_notification", message="body", title="t", channel=["log", "syslog"])
+    assert res["channels"] == ["log", "syslog"]
+    assert "t: body" in caplog.text
+
+
+@pytest.mark.parametrize("params, message", [
+    ({}, "'message': is required"), ({"message": 3}, "expected a string"),
+    ({"message": "x", "urgency": "panic"}, "urgency"), ({"message": "x", "channel": "pager"}, "channel")])
+async def test_bad_parameters(env: Env, params: dict, message: str) -> None:
+    with pytest.raises(InvalidParams, match=message):
+        await env.call("send_notification", **params)

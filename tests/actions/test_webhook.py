@@ -1,0 +1,163 @@
+"""call_webhook against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from sdd.actions import BreakerOpen
+from sdd.engine import ActionError, InvalidParams, RunStatus
+
+from .conftest import Env
+
+
+class Server:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
+                                        "method": self.command})
+                if self.path.startswith("/slow"):
+                    server.release.wait(5)
+                code = {"/bad": 400, "/err": 503, "/moved": 302}.get(self.path, 200)
+                data = json.dumps({"received": True}).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if code == 302:
+                    self.send_header("Location", "file:///etc/shadow")
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_PUT = do_POST  # noqa: N815
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "Server":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[Server]:
+    with Server() as s:
+        yield s
+
+
+@pytest.fixture
+def server(shared_server: Server) -> Server:
+    shared_server.requests.clear()
+    return shared_server
+
+
+async def test_posts_signed_json_with_idempotency_key(env: Env, server: Server, tmp_path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s3cret\n")
+    env.configure(webhook_secret_file=str(secret))
+    result = await env.step("call_webhook", {"url": server.url + "/hook?x=1",
+                                             "payload": {"file": "{{ detection.file_path }}"},
+                                             "headers": {"X-Team": "soc"}},
+                            detection={"file_path": "/home/a/x.exe"})
+    assert result.status is RunStatus.COMPLETED, result.error
+    [req] = server.requests
+    assert req["path"] == "/hook?x=1"
+    assert json.loads(req["body"]) == {"file": "/home/a/x.exe"}
+    assert req["headers"]["Idempotency-Key"] == f"{result.run_id}:s"
+    expected = "sha256=" + hmac.new(b"s3cret", req["body"], hashlib.sha256).hexdigest()
+    assert req["headers"]["X-Sdd-Signature"] == expected
+    assert req["headers"]["X-Team"] == "soc"
+    out = result.step_results["s"].result
+    assert out["status"] == 200 and out["response"] == {"received": True} and out["signed"]
+
+
+async def test_secret_from_environment(env: Env, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDD_WEBHOOK_SECRET", "envkey")
+    await env.call("call_webhook", url=server.url + "/", payload=[1, 2])
+    req = server.requests[0]
+    assert req["headers"]["X-Sdd-Signature"] == "sha256=" + hmac.new(b"envkey", req["body"], "sha256").hexdigest()
+    assert req["headers"]["Idempotency-Key"].startswith("adhoc:")
+
+
+async def test_4xx_is_not_retried_5xx_is(env: Env, server: Server) -> None:
+    with pytest.raises(ActionError, match="answered 400") as err:
+        await env.call("call_webhook", url=server.url + "/bad", payload={})
+    assert not err.value.retryable
+    with pytest.raises(ActionError, match="answered 503") as err:
+        await env.call("call_webhook", url=server.url + "/err", payload={})
+    assert err.value.retryable
+    with pytest.raises(ActionError, match="redirects are not followed") as err:
+        await env.call("call_webhook", url=server.url + "/moved", payload={})
+    assert not err.value.retryable
+
+
+async def test_engine_retries_5xx(env: Env, server: Server) -> None:
+    result = await env.step("call_webhook", {"url": server.url + "/err"}, max_retries=2, retry_delay=0)
+    assert result.status is RunStatus.FAILED
+    assert len(server.requests) == 3
+    assert len({r["headers"]["Idempotency-Key"] for r in server.requests}) == 1
+
+
+async def test_timeout_is_retryable(env: Env, server: Server) -> None:
+    with pytest.raises(ActionError, match="timed out") as err:
+        await env.call("call_webhook", url=server.url + "/slow", payload={}, timeout=0.3)
+    assert err.value.retryable
+
+
+async def test_breaker_opens_after_consecutive_failures(env: Env, server: Server) -> None:
+    env.configure(breaker_failures=2)
+    for _ in range(2):
+        with pytest.raises(ActionError):
+            await env.call("call_webhook", url=server.url + "/err")
+    with pytest.raises(BreakerOpen, match="circuit breaker for webhook:127.0.0.1"):
+        await env.call("call_webhook", url=server.url + "/")
+    assert len(server.requests) == 2  # failed fast: the third call never reached the server
+
+
+async def test_network_error_is_retryable(env: Env) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ActionError, match="ConnectionRefused") as err:
+        await env.call("call_webhook", url=f"http://127.0.0.1:{port}/", timeout=2)
+    assert err.value.retryable
+
+
+@pytest.mark.parametrize("params, message", [
+    ({}, "'url': is required"), ({"url": "file:///etc/passwd"}, "only http and https"),
+    ({"url": "ftp://127.0.0.1/x"}, "only http and https"), ({"url": "gopher://x"}, "only http and https"),
+    ({"url": "http://"}, "not a valid URL"), ({"url": "http://u:p@127.0.0.1/"}, "credentials"),
+    ({"url": "http://127.0.0.1/\r\nX: y"}, "not a valid URL"), ({"url": 5}, "expected a string"),
+    ({"url": "http://127.0.0.1/", "method": "DELETE"}, "method"),
+    ({"url": "http://127.0.0.1/", "headers": {"Idempotency-Key": "x"}}, "cannot be overridden"),
+    ({"url": "http://127.0.0.1/", "headers": {"X-A": "a\r\nb"}}, "line break"),
+    ({"url": "http://127.0.0.1/", "timeout": 0}, "timeout"),
+    ({"url": "http://127.0.0.1/", "payload": {"x": float("nan")}}, "JSON"),
+    ({"url": "http://127.0.0.1/", "payload": {"x": object()}}, "JSON")])
+async def test_bad_parameters(env: Env, server: Server, params: dict, message: str) -> None:
+    with pytest.raises(InvalidParams, match=message):
+        await env.call("call_webhook", **params)
+    assert server.requests == []
