@@ -368,15 +368,16 @@ class BusBridge:
         bus = self._bus
         if bus is not None:
             bus.disconnect()
+        # Python 3.11's asyncio.wait_for can swallow a cancellation that coincides with its inner future
+        # finishing: a task still running after a cancel is asked again.
+        pending = set(self._tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("D-Bus bridge task failed")
+            if not task.cancelled() and task.exception() is not None:
+                log.error("D-Bus bridge task failed", exc_info=task.exception())
         self._tasks = []
         if bus is not None:
             _close_transport(bus)

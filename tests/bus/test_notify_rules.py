@@ -1,0 +1,88 @@
+"""What sdd-notifier shows for which signal (pure rules, no bus)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sdd_client.notify_rules import MAX_BODY, MAX_SUMMARY, Urgency, clean, escape_markup, notice_for
+
+
+@pytest.mark.parametrize(
+    ("severity", "urgency"), [("critical", Urgency.CRITICAL), ("high", Urgency.NORMAL), ("HIGH", Urgency.NORMAL)]
+)
+def test_critical_and_high_detections_are_shown(severity: str, urgency: Urgency) -> None:
+    n = notice_for("DetectionReceived", ["d1", "malware", severity, "/home/a/x.exe"])
+    assert n is not None
+    assert n.urgency is urgency
+    assert n.body == "/home/a/x.exe"
+    assert severity.lower() in n.summary and "malware" in n.summary
+
+
+@pytest.mark.parametrize("severity", ["medium", "low", "info", "", "criticalish"])
+def test_lesser_detections_are_not_shown(severity: str) -> None:
+    assert notice_for("DetectionReceived", ["d1", "malware", severity, "/x"]) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "urgency", "word"),
+    [
+        ("failed", Urgency.CRITICAL, "failed"),
+        ("rolled_back", Urgency.NORMAL, "rolled back"),
+        ("interrupted", Urgency.CRITICAL, "interrupted"),
+    ],
+)
+def test_bad_run_outcomes_are_shown(status: str, urgency: Urgency, word: str) -> None:
+    n = notice_for("RunFinished", ["r1", "critical_threat_response", status, 2.5])
+    assert n is not None and n.urgency is urgency
+    assert word in n.summary and "critical_threat_response" in n.summary
+    assert "r1" in n.body and "2.5 s" in n.body
+
+
+@pytest.mark.parametrize("status", ["completed", "cancelled", "running", "pending", ""])
+def test_good_or_deliberate_run_outcomes_are_not_shown(status: str) -> None:
+    assert notice_for("RunFinished", ["r1", "wf", status, 1.0]) is None
+
+
+@pytest.mark.parametrize(
+    ("wanted", "urgency"),
+    [("low", Urgency.LOW), ("normal", Urgency.NORMAL), ("critical", Urgency.CRITICAL),
+     ("Critical", Urgency.CRITICAL), ("bogus", Urgency.NORMAL), ("", Urgency.NORMAL)],
+)
+def test_workflow_notifications_map_urgency_names_to_the_spec_byte(wanted: str, urgency: Urgency) -> None:
+    n = notice_for("Notification", ["Title", "Body", wanted])
+    assert n is not None and n.urgency is urgency and int(n.urgency) in (0, 1, 2)
+    assert (n.summary, n.body) == ("Title", "Body")
+
+
+@pytest.mark.parametrize(
+    ("member", "args"),
+    [
+        ("RunStarted", ["r", "wf", "d"]),
+        ("StepFinished", ["r", "s", "failed", 1.0]),
+        ("DetectionReceived", ["too", "few"]),
+        ("RunFinished", ["r", "wf", "failed"]),
+        ("Notification", []),
+        ("Unknown", ["a"]),
+    ],
+)
+def test_other_or_malformed_signals_are_not_shown(member: str, args: list[object]) -> None:
+    assert notice_for(member, args) is None
+
+
+def test_hostile_text_is_cleaned() -> None:
+    n = notice_for("DetectionReceived", ["d", "mal\x1bware", "critical", "/tmp/\u202etxt.exe\x00\x07" + "a" * 5000])
+    assert n is not None
+    assert "\x1b" not in n.summary and "\u202e" not in n.body and "\x00" not in n.body and "\x07" not in n.body
+    assert len(n.body) <= MAX_BODY and len(n.summary) <= MAX_SUMMARY
+
+
+def test_markup_escaping() -> None:
+    assert escape_markup("<b>x</b> & y") == "&lt;b&gt;x&lt;/b&gt; &amp; y"
+
+
+@given(st.text())
+def test_clean_never_returns_control_characters_or_too_much(text: str) -> None:
+    out = clean(text, 100)
+    assert len(out) <= 100
+    assert not any(ord(c) < 32 and c != "\n" for c in out)
