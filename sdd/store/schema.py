@@ -166,8 +166,12 @@ CREATE TABLE duration_samples (
     duration    REAL NOT NULL,
     PRIMARY KEY (workflow_id, slot)
 ) WITHOUT ROWID;
+"""
 
--- Backfill from the history an older sdd left behind.
+# Rebuild the aggregates from the runs table (migration 2 on an older sdd's history; bench fixtures).
+STATS_BACKFILL = f"""
+DELETE FROM workflow_stats;
+DELETE FROM duration_samples;
 INSERT INTO workflow_stats (workflow_id, finished, completed, failed, rolled_back, cancelled, interrupted,
                             duration_sum, duration_n, sample_seq)
 SELECT workflow_id, count(*), sum(status = 'completed'), sum(status = 'failed'), sum(status = 'rolled_back'),
@@ -180,10 +184,13 @@ UPDATE workflow_stats SET (last_run_id, last_status, last_started_at, last_finis
     WHERE runs.workflow_id = workflow_stats.workflow_id AND finished_at IS NOT NULL
       AND status NOT IN ('pending', 'running')
     ORDER BY finished_at DESC, run_id DESC LIMIT 1);
+-- The newest k durations, oldest in slot 0 and newest in slot k-1, so the next finish (slot k mod the ring
+-- size, as sample_seq = k) overwrites the oldest.
 INSERT INTO duration_samples (workflow_id, slot, duration)
-SELECT workflow_id, n - 1, d FROM (
+SELECT workflow_id, min(total, {SAMPLE_SLOTS}) - n, d FROM (
     SELECT workflow_id, max(finished_at - started_at, 0) AS d,
-           row_number() OVER (PARTITION BY workflow_id ORDER BY finished_at DESC, run_id DESC) AS n
+           row_number() OVER (PARTITION BY workflow_id ORDER BY finished_at DESC, run_id DESC) AS n,
+           count(*) OVER (PARTITION BY workflow_id) AS total
     FROM runs WHERE finished_at IS NOT NULL AND status NOT IN ('pending', 'running'))
 WHERE n <= {SAMPLE_SLOTS};
 """
@@ -202,7 +209,12 @@ def _split(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2)]
+def rebuild_stats(conn: sqlite3.Connection) -> None:
+    """Recompute workflow_stats and duration_samples from runs (inside the caller's transaction)."""
+    _script(STATS_BACKFILL)(conn)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2 + STATS_BACKFILL)]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -267,4 +279,4 @@ def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
     return conn
 
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SAMPLE_SLOTS", "migrate", "prepare_path", "connect"]
+__all__ = ["MIGRATIONS", "rebuild_stats", "SCHEMA_VERSION", "SAMPLE_SLOTS", "migrate", "prepare_path", "connect"]
