@@ -177,10 +177,10 @@ class _Refused(Exception):
 def _unsafe_owner(st: os.stat_result) -> str | None:
     if st.st_uid != 0:
         return f"owned by uid {st.st_uid}, not root"
-    if st.st_mode & stat.S_IWGRP:
-        return f"writable by its group (gid {st.st_gid}); mode {stat.S_IMODE(st.st_mode):04o}"
     if st.st_mode & stat.S_IWOTH:
         return f"writable by everyone; mode {stat.S_IMODE(st.st_mode):04o}"
+    if st.st_mode & stat.S_IWGRP:
+        return f"writable by its group (gid {st.st_gid}); mode {stat.S_IMODE(st.st_mode):04o}"
     return None
 
 

@@ -1,7 +1,8 @@
 """`engine.plan()`: what each step would do for a given context and detection, running nothing.
 
-Conditions are evaluated and parameters rendered exactly as a run would; what depends on results of
-steps that have not run is reported as unknown (`would_run: None`) with the reason.
+Conditions are evaluated and parameters rendered exactly as a run would, assuming earlier steps complete
+(`steps.<id>.status` is "completed"); what depends on their results, which are unknown until they run,
+is reported as undecided (`would_run: None`) with the reason.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ class _Planner:
                 "idempotent": bool(spec is not None and spec.idempotent)}
         self.out.append(item)
         if would_run:
-            # Later expressions may look at it; its result is unknown until it runs.
-            self.steps.setdefault(step.step_id, {"status": "pending", "result": None, "error": None,
-                                                 "attempts": 0})
+            # Later expressions may look at it: the plan assumes it completes; its result is unknown (None).
+            self.steps.setdefault(step.step_id, {"status": "completed", "result": None, "error": None,
+                                                 "attempts": 1})
         return item
 
     def walk(self, steps: list[WorkflowStep], prefix: str, context: dict[str, Any], depth: int) -> bool:

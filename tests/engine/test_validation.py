@@ -1,0 +1,253 @@
+"""Validation at load time: every problem at once, each with file:line:column and a readable message."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from sdd.engine import ValidationIssue, WorkflowValidationError, load_workflow, load_workflow_dirs, validate_text
+from sdd.engine.validation import schema
+
+ACTIONS = ["quarantine_file", "restore_file", "send_notification", "kill_process"]
+
+
+def issues_of(text: str, actions: list[str] | None = ACTIONS) -> list[str]:
+    return [str(i) for i in validate_text(textwrap.dedent(text), "wf.yaml", actions)]
+
+
+def test_valid_workflow_has_no_issues() -> None:
+    assert issues_of("""\
+        workflow_id: ok
+        trigger: {type: malware, when: 'detection.severity in ["critical", "high"]', priority: 10}
+        steps:
+          - step_id: quarantine
+            action: quarantine_file
+            params: {file_path: "{{ detection.file_path }}"}
+            rollback_action: restore_file
+          - step_id: notify
+            type: notification
+            condition: 'steps.quarantine.status == "completed"'
+        """) == []
+
+
+def test_every_issue_is_reported_at_once_with_line_and_column() -> None:
+    found = issues_of("""\
+        workflow_id: bad
+        stpes: []
+        steps:
+          - step_id: quarantine
+            type: acton
+            action: quarantine_fil
+            on_failure: rolback
+            max_retries: -1
+            timeout: soon
+          - step_id: quarantine
+            action: send_notification
+            condition: 'steps.quarantin.status == "completed"'
+          - step_id: c
+            action: kill_process
+            condition: 'detection.pid >'
+            params: {pid: "{{ detection.process_id }", other: "{{ 1 + }}"}
+        """)
+    expected = [
+        "wf.yaml:2:1: unknown key 'stpes' in the workflow (did you mean 'steps'?)",
+        "wf.yaml:5:11: steps[0].type must be one of action, notification, script, webhook, condition, loop, "
+        "parallel, branch, workflow; got 'acton' (did you mean 'action'?)",
+        "wf.yaml:6:13: unknown action 'quarantine_fil' (did you mean 'quarantine_file'?)",
+        "wf.yaml:7:17: steps[0].on_failure must be one of abort, continue, skip, retry, rollback; got 'rolback' "
+        "(did you mean 'rollback'?)",
+        "wf.yaml:8:18: steps[0].max_retries must be at least 0; got -1",
+        "wf.yaml:9:14: steps[0].timeout must be a positive number of seconds or a duration like '30s', '5m', "
+        "'6h'; got 'soon'",
+        "wf.yaml:10:14: duplicate step_id 'quarantine' (first used at steps[0], line 4)",
+        "wf.yaml:12:16: refers to unknown step 'quarantin' (did you mean 'quarantine'?)",
+    ]
+    assert found[:len(expected)] == expected
+    assert any(f.startswith("wf.yaml:15:16: steps[2].condition does not parse") for f in found)
+    assert any(f.startswith("wf.yaml:16:19: steps[2].params.pid: template does not parse") for f in found)
+    assert any(f.startswith("wf.yaml:16:55: steps[2].params.other: template does not parse") for f in found)
+
+
+def test_wrong_types_are_named() -> None:
+    found = issues_of("""\
+        workflow_id: t
+        rollback_on_failure: "sometimes"
+        steps:
+          - step_id: a
+            action: quarantine_file
+            params: [1, 2]
+        """)
+    assert "wf.yaml:2:22: rollback_on_failure must be true or false, not a string ('sometimes')" in found
+    assert "wf.yaml:6:13: steps[0].params must be a mapping, not a list ([1, 2])" in found
+
+
+def test_missing_keys_and_type_requirements() -> None:
+    found = issues_of("""\
+        name: no id
+        steps:
+          - action: quarantine_file
+          - {step_id: l, type: loop}
+          - {step_id: p, type: parallel}
+          - {step_id: b, type: branch}
+          - {step_id: w, type: workflow}
+          - {step_id: c, type: condition}
+          - {step_id: x, type: action, items: [1]}
+        """)
+    text = "\n".join(found)
+    for needle in ["the workflow is missing the required key 'workflow_id'",
+                   "steps[0] is missing the required key 'step_id'",
+                   "loop step 'l' needs 'items'", "loop step 'l' needs 'step' or 'steps'",
+                   "parallel step 'p' needs 'steps'", "branch step 'b' needs 'conditions'",
+                   "workflow step 'w' needs 'workflow_id'", "condition step 'c' needs a 'condition'",
+                   "'items' does not apply to an action step (only to loop)"]:
+        assert needle in text
+
+
+def test_branch_shape_is_checked() -> None:
+    found = "\n".join(issues_of("""\
+        workflow_id: t
+        steps:
+          - step_id: b
+            type: branch
+            conditions:
+              - else: []
+              - elif: "1 == 1"
+                then: []
+              - if: "1 ==="
+              - {if: "True", else: []}
+        """))
+    assert "'else' must be the last case of a branch" in found
+    assert "case 2 needs 'then'" in found or "does not parse" in found
+    assert "exactly one of 'if', 'elif' or 'else'" in found
+
+
+def test_unknown_actions_are_only_checked_when_actions_are_given() -> None:
+    text = "workflow_id: t\nsteps: [{step_id: a, action: whatever}]\n"
+    assert issues_of(text, None) == []
+    assert issues_of(text, []) == ["wf.yaml:2:30: unknown action 'whatever'"]
+
+
+def test_self_reference_is_a_cycle() -> None:
+    found = issues_of("workflow_id: me\nsteps: [{step_id: a, type: workflow, workflow_id: me}]\n")
+    assert found == ["wf.yaml:2:51: workflow 'me' runs itself as a sub-workflow (a cycle)"]
+
+
+def test_yaml_syntax_errors_and_non_mappings() -> None:
+    assert issues_of("workflow_id: [\n")[0].startswith("wf.yaml:2:1: YAML syntax error")
+    assert issues_of("- 1\n") == ["wf.yaml:1:1: a workflow file must hold a mapping (workflow_id, steps, ...), "
+                                  "not a list"]
+    assert issues_of("") == ["wf.yaml:1:1: the file is empty"]
+    assert "duplicate key 'steps'" in issues_of("workflow_id: a\nsteps: []\nsteps: []\n")[0]
+
+
+def test_yaml_alias_bomb_is_refused_quickly() -> None:
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    found = issues_of("\n".join(lines) + "\nworkflow_id: x\nsteps: []\n")
+    assert found and "too large" in found[0]
+
+
+def test_load_workflow_raises_with_all_issues(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text("workflow_id: w\nsteps:\n  - {step_id: a, action: x, on_failure: nope}\n  - {step_id: a}\n")
+    with pytest.raises(WorkflowValidationError) as err:
+        load_workflow(path)
+    assert [i.line for i in err.value.issues] == [3, 4, 4]   # bad on_failure; duplicate id; no action
+    assert all(isinstance(i, ValidationIssue) and i.file == str(path) for i in err.value.issues)
+    assert str(err.value).splitlines()[0].startswith(f"{path}:3:")
+
+
+def test_published_schema_is_a_valid_json_schema() -> None:
+    cls = jsonschema.validators.validator_for(schema())
+    cls.check_schema(schema())
+    shipped = Path(__file__).resolve().parents[2] / "sdd" / "engine" / "workflow.schema.json"
+    assert json.loads(shipped.read_text()) == schema()
+
+
+def _write(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_load_workflow_dirs_later_dirs_override(tmp_path: Path) -> None:
+    _write(tmp_path / "a", "x.yaml", "workflow_id: x\nname: first\nsteps: [{step_id: s, action: quarantine_file}]\n")
+    _write(tmp_path / "a", "y.yml", "workflow_id: y\nsteps: [{step_id: s, action: quarantine_file}]\n")
+    _write(tmp_path / "b", "x2.yaml", "workflow_id: x\nname: second\nsteps: [{step_id: s, action: kill_process}]\n")
+    _write(tmp_path / "b", "README.txt", "not a workflow")
+    found, issues = load_workflow_dirs([tmp_path / "a", tmp_path / "missing", tmp_path / "b"], ACTIONS)
+    assert issues == []
+    assert found["x"].name == "second" and set(found) == {"x", "y"}
+
+
+def test_load_workflow_dirs_reports_bad_files_and_keeps_good_ones(tmp_path: Path) -> None:
+    _write(tmp_path, "good.yaml", "workflow_id: good\nsteps: [{step_id: s, action: quarantine_file}]\n")
+    _write(tmp_path, "bad.yaml", "workflow_id: bad\nsteps: [{step_id: s, action: nuke}]\n")
+    _write(tmp_path, "dup.yaml", "workflow_id: good\nsteps: [{step_id: s, action: quarantine_file}]\n")
+    found, issues = load_workflow_dirs([tmp_path], ACTIONS)
+    assert set(found) == {"good"}
+    messages = [str(i) for i in issues]
+    assert any("bad.yaml:2:30: unknown action 'nuke'" in m for m in messages)
+    assert any("dup.yaml" in m and "also defined in" in m for m in messages)
+
+
+def test_load_workflow_dirs_checks_subworkflows_across_the_set(tmp_path: Path) -> None:
+    _write(tmp_path, "a.yaml", "workflow_id: a\nsteps: [{step_id: s, type: workflow, workflow_id: b}]\n")
+    _write(tmp_path, "b.yaml", """\
+        workflow_id: b
+        steps:
+          - step_id: br
+            type: branch
+            conditions: [{if: "True", then: a}]
+        """)
+    _write(tmp_path, "c.yaml", "workflow_id: c\nsteps: [{step_id: s, type: workflow, workflow_id: nope}]\n")
+    _write(tmp_path, "d.yaml", "workflow_id: d\nsteps: [{step_id: s, type: workflow, workflow_id: c}]\n")
+    _write(tmp_path, "e.yaml", "workflow_id: e\nsteps: [{step_id: s, type: workflow, workflow_id: f}]\n")
+    _write(tmp_path, "f.yaml", "workflow_id: f\nsteps: [{step_id: s, action: quarantine_file}]\n")
+    found, issues = load_workflow_dirs([tmp_path], ACTIONS)
+    assert set(found) == {"e", "f"}
+    messages = [str(i) for i in issues]
+    assert any("a.yaml:2:51: sub-workflow cycle: a -> b -> a" in m for m in messages)
+    assert any("b.yaml:5:37: sub-workflow cycle" in m for m in messages)
+    assert any("c.yaml:2:51: unknown sub-workflow 'nope'" in m for m in messages)
+    assert any("d.yaml" in m and "sub-workflow 'c' is invalid" in m for m in messages)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+@needs_root
+def test_require_root_owned_refuses_files_others_can_write(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    text = "workflow_id: {}\nsteps: [{{step_id: s, action: quarantine_file}}]\n"
+    _write(tmp_path, "ok.yaml", text.format("ok")).chmod(0o644)
+    theirs = _write(tmp_path, "theirs.yaml", text.format("theirs"))
+    os.chown(theirs, 1000, 0)
+    _write(tmp_path, "group.yaml", text.format("group")).chmod(0o664)
+    _write(tmp_path, "world.yaml", text.format("world")).chmod(0o646)
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "ok.yaml")
+    found, issues = load_workflow_dirs([tmp_path], ACTIONS, require_root_owned=True)
+    assert set(found) == {"ok"}
+    why = {Path(i.file).name: i.message for i in issues}
+    assert why["theirs.yaml"] == "refused: owned by uid 1000, not root (a workflow runs as root)"
+    assert why["group.yaml"].startswith("refused: writable by its group")
+    assert why["world.yaml"].startswith("refused: writable by everyone")
+    assert why["link.yaml"] == "refused: it is a symbolic link"
+    found, issues = load_workflow_dirs([tmp_path], ACTIONS)
+    assert "theirs" in found and "world" in found
+
+
+@needs_root
+def test_require_root_owned_refuses_a_writable_directory(tmp_path: Path) -> None:
+    d = tmp_path / "wf"
+    _write(d, "ok.yaml", "workflow_id: ok\nsteps: [{step_id: s, action: quarantine_file}]\n")
+    d.chmod(0o777)
+    found, issues = load_workflow_dirs([d], ACTIONS, require_root_owned=True)
+    assert found == {} and "directory refused: writable by everyone" in issues[0].message
