@@ -51,3 +51,60 @@ def test_committed_writes_survive_sigkill(db_path: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         store.close()
+
+
+def test_engine_killed_mid_action_resumes_without_repeating_it(db_path: Path, tmp_path: Path) -> None:
+    """kill -9 while a non-idempotent action runs: its intent is on disk, and resuming the run from the
+    recorded steps marks it interrupted instead of running the side effect a second time."""
+    import asyncio
+
+    from sdd.engine import Workflow, WorkflowEngine
+    from sdd.history import HistoryRecorder
+
+    from .engine_child import WORKFLOW
+
+    log = tmp_path / "effects.log"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    child = subprocess.Popen([sys.executable, "-m", "tests.store.engine_child", str(db_path), str(log)],
+                             stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "acting"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(30)
+    assert log.read_text() == "side effect\n"
+
+    async def restart() -> tuple[str, list[str]]:
+        store = Store.open(db_path)
+        try:
+            assert [r["run_id"] for r in store.runs_in_status("running")] == ["the-run"]
+            recorder = HistoryRecorder(store)
+            prior = recorder.prior_steps("the-run")
+            assert prior["first"].status == "completed" and prior["hook"].status == "running"
+            calls: list[str] = []
+
+            async def act(*, context: dict[str, object], **params: object) -> str:
+                calls.append("called")
+                return "again"
+
+            engine = WorkflowEngine(listeners=[recorder])
+            engine.register_action("safe", act, idempotent=True)
+            engine.register_action("unsafe", act, idempotent=False)
+            result = await engine.execute_workflow(Workflow.from_dict(WORKFLOW), run_id="the-run", prior=prior)
+            return result.status.value, calls
+        finally:
+            store.close()
+
+    status, calls = asyncio.run(restart())
+    assert status == "interrupted" and calls == []
+    assert log.read_text() == "side effect\n"
+    store = Store.open(db_path)
+    try:
+        run = store.get_run("the-run")
+        assert run is not None and run["status"] == "interrupted" and run["resumed"] == 1
+        assert {s["step_id"]: s["status"] for s in run["steps"]} == {"first": "completed", "hook": "interrupted"}
+    finally:
+        store.close()

@@ -1,0 +1,41 @@
+"""Child process for test_durability: runs a workflow on the real engine with the history recorder; its
+non-idempotent step appends to a log, says so on stdout, and then hangs until the process is SIGKILLed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from sdd.engine import Workflow, WorkflowEngine
+from sdd.history import HistoryRecorder
+from sdd.store import Store
+
+WORKFLOW = {"workflow_id": "wf", "name": "crash", "steps": [
+    {"step_id": "first", "type": "action", "action": "safe"},
+    {"step_id": "hook", "type": "action", "action": "unsafe"},
+    {"step_id": "last", "type": "action", "action": "safe"},
+]}
+
+
+async def main(db: str, log: str) -> None:
+    store = Store.open(db)
+    engine = WorkflowEngine(listeners=[HistoryRecorder(store)])
+
+    async def safe(*, context: dict[str, Any], **params: Any) -> str:
+        return "safe-done"
+
+    async def unsafe(*, context: dict[str, Any], **params: Any) -> str:
+        with open(log, "a") as f:
+            f.write("side effect\n")
+        print("acting", flush=True)
+        await asyncio.Event().wait()  # never returns: the parent kills us here
+        return "unreachable"
+
+    engine.register_action("safe", safe, idempotent=True)
+    engine.register_action("unsafe", unsafe, idempotent=False)
+    await engine.execute_workflow(Workflow.from_dict(WORKFLOW), run_id="the-run")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
