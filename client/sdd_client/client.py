@@ -15,9 +15,10 @@ import asyncio
 import itertools
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Mapping
+from typing import Any
 
 from . import protocol
 from .errors import ApiError, DaemonUnreachable, MalformedFrame, ProtocolError
@@ -75,6 +76,16 @@ def _unwrap(reply: Mapping[str, Any], rid: int) -> Any:
     return reply["result"]
 
 
+def _subscribe_params(events: list[str] | None, queue: int | None) -> dict[str, Any]:
+    """`events`: only these names (default all); `queue`: events the daemon keeps for us before `lagged`."""
+    params: dict[str, Any] = {}
+    if events:
+        params["events"] = list(events)
+    if queue is not None:
+        params["queue"] = queue
+    return params
+
+
 def _event(message: Mapping[str, Any]) -> Event:
     name = message.get("event")
     data = message.get("data", {})
@@ -96,7 +107,7 @@ class Client:
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
 
-    def connect(self) -> "Client":
+    def connect(self) -> Client:
         if self._sock is None:
             self._sock = self._open()
         return self
@@ -116,7 +127,7 @@ class Client:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self.connect()
 
     def __exit__(self, *exc: object) -> None:
@@ -136,7 +147,7 @@ class Client:
         except ProtocolError:
             self.close()
             raise
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             self.close()
             reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
             raise DaemonUnreachable(str(self.socket_path), reason) from None
@@ -145,26 +156,61 @@ class Client:
             raise DaemonUnreachable(str(self.socket_path), "connection closed by the daemon")
         return _unwrap(reply, rid)
 
-    def subscribe(self, events: list[str] | None = None) -> Iterator[Event]:
-        """Follows live events on a connection of its own until the caller stops iterating."""
-        sock = self._open()
-        sock.settimeout(None)  # events may be minutes apart
+    def subscribe(self, events: list[str] | None = None, queue: int | None = None) -> EventStream:
+        """Opens a subscription on a connection of its own. The daemon has acknowledged it when this
+        returns, so nothing published afterwards is missed. Iterate it; close it (or use `with`) when done."""
+        return EventStream(self._open(), str(self.socket_path), _subscribe_params(events, queue))
+
+
+class EventStream:
+    """Live events from a blocking connection (see `Client.subscribe`)."""
+
+    def __init__(self, sock: socket.socket, where: str, params: dict[str, Any]) -> None:
+        self._sock = sock
+        self._where = where
         try:
-            params: dict[str, Any] = {"events": list(events)} if events else {}
-            protocol.send_message(sock, protocol.request(0, "subscribe", params))
+            protocol.send_message(sock, protocol.request(1, "subscribe", params))
             first = protocol.recv_message(sock, max_depth=protocol.REPLY_MAX_DEPTH)
             if first is None:
-                raise DaemonUnreachable(str(self.socket_path), "connection closed by the daemon")
-            _unwrap(first, 0)
-            while True:
-                message = protocol.recv_message(sock, max_depth=protocol.REPLY_MAX_DEPTH)
-                if message is None:
-                    return
-                yield _event(message)
+                raise DaemonUnreachable(where, "connection closed by the daemon")
+            _unwrap(first, 1)
         except OSError as exc:
-            raise DaemonUnreachable(str(self.socket_path), exc.strerror or str(exc)) from None
-        finally:
             sock.close()
+            raise DaemonUnreachable(where, exc.strerror or str(exc)) from None
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)  # events may be minutes apart
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Bounds how long `next()` waits; on expiry it raises TimeoutError (the stream stays usable)."""
+        self._sock.settimeout(timeout)
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event:
+        try:
+            message = protocol.recv_message(self._sock, max_depth=protocol.REPLY_MAX_DEPTH)
+        except TimeoutError:
+            raise TimeoutError("no event in time") from None
+        except OSError as exc:
+            raise DaemonUnreachable(self._where, exc.strerror or str(exc)) from None
+        if message is None:
+            raise StopIteration
+        return _event(message)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class AsyncClient:
@@ -184,12 +230,12 @@ class AsyncClient:
             return await asyncio.wait_for(
                 asyncio.open_unix_connection(os.fspath(self.socket_path), limit=protocol.MAX_FRAME + 8),
                 self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DaemonUnreachable(str(self.socket_path), "timed out") from None
         except OSError as exc:
             raise DaemonUnreachable(str(self.socket_path), exc.strerror or str(exc)) from None
 
-    async def connect(self) -> "AsyncClient":
+    async def connect(self) -> AsyncClient:
         if self._writer is None:
             self._reader, self._writer = await self._open()
         return self
@@ -203,7 +249,7 @@ class AsyncClient:
             except OSError:
                 pass
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return await self.connect()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -224,7 +270,7 @@ class AsyncClient:
             except ProtocolError:
                 await self.close()
                 raise
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.close()
                 raise DaemonUnreachable(str(self.socket_path), "timed out") from None
             except OSError as exc:
@@ -235,25 +281,69 @@ class AsyncClient:
                 raise DaemonUnreachable(str(self.socket_path), "connection closed by the daemon")
             return _unwrap(reply, rid)
 
-    async def subscribe(self, events: list[str] | None = None) -> AsyncIterator[Event]:
-        """Follows live events on a connection of its own until the caller stops iterating."""
-        reader, writer = await self._open()
+    def subscribe(self, events: list[str] | None = None, queue: int | None = None) -> AsyncEventStream:
+        """A subscription on a connection of its own: `async with client.subscribe() as events:` (the
+        daemon has acknowledged it once the `async with` body runs), or directly `async for`."""
+        return AsyncEventStream(self, _subscribe_params(events, queue))
+
+
+class AsyncEventStream:
+    """Live events on an asyncio connection (see `AsyncClient.subscribe`)."""
+
+    def __init__(self, client: AsyncClient, params: dict[str, Any]) -> None:
+        self._client = client
+        self._params = params
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> AsyncEventStream:
+        if self._reader is not None:
+            return self
+        where = str(self._client.socket_path)
+        reader, writer = await self._client._open()
         try:
-            params: dict[str, Any] = {"events": list(events)} if events else {}
-            await protocol.write_message(writer, protocol.request(0, "subscribe", params))
+            await protocol.write_message(writer, protocol.request(1, "subscribe", self._params))
             first = await protocol.read_message(reader, max_depth=protocol.REPLY_MAX_DEPTH)
             if first is None:
-                raise DaemonUnreachable(str(self.socket_path), "connection closed by the daemon")
-            _unwrap(first, 0)
-            while True:
-                message = await protocol.read_message(reader, max_depth=protocol.REPLY_MAX_DEPTH)
-                if message is None:
-                    return
-                yield _event(message)
+                raise DaemonUnreachable(where, "connection closed by the daemon")
+            _unwrap(first, 1)
         except OSError as exc:
-            raise DaemonUnreachable(str(self.socket_path), exc.strerror or str(exc)) from None
-        finally:
             writer.close()
+            raise DaemonUnreachable(where, exc.strerror or str(exc)) from None
+        except BaseException:
+            writer.close()
+            raise
+        self._reader, self._writer = reader, writer
+        return self
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        await self.open()
+        assert self._reader is not None
+        try:
+            message = await protocol.read_message(self._reader, max_depth=protocol.REPLY_MAX_DEPTH)
+        except OSError as exc:
+            raise DaemonUnreachable(str(self._client.socket_path), exc.strerror or str(exc)) from None
+        if message is None:
+            raise StopAsyncIteration
+        return _event(message)
+
+    async def aclose(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
-__all__ = ["Client", "AsyncClient", "Event", "resolve_socket", "user_socket", "SYSTEM_SOCKET"]
+__all__ = ["SYSTEM_SOCKET", "AsyncClient", "AsyncEventStream", "Client", "Event", "EventStream", "resolve_socket", "user_socket"]

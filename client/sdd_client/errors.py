@@ -73,5 +73,13 @@ class ApiError(ClientError):
         return 2 if self.code == ErrorCode.INVALID_PARAMS else 1
 
 
-__all__ = ["ErrorCode", "ClientError", "ProtocolError", "FrameTooLarge", "MalformedFrame", "TruncatedFrame",
-           "DaemonUnreachable", "ApiError"]
+__all__ = [
+    "ApiError",
+    "ClientError",
+    "DaemonUnreachable",
+    "ErrorCode",
+    "FrameTooLarge",
+    "MalformedFrame",
+    "ProtocolError",
+    "TruncatedFrame",
+]

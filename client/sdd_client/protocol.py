@@ -15,9 +15,10 @@ import asyncio
 import enum
 import socket
 import struct
-from dataclasses import dataclass, is_dataclass, asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import PurePath
-from typing import Any, Mapping
+from typing import Any
 
 import msgpack
 
@@ -234,8 +235,30 @@ def send_message(sock: socket.socket, message: Mapping[str, Any], max_size: int 
 
 
 __all__ = [
-    "MAX_FRAME", "MAX_DEPTH", "REPLY_MAX_DEPTH", "HEADER_SIZE", "NO_ID", "ErrorCode", "ProtocolError", "FrameTooLarge",
-    "MalformedFrame", "TruncatedFrame", "Request", "pack_payload", "encode", "frame_length", "decode",
-    "check_depth", "request_id", "parse_request", "request", "result_reply", "error_reply", "event_message",
-    "read_message", "write_message", "recv_message", "send_message",
+    "HEADER_SIZE",
+    "MAX_DEPTH",
+    "MAX_FRAME",
+    "NO_ID",
+    "REPLY_MAX_DEPTH",
+    "ErrorCode",
+    "FrameTooLarge",
+    "MalformedFrame",
+    "ProtocolError",
+    "Request",
+    "TruncatedFrame",
+    "check_depth",
+    "decode",
+    "encode",
+    "error_reply",
+    "event_message",
+    "frame_length",
+    "pack_payload",
+    "parse_request",
+    "read_message",
+    "recv_message",
+    "request",
+    "request_id",
+    "result_reply",
+    "send_message",
+    "write_message",
 ]

@@ -3,4 +3,4 @@
 from .errors import AlreadyRunning, ApiError, SocketError
 from .server import ApiServer
 
-__all__ = ["ApiServer", "ApiError", "AlreadyRunning", "SocketError"]
+__all__ = ["AlreadyRunning", "ApiError", "ApiServer", "SocketError"]

@@ -16,8 +16,8 @@ import os
 import pwd
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Policy:
     owner_uid: int | None = None  # user mode: the daemon's own uid is privileged
 
     @classmethod
-    def from_config(cls, socket_group: str, read_groups: Iterable[str], user_mode: bool) -> "Policy":
+    def from_config(cls, socket_group: str, read_groups: Iterable[str], user_mode: bool) -> Policy:
         admin: set[int] = set()
         if socket_group:
             gid = group_id(socket_group)
@@ -137,5 +137,14 @@ def allowed(method: str, access: Access) -> bool:
     return access >= Access.ADMIN
 
 
-__all__ = ["Access", "Peer", "Policy", "peer_of", "group_id", "allowed", "READ_METHODS", "WRITE_METHODS",
-           "ANYONE_METHODS"]
+__all__ = [
+    "ANYONE_METHODS",
+    "READ_METHODS",
+    "WRITE_METHODS",
+    "Access",
+    "Peer",
+    "Policy",
+    "allowed",
+    "group_id",
+    "peer_of",
+]

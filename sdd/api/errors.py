@@ -45,5 +45,14 @@ class AlreadyRunning(SocketError):
     """Another sdd already answers on the socket."""
 
 
-__all__ = ["ApiError", "InvalidParams", "Forbidden", "NotFound", "Conflict", "UnknownMethod", "SocketError",
-           "AlreadyRunning", "ErrorCode"]
+__all__ = [
+    "AlreadyRunning",
+    "ApiError",
+    "Conflict",
+    "ErrorCode",
+    "Forbidden",
+    "InvalidParams",
+    "NotFound",
+    "SocketError",
+    "UnknownMethod",
+]

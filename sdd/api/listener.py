@@ -189,4 +189,4 @@ def _bind_private(path: Path, perm: int, gid: int | None, backlog: int) -> tuple
     return sock, (st.st_dev, st.st_ino)
 
 
-__all__ = ["Listener", "bind", "inherited", "answers_ping", "parse_mode"]
+__all__ = ["Listener", "answers_ping", "bind", "inherited", "parse_mode"]

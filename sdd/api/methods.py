@@ -8,10 +8,9 @@ layers below are mapped to error codes by `map_exception` — the message of an 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
-
-from sdd.engine.statuses import RunStatus
+from typing import TYPE_CHECKING, Any
 
 from . import auth
 from .errors import ApiError, Conflict, ErrorCode, Forbidden, InvalidParams, NotFound
@@ -25,6 +24,8 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
 MAX_YAML = 512 * 1024
+# The contract's run statuses (engine's RunStatus values; spelled here so the API loads without the engine).
+RUN_STATUSES = ("pending", "running", "completed", "failed", "rolled_back", "cancelled", "interrupted")
 DETECTION_STATES = ("queued", "matched", "no_match", "duplicate", "excluded", "rejected")
 ON_CONFLICT = ("fail", "rename", "overwrite")
 
@@ -34,7 +35,7 @@ class Call:
     """What a handler knows about the call it serves."""
 
     daemon: Any
-    server: "ApiServer"
+    server: ApiServer
     peer: auth.Peer
     access: auth.Access
     method: str
@@ -66,14 +67,18 @@ def map_exception(exc: BaseException, method_name: str) -> ApiError:
     """The error reply for an exception raised while serving method_name."""
     if isinstance(exc, ApiError):
         return exc
+    from sdd import daemon as daemon_errors
     from sdd.engine import errors as engine_errors
     from sdd.store.errors import StoreValueError
 
     message = f"{method_name}: {exc}"
-    if isinstance(exc, (StoreValueError, engine_errors.InvalidParams, engine_errors.WorkflowValidationError)):
+    if isinstance(exc, (StoreValueError, engine_errors.InvalidParams, engine_errors.WorkflowValidationError,
+                        daemon_errors.InvalidRequest)):
         return InvalidParams(message)
-    if isinstance(exc, engine_errors.NotFound):
+    if isinstance(exc, (engine_errors.NotFound, daemon_errors.UnknownWorkflow, daemon_errors.UnknownRun)):
         return NotFound(message)
+    if isinstance(exc, daemon_errors.NotAccepting):
+        return Conflict(message)
     if isinstance(exc, engine_errors.Conflict):
         return Conflict(message)
     if isinstance(exc, engine_errors.Forbidden):
@@ -170,27 +175,24 @@ async def workflows_validate(call: Call, p: Params) -> Any:
     text = p.required_string("text", max_len=MAX_YAML)
     name = p.string("name", default="<api>", max_len=1024) or "<api>"
     p.done()
-    from sdd.engine import validate_text
-    from sdd.engine.errors import WorkflowValidationError
+    from sdd.engine import load_text, validate_text
 
-    actions = getattr(call.daemon.engine, "actions", None)
-    try:
-        wf = validate_text(text, name, actions)
-    except WorkflowValidationError as exc:
-        return {"valid": False, "issues": [i.to_dict() for i in exc.issues],
-                "errors": [str(i) for i in exc.issues]}
-    return {"valid": True, "issues": [], "errors": [], "workflow_id": getattr(wf, "workflow_id", None)}
+    issues = validate_text(text, name, call.daemon.engine)
+    if issues:
+        return {"valid": False, "issues": [i.to_dict() for i in issues], "errors": [str(i) for i in issues]}
+    workflow_id = getattr(load_text(text, name, call.daemon.engine), "workflow_id", None)
+    return {"valid": True, "issues": [], "errors": [], "workflow_id": workflow_id}
 
 
 @method("runs.list")
 async def runs_list(call: Call, p: Params) -> Any:
     limit, cursor = _page(p)
     workflow_id = p.string("workflow", aliases=("workflow_id",))
-    status_ = p.enum("status", RunStatus)
+    status_ = p.string("status", choices=RUN_STATUSES)
     since, until = p.timestamp("since"), p.timestamp("until")
     p.done()
     page = call.daemon.store.list_runs(limit=limit, cursor=cursor, workflow_id=workflow_id,
-                                       status=None if status_ is None else status_.value, since=since, until=until)
+                                       status=status_, since=since, until=until)
     return _plain(page)
 
 
@@ -214,15 +216,13 @@ async def runs_stats(call: Call, p: Params) -> Any:
 @method("detections.list")
 async def detections_list(call: Call, p: Params) -> Any:
     limit, cursor = _page(p)
-    filters: dict[str, Any] = {}
     state = p.string("state", choices=DETECTION_STATES)
     kind = p.string("type")
+    severity = p.string("severity")
     since, until = p.timestamp("since"), p.timestamp("until")
     p.done()
-    for key, value in (("state", state), ("type", kind), ("since", since), ("until", until)):
-        if value is not None:
-            filters[key] = value
-    return _plain(call.daemon.store.list_detections(limit=limit, cursor=cursor, filters=filters))
+    return _plain(call.daemon.store.list_detections(limit=limit, cursor=cursor, state=state, type=kind,
+                                                    severity=severity, since=since, until=until))
 
 
 @method("quarantine.list")
@@ -235,7 +235,9 @@ async def quarantine_list(call: Call, p: Params) -> Any:
     return _plain(call.daemon.store.list_quarantine(limit=limit, cursor=cursor, restored=restored))
 
 
-# -- state-changing methods (audited) ----------------------------------------------------------------------
+# -- state-changing methods --------------------------------------------------------------------------------
+# The daemon facade records every state change it makes in the audit log with the caller's uid; the server
+# records the calls that were refused before or by the facade (see ApiServer.dispatch).
 
 
 @method("runs.start")
@@ -245,23 +247,18 @@ async def runs_start(call: Call, p: Params) -> Any:
     dry_run = p.boolean("dry_run")
     p.done()
     _workflow(call, workflow_id)
-    result = await call.daemon.start_run(workflow_id, context, dry_run, call.peer.uid)
-    await call.audit(outcome="ok", target=workflow_id, run_id=_get(result, "run_id"),
-                     details={"dry_run": dry_run, "context_keys": sorted(context)[:50]})
-    return result
+    return await call.daemon.start_run(workflow_id, context, dry_run, call.peer.uid)
 
 
 @method("runs.cancel")
 async def runs_cancel(call: Call, p: Params) -> Any:
     run_id = p.required_string("run_id", aliases=("id",))
     p.done()
-    cancelled = await call.daemon.cancel_run(run_id, call.peer.uid)
-    if not cancelled:
+    if not await call.daemon.cancel_run(run_id, call.peer.uid):
         run = call.daemon.store.get_run(run_id)
         if run is None:
             raise NotFound(f"runs.cancel: no run {run_id!r}")
         raise Conflict(f"runs.cancel: run {run_id} is not active (status {_get(run, 'status')})")
-    await call.audit(outcome="ok", target=run_id, run_id=run_id)
     return {"run_id": run_id, "cancelled": True}
 
 
@@ -272,18 +269,7 @@ async def detections_submit(call: Call, p: Params) -> Any:
     kind = detection.get("type")
     if not isinstance(kind, str) or not kind.strip():
         raise InvalidParams("detections.submit: params.detection.type: a non-empty string is required")
-    result = await call.daemon.submit_detection(detection, call.peer.uid)
-    detection_id = _get(result, "detection_id", result if isinstance(result, (str, int)) else None)
-    await call.audit(outcome="ok", target=str(detection.get("file_path") or "")[:1024] or None,
-                     detection_id=detection_id, details={"type": kind[:100]})
-    if isinstance(result, Mapping):
-        return dict(result)
-    if isinstance(result, (str, int)):
-        return {"detection_id": str(result)}
-    to_dict = getattr(result, "__dataclass_fields__", None)
-    if to_dict is not None:
-        return {name: getattr(result, name) for name in to_dict}
-    return {"detection_id": None if detection_id is None else str(detection_id)}
+    return await call.daemon.submit_detection(detection, call.peer.uid)
 
 
 @method("quarantine.restore")
@@ -293,18 +279,13 @@ async def quarantine_restore(call: Call, p: Params) -> Any:
     p.done()
     if call.daemon.store.get_quarantine(qid) is None:
         raise NotFound(f"quarantine.restore: no quarantine entry {qid!r}")
-    result = await call.daemon.restore_quarantine(qid, on_conflict, call.peer.uid)
-    await call.audit(outcome="ok", target=qid, details={"on_conflict": on_conflict})
-    return result if isinstance(result, Mapping) else {"id": qid, "restored": True, "result": result}
+    return await call.daemon.restore_quarantine(qid, on_conflict, call.peer.uid)
 
 
 @method("reload")
 async def reload(call: Call, p: Params) -> Any:
     p.done()
-    result = await call.daemon.reload(call.peer.uid)
-    ok = bool(_get(result, "ok", True))
-    await call.audit(outcome="ok" if ok else "failed", details={"errors": len(_get(result, "errors", []) or [])})
-    return result
+    return await call.daemon.reload(call.peer.uid)
 
 
 def subscribe_params(p: Params) -> tuple[frozenset[str] | None, int | None]:

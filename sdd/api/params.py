@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from typing import Any, Iterable, TypeVar
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from .errors import InvalidParams
 
@@ -116,7 +117,7 @@ class Params:
                 pass
             else:
                 if parsed.tzinfo is None:
-                    parsed = parsed.replace(tzinfo=_dt.timezone.utc)
+                    parsed = parsed.replace(tzinfo=_dt.UTC)
                 return parsed.timestamp()
         raise self._bad(name, f"expected epoch seconds or an ISO 8601 time, got {value!r:.80}")
 

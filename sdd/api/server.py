@@ -27,7 +27,7 @@ from .params import Params
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE = 1000  # events a subscriber may fall behind before it gets `lagged`
-WRITE_BUFFER_HIGH = 256 * 1024  # bytes queued to a slow client before drain() waits
+WRITE_BUFFER_HIGH = 64 * 1024  # bytes queued to a slow client before drain() waits (then the hub drops)
 
 
 @dataclass(eq=False)
@@ -157,6 +157,10 @@ class ApiServer:
             except ProtocolError as exc:
                 frame = protocol.encode(protocol.error_reply(
                     request.id, ErrorCode.INTERNAL, f"{request.method}: reply too large ({exc}); ask for less"))
+            except (TypeError, ValueError, OverflowError) as exc:
+                log.error("API: %s returned a result that cannot be encoded: %s", request.method, exc)
+                frame = protocol.encode(protocol.error_reply(
+                    request.id, ErrorCode.INTERNAL, f"{request.method}: internal error (unencodable result)"))
             writer.write(frame)
             await writer.drain()
             if "error" in reply and reply["error"]["code"] == ErrorCode.UNKNOWN_METHOD:
@@ -173,10 +177,14 @@ class ApiServer:
             if not auth.allowed(method, conn.access):
                 raise Forbidden(f"{method}: not permitted for uid {conn.peer.uid} ({conn.access} access)")
             result = await handler(call, Params(method, request.params))
-        except Exception as exc:  # every failure becomes an error reply
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             error = map_exception(exc, method)
             if method in auth.WRITE_METHODS:
-                await call.audit(outcome=str(error.code), details={"message": error.message[:500]})
+                # Successful state changes are audited by the daemon facade; refusals are recorded here.
+                target = next((str(request.params[k])[:256] for k in ("run_id", "workflow_id", "id")
+                               if isinstance(request.params.get(k), (str, int))), None)
+                await call.audit(outcome=f"refused:{error.code}", target=target,
+                                 details={"message": error.message[:500]})
             return protocol.error_reply(request.id, error.code, error.message)
         return protocol.result_reply(request.id, result)
 

@@ -8,8 +8,8 @@ import struct
 
 import msgpack
 import pytest
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sdd_client import protocol
 from sdd_client.errors import FrameTooLarge, MalformedFrame, ProtocolError, TruncatedFrame
 
