@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 MAX_NESTING = 64  # a detection deeper than this is hostile, and would hurt the engine's renderer
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _WATCHDOG_LOGGER = "watchdog.observers.inotify_c"
+_WANTED_EVENTS = (FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent)
 
 
 class SpoolRejection(Exception):
@@ -204,6 +205,8 @@ class _Events(FileSystemEventHandler):
         self.intake = intake
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if not isinstance(event, _WANTED_EVENTS):  # watchdog < 4 cannot filter them out for us
+            return
         path = event.dest_path if isinstance(event, (FileMovedEvent, DirMovedEvent)) else event.src_path
         self.intake.notify_name(os.path.basename(os.fsdecode(path)))
 
@@ -259,8 +262,11 @@ class Intake:
         self.layout.ensure()
         logging.getLogger(_WATCHDOG_LOGGER).addHandler(self._overflow)
         observer = InotifyObserver(timeout=self._observer_timeout)
-        observer.schedule(_Events(self), str(self.layout.new), recursive=False,
-                          event_filter=[FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent])
+        try:
+            observer.schedule(_Events(self), str(self.layout.new), recursive=False,
+                              event_filter=list(_WANTED_EVENTS))
+        except TypeError:  # watchdog < 4 (Debian 12 ships 2.2.1) has no event_filter; _Events drops the rest
+            observer.schedule(_Events(self), str(self.layout.new), recursive=False)
         observer.daemon = True
         observer.start()  # the watch is armed when start() returns ...
         self._observer = observer
@@ -419,6 +425,7 @@ class Intake:
                 self._inflight.update(chunk)
             claimed, rejected = [], []
             for name in chunk:
+                self._drop_claimed_twin(name)
                 self._read(name, claimed, rejected, leftover=True)
             self._hand_over(claimed, rejected)
             # Back-pressure applies to leftovers too.
@@ -431,6 +438,15 @@ class Intake:
                         self._remove(self.layout.cur / name)
                 if self._stopping:
                     return
+
+    def _drop_claimed_twin(self, name: str) -> None:
+        """A crash between link and unlink leaves the same file in new/ and cur/: it counts as claimed."""
+        try:
+            s, d = os.lstat(self.layout.new / name), os.lstat(self.layout.cur / name)
+        except OSError:
+            return
+        if (s.st_dev, s.st_ino) == (d.st_dev, d.st_ino):
+            self._remove(self.layout.new / name)
 
     def _process(self, batch: list[str]) -> None:
         claimed: list[Claimed] = []

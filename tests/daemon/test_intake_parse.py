@@ -1,0 +1,53 @@
+"""What the intake accepts and why it refuses the rest (pure parsing, and reading real files)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sdd.intake import SpoolRejection, parse_detection, read_spool_file
+
+
+def test_accepts_one_object_with_a_string_type() -> None:
+    assert parse_detection(b'{"type": "malware", "file_path": "/tmp/x", "n": 1}')["n"] == 1
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"", "empty file"),
+    (b"   \n", "empty file"),
+    (b"{not json", "invalid JSON"),
+    (b"\x00\x01\x02\xff\xfe binary", "not valid UTF-8"),
+    (b"\xc3\x28", "not valid UTF-8"),
+    (b'[{"type": "malware"}]', "expected one JSON object, got an array"),
+    (b'"malware"', "expected one JSON object, got a string"),
+    (b'{"severity": "high"}', "field 'type'"),
+    (b'{"type": 3}', "field 'type'"),
+    (b'{"type": ""}', "field 'type'"),
+    (b'{"type": "m", "id": {"a": 1}}', "field 'id'"),
+    (b'{"type": "m", "x": NaN}', "invalid JSON"),
+    (b'{"type": "m", "x": "\\ud800"}', "lone surrogate"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"type": "m", "x": ' + b"[" * 100 + b"]" * 100 + b"}", "nested deeper than"),
+])
+def test_rejects_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(SpoolRejection) as exc:
+        parse_detection(raw)
+    assert reason in str(exc.value)
+
+
+def test_reading_refuses_symlinks_fifos_directories_and_oversize(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to("/etc/shadow")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "big").write_bytes(b" " * 2048)
+    (tmp_path / "ok").write_text(json.dumps({"type": "m"}))
+    os.link(tmp_path / "ok", tmp_path / "ok2")
+    (tmp_path / "fine").write_text(json.dumps({"type": "m"}))
+    for name, reason in [("link", "symbolic link"), ("fifo", "FIFO"), ("dir", "directory"),
+                         ("big", "too large"), ("ok", "hard links")]:
+        with pytest.raises(SpoolRejection, match=reason):
+            read_spool_file(tmp_path / name, 1024)
+    assert read_spool_file(tmp_path / "fine", 1024) == b'{"type": "m"}'
