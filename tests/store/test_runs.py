@@ -181,3 +181,40 @@ async def test_purge_deletes_old_finished_history_only(store: Store) -> None:
     assert (wf["completed"], wf["active"], wf["runs"]) == (1, 1, 2)
     with pytest.raises(StoreValueError):
         await store.purge(-1)
+
+
+async def test_p95_comes_from_the_most_recent_256_runs(store: Store) -> None:
+    # 300 slow runs, then 256 fast ones: the slow ones have left the sample entirely.
+    for i in range(300):
+        store.submit(store.create_run_op(f"slow{i}", "wf", started_at=float(i)))
+    await store.flush()
+    for i in range(300):
+        await store.finish_run(f"slow{i}", "completed", finished_at=float(i) + 100.0)
+    assert store.run_stats("wf")[0]["p95_duration"] == pytest.approx(100.0)
+    for i in range(256):
+        await store.create_run(f"fast{i}", "wf", started_at=1000.0 + i)
+        await store.finish_run(f"fast{i}", "completed", finished_at=1000.0 + i + 1.0)
+    wf = store.run_stats("wf")[0]
+    assert wf["p95_duration"] == pytest.approx(1.0)
+    assert wf["mean_duration"] == pytest.approx((300 * 100.0 + 256 * 1.0) / 556)
+    assert store._read().execute("SELECT count(*) FROM duration_samples").fetchone()[0] == 256
+
+
+async def test_ring_continues_in_order_after_a_migration_backfill(db_path) -> None:  # type: ignore[no-untyped-def]
+    from sdd.store.schema import MIGRATIONS, connect, migrate
+    db_path.parent.mkdir(mode=0o700)
+    conn = connect(db_path, writer=True)
+    migrate(conn, MIGRATIONS[:1])
+    # 256 old runs: durations 1..256 in finishing order; the next finishes must evict the oldest (1, 2, ...).
+    conn.executemany("INSERT INTO runs (run_id, workflow_id, status, trigger, started_at, finished_at) "
+                     "VALUES (?, 'wf', 'completed', 'api', 0, ?)", [(f"r{i}", float(i)) for i in range(1, 257)])
+    conn.close()
+    store = Store.open(db_path)
+    try:
+        for i in range(13):
+            await store.create_run(f"n{i}", "wf", started_at=1000.0)
+            await store.finish_run(f"n{i}", "completed", finished_at=1000.0)  # duration 0
+        durations = sorted(r[0] for r in store._read().execute("SELECT duration FROM duration_samples"))
+        assert durations == [0.0] * 13 + [float(d) for d in range(14, 257)]
+    finally:
+        store.close()
