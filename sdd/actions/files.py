@@ -95,7 +95,7 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
                        **params: Any) -> dict[str, Any]:
     p = Params("restore_file", params, {"quarantine_id", "file_path", "on_conflict", "quarantine_dir",
                                         "detection_id", "threat_name"})
-    on_conflict = p.string("on_conflict", default="fail", choices=("fail", "rename"))
+    on_conflict = p.string("on_conflict", default="fail", choices=("fail", "rename")) or "fail"
     qid = p.string("quarantine_id", max_len=64)
     info = runinfo.step()
     if qid is None and info is not None and info.phase == "rollback" and isinstance(info.step_result, dict):
@@ -111,9 +111,10 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
             raise Forbidden(f"restore_file: {meta['original_path']} is outside the allowed roots")
     elif p.present("file_path"):
         path = _checked_path(p, services)
-        meta = await asyncio.to_thread(vault.find, path) or await asyncio.to_thread(vault.find, path, None)
-        if meta is None:
+        found = await asyncio.to_thread(vault.find, path) or await asyncio.to_thread(vault.find, path, None)
+        if found is None:
             raise NotFound(f"restore_file: nothing from {path} is in the quarantine vault")
+        meta = found
         qid = meta["quarantine_id"]
     else:
         raise InvalidParams("restore_file: give quarantine_id or file_path")

@@ -179,3 +179,15 @@ def under_roots(path: str, roots: Iterable[os.PathLike[str] | str]) -> bool:
         if path.startswith(prefix) and len(path) > len(prefix):
             return True
     return False
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """Rendered values may be read-only mappings or tuples (a whole `{{ detection }}`): make them JSON data.
+    Anything that is not JSON data is left as is, so json.dumps reports it."""
+    if depth > 64:
+        raise ValueError("nested more than 64 levels deep")
+    if isinstance(value, Mapping):
+        return {k: plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, depth + 1) for v in value]
+    return value

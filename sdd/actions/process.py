@@ -71,7 +71,7 @@ def _refusal(proc: psutil.Process, services: ActionServices, protected_pids: set
         pass
     hit = names & set(services.config.protected_processes)
     if hit:
-        return f"pid {pid} ({sorted(hit)[0]}) is a protected process (actions.protected_processes)"
+        return f"pid {pid} ({min(hit)}) is a protected process (actions.protected_processes)"
     return None
 
 

@@ -93,8 +93,8 @@ def _svg_timeline(steps: list[dict[str, Any]]) -> str:
     span = max(t1 - t0, 1e-6)
     width, label_w, row_h = 900, 260, 22
     height = row_h * len(timed) + 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="step timeline">']
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+              f'aria-label="step timeline">')]
     for i, s in enumerate(timed):
         y = 10 + i * row_h
         start = (s["started_at"] - t0) / span

@@ -12,6 +12,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import Self
 
 from .errors import Conflict, Forbidden, NotFound
 
@@ -32,7 +33,7 @@ class Parent:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> Parent:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

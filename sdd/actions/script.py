@@ -20,7 +20,7 @@ from typing import Any
 
 from . import runinfo
 from .errors import ActionError, Forbidden, NotFound
-from .params import Params
+from .params import Params, plain
 from .services import ActionServices
 from .subproc import run_argv
 
@@ -69,15 +69,15 @@ async def run_script(services: ActionServices, *, context: dict[str, Any] | None
     name = p.req_string("script", max_len=4096)
     args = p.str_list("args")
     extra_env = p.str_map("env", key_pattern=_ENV_NAME)
-    for key in extra_env:
-        if _DANGEROUS_ENV.match(key):
-            raise p.fail("env", f"{key} may not be set by a workflow")
+    for env_name in extra_env:
+        if _DANGEROUS_ENV.match(env_name):
+            raise p.fail("env", f"{env_name} may not be set by a workflow")
     timeout = p.number("timeout", default=60.0, minimum=0.1, maximum=3600.0)
     assert timeout is not None
     stdin: bytes | None = None
     if "stdin" in p.raw and p.raw["stdin"] is not None:
         try:
-            stdin = json.dumps(p.raw["stdin"], allow_nan=False).encode()
+            stdin = json.dumps(plain(p.raw["stdin"]), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise p.fail("stdin", f"is not JSON-serialisable: {exc}") from None
     real = resolve_script(services, name)

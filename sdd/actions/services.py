@@ -82,7 +82,7 @@ class ActionServices:
         try:
             actor = f"run:{run_id}" if run_id else None
             await self.store.audit(actor, action, target, detection_id, run_id, outcome, details)
-        except Exception as exc:  # the act already happened; losing the audit row must not fail it
+        except Exception as exc:  # noqa: BLE001 - the act already happened; a lost audit row must not fail it
             log.warning("could not write audit row for %s %s: %s", action, target, exc)
 
 

@@ -11,6 +11,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ActionError, NotFound
 
@@ -124,7 +125,7 @@ async def run_argv(argv: Sequence[str], *, timeout: float, env: Mapping[str, str
     return Completed(tuple(argv), returncode, bytes(out.head), out.truncated, out.tail_text(), err.tail_text())
 
 
-async def _stop_group(proc: asyncio.subprocess.Process, tasks: list[asyncio.Future[None]]) -> None:
+async def _stop_group(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]]) -> None:
     _killpg(proc.pid, signal.SIGTERM)
     try:
         await asyncio.wait_for(asyncio.shield(proc.wait()), TERM_GRACE)

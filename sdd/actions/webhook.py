@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from . import runinfo
 from .errors import ActionError
-from .params import Params
+from .params import Params, plain
 from .services import ActionServices
 
 METHODS = ("POST", "PUT", "PATCH")
@@ -91,7 +91,7 @@ async def call_webhook(services: ActionServices, *, context: dict[str, Any] | No
         if re.search(r"[\r\n]", value):
             raise p.fail("headers", f"value of {name} contains a line break")
     try:
-        body = json.dumps(p.raw.get("payload", {}), allow_nan=False, separators=(",", ":"),
+        body = json.dumps(plain(p.raw.get("payload", {})), allow_nan=False, separators=(",", ":"),
                           sort_keys=True).encode()
     except (TypeError, ValueError) as exc:
         raise p.fail("payload", f"is not JSON-serialisable: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -71,7 +72,7 @@ async def test_include_children_kills_the_tree(env: Env, spawn) -> None:
     p.wait(timeout=10)
     deadline = time.monotonic() + 10
     while not all(gone(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.01)  # orphans are reaped by init; poll with a deadline
+        await asyncio.sleep(0.01)  # orphans are reaped by init; poll with a deadline
     assert all(gone(k) for k in kids)
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator
 from email import message_from_bytes
-from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -16,27 +14,7 @@ from sdd.config import SmtpConfig
 from sdd.engine import ActionError, InvalidParams
 
 from .conftest import Env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
-        if address.startswith("nobody@"):
-            return "550 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
-        self.messages.append(envelope)
-        return "250 Message accepted"
+from .servers import Inbox, free_port
 
 
 @pytest.fixture

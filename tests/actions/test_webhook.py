@@ -5,10 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
@@ -16,49 +13,7 @@ from sdd.actions import BreakerOpen
 from sdd.engine import ActionError, InvalidParams, RunStatus
 
 from .conftest import Env
-
-
-class Server:
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.release = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
-                                        "method": self.command})
-                if self.path.startswith("/slow"):
-                    server.release.wait(5)
-                code = {"/bad": 400, "/err": 503, "/moved": 302}.get(self.path, 200)
-                data = json.dumps({"received": True}).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if code == 302:
-                    self.send_header("Location", "file:///etc/shadow")
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_PUT = do_POST  # noqa: N815
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "Server":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(10)
+from .servers import Server
 
 
 @pytest.fixture(scope="module")
