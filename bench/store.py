@@ -16,8 +16,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sdd.store import SCHEMA_VERSION, Store
 from sdd.store.codec import encode_cursor

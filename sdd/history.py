@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Awaitable
+from typing import Any
 
 from .engine import PriorStep, StepStatus
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted

@@ -5,5 +5,18 @@ from .records import AddedDetection, DetectionState, ExclusionKind, Page, RunTri
 from .schema import SCHEMA_VERSION
 from .store import Store
 
-__all__ = ["Store", "Page", "AddedDetection", "DetectionState", "ExclusionKind", "RunTrigger", "WriterStats",
-           "SCHEMA_VERSION", "StoreError", "StoreClosed", "StoreValueError", "SchemaError", "UnsafePath"]
+__all__ = [
+           "SCHEMA_VERSION",
+           "AddedDetection",
+           "DetectionState",
+           "ExclusionKind",
+           "Page",
+           "RunTrigger",
+           "SchemaError",
+           "Store",
+           "StoreClosed",
+           "StoreError",
+           "StoreValueError",
+           "UnsafePath",
+           "WriterStats",
+]

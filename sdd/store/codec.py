@@ -12,7 +12,8 @@ import base64
 import binascii
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import StoreValueError
 
@@ -65,7 +66,7 @@ def _default(value: Any) -> Any:
         return dict(value)
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
-    if hasattr(value, "value") and isinstance(getattr(value, "value"), (str, int, float)):
+    if hasattr(value, "value") and isinstance(value.value, (str, int, float)):
         return value.value
     if hasattr(value, "__fspath__"):
         return str(value)
@@ -168,5 +169,18 @@ def decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
     return key
 
 
-__all__ = ["RawJSON", "dumps", "dumps_lenient", "loads", "text", "opt_text", "timestamp", "integer", "row_id", "encode_cursor",
-           "decode_cursor", "MAX_RAW_JSON", "MAX_DATA_JSON"]
+__all__ = [
+    "MAX_DATA_JSON",
+    "MAX_RAW_JSON",
+    "RawJSON",
+    "decode_cursor",
+    "dumps",
+    "dumps_lenient",
+    "encode_cursor",
+    "integer",
+    "loads",
+    "opt_text",
+    "row_id",
+    "text",
+    "timestamp",
+]

@@ -23,4 +23,4 @@ class UnsafePath(StoreError):
     """The database path (or its directory) is a symlink or not a regular file; the store refuses it."""
 
 
-__all__ = ["StoreError", "StoreClosed", "StoreValueError", "SchemaError", "UnsafePath"]
+__all__ = ["SchemaError", "StoreClosed", "StoreError", "StoreValueError", "UnsafePath"]

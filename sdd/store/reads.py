@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..engine.statuses import RunStatus
 from . import codec

@@ -77,4 +77,4 @@ class WriterStats:
     largest_batch: int
 
 
-__all__ = ["DetectionState", "RunTrigger", "ExclusionKind", "Page", "AddedDetection", "WriterStats"]
+__all__ = ["AddedDetection", "DetectionState", "ExclusionKind", "Page", "RunTrigger", "WriterStats"]

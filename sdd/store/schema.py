@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import SchemaError, UnsafePath
 
@@ -143,7 +143,7 @@ CREATE INDEX audit_run ON audit(run_id);
 # --- version 2: per-workflow aggregates so runs.stats never scans the whole history -------------------------
 SAMPLE_SLOTS = 256  # durations kept per workflow for the p95: a bounded, recent sample
 
-_V2 = f"""
+_V2 = """
 CREATE TABLE workflow_stats (
     workflow_id      TEXT PRIMARY KEY,
     finished         INTEGER NOT NULL DEFAULT 0,
@@ -279,4 +279,4 @@ def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
     return conn
 
 
-__all__ = ["MIGRATIONS", "rebuild_stats", "SCHEMA_VERSION", "SAMPLE_SLOTS", "migrate", "prepare_path", "connect"]
+__all__ = ["MIGRATIONS", "SAMPLE_SLOTS", "SCHEMA_VERSION", "connect", "migrate", "prepare_path", "rebuild_stats"]

@@ -11,8 +11,9 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import reads, writes
 from .errors import StoreClosed
@@ -35,7 +36,7 @@ class Store:
         self._closed = False
 
     @classmethod
-    def open(cls, path: str | Path, *, max_batch: int = 1024) -> "Store":
+    def open(cls, path: str | Path, *, max_batch: int = 1024) -> Store:
         """Create the directory (0700) and file (0600) if needed, migrate the schema, start the writer."""
         p = prepare_path(Path(path))
         conn = connect(p, writer=True)
@@ -60,7 +61,7 @@ class Store:
                 self._readers.append(conn)
         return conn
 
-    def write(self, op: Operation) -> "asyncio.Future[Any]":
+    def write(self, op: Operation) -> asyncio.Future[Any]:
         """Enqueue any operation (a function of the write connection); resolves after its batch commits."""
         return self._writer.write(op)
 

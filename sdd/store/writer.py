@@ -19,8 +19,9 @@ import logging
 import sqlite3
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import StoreClosed, StoreError
 from .records import WriterStats
@@ -34,7 +35,7 @@ Operation = Callable[[sqlite3.Connection], Any]
 class _Op:
     fn: Operation
     loop: asyncio.AbstractEventLoop | None = None
-    future: "asyncio.Future[Any] | concurrent.futures.Future[Any] | None" = None
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any] | None = None
 
 
 class GroupCommitWriter:
@@ -56,7 +57,7 @@ class GroupCommitWriter:
         self._thread.start()
 
     # --- enqueueing -------------------------------------------------------------------------------------------
-    def write(self, fn: Operation) -> "asyncio.Future[Any]":
+    def write(self, fn: Operation) -> asyncio.Future[Any]:
         """Enqueue from an event loop; the future resolves (on that loop) after the batch has committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -113,7 +114,7 @@ class GroupCommitWriter:
                 conn.execute("SAVEPOINT op")
                 try:
                     result = op.fn(conn)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- any failure fails only its own waiter
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((op, None, exc))

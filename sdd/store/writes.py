@@ -9,7 +9,9 @@ import re
 import sqlite3
 import time
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
 
 from ..engine.statuses import RunStatus, StepStatus
 from . import codec
@@ -28,7 +30,7 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def _enum(kind: type, value: Any, field: str) -> str:
+def _enum(kind: type[Enum], value: Any, field: str) -> str:
     try:
         return str(kind(value).value)
     except ValueError:

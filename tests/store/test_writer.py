@@ -12,7 +12,7 @@ import pytest
 from sdd.store import Store, StoreClosed, StoreValueError
 
 
-def _hold_writer(store: Store) -> tuple[threading.Event, "asyncio.Future[object]"]:
+def _hold_writer(store: Store) -> tuple[threading.Event, asyncio.Future[object]]:
     """Park the writer thread inside one operation (returns once it is parked) so later writes queue up."""
     entered, gate = threading.Event(), threading.Event()
 
