@@ -1,8 +1,9 @@
 """Group commit: one thread owns the write connection and commits whatever is queued in one transaction.
 
-Callers enqueue an operation (a function of the connection). The writer takes everything queued (up to
-`max_batch`), runs each operation inside its own SAVEPOINT — an operation that raises is rolled back alone
-and fails only its own waiter — and COMMITs once. Waiters are resolved only after that COMMIT returns, so
+Callers enqueue an operation (a function of the connection, touching nothing but the database). The writer
+takes everything queued (up to `max_batch`), runs it in one transaction and COMMITs once. An operation that
+raises fails only its own waiter: the batch is rolled back and run again with one SAVEPOINT per operation,
+so the failing one is undone alone (savepoints are paid for only when something failed). Waiters are resolved only after that COMMIT returns, so
 "the awaitable resolved" means "the row is durable" (as durable as WAL with synchronous=NORMAL makes it: it
 survives a crash of the process; a power loss can lose the last commits).
 
@@ -106,29 +107,13 @@ class GroupCommitWriter:
             self._resolve([(op, None, StoreClosed(f"the store writer stopped: {exc}")) for op in pending])
 
     def _commit(self, batch: list[_Op]) -> None:
-        conn = self._conn
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op.fn(conn)
-                except Exception as exc:  # noqa: BLE001 -- any failure fails only its own waiter
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, result, None))
-            conn.execute("COMMIT")
+            outcomes = self._run_fast(batch)
+            if outcomes is None:  # one operation failed: redo the batch with one savepoint per operation
+                outcomes = self._run_isolated(batch)
         except sqlite3.Error as exc:
             # The transaction as a whole failed (disk full, I/O error): nothing in it is durable.
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            self._rollback()
             log.error("store commit of %d operations failed: %s", len(batch), exc)
             error = StoreError(f"commit failed: {exc}")
             outcomes = [(op, None, error) for op in batch]
@@ -137,6 +122,49 @@ class GroupCommitWriter:
         self.failed_operations += sum(1 for _, _, e in outcomes if e is not None)
         self.largest_batch = max(self.largest_batch, len(batch))
         self._resolve(outcomes)
+
+    def _run_fast(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]] | None:
+        """The common case, without savepoints (they double the cost of a small write). If an operation
+        raises, everything is rolled back and None returned — or, alone in its batch, it just fails.
+        Operations are functions of the connection only, so running them a second time is harmless."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        results = []
+        for op in batch:
+            try:
+                results.append((op, op.fn(conn), None))
+            except Exception as exc:  # noqa: BLE001 -- any failure fails only its own waiter
+                self._rollback()
+                if len(batch) == 1:
+                    return [(op, None, exc)]
+                return None
+        conn.execute("COMMIT")
+        return results
+
+    def _run_isolated(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]]:
+        conn = self._conn
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for op in batch:
+            conn.execute("SAVEPOINT op")
+            try:
+                result = op.fn(conn)
+            except Exception as exc:  # noqa: BLE001 -- any failure fails only its own waiter
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((op, None, exc))
+            else:
+                conn.execute("RELEASE op")
+                outcomes.append((op, result, None))
+        conn.execute("COMMIT")
+        return outcomes
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     @staticmethod
     def _resolve(outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
