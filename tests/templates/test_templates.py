@@ -1,0 +1,295 @@
+"""Every shipped template, end to end through the engine, on real files, processes, ClamAV and servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from aiosmtpd.controller import Controller
+
+from sdd.actions import BUILTINS, Vault
+from sdd.config import SmtpConfig
+from sdd.engine import RunStatus, WorkflowEngine
+from sdd.engine.loader import load_workflow_dirs
+from tests.actions.conftest import Env
+from tests.actions.servers import Inbox, Server, free_port
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+NAMES = sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
+needs_clamscan = pytest.mark.skipif(not (shutil.which("clamscan") and shutil.which("sigtool")),
+                                    reason="clamscan/sigtool not installed (make system-deps installs them as root)")
+
+
+class Rig(Env):
+    """An Env plus the servers and sinks the templates talk to."""
+
+    def __init__(self, tmp_path: Path, smtp_port: int, webhook: Server) -> None:
+        self.notes: list[tuple[str, str, str]] = []
+        self.smtp_port = smtp_port
+        self.webhook = webhook
+        super().__init__(tmp_path)
+
+    def configure(self, store: Any = None, notify: Any = None, **config: Any) -> None:
+        config.setdefault("smtp", SmtpConfig(host="127.0.0.1", port=self.smtp_port, sender="sdd@test", timeout=5))
+        super().configure(store=store, notify=notify or (lambda *a: self.notes.append(a)), **config)
+
+    def engine(self) -> WorkflowEngine:
+        return WorkflowEngine(actions=self.actions.values(), listeners=[self.services.run_log],
+                              template_dirs=[TEMPLATES])
+
+    async def run(self, name: str, context: dict[str, Any] | None = None,
+                  detection: dict[str, Any] | None = None) -> Any:
+        engine = self.engine()
+        wf = engine.load_template(name)
+        return await engine.execute_workflow(wf, context, detection=detection)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        with Server() as webhook:
+            r = Rig(tmp_path, port, webhook)
+            r.inbox = inbox  # type: ignore[attr-defined]
+            yield r
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen]]:
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def spawn(procs: list[subprocess.Popen], code: str = "import time; time.sleep(120)") -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", "import sys; print('ready', flush=True); " + code],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    procs.append(p)
+    return p
+
+
+async def wait_dead(pid: int) -> bool:
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+def make_db(rig: Rig, *samples: Path) -> Path:
+    db = rig.tmp / "db"
+    db.mkdir(exist_ok=True)
+    sigs = b"".join(subprocess.run(["sigtool", "--md5", str(s)], check=True, capture_output=True).stdout
+                    for s in samples)
+    (db / "test.hdb").write_bytes(sigs)
+    return db
+
+
+def test_every_template_loads_without_warnings_or_issues() -> None:
+    assert {"critical_threat_response", "scheduled_maintenance", "false_positive_handling",
+            "ransomware_containment", "suspicious_download", "low_severity_notify"} <= set(NAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found, issues = load_workflow_dirs([TEMPLATES], [b[0] for b in BUILTINS])
+    assert issues == []
+    assert sorted(found) == NAMES
+
+
+async def test_critical_threat_response(rig: Rig, procs: list) -> None:
+    victim = rig.root / "Downloads" / "invoice.exe"
+    victim.parent.mkdir()
+    victim.write_bytes(b"evil payload")
+    p = spawn(procs)
+    detection = {"id": "det-1", "type": "malware", "severity": "critical", "file_path": str(victim),
+                 "threat_name": "Win.Trojan.Agent", "process_id": p.pid,
+                 "process_start_time": psutil.Process(p.pid).create_time()}
+    result = await rig.run("critical_threat_response",
+                           {"notify": "soc@localhost", "webhook_url": rig.webhook.url + "/siem"}, detection)
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert not victim.exists()
+    [item] = Vault(rig.vault).items()
+    assert item["original_path"] == str(victim) and item["threat_name"] == "Win.Trojan.Agent"
+    assert p.wait(timeout=10) == -15
+    report = result.step_results["report"].result
+    assert Path(report["html_path"]).exists() and report["quarantine_ids"] == [item["quarantine_id"]]
+    assert rig.notes and rig.notes[0][2] == "critical" and item["quarantine_id"] in rig.notes[0][1]
+    [mail] = rig.inbox.messages  # type: ignore[attr-defined]
+    assert mail.rcpt_tos == ["soc@localhost"]
+    assert item["quarantine_id"] in message_from_bytes(mail.content).get_payload()
+    [hook] = rig.webhook.requests
+    assert hook["headers"]["Idempotency-Key"] == f"{result.run_id}:alert_webhook"
+
+
+async def test_critical_threat_response_rolls_back_when_quarantine_fails(rig: Rig, procs: list) -> None:
+    real = rig.root / "real.exe"
+    real.write_bytes(b"x")
+    link = rig.root / "link.exe"
+    os.symlink(real, link)
+    p = spawn(procs)
+    detection = {"type": "malware", "severity": "critical", "file_path": str(link), "process_id": p.pid}
+    result = await rig.run("critical_threat_response", {"notify": None}, detection)
+    assert result.status is RunStatus.ROLLED_BACK
+    assert "symbolic link" in (result.error or "")
+    assert real.read_bytes() == b"x" and link.is_symlink()
+    assert p.poll() is None  # the run stopped before the kill
+    assert rig.vault_items() == []
+
+
+@needs_clamscan
+async def test_scheduled_maintenance(rig: Rig) -> None:
+    sample = rig.root / "home" / "bad.bin"
+    sample.parent.mkdir()
+    sample.write_bytes(b"maintenance-sample-" * 10)
+    db = make_db(rig, sample)
+    rig.configure(updater=(sys.executable, "-c", "print('daily.cld updated')"), scanner=("clamscan", "-d", str(db)))
+    result = await rig.run("scheduled_maintenance", {"scan_path": str(rig.root), "notify": "admin@localhost"})
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert result.step_results["scan"].result["threats_found"] == 1
+    assert sample.exists()  # maintenance reports; it does not touch files
+    [mail] = rig.inbox.messages  # type: ignore[attr-defined]
+    msg = message_from_bytes(mail.content)
+    assert msg["Subject"] == "[sdd] maintenance: 1 threat(s) found"
+    assert "Definitions update: completed" in msg.get_payload()
+
+
+async def test_scheduled_maintenance_survives_a_failing_updater(rig: Rig) -> None:
+    rig.configure(updater=(sys.executable, "-c", "import sys; sys.exit(1)"),
+                  scanner=(sys.executable, "-c", "import sys; sys.exit(0)"))
+    wf = rig.engine().load_template("scheduled_maintenance")
+    wf.steps[0].max_retries = 0  # the shipped 3 retries x 30 s would make the test slow
+    result = await rig.engine().execute_workflow(wf, {"scan_path": str(rig.root), "notify": "a@localhost"})
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert result.step_results["update"].status.value == "failed"
+    assert "Definitions update: failed" in message_from_bytes(
+        rig.inbox.messages[0].content).get_payload()  # type: ignore[attr-defined]
+
+
+async def test_false_positive_handling(rig: Rig, tmp_path: Path) -> None:
+    from sdd.store import Store
+    store = Store.open(tmp_path / "sdd.db")
+    try:
+        rig.configure(store=store)
+        tool = rig.root / "vendor-tool.exe"
+        tool.write_bytes(b"legit but flagged")
+        os.chmod(tool, 0o751)
+        q = await rig.call("quarantine_file", file_path=str(tool))
+        tool.write_bytes(b"a newer file at the same path")  # must not be overwritten
+        result = await rig.run("false_positive_handling", {"quarantine_id": q["quarantine_id"],
+                                                           "reason": "vendor tool", "notify": "soc@localhost"})
+        assert result.status is RunStatus.COMPLETED, result.error
+        restored = Path(result.step_results["restore"].result["restored_path"])
+        assert restored != tool and restored.read_bytes() == b"legit but flagged"
+        assert tool.read_bytes() == b"a newer file at the same path"
+        assert store.is_excluded(sha256=q["sha256"])
+        assert store.list_false_positives()[0]["reason"] == "vendor tool"
+        assert len(rig.inbox.messages) == 1  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
+async def test_false_positive_handling_by_path(rig: Rig) -> None:
+    tool = rig.root / "tool.exe"
+    tool.write_bytes(b"flagged")
+    await rig.call("quarantine_file", file_path=str(tool))
+    result = await rig.run("false_positive_handling", {"file_path": str(tool)})
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert tool.read_bytes() == b"flagged"
+    assert ("sha256", result.step_results["restore"].result["sha256"]) in rig.services.memory_exclusions
+
+
+async def test_ransomware_containment(rig: Rig, procs: list) -> None:
+    code = ("import subprocess, sys, time; "
+            "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']) for _ in range(2)]; "
+            "print(' '.join(str(k.pid) for k in kids), flush=True); time.sleep(120)")
+    p = spawn(procs, code)
+    assert p.stdout is not None
+    kids = [int(x) for x in p.stdout.readline().split()]
+    payload = rig.root / "crypt0r.exe"
+    payload.write_bytes(b"ransomware")
+    notes = [rig.root / "docs" / f"README_{i}.txt" for i in range(5)]
+    notes[0].parent.mkdir()
+    for i, n in enumerate(notes):
+        n.write_bytes(f"pay up {i}".encode())
+    detection = {"id": "r-1", "type": "ransomware", "severity": "critical", "threat_name": "Ransom.Test",
+                 "process_id": p.pid, "process_start_time": psutil.Process(p.pid).create_time(),
+                 "file_path": str(payload), "files": [str(n) for n in notes]}
+    result = await rig.run("ransomware_containment", {"notify": "soc@localhost"}, detection)
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert p.wait(timeout=10) == -15
+    assert all([await wait_dead(k) for k in kids])
+    assert not payload.exists() and not any(n.exists() for n in notes)
+    assert len(Vault(rig.vault).items()) == 6
+    assert len(result.step_results["report"].result["quarantine_ids"]) == 6
+    assert rig.notes[0][2] == "critical" and len(rig.inbox.messages) == 1  # type: ignore[attr-defined]
+
+
+@needs_clamscan
+async def test_suspicious_download(rig: Rig) -> None:
+    downloads = rig.root / "alice" / "Downloads"
+    downloads.mkdir(parents=True)
+    bad1, bad2 = downloads / "setup.exe", downloads / "crack.zip"
+    bad1.write_bytes(b"first-bad-sample" * 4)
+    bad2.write_bytes(b"second-bad-sample" * 4)
+    clean = downloads / "photo.jpg"
+    clean.write_bytes(b"just a photo")
+    rig.configure(scanner=("clamscan", "-d", str(make_db(rig, bad1, bad2))))
+    detection = {"type": "suspicious_download", "file_path": str(bad1)}
+    result = await rig.run("suspicious_download", None, detection)
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert result.step_results["scan"].result["threats_found"] == 2
+    assert not bad1.exists() and not bad2.exists() and clean.exists()
+    items = {i["original_path"]: i for i in Vault(rig.vault).items()}
+    assert set(items) == {str(bad1), str(bad2)}
+    assert items[str(bad1)]["threat_name"] == "setup.exe.UNOFFICIAL"
+    assert rig.notes and rig.notes[0][0] == "2 threat(s) in your downloads"
+
+
+@needs_clamscan
+async def test_suspicious_download_clean_does_nothing(rig: Rig) -> None:
+    downloads = rig.root / "Downloads"
+    downloads.mkdir()
+    (downloads / "ok.txt").write_text("fine")
+    other = rig.tmp / "unrelated"
+    other.write_bytes(b"unrelated sample")
+    rig.configure(scanner=("clamscan", "-d", str(make_db(rig, other))))
+    result = await rig.run("suspicious_download", None, {"type": "suspicious_download",
+                                                          "file_path": str(downloads / "ok.txt")})
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert result.step_results["quarantine_findings"].status.value == "skipped"
+    assert (downloads / "ok.txt").exists() and rig.notes == []
+
+
+async def test_low_severity_notify_touches_nothing(rig: Rig, procs: list) -> None:
+    victim = rig.root / "adware.exe"
+    victim.write_bytes(b"annoying")
+    p = spawn(procs)
+    detection = {"type": "pua", "severity": "low", "file_path": str(victim), "threat_name": "PUA.Toolbar",
+                 "process_id": p.pid}
+    result = await rig.run("low_severity_notify", None, detection)
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert victim.read_bytes() == b"annoying" and p.poll() is None
+    assert rig.notes == [("sdd: PUA.Toolbar", f"{victim} — no action taken", "low")]
+    assert rig.vault_items() == []
