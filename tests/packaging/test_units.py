@@ -3,6 +3,7 @@ consistent with the daemon's own defaults (socket path and group, spool, allowed
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -43,7 +44,12 @@ def _verify(tmp_path: Path, *units: Path, user: bool = False) -> subprocess.Comp
         copy.write_text(text, encoding="utf-8")
         copies.append(str(copy))
     argv = [ANALYZE, *(["--user"] if user else []), "verify", "--man=no", *copies]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    env = dict(os.environ)
+    if user:  # a user manager needs a runtime directory, even for an offline verify
+        runtime = tmp_path / "runtime"
+        runtime.mkdir(mode=0o700)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
 
 
 @needs_analyze
