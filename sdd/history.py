@@ -26,6 +26,8 @@ from .store.writes import create_run_op, finish_run_op, record_step_finished_op,
 
 log = logging.getLogger("sdd.history")
 
+_MAX_NOTES = 100_000
+
 
 @dataclass(frozen=True, slots=True)
 class RunNote:
@@ -49,6 +51,8 @@ class HistoryRecorder:
 
     def note_run(self, run_id: str, *, detection_id: str | int | None = None, trigger: str = "detection",
                  uid: int | None = None) -> None:
+        if len(self._notes) >= _MAX_NOTES:  # runs noted but never started must not pile up forever
+            self._notes.pop(next(iter(self._notes)))
         self._notes[run_id] = RunNote(None if detection_id is None else str(detection_id), trigger, uid)
 
     def __call__(self, event: EngineEvent) -> Awaitable[Any] | None:

@@ -253,12 +253,21 @@ def prepare_path(path: Path) -> Path:
         raise UnsafePath(f"{parent}: the state directory is a symlink or not a directory")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        os.close(fd)
     except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafePath(f"{path}: the database is a symlink or not a regular file")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:  # ELOOP: a symlink
+            raise UnsafePath(f"{path}: the database is a symlink or cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{path}: the database is not a regular file")
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            # History names files, threats and users: not for other local users (a file from an older
+            # install or a careless copy is tightened, not refused).
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o600)
+    finally:
+        os.close(fd)
     return path
 
 

@@ -95,6 +95,14 @@ async def test_hostile_values_are_stored_cleanly(store: Store) -> None:
         json.loads(value)
 
 
+async def test_undecodable_bytes_are_kept_visible(store: Store) -> None:
+    did = await store.add_detection({"type": "m", "file_path": b"/tmp/\xff\xfe", "blob": b"ok\x00\x80"})
+    row = store.get_detection(did)
+    assert row is not None
+    assert row["file_path"] is None  # not a string: not searchable as a path, but kept in the data
+    assert row["data"]["file_path"] == "/tmp/\\xff\\xfe" and row["data"]["blob"] == "ok\x00\\x80"
+
+
 async def test_huge_and_deep_detections_are_refused_with_a_reason(store: Store) -> None:
     with pytest.raises(StoreValueError, match="more than"):
         await store.add_detection({"type": "m", "blob": "x" * (5 * 1024 * 1024)})

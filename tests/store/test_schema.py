@@ -47,6 +47,19 @@ def test_refuses_symlinked_database(tmp_path: Path) -> None:
         Store.open(link)
 
 
+def test_tightens_a_world_readable_database(db_path: Path) -> None:
+    Store.open(db_path).close()
+    os.chmod(db_path, 0o644)
+    Store.open(db_path).close()
+    assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
+
+
+def test_refuses_a_fifo_as_database(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "sdd.db")
+    with pytest.raises(UnsafePath, match="not a regular file"):
+        Store.open(tmp_path / "sdd.db")
+
+
 def test_refuses_symlinked_state_dir(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir()
