@@ -149,6 +149,7 @@ class DaemonProcess:
     def start(self, wait_ready: bool = True) -> DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             raise DaemonError("already running")
+        self.runtime.mkdir(mode=0o700, exist_ok=True)  # close() removed it; a restart makes it again
         notify_path = self.runtime / "notify.sock"
         if notify_path.exists():
             notify_path.unlink()
@@ -228,7 +229,7 @@ class DaemonProcess:
             return ""
 
     def __enter__(self) -> DaemonProcess:
-        if self.proc is None:
+        if self.proc is None or self.proc.poll() is not None:
             self.start()
         return self
 

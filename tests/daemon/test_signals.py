@@ -1,0 +1,81 @@
+"""SIGHUP reloads all or nothing; SIGTERM drains running runs, then interrupts what outlives the grace."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from tests.support.daemon import DaemonProcess
+
+from .conftest import notify_workflow
+
+SLOW_SCRIPT = "#!/bin/sh\nsleep \"$1\"\n"
+
+
+def slow_workflow(seconds: float) -> str:
+    return f"""workflow_id: slow
+trigger: {{type: malware}}
+steps:
+  - step_id: wait
+    action: run_script
+    params: {{script: slow.sh, args: ["{seconds}"], timeout: 120}}
+  - step_id: done
+    action: send_notification
+    params: {{message: "done", channel: log}}
+"""
+
+
+def test_sighup_with_a_broken_workflow_keeps_the_old_set(daemon: DaemonProcess) -> None:
+    daemon.write_workflow("broken", "workflow_id: broken\nsteps:\n  - step_id: x\n    action: no_such_action\n")
+    daemon.write_workflow("extra", notify_workflow("extra", 1, "pua"))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for(lambda: "reload refused" in daemon.log(), what="the refused reload")
+    assert "broken" in daemon.log()
+    daemon.drop({"type": "malware", "file_path": "/tmp/a"})
+    daemon.drop({"type": "pua", "file_path": "/tmp/b"})
+    daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM detections WHERE state != 'queued'") == 2,
+                    what="both detections handled")
+    assert [tuple(r) for r in daemon.query("SELECT workflow_id, status FROM runs")] == [("notify5", "completed")]
+    assert daemon.count("SELECT count(*) FROM detections WHERE state = 'no_match'") == 1  # "extra" not loaded
+
+    (daemon.workflows_dir / "broken.yaml").unlink()
+    daemon.signal(signal.SIGHUP)
+    daemon.drop({"type": "pua", "file_path": "/tmp/c"})
+    daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM runs WHERE workflow_id = 'extra'") == 1,
+                    what="the reloaded workflow's run")
+
+
+def test_sigterm_lets_running_runs_finish(tmp_path: Path) -> None:
+    with DaemonProcess(tmp_path, workflows={"slow": slow_workflow(1)}, scripts={"slow.sh": SLOW_SCRIPT},
+                       config_overrides={"engine": {"shutdown_grace": 60.0}}) as d:
+        for i in range(3):
+            d.drop({"type": "malware", "file_path": f"/tmp/s{i}"})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM steps WHERE step_id = 'wait' AND status = 'running'") == 3,
+                   what="three scripts running")
+        d.signal(signal.SIGTERM)
+        d.wait_notify("STOPPING=1", 30)
+        assert d.stop() == 0
+        assert [r[0] for r in d.query("SELECT status FROM runs")] == ["completed"] * 3
+
+
+def test_sigterm_interrupts_runs_that_outlive_the_grace_period(tmp_path: Path) -> None:
+    with DaemonProcess(tmp_path, workflows={"slow": slow_workflow(5)}, scripts={"slow.sh": SLOW_SCRIPT},
+                       config_overrides={"engine": {"shutdown_grace": 0.2}}) as d:
+        d.drop({"type": "malware", "file_path": "/tmp/s"})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM steps WHERE step_id = 'wait' AND status = 'running'") == 1,
+                   what="the script running")
+        assert d.stop() == 0
+        assert [r[0] for r in d.query("SELECT status FROM runs")] == ["interrupted"]
+        # Not a crash: the daemon knows the run was stopped, so a restart does not resume it.
+        d.start()
+        assert d.count("SELECT count(*) FROM runs WHERE status = 'running'") == 0
+
+
+def test_files_left_in_new_by_a_stop_are_processed_on_the_next_start(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path, workflows={"notify5": notify_workflow()})
+    with d:
+        d.drop({"type": "malware", "file_path": "/tmp/1"})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status = 'completed'") == 1, what="run 1")
+    d.drop({"type": "malware", "file_path": "/tmp/2"})  # while stopped
+    with d:
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status = 'completed'") == 2, what="run 2")
