@@ -4,21 +4,66 @@ Imports nothing else from sdd. See docs/internals.md ("Engine") and docs/workflo
 """
 
 from .engine import RunHandle, WorkflowEngine
-from .errors import (ActionError, Conflict, EngineError, ExpressionError, Forbidden, InvalidParams,
-                     NonRetryableError, NotFound, StepTimeout, ValidationIssue, WorkflowValidationError)
+from .errors import (
+    ActionError,
+    Conflict,
+    EngineError,
+    ExpressionError,
+    Forbidden,
+    InvalidParams,
+    NonRetryableError,
+    NotFound,
+    StepTimeout,
+    ValidationIssue,
+    WorkflowValidationError,
+)
 from .events import EngineEvent, Listener, RunFinished, RunStarted, StepFinished, StepStarted
-from .loader import load_text, load_workflow, load_workflow_dirs, validate_text
 from .expressions import check_syntax, evaluate, evaluate_condition, render
+from .loader import load_text, load_workflow, load_workflow_dirs, validate_text
 from .model import BranchCase, Schedule, Trigger, Workflow, WorkflowStep
 from .registry import ActionSpec, StepInfo, current_step
 from .results import PriorStep, StepResult, WorkflowResult
 from .statuses import RunStatus, StepStatus
 
 __all__ = [
-    "WorkflowEngine", "RunHandle", "Workflow", "WorkflowStep", "BranchCase", "Trigger", "Schedule",
-    "WorkflowResult", "StepResult", "PriorStep", "RunStatus", "StepStatus", "ActionSpec", "StepInfo",
-    "current_step", "EngineError", "WorkflowValidationError", "ValidationIssue", "ExpressionError",
-    "ActionError", "NonRetryableError", "InvalidParams", "Forbidden", "NotFound", "Conflict", "StepTimeout",
-    "RunStarted", "StepStarted", "StepFinished", "RunFinished", "EngineEvent", "Listener", "load_workflow",
-    "load_workflow_dirs", "validate_text", "load_text", "evaluate", "evaluate_condition", "render", "check_syntax",
+                     "ActionError",
+                     "ActionSpec",
+                     "BranchCase",
+                     "Conflict",
+                     "EngineError",
+                     "EngineEvent",
+                     "ExpressionError",
+                     "Forbidden",
+                     "InvalidParams",
+                     "Listener",
+                     "NonRetryableError",
+                     "NotFound",
+                     "PriorStep",
+                     "RunFinished",
+                     "RunHandle",
+                     "RunStarted",
+                     "RunStatus",
+                     "Schedule",
+                     "StepFinished",
+                     "StepInfo",
+                     "StepResult",
+                     "StepStarted",
+                     "StepStatus",
+                     "StepTimeout",
+                     "Trigger",
+                     "ValidationIssue",
+                     "Workflow",
+                     "WorkflowEngine",
+                     "WorkflowResult",
+                     "WorkflowStep",
+                     "WorkflowValidationError",
+                     "check_syntax",
+                     "current_step",
+                     "evaluate",
+                     "evaluate_condition",
+                     "load_text",
+                     "load_workflow",
+                     "load_workflow_dirs",
+                     "render",
+                     "validate_text",
 ]

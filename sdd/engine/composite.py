@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _EMPTY: Mapping[str, Any] = {}
 
 
-async def run_composite(run: "Run", step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:
+async def run_composite(run: Run, step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:
     started = time.time()
     try:
         c = compiled(step)
@@ -79,13 +79,13 @@ class _StepFailed(Exception):
     """The composite step itself failed (bad items, unknown workflow, false condition with on_false: fail)."""
 
 
-def _finish(run: "Run", step: WorkflowStep, path: str, status: StepStatus, result: Any, started: float) -> float:
+def _finish(run: Run, step: WorkflowStep, path: str, status: StepStatus, result: Any, started: float) -> float:
     finished = time.time()
     run.record(path, step, status, result, None, 1, started, finished)
     return finished
 
 
-async def _dispatch(run: "Run", step: WorkflowStep, path: str, scope: Scope) -> Any:
+async def _dispatch(run: Run, step: WorkflowStep, path: str, scope: Scope) -> Any:
     kind = step.step_type
     if kind == "condition":
         return _condition(run, step, scope)
@@ -102,7 +102,7 @@ async def _dispatch(run: "Run", step: WorkflowStep, path: str, scope: Scope) -> 
     raise _StepFailed(f"unknown step type {kind!r}")
 
 
-def _condition(run: "Run", step: WorkflowStep, scope: Scope) -> bool:
+def _condition(run: Run, step: WorkflowStep, scope: Scope) -> bool:
     c = compiled(step)
     if c.cond is None:
         raise _StepFailed("condition step without a condition")
@@ -118,7 +118,7 @@ def _condition(run: "Run", step: WorkflowStep, scope: Scope) -> bool:
     return value
 
 
-def _child_scope(scope: Scope, prefix: str, context: dict[str, Any] | None = None, run: "Run | None" = None,
+def _child_scope(scope: Scope, prefix: str, context: dict[str, Any] | None = None, run: Run | None = None,
                  depth: int | None = None, workflow_id: str | None = None) -> Scope:
     names = scope.names
     if context is not None or run is not None:
@@ -131,7 +131,7 @@ def _child_scope(scope: Scope, prefix: str, context: dict[str, Any] | None = Non
                  scope.depth if depth is None else depth, workflow_id or scope.workflow_id)
 
 
-def _collect(run: "Run", prefix: str, steps: list[WorkflowStep]) -> Any:
+def _collect(run: Run, prefix: str, steps: list[WorkflowStep]) -> Any:
     results = {}
     for s in steps:
         sr = run.step_results.get(prefix + s.step_id)
@@ -141,7 +141,7 @@ def _collect(run: "Run", prefix: str, steps: list[WorkflowStep]) -> Any:
     return results
 
 
-async def _loop(run: "Run", step: WorkflowStep, path: str, scope: Scope) -> list[Any]:
+async def _loop(run: Run, step: WorkflowStep, path: str, scope: Scope) -> list[Any]:
     c = compiled(step)
     try:
         if c.items is not None:
@@ -183,7 +183,7 @@ async def _gather_fail_fast(coros: list[Any], fail_fast: bool) -> list[Any]:
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         if fail_fast:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
             if failed:
                 for t in pending:
@@ -203,14 +203,14 @@ async def _gather_fail_fast(coros: list[Any], fail_fast: bool) -> list[Any]:
         raise
 
 
-async def _parallel(run: "Run", step: WorkflowStep, path: str, scope: Scope) -> dict[str, Any]:
+async def _parallel(run: Run, step: WorkflowStep, path: str, scope: Scope) -> dict[str, Any]:
     prefix = path + "."
     child = _child_scope(scope, prefix, run=run)
     await _gather_fail_fast([run.run_steps([s], child, parent=path) for s in step.steps], step.fail_fast)
     return {s.step_id: _collect(run, prefix, [s]) for s in step.steps}
 
 
-async def _branch(run: "Run", step: WorkflowStep, path: str, scope: Scope) -> dict[str, Any]:
+async def _branch(run: Run, step: WorkflowStep, path: str, scope: Scope) -> dict[str, Any]:
     c = compiled(step)
     for index, (cond, case) in enumerate(c.cases):
         if cond is not None:
@@ -231,7 +231,7 @@ async def _branch(run: "Run", step: WorkflowStep, path: str, scope: Scope) -> di
     return {"taken": None, "result": None}
 
 
-async def _subworkflow(run: "Run", step: WorkflowStep, workflow_id: str, path: str, scope: Scope) -> Any:
+async def _subworkflow(run: Run, step: WorkflowStep, workflow_id: str, path: str, scope: Scope) -> Any:
     sub = run.engine.workflows.get(workflow_id)
     if sub is None:
         raise _StepFailed(f"unknown workflow {workflow_id!r}")
@@ -254,4 +254,4 @@ async def _subworkflow(run: "Run", step: WorkflowStep, workflow_id: str, path: s
                         if prefix + s.step_id in run.step_results else None) for s in sub.steps}
 
 
-__all__ = ["run_composite", "describe"]
+__all__ = ["describe", "run_composite"]

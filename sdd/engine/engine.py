@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import EngineError, NotFound
 from .events import Listener
@@ -21,9 +22,9 @@ from .statuses import RunStatus
 class RunHandle:
     """A started run: `await handle.wait()` for its `WorkflowResult`, `handle.cancel()` to stop it."""
 
-    __slots__ = ("run_id", "task", "_run")
+    __slots__ = ("_run", "run_id", "task")
 
-    def __init__(self, run_id: str, task: "asyncio.Task[WorkflowResult]", run: Run):
+    def __init__(self, run_id: str, task: asyncio.Task[WorkflowResult], run: Run):
         self.run_id = run_id
         self.task = task
         self._run = run

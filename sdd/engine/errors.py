@@ -7,8 +7,8 @@ retryable failure.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 class EngineError(Exception):
@@ -96,12 +96,20 @@ def is_retryable(exc: BaseException) -> bool:
     """Whether another attempt could succeed: non-engine exceptions are treated as transient."""
     if isinstance(exc, ActionError):
         return exc.retryable
-    if isinstance(exc, (WorkflowValidationError, ExpressionError)):
-        return False
-    return True
+    return not isinstance(exc, (WorkflowValidationError, ExpressionError))
 
 
 __all__ = [
-    "EngineError", "ValidationIssue", "WorkflowValidationError", "ExpressionError", "ActionError",
-    "NonRetryableError", "InvalidParams", "Forbidden", "NotFound", "Conflict", "StepTimeout", "is_retryable",
+    "ActionError",
+    "Conflict",
+    "EngineError",
+    "ExpressionError",
+    "Forbidden",
+    "InvalidParams",
+    "NonRetryableError",
+    "NotFound",
+    "StepTimeout",
+    "ValidationIssue",
+    "WorkflowValidationError",
+    "is_retryable",
 ]

@@ -7,11 +7,13 @@ Times are `time.time()` floats; results and params are plain JSON-able data.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .model import Workflow, WorkflowResult
+    from .model import Workflow
+    from .results import WorkflowResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +24,7 @@ class RunStarted:
     started_at: float
     dry_run: bool
     resumed: bool
-    workflow: "Workflow"
+    workflow: Workflow
     context: Mapping[str, Any]
 
 
@@ -61,10 +63,10 @@ class RunFinished:
     started_at: float
     finished_at: float
     error: str | None
-    result: "WorkflowResult"
+    result: WorkflowResult
 
 
-EngineEvent = Union[RunStarted, StepStarted, StepFinished, RunFinished]
-Listener = Callable[[EngineEvent], Union[Awaitable[None], None]]
+EngineEvent = RunStarted | StepStarted | StepFinished | RunFinished
+Listener = Callable[[EngineEvent], Awaitable[None] | None]
 
-__all__ = ["RunStarted", "StepStarted", "StepFinished", "RunFinished", "EngineEvent", "Listener"]
+__all__ = ["EngineEvent", "Listener", "RunFinished", "RunStarted", "StepFinished", "StepStarted"]

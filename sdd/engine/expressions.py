@@ -19,8 +19,8 @@ import operator as op
 import posixpath
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from simpleeval import EvalWithCompoundTypes, safe_lshift, safe_rshift
 
@@ -66,9 +66,8 @@ def _power(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool):
         if b > 0 and abs(a) > 1 and b * math.log2(abs(a)) > MAX_POWER_BITS:
             raise ExpressionError(f"{a} ** {b} is too large")
-    elif isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        if abs(b) > 10_000:
-            raise ExpressionError(f"exponent {b} is too large")
+    elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(b) > 10_000:
+        raise ExpressionError(f"exponent {b} is too large")
     return a**b
 
 
@@ -103,7 +102,7 @@ def _bounded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def _sum(values: Any, start: int | float = 0) -> Any:
+def _sum(values: Any, start: float = 0) -> Any:
     if isinstance(start, bool) or not isinstance(start, (int, float)):
         raise ExpressionError("sum() adds numbers only")
     return sum(values, start)
@@ -252,7 +251,7 @@ def _evaluator() -> _Evaluator:
 class Expression:
     """A parsed, checked expression; evaluate it many times."""
 
-    __slots__ = ("text", "node")
+    __slots__ = ("node", "text")
 
     def __init__(self, text: str, node: ast.AST):
         self.text = text
@@ -343,7 +342,7 @@ def evaluate(expr: str | Expression, names: Mapping[str, Any]) -> Any:
     except (RecursionError, MemoryError) as exc:
         raise ExpressionError(f"{compiled.text!r}: too costly to evaluate ({type(exc).__name__})",
                               compiled.text) from None
-    except Exception as exc:  # anything the data or simpleeval raises is the expression's failure
+    except Exception as exc:  # noqa: BLE001 - anything the data or simpleeval raises is the expression's failure
         raise ExpressionError(f"{_short(compiled.text)}: {type(exc).__name__}: {_clip(str(exc))}",
                               compiled.text) from None
     finally:
@@ -502,5 +501,16 @@ def template_expressions(value: Any) -> list[str]:
     return out
 
 
-__all__ = ["evaluate", "evaluate_condition", "render", "check_syntax", "compile_expression", "compile_value",
-           "compile_template", "Expression", "Template", "Renderer", "NAMES"]
+__all__ = [
+    "NAMES",
+    "Expression",
+    "Renderer",
+    "Template",
+    "check_syntax",
+    "compile_expression",
+    "compile_template",
+    "compile_value",
+    "evaluate",
+    "evaluate_condition",
+    "render",
+]

@@ -8,10 +8,12 @@ documents whose aliases expand beyond a bound are refused before anything walks 
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Collection, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -191,7 +193,7 @@ def load_workflow(path: str | Path, actions: Any = None) -> Workflow:
         text = _read(Path(path), require_root_owned=False)
     except _Refused as exc:
         raise WorkflowValidationError([ValidationIssue(source, None, None, "", str(exc))]) from None
-    data, _, issues, subs = _check_text(text, source, _action_names(actions))
+    data, _, issues, _subs = _check_text(text, source, _action_names(actions))
     if issues:
         raise WorkflowValidationError(issues)
     return build_workflow(data, source=source)
@@ -265,7 +267,7 @@ def _check_references(found: dict[str, Workflow], refs: dict[str, list[tuple[str
                 bad.add(wid)
     graph = {wid: [t for t, _ in wf_refs] for wid, wf_refs in refs.items()}
     for cycle in find_cycles(graph):
-        for wid, nxt in zip(cycle, cycle[1:]):
+        for wid, nxt in itertools.pairwise(cycle):
             path = next((p for t, p in refs[wid] if t == nxt), ())
             line, col = marks_of[wid].at(path)
             issues.append(ValidationIssue(found[wid].source or wid, line, col, format_path(path),

@@ -9,9 +9,10 @@ Everything round-trips through plain dicts (`to_dict` / `from_dict`); `from_dict
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 STEP_TYPES = ("action", "notification", "script", "webhook", "condition", "loop", "parallel", "branch",
               "workflow")
@@ -30,7 +31,7 @@ class BranchCase:
     """One arm of a branch: `if` (None for else) and either inline `steps` or a `workflow` id."""
 
     condition: str | None
-    steps: list["WorkflowStep"] = field(default_factory=list)
+    steps: list[WorkflowStep] = field(default_factory=list)
     workflow: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,7 +68,7 @@ class WorkflowStep:
     item_name: str = "item"                 # YAML: `as`
     concurrency: int = 1
     # loop / parallel children
-    steps: list["WorkflowStep"] = field(default_factory=list)
+    steps: list[WorkflowStep] = field(default_factory=list)
     # parallel
     fail_fast: bool = True
     # branch
@@ -97,7 +98,7 @@ class WorkflowStep:
         return DEFAULT_RETRIES_FOR_RETRY if self.on_failure == "retry" else 0
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "WorkflowStep":
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkflowStep:
         from .validation import validate_step_dict
         validate_step_dict(data)
         return build_step(data)
@@ -186,12 +187,12 @@ class Workflow:
     source: str | None = None
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Workflow":
+    def from_yaml(cls, path: str | Path) -> Workflow:
         from .loader import load_workflow
         return load_workflow(path)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "Workflow":
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> Workflow:
         from .validation import validate_workflow_dict
         validate_workflow_dict(data, source=source)
         return build_workflow(data, source=source)
@@ -239,7 +240,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string like "90", "30s", "5m", "6h", "1d", "1h30m"."""
     if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
+        raise ValueError(f"not a duration: {value!r}")  # noqa: TRY004 - callers catch ValueError
     if isinstance(value, (int, float)):
         return float(value)
     text = str(value).strip().lower()

@@ -7,7 +7,8 @@ is reported as undecided (`would_run: None`) with the reason.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import ExpressionError
 from .expressions import evaluate, evaluate_condition
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class _Planner:
-    def __init__(self, engine: "WorkflowEngine", detection: Mapping[str, Any]):
+    def __init__(self, engine: WorkflowEngine, detection: Mapping[str, Any]):
         self.engine = engine
         self.detection = detection
         self.out: list[dict[str, Any]] = []
@@ -154,7 +155,7 @@ class _Planner:
         return self.walk(sub.steps, path + ".", context, depth + 1)
 
 
-def plan(engine: "WorkflowEngine", workflow: Workflow, context: Mapping[str, Any] | None = None,
+def plan(engine: WorkflowEngine, workflow: Workflow, context: Mapping[str, Any] | None = None,
          detection: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     ctx = dict(workflow.context)
     if context:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import MappingProxyType
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from .errors import EngineError
 
@@ -95,8 +96,8 @@ def spec_from_entry_point(name: str, obj: Any) -> ActionSpec:
     """An entry point's value is an ActionSpec or an async handler (then the entry point's name is used)."""
     if isinstance(obj, ActionSpec):
         return obj
-    if callable(obj) and (inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
-            getattr(obj, "__call__", None))):
+    if callable(obj) and (inspect.iscoroutinefunction(obj)
+                          or inspect.iscoroutinefunction(type(obj).__call__)):
         return ActionSpec(name=name, handler=obj, description=(inspect.getdoc(obj) or "").split("\n")[0])
     raise EngineError(f"entry point {name!r} in group {ENTRY_POINT_GROUP!r} is neither an ActionSpec "
                       f"nor an async handler")
@@ -109,10 +110,10 @@ def discover_entry_points(group: str = ENTRY_POINT_GROUP) -> tuple[list[ActionSp
     for ep in entry_points(group=group):
         try:
             specs.append(spec_from_entry_point(ep.name, ep.load()))
-        except Exception as exc:  # one broken third-party plugin must not stop the others
+        except Exception as exc:  # noqa: BLE001 - one broken third-party plugin must not stop the others
             errors.append(f"{ep.name} ({ep.value}): {type(exc).__name__}: {exc}")
             log.warning("cannot load action %s from %s: %s", ep.name, ep.value, exc)
     return specs, errors
 
 
-__all__ = ["ActionSpec", "StepInfo", "current_step", "ActionRegistry", "discover_entry_points", "Handler"]
+__all__ = ["ActionRegistry", "ActionSpec", "Handler", "StepInfo", "current_step", "discover_entry_points"]

@@ -3,8 +3,9 @@ recorded outcome handed back to the engine to resume a run after a crash. All ro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .statuses import RunStatus, StepStatus
 
@@ -36,7 +37,7 @@ class StepResult:
                 "rollback_error": self.rollback_error, "reason": self.reason}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "StepResult":
+    def from_dict(cls, d: Mapping[str, Any]) -> StepResult:
         return cls(step_id=d["step_id"], status=StepStatus(d["status"]), result=d.get("result"),
                    error=d.get("error"), attempts=int(d.get("attempts", 0)), started_at=d.get("started_at"),
                    finished_at=d.get("finished_at"), step_type=d.get("step_type", "action"),
@@ -68,7 +69,7 @@ class WorkflowResult:
                 "step_results": {k: v.to_dict() for k, v in self.step_results.items()}}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WorkflowResult":
+    def from_dict(cls, d: Mapping[str, Any]) -> WorkflowResult:
         raw = d.get("step_results") or {}
         items = raw.values() if isinstance(raw, Mapping) else raw
         steps = [StepResult.from_dict(s) for s in items]
@@ -91,6 +92,6 @@ class PriorStep:
     error: str | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PriorStep":
+    def from_dict(cls, d: Mapping[str, Any]) -> PriorStep:
         return cls(status=d["status"], result=d.get("result"), attempts=int(d.get("attempts", 0)),
                    error=d.get("error"))

@@ -14,13 +14,19 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import ActionError, EngineError, ExpressionError, NotFound, StepTimeout, is_retryable
 from .events import RunFinished, RunStarted, StepFinished, StepStarted
-from .expressions import Expression, Renderer, compile_expression, compile_template, compile_value
-from .expressions import evaluate, evaluate_condition
+from .expressions import (
+    Expression,
+    Renderer,
+    compile_expression,
+    compile_template,
+    compile_value,
+    evaluate_condition,
+)
 from .model import LEAF_TYPES, Workflow, WorkflowStep
 from .registry import _current_step
 from .results import PriorStep, StepResult, WorkflowResult
@@ -57,7 +63,7 @@ class _Halt(Exception):
 class Compiled:
     """A step's expressions and templates, parsed once and kept on the step (`step._compiled`)."""
 
-    __slots__ = ("cond", "params", "items", "items_value", "cases", "rollback_params")
+    __slots__ = ("cases", "cond", "items", "items_value", "params", "rollback_params")
 
     def __init__(self, step: WorkflowStep):
         self.cond: Expression | None = compile_expression(step.condition) if step.condition else None
@@ -89,9 +95,9 @@ class StepsView(Mapping[str, Any]):
     """`steps.<id>` in expressions: {status, result, error, attempts} built on demand from the results.
     Inside a loop item or a composite, ids resolve to the nearest enclosing scope first."""
 
-    __slots__ = ("run", "prefix")
+    __slots__ = ("prefix", "run")
 
-    def __init__(self, run: "Run", prefix: str = ""):
+    def __init__(self, run: Run, prefix: str = ""):
         self.run, self.prefix = run, prefix
 
     def _find(self, key: str) -> StepResult | None:
@@ -123,7 +129,7 @@ class StepsView(Mapping[str, Any]):
 class Scope:
     """What steps at one level share: the names for expressions and the context handlers receive."""
 
-    __slots__ = ("names", "context", "prefix", "depth", "workflow_id")
+    __slots__ = ("context", "depth", "names", "prefix", "workflow_id")
 
     def __init__(self, names: dict[str, Any], context: dict[str, Any], prefix: str, depth: int,
                  workflow_id: str):
@@ -134,7 +140,7 @@ class Scope:
 # ---- the run ---------------------------------------------------------------------------------------------
 
 class Run:
-    def __init__(self, engine: "WorkflowEngine", workflow: Workflow, context: dict[str, Any],
+    def __init__(self, engine: WorkflowEngine, workflow: Workflow, context: dict[str, Any],
                  detection: Mapping[str, Any] | None, run_id: str, dry_run: bool,
                  prior: Mapping[str, PriorStep] | None):
         self.engine = engine
@@ -163,7 +169,7 @@ class Run:
                     await ret
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a broken listener must not break the run it observes
+            except Exception:
                 log.exception("engine listener %r failed on %s", listener, type(event).__name__)
 
     # -- entry point
@@ -306,9 +312,8 @@ class Run:
         spec = self.engine.registry.get(step.action) if step.action else None
         if self.prior is not None:
             prior = self.prior.get(path)
-            if prior is not None:
-                if await self.resume(step, path, parent, scope, prior, spec):
-                    return
+            if prior is not None and await self.resume(step, path, parent, scope, prior, spec):
+                return
         names = scope.names
         if c.cond is not None:
             try:
@@ -363,7 +368,7 @@ class Run:
                 _current_step.reset(token)
                 await self.cancelled(step, path, started, attempt)
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any handler failure is the step's failure
                 _current_step.reset(token)
                 error = describe(exc)
                 if deadline is not None and time.monotonic() >= deadline:
@@ -471,7 +476,7 @@ class Run:
                                             rparams if error is None else _EMPTY))
             if error is None and spec is None:
                 error = f"unknown rollback action {step.rollback_action!r}"
-            if error is None:
+            if error is None and spec is not None:
                 token = _current_step.set((self.run_id, scope.workflow_id, path, 1, f"{self.run_id}:{path}",
                                            self.detection, self.dry_run, "rollback", result))
                 try:
@@ -485,7 +490,7 @@ class Run:
                     error = "rollback cancelled"
                     self.interrupt = True
                     asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a failing rollback must not stop the others
                     error = describe(exc)
                 finally:
                     _current_step.reset(token)
@@ -531,4 +536,4 @@ def not_found(what: str) -> NotFound:
     return NotFound(what)
 
 
-__all__ = ["Run", "Scope", "StepsView", "compiled", "Compiled", "describe", "retry_delay"]
+__all__ = ["Compiled", "Run", "Scope", "StepsView", "compiled", "describe", "retry_delay"]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import jsonschema
 
@@ -153,7 +154,7 @@ def _explain(err: jsonschema.ValidationError, c: _Collector, root: Path_) -> Non
         c.add(path, f"{where} is missing the required key {missing!r}")
     elif kind == "type":
         expected = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+        words = " or ".join(_TYPE_WORDS.get(str(t), str(t)) for t in expected)
         c.add(path, f"{where} must be {words}, not {_type_name(err.instance)} ({_short(err.instance)})")
     elif kind == "enum":
         options = [str(o) for o in err.validator_value]

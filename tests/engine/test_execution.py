@@ -7,8 +7,18 @@ from typing import Any
 
 import pytest
 
-from sdd.engine import (ActionError, Forbidden, InvalidParams, NotFound, RunStatus, StepStatus, Workflow,
-                        WorkflowEngine, WorkflowStep, current_step)
+from sdd.engine import (
+    ActionError,
+    Forbidden,
+    InvalidParams,
+    NotFound,
+    RunStatus,
+    StepStatus,
+    Workflow,
+    WorkflowEngine,
+    WorkflowStep,
+    current_step,
+)
 from sdd.engine.runner import retry_delay
 
 from .conftest import Recorder, wf

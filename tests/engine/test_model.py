@@ -10,8 +10,21 @@ from typing import Any
 
 import pytest
 
-from sdd.engine import (ActionSpec, NotFound, PriorStep, RunStatus, Schedule, StepResult, StepStatus, Trigger,
-                        Workflow, WorkflowEngine, WorkflowResult, WorkflowStep, WorkflowValidationError)
+from sdd.engine import (
+    ActionSpec,
+    NotFound,
+    PriorStep,
+    RunStatus,
+    Schedule,
+    StepResult,
+    StepStatus,
+    Trigger,
+    Workflow,
+    WorkflowEngine,
+    WorkflowResult,
+    WorkflowStep,
+    WorkflowValidationError,
+)
 from sdd.engine.model import parse_duration
 
 from .conftest import Recorder, wf

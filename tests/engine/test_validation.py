@@ -10,7 +10,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from sdd.engine import ValidationIssue, WorkflowValidationError, load_workflow, load_workflow_dirs, validate_text
+from sdd.engine import (
+    ValidationIssue,
+    WorkflowValidationError,
+    load_workflow,
+    load_workflow_dirs,
+    validate_text,
+)
 from sdd.engine.validation import schema
 
 ACTIONS = ["quarantine_file", "restore_file", "send_notification", "kill_process"]
@@ -56,14 +62,14 @@ def test_every_issue_is_reported_at_once_with_line_and_column() -> None:
         """)
     expected = [
         "wf.yaml:2:1: unknown key 'stpes' in the workflow (did you mean 'steps'?)",
-        "wf.yaml:5:11: steps[0].type must be one of action, notification, script, webhook, condition, loop, "
-        "parallel, branch, workflow; got 'acton' (did you mean 'action'?)",
+        ("wf.yaml:5:11: steps[0].type must be one of action, notification, script, webhook, condition, loop, "
+        "parallel, branch, workflow; got 'acton' (did you mean 'action'?)"),
         "wf.yaml:6:13: unknown action 'quarantine_fil' (did you mean 'quarantine_file'?)",
-        "wf.yaml:7:17: steps[0].on_failure must be one of abort, continue, skip, retry, rollback; got 'rolback' "
-        "(did you mean 'rollback'?)",
+        ("wf.yaml:7:17: steps[0].on_failure must be one of abort, continue, skip, retry, rollback; got 'rolback' "
+        "(did you mean 'rollback'?)"),
         "wf.yaml:8:18: steps[0].max_retries must be at least 0; got -1",
-        "wf.yaml:9:14: steps[0].timeout must be a positive number of seconds or a duration like '30s', '5m', "
-        "'6h'; got 'soon'",
+        ("wf.yaml:9:14: steps[0].timeout must be a positive number of seconds or a duration like '30s', '5m', "
+        "'6h'; got 'soon'"),
         "wf.yaml:10:14: duplicate step_id 'quarantine' (first used at steps[0], line 4)",
         "wf.yaml:12:16: refers to unknown step 'quarantin' (did you mean 'quarantine'?)",
     ]
@@ -139,8 +145,8 @@ def test_self_reference_is_a_cycle() -> None:
 
 def test_yaml_syntax_errors_and_non_mappings() -> None:
     assert issues_of("workflow_id: [\n")[0].startswith("wf.yaml:2:1: YAML syntax error")
-    assert issues_of("- 1\n") == ["wf.yaml:1:1: a workflow file must hold a mapping (workflow_id, steps, ...), "
-                                  "not a list"]
+    assert issues_of("- 1\n") == [("wf.yaml:1:1: a workflow file must hold a mapping (workflow_id, steps, ...), "
+                                  "not a list")]
     assert issues_of("") == ["wf.yaml:1:1: the file is empty"]
     assert "duplicate key 'steps'" in issues_of("workflow_id: a\nsteps: []\nsteps: []\n")[0]
 
