@@ -87,6 +87,8 @@ class Store:
         self._closed = True
         self._writer.close()
         try:
+            # Bounded: on a 1M-run history an unbounded ANALYZE would hold up shutdown for seconds.
+            self._write_conn.execute("PRAGMA analysis_limit = 400")
             self._write_conn.execute("PRAGMA optimize")
             self._write_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error:
