@@ -104,8 +104,10 @@ class Policy:
         if socket_group:
             gid = group_id(socket_group)
             if gid is None:
-                log.warning("api.socket_group %r does not exist: only root%s may call state-changing methods",
-                            socket_group, " and the owner" if user_mode else "")
+                # In user mode the owner is privileged anyway; the system default group is just absent.
+                log.log(logging.INFO if user_mode else logging.WARNING,
+                        "api.socket_group %r does not exist: only root%s may call state-changing methods",
+                        socket_group, " and the owner" if user_mode else "")
             else:
                 admin.add(gid)
         read: set[int] = set()

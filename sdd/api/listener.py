@@ -77,7 +77,7 @@ def parse_mode(mode: str | int) -> int:
     return value
 
 
-def bind(path: Path, mode: str | int, group: str | None, *, backlog: int = 512) -> Listener:
+def bind(path: Path, mode: str | int, group: str | None, *, backlog: int = 512, quiet: bool = False) -> Listener:
     """Binds a fresh listening socket at path with the given mode and group (see the module docstring)."""
     path = Path(os.path.abspath(path))
     perm = parse_mode(mode)
@@ -88,7 +88,7 @@ def bind(path: Path, mode: str | int, group: str | None, *, backlog: int = 512) 
         parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError as exc:
         raise SocketError(f"cannot create the socket directory {parent}: {exc.strerror}") from None
-    gid = _resolve_group(group)
+    gid = _resolve_group(group, logging.INFO if quiet else logging.WARNING)
     lock_fd = _lock(path)
     try:
         _check_existing(path)
@@ -99,7 +99,7 @@ def bind(path: Path, mode: str | int, group: str | None, *, backlog: int = 512) 
     return Listener(sock, path, inode, lock_fd)
 
 
-def _resolve_group(group: str | None) -> int | None:
+def _resolve_group(group: str | None, level: int) -> int | None:
     if not group:
         return None
     try:
@@ -107,7 +107,7 @@ def _resolve_group(group: str | None) -> int | None:
     except KeyError:
         if group.isdigit():
             return int(group)
-        log.warning("socket group %r does not exist; the socket keeps the daemon's group", group)
+        log.log(level, "socket group %r does not exist; the socket keeps the daemon's group", group)
         return None
 
 

@@ -69,7 +69,8 @@ class ApiServer:
             where = f"inherited fd {fd}"
         else:
             api = self.config.api
-            self._listener = listener.bind(self.config.paths.socket, api.socket_mode, api.socket_group or None)
+            self._listener = listener.bind(self.config.paths.socket, api.socket_mode, api.socket_group or None,
+                                           quiet=self.config.user_mode)
             where = str(self.config.paths.socket)
         self._server = await asyncio.start_unix_server(self._accept, sock=self._listener.sock,
                                                        limit=protocol.MAX_FRAME + protocol.HEADER_SIZE)
