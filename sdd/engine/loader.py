@@ -19,6 +19,7 @@ import yaml
 
 from .errors import ValidationIssue, WorkflowValidationError
 from .model import Workflow, build_workflow
+from .runner import precompile
 from .validation import Marks, collect_issues, find_cycles, format_path
 
 MAX_FILE_SIZE = 1 << 20
@@ -141,7 +142,7 @@ def load_text(yaml_text: str, name: str = "<text>", actions: Any = None) -> Work
     data, _, issues, _ = _check_text(yaml_text, name, _action_names(actions))
     if issues:
         raise WorkflowValidationError(issues)
-    return build_workflow(data, source=name)
+    return precompile(build_workflow(data, source=name))
 
 
 def _read(path: Path, require_root_owned: bool) -> str:
@@ -196,7 +197,7 @@ def load_workflow(path: str | Path, actions: Any = None) -> Workflow:
     data, _, issues, _subs = _check_text(text, source, _action_names(actions))
     if issues:
         raise WorkflowValidationError(issues)
-    return build_workflow(data, source=source)
+    return precompile(build_workflow(data, source=source))
 
 
 def load_workflow_dirs(dirs: Iterable[str | Path], actions: Any = None, *, require_root_owned: bool = False
@@ -237,7 +238,7 @@ def load_workflow_dirs(dirs: Iterable[str | Path], actions: Any = None, *, requi
             if file_issues:
                 issues.extend(file_issues)
                 continue
-            wf = build_workflow(data, source=source)
+            wf = precompile(build_workflow(data, source=source))
             if wf.workflow_id in in_this_dir:
                 line, col = marks.at(("workflow_id",))
                 issues.append(ValidationIssue(source, line, col, "workflow_id",

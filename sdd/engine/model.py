@@ -193,9 +193,10 @@ class Workflow:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> Workflow:
+        from .runner import precompile
         from .validation import validate_workflow_dict
         validate_workflow_dict(data, source=source)
-        return build_workflow(data, source=source)
+        return precompile(build_workflow(data, source=source))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"workflow_id": self.workflow_id, "name": self.name}

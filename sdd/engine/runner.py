@@ -82,6 +82,14 @@ class Compiled:
                       for c in step.conditions]
 
 
+def precompile(workflow: Workflow) -> Workflow:
+    """Parse every expression and template of `workflow` now (at load time) instead of on first run.
+    Raises ExpressionError; loaded workflows were validated, so that means a workflow built in code."""
+    for _, step in workflow.iter_steps():
+        compiled(step)
+    return workflow
+
+
 def compiled(step: WorkflowStep) -> Compiled:
     c = step._compiled
     if c is None:

@@ -217,3 +217,23 @@ async def test_composite_timeout(rec: Recorder) -> None:
     assert result.status is RunStatus.FAILED
     assert "timed out" in (result.step_results["p"].error or "")
     assert result.step_results["p.s"].status is StepStatus.CANCELLED
+
+
+async def test_branch_without_a_matching_case_does_nothing(engine: WorkflowEngine, rec: Recorder) -> None:
+    result = await engine.execute_workflow(wf([{"step_id": "b", "type": "branch", "conditions": [
+        {"if": "1 == 2", "then": [{"step_id": "x", "action": "act"}]}]}]))
+    assert result.status is RunStatus.COMPLETED and rec.calls == []
+    assert result.step_results["b"].result == {"taken": None, "result": None}
+
+
+async def test_loop_over_a_mapping_and_several_children(engine: WorkflowEngine, rec: Recorder) -> None:
+    result = await engine.execute_workflow(wf([{"step_id": "l", "type": "loop", "items": "context.m", "steps": [
+        {"step_id": "a", "action": "act", "params": {"k": "{{ context.item.key }}"}},
+        {"step_id": "b", "action": "other", "params": {"v": "{{ context.item.value }}"}}]}]), {"m": {"x": 1}})
+    assert result.step_results["l"].result == [{"a": {"action": "act", "k": "x"},
+                                                "b": {"action": "other", "v": 1}}]
+
+
+def test_workflows_are_compiled_at_load_time() -> None:
+    workflow = wf([{"step_id": "a", "action": "act", "condition": "True", "params": {"x": "{{ 1 }}"}}])
+    assert workflow.steps[0]._compiled is not None
