@@ -82,7 +82,9 @@ class Vault:
     """Sync operations on the vault directory; the async actions call them in worker threads."""
 
     def __init__(self, path: os.PathLike[str] | str) -> None:
-        self.path = os.path.normpath(os.fspath(path))
+        # The state directory is configuration (trusted); resolve it once so a legitimately symlinked
+        # /var/lib or home still works, then every open below refuses symlinks.
+        self.path = os.path.realpath(os.fspath(path))
 
     # -- the directory -------------------------------------------------------------------------------
     def _open(self, create: bool = True) -> int:

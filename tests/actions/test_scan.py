@@ -88,3 +88,40 @@ async def test_update_definitions_missing_program(env: Env) -> None:
     env.configure(updater=("/nonexistent/freshclam",))
     with pytest.raises(NotFound, match="not found"):
         await env.call("update_definitions")
+
+
+@pytest.fixture
+def clamd(env: Env, infected: tuple[Path, Path]):
+    binary = shutil.which("clamd") or ("/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists() else None)
+    if binary is None or not shutil.which("clamdscan"):
+        pytest.skip("clamd/clamdscan not installed (make system-deps installs them as root)")
+    sock = env.tmp / "clamd.sock"
+    conf = env.tmp / "clamd.conf"
+    conf.write_text(f"Foreground yes\nLocalSocket {sock}\nDatabaseDirectory {env.tmp / 'db'}\n"
+                    f"LogFile {env.tmp / 'clamd.log'}\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import socket
+        import time
+        deadline = time.monotonic() + 30
+        while True:  # ready when the socket accepts a connection (it appears once the db is loaded)
+            assert proc.poll() is None, "clamd exited"
+            assert time.monotonic() < deadline, "clamd did not come up"
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(sock))
+                break
+            except OSError:
+                time.sleep(0.02)
+        yield conf
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_scan_with_clamdscan_fdpass(env: Env, infected: tuple[Path, Path], clamd: Path) -> None:
+    scan, bad = infected
+    env.configure(scanner=("clamdscan", "-c", str(clamd)))
+    res = await env.call("run_scan", path=str(scan))
+    assert res["threats_found"] == 1 and res["findings"][0]["file"] == str(bad)
+    assert res["scanner"] == "clamdscan"
