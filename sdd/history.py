@@ -46,6 +46,7 @@ class HistoryRecorder:
     def __init__(self, store: Store, *, snapshot_cache_size: int = 64):
         self.store = store
         self._notes: dict[str, RunNote] = {}
+        self._dry_runs: set[str] = set()  # their steps act on nothing: no intent needs waiting for
         self._snapshots: dict[int, tuple[Any, RawJSON | None]] = {}
         self._snapshot_cache_size = snapshot_cache_size
 
@@ -88,12 +89,15 @@ class HistoryRecorder:
         op = record_step_started_op(event.run_id, event.step_id, event.phase, event.parent_id, event.step_type,
                                     event.action, event.attempt, event.idempotent, event.started_at, event.params)
         # attempt 0 announces a step that is skipped or failed before acting: nothing is about to happen.
-        if event.idempotent or event.attempt == 0 or event.step_type not in _ACTING_TYPES:
+        if (event.idempotent or event.attempt == 0 or event.step_type not in _ACTING_TYPES
+                or event.run_id in self._dry_runs):
             self.store.submit(op)
             return None
         return self.store.write(op)
 
     def _run_started(self, event: RunStarted) -> None:
+        if event.dry_run:
+            self._dry_runs.add(event.run_id)
         note = self._notes.pop(event.run_id, None)
         if note is not None:
             detection_id: str | None = note.detection_id
@@ -119,6 +123,7 @@ class HistoryRecorder:
                        "steps_skipped": result.steps_skipped, "execution_time": result.execution_time,
                        "context": result.context}
         self._notes.pop(event.run_id, None)
+        self._dry_runs.discard(event.run_id)
         return self.store.write(finish_run_op(event.run_id, event.status, event.error, event.finished_at, summary))
 
     # --- helpers ----------------------------------------------------------------------------------------------
