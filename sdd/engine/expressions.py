@@ -20,6 +20,7 @@ import posixpath
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from simpleeval import EvalWithCompoundTypes, safe_lshift, safe_rshift
@@ -126,14 +127,21 @@ _STR_METHODS = frozenset({
 _SEQ_METHODS = frozenset({"count", "index"})
 
 
+# Methods are only called on these exact types (not subclasses): a look-alike object a handler left in the
+# context must not get its own `get()` called. The runner adds its read-only `steps` view.
+SAFE_MAPPING_TYPES: set[type] = {dict, MappingProxyType}
+_NO_METHODS: frozenset[str] = frozenset()
+
+
 def _methods_for(value: Any) -> frozenset[str]:
-    if isinstance(value, Mapping):
+    t = type(value)
+    if t in SAFE_MAPPING_TYPES:
         return _MAPPING_METHODS
-    if isinstance(value, str):
+    if t is str:
         return _STR_METHODS
-    if isinstance(value, (list, tuple)):
+    if t is list or t is tuple:
         return _SEQ_METHODS
-    return frozenset()
+    return _NO_METHODS
 
 
 def _kind(value: Any) -> str:

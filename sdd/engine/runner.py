@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ActionError, EngineError, ExpressionError, NotFound, StepTimeout, is_retryable
 from .events import RunFinished, RunStarted, StepFinished, StepStarted
 from .expressions import (
+    SAFE_MAPPING_TYPES,
     Expression,
     Renderer,
     compile_expression,
@@ -132,6 +133,9 @@ class StepsView(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.run.step_results)
+
+
+SAFE_MAPPING_TYPES.add(StepsView)
 
 
 class Scope:

@@ -206,3 +206,19 @@ def test_render_raises_only_expression_errors(text: str) -> None:
         render({"a": "{{ " + text + " }}", "b": "x {{" + text + "}} y"}, NAMES)
     except ExpressionError:
         pass
+
+
+def test_methods_of_look_alike_objects_are_not_called() -> None:
+    class Sneaky(dict):  # type: ignore[type-arg]
+        def get(self, *args: object) -> str:
+            raise AssertionError("must not be called")
+
+    def gen():  # a generator's frame would lead to globals
+        yield 1
+
+    names = {"context": {"s": Sneaky(a=1), "g": gen()}, "detection": {}, "steps": {}}
+    assert evaluate("context.s.a", names) == 1      # data is still readable
+    with pytest.raises(ExpressionError):
+        evaluate("context.s.get('a')", names)
+    with pytest.raises(ExpressionError):
+        evaluate("context.g.gi_frame", names)
