@@ -330,3 +330,24 @@ async def test_many_concurrent_runs_do_not_share_state(engine: WorkflowEngine, r
     results = [await h.wait() for h in handles]
     assert [r.context["n"] for r in results] == list(range(50))
     assert not engine.active_runs
+
+
+async def test_timed_out_step_gets_cancelled_so_it_can_kill_its_subprocess() -> None:
+    """The engine cancels the handler; an action that started a process kills it on CancelledError."""
+    engine = WorkflowEngine()
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def run_sleep(*, context: dict[str, Any]) -> None:
+        proc = await asyncio.create_subprocess_exec("sleep", "30")
+        procs.append(proc)
+        try:
+            await proc.wait()
+        except asyncio.CancelledError:
+            proc.kill()
+            await proc.wait()
+            raise
+    engine.register_action("sleep", run_sleep)
+    result = await engine.execute_workflow(wf([{"step_id": "s", "action": "sleep", "timeout": 0.2}]))
+    assert result.status is RunStatus.FAILED
+    assert "timed out" in (result.step_results["s"].error or "")
+    assert procs and procs[0].returncode is not None   # reaped: the process is gone
