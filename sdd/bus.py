@@ -262,7 +262,17 @@ class Sdd1Interface(ServiceInterface):  # type: ignore[misc]
 
 
 def _close_transport(bus: BaseMessageBus) -> None:
-    """dbus-next 0.2.3 does not always close its socket after a disconnect: close it ourselves."""
+    """Close a connection's socket for good (dbus-next 0.2.3 does not always close it after a disconnect).
+
+    The fd is unregistered from the event loop *before* it is closed: a closed fd that is still registered
+    makes the loop silently ignore the next socket that reuses its number (its reader is never armed),
+    which hangs whatever connection gets that number next.
+    """
+    fd = getattr(bus, "_fd", None)
+    loop = getattr(bus, "_loop", None)
+    if isinstance(fd, int) and fd >= 0 and loop is not None and not loop.is_closed():
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
     for attr in ("_stream", "_sock"):
         obj = getattr(bus, attr, None)
         if obj is not None:

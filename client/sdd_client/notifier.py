@@ -69,9 +69,15 @@ class NotifierOptions:
 
 
 def _close(bus: Any) -> None:
-    """Disconnect and close the socket (dbus-next 0.2.3 may leave it open after disconnect())."""
+    """Disconnect and close the socket (dbus-next 0.2.3 may leave it open after disconnect()). The fd leaves
+    the event loop before it is closed: a closed fd still registered there would make the loop ignore the
+    next connection that reuses its number."""
     with contextlib.suppress(Exception):
         bus.disconnect()
+    fd, loop = getattr(bus, "_fd", None), getattr(bus, "_loop", None)
+    if isinstance(fd, int) and fd >= 0 and loop is not None and not loop.is_closed():
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
     for attr in ("_stream", "_sock"):
         obj = getattr(bus, attr, None)
         if obj is not None:
@@ -282,7 +288,8 @@ class Notifier:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure: drop the connection and try again
-                log.warning("cannot show a notification on %s: %s", self.options.notify_address, e)
+                log.warning("cannot show a notification on %s: %s: %s", self.options.notify_address,
+                            type(e).__name__, e)
                 if self._notify_bus is not None:
                     _close(self._notify_bus)
                     self._notify_bus = None

@@ -42,8 +42,13 @@ async def connect(address: str) -> MessageBus:
 
 
 def close_bus(bus: MessageBus) -> None:
+    """Disconnect for good: unregister the fd from the loop, then close it (dbus-next 0.2.3 may leave the
+    socket open, and a closed fd left registered would hang the next connection that reuses its number)."""
     bus.disconnect()
-    # dbus-next 0.2.3 may leave the socket open after disconnect()
+    loop = bus._loop
+    if not loop.is_closed():
+        loop.remove_reader(bus._fd)
+        loop.remove_writer(bus._fd)
     for attr in ("_stream", "_sock"):
         obj = getattr(bus, attr, None)
         if obj is not None:

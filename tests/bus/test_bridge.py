@@ -416,5 +416,17 @@ async def test_stop_releases_the_name_and_unsubscribes(private_bus: Any, status:
 
         await asyncio.wait_for(name_gone(), WAIT)
         await b.stop()  # idempotent
+
+        # The bridge's fd left the event loop before it was closed: a new connection, which may get the
+        # same fd number, works (a stale registration would leave its reader unarmed and hang it).
+        fresh = await asyncio.wait_for(connect(private_bus.address), WAIT)
+        try:
+            reply = await asyncio.wait_for(fresh.call(Message(
+                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus", member="ListNames")), WAIT)
+            assert reply is not None and BUS_NAME not in reply.body[0]
+        finally:
+            close_bus(fresh)
     finally:
         close_bus(watcher)
+

@@ -306,10 +306,17 @@ class FakeNotifications:
             self._bus.disconnect()
             with contextlib.suppress(Exception):  # a bus that died first reports its error here
                 await asyncio.wait_for(self._bus.wait_for_disconnect(), START_TIMEOUT)
-            # dbus-next 0.2.3 may leave the socket open after disconnect(): close it ourselves.
-            sock = getattr(self._bus, "_sock", None)
-            if sock is not None:
-                sock.close()
+            # dbus-next 0.2.3 may leave the socket open after disconnect(): close it ourselves, after taking
+            # the fd out of the event loop (a closed fd left there hangs the next socket given its number).
+            loop = self._bus._loop
+            if not loop.is_closed():
+                loop.remove_reader(self._bus._fd)
+                loop.remove_writer(self._bus._fd)
+            for attr in ("_stream", "_sock"):
+                obj = getattr(self._bus, attr, None)
+                if obj is not None:
+                    with contextlib.suppress(OSError):
+                        obj.close()
             self._bus = None
 
 
