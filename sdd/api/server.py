@@ -26,6 +26,7 @@ from .params import Params
 
 log = logging.getLogger(__name__)
 
+BACKLOG = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
 SUBSCRIBER_QUEUE = 1000  # events a subscriber may fall behind before it gets `lagged`
 WRITE_BUFFER_HIGH = 64 * 1024  # bytes queued to a slow client before drain() waits (then the hub drops)
 
@@ -72,7 +73,8 @@ class ApiServer:
             self._listener = listener.bind(self.config.paths.socket, api.socket_mode, api.socket_group or None,
                                            quiet=self.config.user_mode)
             where = str(self.config.paths.socket)
-        self._server = await asyncio.start_unix_server(self._accept, sock=self._listener.sock,
+        # backlog: asyncio calls listen() again on the socket; keep room for bursts of clients connecting.
+        self._server = await asyncio.start_unix_server(self._accept, sock=self._listener.sock, backlog=BACKLOG,
                                                        limit=protocol.MAX_FRAME + protocol.HEADER_SIZE)
         log.info("API listening on %s", where)
 
