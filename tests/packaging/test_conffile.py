@@ -8,7 +8,14 @@ import re
 import tomllib
 
 from sdd.config import (
-    ActionsConfig, ApiConfig, Config, EngineConfig, IntakeConfig, PathsConfig, load_config, parse_config,
+    ActionsConfig,
+    ApiConfig,
+    Config,
+    EngineConfig,
+    IntakeConfig,
+    PathsConfig,
+    load_config,
+    parse_config,
 )
 
 from .units import REPO

@@ -36,7 +36,8 @@ GROUPS = ("sdd", "sdd-submit")
 
 
 def _run(argv: list[str], timeout: float = 300, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=SYSTEM_ENV, **kw)
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout, env=SYSTEM_ENV,
+                          **kw)
 
 
 def _installed(package: str) -> bool:
@@ -185,9 +186,10 @@ def test_installed_daemon_runs_on_debians_libraries(installed: dict[str, Path], 
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         listener.bind(str(notify))
         listener.settimeout(0.5)
-        log = open(tmp_path / "daemon.log", "wb")
-        proc = subprocess.Popen(["/usr/bin/sdd", "--config", str(config)], env={**SYSTEM_ENV,
-                                "NOTIFY_SOCKET": str(notify)}, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        with open(tmp_path / "daemon.log", "wb") as log:
+            proc = subprocess.Popen(["/usr/bin/sdd", "--config", str(config)],
+                                    env={**SYSTEM_ENV, "NOTIFY_SOCKET": str(notify)},
+                                    stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
             messages: list[str] = []
@@ -207,7 +209,6 @@ def test_installed_daemon_runs_on_debians_libraries(installed: dict[str, Path], 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            log.close()
             listener.close()
         assert proc.returncode == 0, (tmp_path / "daemon.log").read_text()
     finally:

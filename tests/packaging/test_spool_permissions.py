@@ -83,7 +83,7 @@ def _probe(spool: Path, uid: int, groups: list[int], ops: list[list[str]]) -> di
             f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
             PYTHON, "-I", "-c", PROBE, str(spool), json.dumps(ops)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -14,8 +14,17 @@ import pytest
 from sdd.config import ActionsConfig, ApiConfig, default_paths
 
 from .units import (
-    NOTIFIER, REPO, SERVICE, SOCKET, SYSUSERS, TMPFILES, exposure, sysusers_groups, tmpfiles_entries,
-    unit_comments, unit_settings,
+    NOTIFIER,
+    REPO,
+    SERVICE,
+    SOCKET,
+    SYSUSERS,
+    TMPFILES,
+    exposure,
+    sysusers_groups,
+    tmpfiles_entries,
+    unit_comments,
+    unit_settings,
 )
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -39,7 +48,7 @@ def _verify(tmp_path: Path, *units: Path, user: bool = False) -> subprocess.Comp
         text = unit.read_text(encoding="utf-8")
         for program in ("sdd", "sddctl", "sdd-notifier"):
             text = text.replace(f"/usr/bin/{program} ", f"{VENV_BIN / program} ")
-            text = re.sub(rf"/usr/bin/{program}$", str(VENV_BIN / program), text, flags=re.M)
+            text = re.sub(rf"/usr/bin/{program}$", str(VENV_BIN / program), text, flags=re.MULTILINE)
         copy = tmp_path / unit.name
         copy.write_text(text, encoding="utf-8")
         copies.append(str(copy))
@@ -49,7 +58,7 @@ def _verify(tmp_path: Path, *units: Path, user: bool = False) -> subprocess.Comp
         runtime = tmp_path / "runtime"
         runtime.mkdir(mode=0o700)
         env["XDG_RUNTIME_DIR"] = str(runtime)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60, env=env)
 
 
 @needs_analyze
@@ -71,7 +80,7 @@ def test_notifier_user_unit_verifies_without_a_single_warning(tmp_path: Path) ->
 def test_service_exposure_is_at_most_2_9() -> None:
     result = subprocess.run(
         [ANALYZE, "security", "--offline=true", f"--threshold={int(MAX_EXPOSURE * 10)}", str(SERVICE)],
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     assert exposure(result.stdout) <= MAX_EXPOSURE
@@ -79,7 +88,7 @@ def test_service_exposure_is_at_most_2_9() -> None:
 
 @needs_analyze
 def test_security_doc_states_the_measured_exposure() -> None:
-    result = subprocess.run([ANALYZE, "security", "--offline=true", str(SERVICE)],
+    result = subprocess.run([ANALYZE, "security", "--offline=true", str(SERVICE)], check=False,
                             capture_output=True, text=True, timeout=60)
     score = exposure(result.stdout)
     doc = (REPO / "docs" / "security.md").read_text(encoding="utf-8")

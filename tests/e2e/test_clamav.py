@@ -1,0 +1,249 @@
+"""ClamAV end to end, every piece real: clamd finds a file, its VirusEvent runs `sddctl submit --clamav`,
+the sdd daemon runs the shipped `critical_threat_response` template on the detection, and the outcome is
+checked from the outside — the file is in the vault and gone, `sddctl history` says `completed`, a
+`RunFinished` signal crossed a private D-Bus, the incident report is on disk, the alert mail reached a
+local SMTP server, and `sddctl quarantine restore` gives back the very same bytes.
+
+clamd runs in the foreground on a temp socket with a one-signature database the test makes with
+`sigtool --md5`; clamd gives VirusEvent an empty environment (no PATH), hence absolute paths throughout.
+clamd runs as the test's user here; the `clamav` user + `sdd-submit` group of a real installation are
+covered by tests/packaging/test_spool_permissions.py and test_deb.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from sdd.bus import INTERFACE
+from tests.support.daemon import DaemonProcess
+from tests.support.dbus import MonitorReader, private_bus  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "templates" / "critical_threat_response.yaml"
+BIN = Path(sys.executable).parent
+SDDCTL = BIN / "sddctl"
+CLAMD = shutil.which("clamd") or shutil.which("clamd", path="/usr/sbin:/sbin")
+CLAMDSCAN = shutil.which("clamdscan")
+SIGTOOL = shutil.which("sigtool")
+WAIT = 60.0  # generous: 2 cores shared by many test runs
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(None in (CLAMD, CLAMDSCAN, SIGTOOL),
+                       reason="ClamAV is not installed (apt-get install clamav clamav-daemon clamdscan; "
+                              "see tests/system-deps.sh)"),
+]
+
+MALWARE = b"sdd end-to-end test sample: not a virus, just a file whose MD5 the test calls one\n" * 40
+
+
+class _Inbox:
+    """aiosmtpd handler keeping every message; the template mails root@localhost."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope)
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[_Inbox, int]]:
+    inbox = _Inbox()
+    with socket.socket() as probe:  # aiosmtpd's readiness check cannot cope with port 0
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short: clamd's LocalSocket is a unix socket path (108 bytes at most).
+    d = Path(tempfile.mkdtemp(prefix="sdd-clam-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Clamd:
+    """clamd in the foreground, our child; stopped by `stop()`."""
+
+    def __init__(self, workdir: Path, signature_of: Path, spool: Path) -> None:
+        self.dir = workdir / "clamd"
+        (self.dir / "db").mkdir(parents=True)
+        (self.dir / "tmp").mkdir()
+        self.socket = self.dir / "clamd.sock"
+        self.conf = self.dir / "clamd.conf"
+        self.log = self.dir / "clamd.log"
+        sig = subprocess.run([SIGTOOL, "--md5", str(signature_of)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        (self.dir / "db" / "test.hdb").write_text(sig)
+        # Exactly what docs/operations.md tells an administrator to add, with the test's spool.
+        self.conf.write_text("\n".join([
+            "Foreground yes",
+            f"LocalSocket {self.socket}",
+            f"DatabaseDirectory {self.dir / 'db'}",
+            f"TemporaryDirectory {self.dir / 'tmp'}",
+            f"LogFile {self.log}",
+            "LogTime yes",
+            f"VirusEvent {SDDCTL} submit --clamav --spool {spool}",
+            "",
+        ]))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([CLAMD, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def wait_ready(self) -> None:
+        """Ready when `clamdscan --ping` answers (clamd has loaded the database and listens)."""
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                raise AssertionError(f"clamd exited {self.proc.returncode}: {out}\n{self.output()}")
+            ping = await _run([CLAMDSCAN, "-c", str(self.conf), "--ping", "1"])
+            if ping.returncode == 0:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"clamd not answering: {ping.stdout}{ping.stderr}\n{self.output()}")
+            await asyncio.sleep(0.05)  # poll interval of a deadline-bounded readiness check
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+async def _run(argv: list[str], timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=timeout)
+
+
+async def _sddctl(daemon: DaemonProcess, *args: str) -> Any:
+    result = await _run([str(SDDCTL), "--socket", str(daemon.socket), *args, "--json"])
+    assert result.returncode == 0, f"sddctl {' '.join(args)}: {result.returncode}\n{result.stdout}{result.stderr}"
+    return json.loads(result.stdout)
+
+
+async def _until(check: Any, what: str, daemon: DaemonProcess) -> Any:
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{daemon.log()}")
+        await asyncio.sleep(0.05)  # poll interval of a deadline-bounded wait on the daemon's state
+
+
+@pytest.fixture
+async def monitor(private_bus: Any) -> AsyncIterator[MonitorReader]:  # noqa: F811
+    reader = await MonitorReader.start(private_bus.address, f"type='signal',interface='{INTERFACE}'")
+    try:
+        yield reader
+    finally:
+        await reader.stop()
+
+
+async def test_clamav_detection_is_contained_reported_and_restorable(
+    workdir: Path, tmp_path: Path, private_bus: Any, monitor: MonitorReader,  # noqa: F811
+    smtp: tuple[_Inbox, int],
+) -> None:
+    inbox, smtp_port = smtp
+    victim_dir = workdir / "home" / "alice" / "Downloads"
+    victim_dir.mkdir(parents=True)
+    victim = victim_dir / "invoice.exe"
+    victim.write_bytes(MALWARE)
+    os.utime(victim, (1_700_000_000, 1_700_000_000))
+    daemon = DaemonProcess(
+        tmp_path,
+        workflows={"critical_threat_response": TEMPLATE.read_text(encoding="utf-8")},
+        config_overrides={
+            "dbus": {"bus": private_bus.address},
+            "actions": {"allowed_roots": [str(workdir / "home")],
+                        "smtp": {"host": "127.0.0.1", "port": smtp_port, "from": "sdd@localhost"}},
+        },
+    )
+    clamd = Clamd(workdir, victim, daemon.spool)
+    try:
+        daemon.start()
+        clamd.start()
+        await clamd.wait_ready()
+
+        scan = await _run([CLAMDSCAN, "-c", str(clamd.conf), "--fdpass", "--no-summary", str(victim)])
+        # clamdscan: exit 1 = virus found. clamd ran VirusEvent (and waited for it) before answering.
+        assert scan.returncode == 1, scan.stdout + scan.stderr + clamd.output()
+        assert f"{victim}: " in scan.stdout and "FOUND" in scan.stdout
+
+        async def finished_run() -> Any:
+            runs = await _sddctl(daemon, "history", "--workflow", "critical_threat_response")
+            items = runs["items"]
+            done = [r for r in items if r["status"] not in ("pending", "running")]
+            return done[0] if done else None
+
+        run = await _until(finished_run, "the critical_threat_response run to finish", daemon)
+        assert run["status"] == "completed", (run, daemon.log())
+
+        await monitor.wait_for("member=RunFinished", WAIT)
+        signal_text = monitor.text[monitor.text.index("member=RunFinished"):]
+        assert f'string "{run["run_id"]}"' in signal_text and 'string "completed"' in signal_text
+
+        # Contained: gone from where it was, in the vault.
+        assert not os.path.lexists(victim)
+        listing = await _sddctl(daemon, "quarantine", "list")
+        items = listing["items"]
+        [item] = [i for i in items if i["original_path"] == str(victim)]
+        assert item["threat_name"].endswith(".UNOFFICIAL")
+        assert item["sha256"] == hashlib.sha256(MALWARE).hexdigest() and item["run_id"] == run["run_id"]
+
+        # Reported: the report step's files exist; told: the alert mail arrived.
+        details = await _sddctl(daemon, "show", run["run_id"])
+        steps = {s["step_id"]: s for s in details["steps"]}
+        assert steps["quarantine"]["status"] == "completed"
+        report = steps["report"]["result"]
+        report_files = [v for k, v in report.items() if k.endswith("_path") and isinstance(v, str)]
+        assert report_files and all(Path(p).is_file() for p in report_files), report
+        assert any(str(victim) in Path(p).read_text(errors="replace") for p in report_files)
+        assert inbox.messages and any(b"invoice.exe" in m.content for m in inbox.messages)
+
+        # Restorable, byte for byte, with its times.
+        restored = await _sddctl(daemon, "quarantine", "restore", item["id"])
+        assert restored
+        assert victim.read_bytes() == MALWARE
+        assert victim.stat().st_mtime == 1_700_000_000
+    finally:
+        clamd.stop()
+        daemon.close()
