@@ -126,3 +126,15 @@ async def test_reads_from_other_threads_use_their_own_connection(store: Store) -
     await store.add_detection({"type": "x"})
     seen = await asyncio.get_running_loop().run_in_executor(None, lambda: store.counts()["queued_detections"])
     assert seen == 1
+
+
+async def test_a_full_database_fails_the_writes_and_recovers(store: Store) -> None:
+    # SQLITE_FULL without filling the real disk: cap the file at its current size.
+    pages = await store.write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await store.write(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}"))
+    big = [asyncio.ensure_future(store.add_detection({"type": "m", "blob": "x" * 200_000})) for _ in range(3)]
+    results = await asyncio.gather(*big, return_exceptions=True)
+    assert all(isinstance(r, sqlite3.OperationalError) and "full" in str(r) for r in results)
+    await store.write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+    assert await store.add_detection({"type": "after"})
+    assert [d["type"] for d in store.list_detections().items] == ["after"]
