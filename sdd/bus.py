@@ -298,6 +298,25 @@ def _close_failed_bus(exc: BaseException) -> None:
         tb = tb.tb_next
 
 
+class _QuietClientErrors(logging.Filter):
+    """dbus-next 0.2.3 logs a full traceback on the root logger each time it refuses a client's call (a write
+    to a read-only property, an unknown property): any client could flood the daemon's log that way. Such a
+    refusal is the client's error and the client gets it as a D-Bus error reply: keep one debug line."""
+
+    PREFIX = "got unexpected error processing a message"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "root" and record.levelno == logging.ERROR and "dbus_next" in record.pathname:
+            text = record.getMessage()
+            if text.startswith(self.PREFIX) and "dbus_next.errors.DBusError:" in text:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                record.msg, record.args = "D-Bus: refused a client's call: %s", (text.splitlines()[0],)
+        return True
+
+
+_QUIET_CLIENT_ERRORS = _QuietClientErrors()
+
+
 class BusBridge:
     """Publishes hub events on D-Bus; see the module docstring. Start and stop it from the event loop."""
 
@@ -353,6 +372,9 @@ class BusBridge:
             log.info("D-Bus disabled (dbus.bus = \"none\")")
             self.state = BridgeState.DISABLED
             return
+        root = logging.getLogger()
+        if _QUIET_CLIENT_ERRORS not in root.filters:
+            root.addFilter(_QUIET_CLIENT_ERRORS)
         self._stop.clear()
         self.state = BridgeState.CONNECTING
         self._sub = self._hub.subscribe(self._queue_size, SIGNAL_EVENTS | PROPERTY_TRIGGERS)

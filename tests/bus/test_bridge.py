@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -206,18 +207,26 @@ async def test_properties_get_and_getall_read_the_daemon_status(
         close_bus(bus)
 
 
-async def test_properties_are_read_only(bridge: tuple[EventHub, BusBridge], private_bus: Any) -> None:
+async def test_properties_are_read_only_and_a_refused_write_does_not_flood_the_log(
+    bridge: tuple[EventHub, BusBridge], private_bus: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     _, b = bridge
     bus = await connect(private_bus.address)
+    caplog.set_level(logging.INFO)
     try:
-        reply = await properties_call(bus, "Set", "ssv", [INTERFACE, "ActiveRuns", Variant("u", 99)])
+        for _ in range(3):
+            reply = await properties_call(bus, "Set", "ssv", [INTERFACE, "ActiveRuns", Variant("u", 99)])
+            assert reply.message_type is MessageType.ERROR
+            assert reply.error_name == "org.freedesktop.DBus.Error.PropertyReadOnly"
+        reply = await properties_call(bus, "Get", "ss", [INTERFACE, "NoSuchProperty"])
         assert reply.message_type is MessageType.ERROR
-        assert reply.error_name == "org.freedesktop.DBus.Error.PropertyReadOnly"
         reply = await properties_call(bus, "Get", "ss", [INTERFACE, "ActiveRuns"])
         assert reply.body[0].value == 0
     finally:
         close_bus(bus)
     assert b.connected
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "Traceback" not in caplog.text
 
 
 async def test_introspection_shows_the_contract_interface(
