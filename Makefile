@@ -21,7 +21,9 @@ system-deps:
 
 # Runs the daemon in user mode on the shipped templates, with its state under ./run.
 run: $(STAMP)
-	$(VENV)/bin/sdd --user --config examples/user.toml
+	@mkdir -p $(RUNDIR)/spool $(RUNDIR)/state $(RUNDIR)/workflows $(RUNDIR)/scripts $(RUNDIR)/files
+	@sed -e 's|@RUNDIR@|$(RUNDIR)|g' -e 's|@TEMPLATES@|$(CURDIR)/templates|g' examples/user.toml > $(RUNDIR)/sdd.toml
+	$(VENV)/bin/sdd --user --config $(RUNDIR)/sdd.toml
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/pytest -q -m "not slow"
