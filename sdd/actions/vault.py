@@ -268,6 +268,8 @@ class Vault:
     @staticmethod
     def _same_content(parent: Parent, name: str, meta: dict[str, Any]) -> bool:
         try:
+            if not stat.S_ISREG(os.stat(name, dir_fd=parent.fd, follow_symlinks=False).st_mode):
+                return False  # never open a FIFO or device just to compare it
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent.fd)
         except OSError:
             return False
