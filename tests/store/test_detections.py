@@ -130,3 +130,24 @@ async def test_huge_step_results_are_truncated_not_lost(store: Store) -> None:
     assert len(steps["big"]["error"]) < 70_000 and "more characters" in steps["big"]["error"]
     assert "nested too deeply" in steps["deep"]["result"]["unserialisable"]
     assert "object" in steps["odd"]["result"]["unserialisable"]
+
+
+async def test_recent_run_finds_the_same_file_and_threat_within_the_window(store: Store) -> None:
+    a = await store.add_detection({"type": "m", "file_path": "/tmp/x", "threat_name": "T"}, received_at=100.0)
+    b = await store.add_detection({"type": "m", "file_path": "/tmp/x", "threat_name": "T"}, received_at=150.0)
+    c = await store.add_detection({"type": "m", "file_path": "/tmp/x", "threat_name": "Other"}, received_at=150.0)
+    await store.create_run("ra", "wf", a, started_at=101.0)
+    await store.create_run("rc", "wf", c, started_at=151.0)
+    assert store.recent_run("wf", "/tmp/x", "T", since=90.0) == "ra"
+    assert store.recent_run("wf", "/tmp/x", "T", since=120.0) is None  # outside the window
+    assert store.recent_run("other_wf", "/tmp/x", "T", since=0.0) is None
+    await store.create_run("rb", "wf", b, started_at=152.0)
+    assert store.recent_run("wf", "/tmp/x", "T", since=90.0) == "rb"
+    n = await store.add_detection({"type": "m"}, received_at=160.0)
+    await store.create_run("rn", "wf", n, started_at=161.0)
+    assert store.recent_run("wf", None, None, since=0.0) == "rn"  # NULLs match NULLs (IS, not =)
+    plan = " ".join(str(r) for r in store._read().execute(
+        "EXPLAIN QUERY PLAN SELECT r.run_id FROM detections d JOIN runs r ON r.detection_id = d.id "
+        "WHERE d.file_path IS ? AND d.threat_name IS ? AND r.workflow_id = ? AND r.started_at >= ? "
+        "ORDER BY r.started_at DESC LIMIT 1", ("/tmp/x", "T", "wf", 0.0)))
+    assert "SCAN" not in plan.replace("SCAN CONSTANT", "")
