@@ -18,7 +18,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from . import protocol
 from .errors import ApiError, DaemonUnreachable, MalformedFrame, ProtocolError
@@ -107,7 +107,7 @@ class Client:
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
 
-    def connect(self) -> Client:
+    def connect(self) -> Self:
         if self._sock is None:
             self._sock = self._open()
         return self
@@ -127,7 +127,7 @@ class Client:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self.connect()
 
     def __exit__(self, *exc: object) -> None:
@@ -206,7 +206,7 @@ class EventStream:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> EventStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -235,7 +235,7 @@ class AsyncClient:
         except OSError as exc:
             raise DaemonUnreachable(str(self.socket_path), exc.strerror or str(exc)) from None
 
-    async def connect(self) -> AsyncClient:
+    async def connect(self) -> Self:
         if self._writer is None:
             self._reader, self._writer = await self._open()
         return self
@@ -249,7 +249,7 @@ class AsyncClient:
             except OSError:
                 pass
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return await self.connect()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -296,7 +296,7 @@ class AsyncEventStream:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def open(self) -> AsyncEventStream:
+    async def open(self) -> Self:
         if self._reader is not None:
             return self
         where = str(self._client.socket_path)
@@ -339,7 +339,7 @@ class AsyncEventStream:
             except OSError:
                 pass
 
-    async def __aenter__(self) -> AsyncEventStream:
+    async def __aenter__(self) -> Self:
         return await self.open()
 
     async def __aexit__(self, *exc: object) -> None:

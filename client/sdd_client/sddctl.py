@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     # SUPPRESS: a value given before the command is not reset by the subcommand's default.
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output: one JSON document on stdout")

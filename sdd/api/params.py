@@ -112,7 +112,7 @@ class Params:
             return float(value)
         if isinstance(value, str) and len(value) <= 64:
             try:
-                parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                parsed = _dt.datetime.fromisoformat(value)  # 3.11 reads "Z" itself
             except ValueError:
                 pass
             else:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tests.support.daemon import DaemonProcess
 
@@ -96,4 +97,4 @@ def sddctl(d: DaemonProcess, *args: str, env: Mapping[str, str] | None = None,
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SDD_")}
     full_env.update({"SDD_SOCKET": str(d.socket)})
     full_env.update(env or {})
-    return subprocess.run([SDDCTL, *args], env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([SDDCTL, *args], env=full_env, capture_output=True, text=True, timeout=timeout, check=False)

@@ -7,8 +7,8 @@ import socket
 import struct
 
 import msgpack
-from hypothesis import HealthCheck, given, settings, strategies as st
-
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sdd_client import protocol
 from sdd_client.client import Client
 

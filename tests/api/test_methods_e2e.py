@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-
 from sdd_client.client import Client
 from sdd_client.errors import ApiError
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support.daemon import DaemonProcess
-
 from tests.api.live import start_daemon
+from tests.support.daemon import DaemonProcess
 
 
 @pytest.fixture(scope="module")
