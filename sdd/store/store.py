@@ -8,6 +8,7 @@ synchronous, each thread using its own read connection, and see everything commi
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -79,6 +80,20 @@ class Store:
 
     def writer_stats(self) -> WriterStats:
         return self._writer.stats()
+
+    def info(self) -> dict[str, Any]:
+        """For `status`: where the database is, its schema version and size, and the writer's counters."""
+        sizes = {}
+        for key, suffix in (("size_bytes", ""), ("wal_bytes", "-wal")):
+            try:
+                sizes[key] = os.stat(str(self.path) + suffix).st_size
+            except OSError:
+                sizes[key] = 0
+        w = self._writer.stats()
+        return {"path": str(self.path), "schema_version": SCHEMA_VERSION, **sizes,
+                "writer": {"transactions": w.transactions, "operations": w.operations,
+                           "failed_operations": w.failed_operations, "queued": w.queued,
+                           "largest_batch": w.largest_batch}}
 
     def close(self) -> None:
         """Drain the queue, commit, and close every connection. Idempotent."""

@@ -138,3 +138,10 @@ async def test_a_full_database_fails_the_writes_and_recovers(store: Store) -> No
     await store.write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
     assert await store.add_detection({"type": "after"})
     assert [d["type"] for d in store.list_detections().items] == ["after"]
+
+
+async def test_info_reports_path_version_size_and_counters(store: Store, db_path: Path) -> None:
+    await store.add_detection({"type": "m"})
+    info = store.info()
+    assert info["path"] == str(db_path) and info["schema_version"] == store.schema_version
+    assert info["size_bytes"] > 0 and info["writer"]["operations"] == 1 and info["writer"]["queued"] == 0
