@@ -129,7 +129,7 @@ class GroupCommitWriter:
         Operations are functions of the connection only, so running them a second time is harmless."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
-        results = []
+        results: list[tuple[_Op, Any, BaseException | None]] = []
         for op in batch:
             try:
                 results.append((op, op.fn(conn), None))
