@@ -259,3 +259,13 @@ async def test_store_indexes_quarantine_and_restore(env: Env, tmp_path: Path) ->
         assert store.get_quarantine(qid)["restored_at"] is not None
     finally:
         store.close()
+
+
+async def test_restore_rerun_after_crash_between_link_and_metadata_is_done(env: Env) -> None:
+    path = make(env)
+    qid = (await env.call("quarantine_file", file_path=str(path)))["quarantine_id"]
+    path.write_bytes(CONTENT)  # the file is back but the vault still says "quarantined"
+    res = await env.call("restore_file", quarantine_id=qid)
+    assert res["already_restored"] is True and res["restored_path"] == str(path)
+    assert Vault(env.vault).read_meta(qid)["state"] == "restored"
+    assert sorted(os.listdir(env.root)) == ["evil.exe"]
