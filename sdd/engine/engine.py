@@ -48,9 +48,9 @@ class RunHandle:
         """Stop the run. It then rolls back if the workflow says `rollback_on_failure` and ends `cancelled`;
         with `interrupt=True` it ends `interrupted` at once, without rollback (shutdown after the grace
         period). False when the run had already finished."""
-        if self.task.done():
-            return False
         run = self._run
+        if self.task.done() or run.finishing:
+            return False
         if interrupt:
             run.interrupt = True
         if run.cancel_requested and not interrupt:

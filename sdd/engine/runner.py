@@ -170,6 +170,7 @@ class Run:
         self.started = False
         self.cancel_requested = False
         self.interrupt = False
+        self.finishing = False
         self.status = RunStatus.PENDING
 
     # -- events
@@ -203,8 +204,14 @@ class Run:
                 if self.cancel_requested:
                     raise asyncio.CancelledError
                 if wf.timeout is not None:
-                    async with asyncio.timeout(wf.timeout):
-                        await self.run_steps(wf.steps, scope)
+                    try:
+                        async with asyncio.timeout(wf.timeout) as deadline:
+                            await self.run_steps(wf.steps, scope)
+                    except TimeoutError:
+                        if not deadline.expired():
+                            raise
+                        status, error = RunStatus.FAILED, f"run timed out after {wf.timeout:g}s"
+                        rollback = wf.rollback_on_failure
                 else:
                     await self.run_steps(wf.steps, scope)
             except _Halt:
@@ -212,9 +219,6 @@ class Run:
             except _Abort as stop:
                 status, error = stop.status, stop.error
                 rollback = stop.rollback or (status is RunStatus.FAILED and wf.rollback_on_failure)
-            except TimeoutError:
-                status, error = RunStatus.FAILED, f"run timed out after {wf.timeout:g}s"
-                rollback = wf.rollback_on_failure
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None:
@@ -224,6 +228,10 @@ class Run:
                 else:
                     status, error = RunStatus.CANCELLED, "run cancelled"
                     rollback = wf.rollback_on_failure
+            except Exception as exc:
+                log.exception("run %s of %s failed inside the engine", self.run_id, wf.workflow_id)
+                status, error = RunStatus.FAILED, f"internal engine error: {describe(exc)}"
+                rollback = wf.rollback_on_failure
             if rollback and not self.dry_run:
                 failures = await self.rollback()
                 if status is RunStatus.FAILED:
@@ -237,6 +245,7 @@ class Run:
             self.engine.active_runs.pop(self.run_id, None)
 
     async def finish(self, status: RunStatus, error: str | None, started: float, t0: float) -> WorkflowResult:
+        self.finishing = True   # from here on, cancel() has nothing left to stop
         self.status = status
         completed = failed = skipped = 0
         for sr in self.step_results.values():
@@ -356,12 +365,13 @@ class Run:
         deadline = None if step.total_timeout is None else time.monotonic() + step.total_timeout
         while True:
             attempt += 1
-            if listeners:
-                await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, attempt,
-                                            spec.idempotent, "run", time.time(), params))
-            token = _current_step.set((self.run_id, scope.workflow_id, path, attempt, f"{self.run_id}:{path}",
-                                       self.detection, self.dry_run, "run", None))
+            token = None
             try:
+                if listeners:
+                    await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, attempt,
+                                                spec.idempotent, "run", time.time(), params))
+                token = _current_step.set((self.run_id, scope.workflow_id, path, attempt,
+                                           f"{self.run_id}:{path}", self.detection, self.dry_run, "run", None))
                 if self.dry_run:
                     result: Any = {"dry_run": True, "action": step.action, "params": params,
                                    "irreversible": spec.destructive and not step.rollback_action}
@@ -377,11 +387,13 @@ class Run:
                 else:
                     result = await self.call_with_timeout(handler, params, context, timeout)
             except asyncio.CancelledError:
-                _current_step.reset(token)
+                if token is not None:
+                    _current_step.reset(token)
                 await self.cancelled(step, path, started, attempt)
                 raise
             except Exception as exc:  # noqa: BLE001 - any handler failure is the step's failure
-                _current_step.reset(token)
+                if token is not None:
+                    _current_step.reset(token)
                 error = describe(exc)
                 if deadline is not None and time.monotonic() >= deadline:
                     return await self.fail(step, path, parent, started, attempt,

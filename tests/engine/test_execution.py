@@ -351,3 +351,27 @@ async def test_timed_out_step_gets_cancelled_so_it_can_kill_its_subprocess() -> 
     assert result.status is RunStatus.FAILED
     assert "timed out" in (result.step_results["s"].error or "")
     assert procs and procs[0].returncode is not None   # reaped: the process is gone
+
+
+async def test_an_engine_bug_ends_the_run_failed_instead_of_leaking(engine: WorkflowEngine,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdd.engine import composite
+
+    async def broken(*args: Any) -> None:
+        raise KeyError("bug")
+    monkeypatch.setattr(composite, "_dispatch", broken)
+    result = await engine.execute_workflow(wf([{"step_id": "p", "type": "parallel",
+                                                "steps": [{"step_id": "a", "action": "act"}]}]))
+    assert result.status is RunStatus.FAILED
+    assert "internal engine error: KeyError" in (result.error or "")
+
+
+async def test_run_timeout_message_with_handler_raising_its_own_timeout_error() -> None:
+    engine = WorkflowEngine()
+
+    async def raises(*, context: dict[str, Any]) -> None:
+        raise TimeoutError("socket timed out")
+    engine.register_action("t", raises)
+    result = await engine.execute_workflow(wf([{"step_id": "a", "action": "t"}]))
+    assert result.status is RunStatus.FAILED
+    assert result.step_results["a"].error == "TimeoutError: socket timed out"
