@@ -118,6 +118,8 @@ def open_regular(parent: Parent, what: str) -> tuple[int, os.stat_result]:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise Forbidden(f"{what}: {parent.path} became a symbolic link while being opened") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise Forbidden(f"{what}: permission denied reading {parent.path}") from None
         raise
     fst = os.fstat(fd)
     if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
@@ -133,5 +135,8 @@ def unlink_same(parent: Parent, expected: os.stat_result, what: str) -> None:
         return
     if (now.st_dev, now.st_ino) != (expected.st_dev, expected.st_ino):
         raise Conflict(f"{what}: {parent.path} was replaced during the operation; left in place")
-    os.unlink(parent.name, dir_fd=parent.fd)
+    try:
+        os.unlink(parent.name, dir_fd=parent.fd)
+    except PermissionError:
+        raise Forbidden(f"{what}: permission denied removing {parent.path}") from None
     os.fsync(parent.fd)

@@ -111,11 +111,15 @@ async def test_restore_is_idempotent(env: Env) -> None:
     assert path.read_bytes() == CONTENT
 
 
-@pytest.mark.parametrize("qid, error", [("../../etc/passwd", InvalidParams), ("0" * 32, NotFound),
-                                         (5, InvalidParams)])
-async def test_restore_refuses_bad_ids(env: Env, qid: object, error: type) -> None:
+@pytest.mark.parametrize("params, error", [
+    ({"quarantine_id": "../../etc/passwd"}, InvalidParams), ({"quarantine_id": "0" * 32}, NotFound),
+    ({"quarantine_id": 5}, InvalidParams), ({}, InvalidParams), ({"file_path": "x"}, InvalidParams),
+    ({"quarantine_id": "0" * 32, "on_conflict": "overwrite"}, InvalidParams)])
+async def test_restore_refuses_bad_parameters(env: Env, params: dict, error: type) -> None:
+    before = snapshot(env.tmp)
     with pytest.raises(error):
-        await env.call("restore_file", quarantine_id=qid)
+        await env.call("restore_file", **params)
+    assert snapshot(env.tmp) == before
 
 
 async def test_restore_refuses_symlinked_parent_and_leaves_it_alone(env: Env) -> None:
