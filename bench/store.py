@@ -26,7 +26,7 @@ from sdd.store.schema import rebuild_stats
 
 RUNS = 1_000_000
 WORKFLOWS = [f"workflow_{i:02d}" for i in range(20)]
-_GENERATOR = 1  # bump when the synthetic data changes
+_GENERATOR = 2  # bump when the synthetic data or the (unreleased) schema changes
 CACHE = Path(f"/tmp/sdd-bench-1m-v{SCHEMA_VERSION}-g{_GENERATOR}.db")
 _STATUSES = ["completed"] * 85 + ["failed"] * 8 + ["rolled_back"] * 4 + ["cancelled"] * 2 + ["interrupted"]
 _SPAN = 90 * 86400.0

@@ -55,8 +55,8 @@ class Page:
 class AddedDetection:
     """Outcome of `Store.record_detection`.
 
-    `replayed`: the same spool file was committed before (a crash between commit and unlink) and the existing
-    row is returned unchanged. `duplicate_of`: the detection's external `id` was already known; the new row
+    `replayed`: the same spool file (same name, same content) was committed before — a crash between commit
+    and unlink — and the existing row is returned unchanged. `duplicate_of`: the detection's external `id` was already known; the new row
     was stored with state `duplicate` pointing at the first one.
     """
 

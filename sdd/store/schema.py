@@ -29,7 +29,7 @@ CREATE TABLE detections (
     received_at  REAL NOT NULL,
     state        TEXT NOT NULL,
     note         TEXT,
-    spool_name   TEXT UNIQUE,          -- replaying the same spool file after a crash finds this row
+    spool_name   TEXT,                 -- with raw: replaying a spool file after a crash finds this row
     duplicate_of INTEGER,              -- no FK: purging the original must not touch its duplicates
     updated_at   REAL
 );
@@ -37,6 +37,7 @@ CREATE INDEX detections_received ON detections(received_at);
 CREATE INDEX detections_state ON detections(state, received_at);
 CREATE INDEX detections_type ON detections(type, received_at);
 CREATE INDEX detections_file_threat ON detections(file_path, threat_name, received_at);
+CREATE INDEX detections_spool ON detections(spool_name);
 
 CREATE TABLE runs (
     run_id       TEXT PRIMARY KEY,

@@ -123,8 +123,8 @@ class Store:
     async def record_detection(self, data: Mapping[str, Any], *, spool_name: str | None = None,
                                received_at: float | None = None, state: DetectionState | str = "queued",
                                note: str | None = None) -> AddedDetection:
-        """Commit a detection. Same `spool_name` again → the existing row (`replayed`); an external `id` seen
-        before → stored as `duplicate` of the first (`duplicate_of`)."""
+        """Commit a detection. Same `spool_name` with the same content again → the existing row (`replayed`);
+        an external `id` seen before → stored as `duplicate` of the first (`duplicate_of`)."""
         return await self._writer.write(writes.record_detection_op(data, spool_name, received_at, state, note))
 
     async def add_detection(self, d: Mapping[str, Any], *, spool_name: str | None = None,

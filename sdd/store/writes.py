@@ -94,12 +94,15 @@ def record_detection_op(data: Mapping[str, Any], spool_name: str | None, receive
            codec.opt_text(data.get("file_path"), "detection.file_path"),
            codec.opt_text(data.get("threat_name"), "detection.threat_name"), sha, raw,
            _or(codec.timestamp(received_at, "received_at"), time.time()),
-           _enum(DetectionState, state, "state"), codec.text(note, "note", clip=True), codec.text(spool_name, "spool_name"))
+           _enum(DetectionState, state, "state"), codec.text(note, "note", clip=True),
+           codec.text(spool_name, "spool_name"))
 
     def record_detection(conn: sqlite3.Connection) -> AddedDetection:
         if row[-1] is not None:
-            old = conn.execute("SELECT id, state, duplicate_of FROM detections WHERE spool_name = ?",
-                               (row[-1],)).fetchone()
+            # A replay is the same file name with the same content (a crash between commit and unlink).
+            # Same name, other content is a new detection: a naive producer may reuse a file name.
+            old = conn.execute("SELECT id, state, duplicate_of FROM detections WHERE spool_name = ? AND raw = ? "
+                               "ORDER BY id DESC LIMIT 1", (row[-1], raw)).fetchone()
             if old is not None:
                 return AddedDetection(str(old[0]), DetectionState(old[1]),
                                       None if old[2] is None else str(old[2]), replayed=True)

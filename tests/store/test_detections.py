@@ -16,6 +16,14 @@ async def test_same_spool_file_twice_is_one_detection(store: Store) -> None:
     assert len(store.list_detections().items) == 1
 
 
+async def test_a_reused_spool_name_with_new_content_is_a_new_detection(store: Store) -> None:
+    first = await store.record_detection({"type": "malware", "file_path": "/a"}, spool_name="detection.json")
+    second = await store.record_detection({"type": "malware", "file_path": "/b"}, spool_name="detection.json")
+    assert not second.replayed and second.detection_id != first.detection_id
+    again = await store.record_detection({"type": "malware", "file_path": "/b"}, spool_name="detection.json")
+    assert again.replayed and again.detection_id == second.detection_id
+
+
 async def test_known_external_id_is_stored_as_duplicate(store: Store) -> None:
     first = await store.record_detection({"type": "malware", "id": "abc"}, spool_name="a")
     dup = await store.record_detection({"type": "malware", "id": "abc"}, spool_name="b")
