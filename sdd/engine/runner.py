@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from .errors import ActionError, EngineError, ExpressionError, NotFound, StepTimeout, is_retryable
 from .events import RunFinished, RunStarted, StepFinished, StepStarted
 from .expressions import (
-    SAFE_MAPPING_TYPES,
     Expression,
     Renderer,
     compile_expression,
@@ -31,6 +30,7 @@ from .expressions import (
 from .model import LEAF_TYPES, Workflow, WorkflowStep
 from .registry import _current_step
 from .results import PriorStep, StepResult, WorkflowResult
+from .sandbox import SAFE_MAPPING_TYPES
 from .statuses import RunStatus, StepStatus
 
 if TYPE_CHECKING:
