@@ -121,7 +121,7 @@ def _lock(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AlreadyRunning(f"another sdd holds {lock_path}: it is running (or starting) on {path}") from None
+        raise AlreadyRunning(f"another sdd is already running (or starting) on {path}: it holds {lock_path}") from None
     return fd
 
 
