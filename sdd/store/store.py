@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import reads, writes
-from .errors import StoreClosed
+from .errors import SchemaError, StoreClosed
 from .records import AddedDetection, DetectionState, Page, RunTrigger, WriterStats
 from .schema import SCHEMA_VERSION, connect, migrate, prepare_path
 from .writer import GroupCommitWriter, Operation
@@ -40,9 +40,15 @@ class Store:
     def open(cls, path: str | Path, *, max_batch: int = 1024) -> Store:
         """Create the directory (0700) and file (0600) if needed, migrate the schema, start the writer."""
         p = prepare_path(Path(path))
-        conn = connect(p, writer=True)
+        try:
+            conn = connect(p, writer=True)
+        except sqlite3.DatabaseError as exc:
+            raise SchemaError(f"{p}: not a usable sdd database: {exc}") from None
         try:
             migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise SchemaError(f"{p}: not a usable sdd database: {exc}") from None
         except BaseException:
             conn.close()
             raise

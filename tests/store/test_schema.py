@@ -68,6 +68,14 @@ def test_refuses_symlinked_state_dir(tmp_path: Path) -> None:
         Store.open(tmp_path / "state" / "sdd.db")
 
 
+def test_a_file_that_is_not_a_database_is_a_clear_error(db_path: Path) -> None:
+    db_path.parent.mkdir(mode=0o700)
+    db_path.write_bytes(b"this is not SQLite at all" * 100)
+    os.chmod(db_path, 0o600)
+    with pytest.raises(SchemaError, match="not a usable sdd database"):
+        Store.open(db_path)
+
+
 def test_refuses_database_newer_than_code(db_path: Path) -> None:
     Store.open(db_path).close()
     conn = sqlite3.connect(db_path)
