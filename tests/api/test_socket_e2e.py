@@ -7,6 +7,7 @@ import os
 import stat
 
 from sdd_client.client import Client
+
 from tests.support.daemon import DaemonProcess
 
 from .live import start_daemon
