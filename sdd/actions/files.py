@@ -73,14 +73,26 @@ async def quarantine_file(services: ActionServices, *, context: dict[str, Any] |
         exists = await asyncio.to_thread(_exists, path)
         if exists:
             services.guards.acquire("quarantine_file")
+        hints = () if exists else await asyncio.to_thread(_hints, services, path)
         meta, already = await asyncio.to_thread(
-            vault.quarantine, path, detection_id=detection_id, threat_name=threat, run_id=run_id)
+            vault.quarantine, path, detection_id=detection_id, threat_name=threat, run_id=run_id, hints=hints)
     await _index(services, meta)
     if not already:
         await services.audit("quarantine_file", path, "quarantined",
                              {"quarantine_id": meta["quarantine_id"], "sha256": meta["sha256"]},
                              detection_id, run_id)
     return _result(meta, already)
+
+
+def _hints(services: ActionServices, path: str) -> tuple[str, ...]:
+    """Ids the database knows for `path`, newest first (a hint: the vault has the final word)."""
+    if services.store is None:
+        return ()
+    try:
+        rows = services.store.find_quarantine(original_path=path, include_restored=True)
+    except Exception:  # noqa: BLE001 - an unreadable index only costs a scan of the vault
+        return ()
+    return tuple(str(r["id"]) for r in rows[:16] if r.get("id"))
 
 
 def _exists(path: str) -> bool:
@@ -111,7 +123,9 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
             raise Forbidden(f"restore_file: {meta['original_path']} is outside the allowed roots")
     elif p.present("file_path"):
         path = _checked_path(p, services)
-        found = await asyncio.to_thread(vault.find, path) or await asyncio.to_thread(vault.find, path, None)
+        hints = await asyncio.to_thread(_hints, services, path)
+        found = (await asyncio.to_thread(vault.find, path, "quarantined", hints)
+                 or await asyncio.to_thread(vault.find, path, None, hints))
         if found is None:
             raise NotFound(f"restore_file: nothing from {path} is in the quarantine vault")
         meta = found

@@ -159,7 +159,17 @@ class Vault:
         finally:
             os.close(vfd)
 
-    def find(self, original_path: str, state: str | None = "quarantined") -> dict[str, Any] | None:
+    def find(self, original_path: str, state: str | None = "quarantined",
+             hints: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """The newest item from `original_path` (in `state`); `hints` are ids to try first (the database
+        index), so the whole vault is only read when the index does not know the answer."""
+        for qid in hints:
+            try:
+                meta = self.read_meta(qid)
+            except (NotFound, ActionError, ValueError):
+                continue
+            if meta.get("original_path") == original_path and (state is None or meta.get("state") == state):
+                return meta
         for meta in self.items():
             if meta.get("original_path") == original_path and (state is None or meta.get("state") == state):
                 return meta
@@ -177,13 +187,13 @@ class Vault:
 
     # -- quarantine ----------------------------------------------------------------------------------
     def quarantine(self, path: str, *, detection_id: str | None = None, threat_name: str | None = None,
-                   run_id: str | None = None) -> tuple[dict[str, Any], bool]:
+                   run_id: str | None = None, hints: tuple[str, ...] = ()) -> tuple[dict[str, Any], bool]:
         """Move the regular file at `path` (already checked: absolute, normalised, inside the roots) into
         the vault. Returns (metadata, already): `already` when it had been quarantined by an earlier call."""
         what = "quarantine_file"
         with open_parent(path, what=what) as parent:
             if lstat_at(parent) is None:
-                earlier = self.find(path)
+                earlier = self.find(path, hints=hints)
                 if earlier is not None:
                     return earlier, True
                 raise NotFound(f"{what}: {path} does not exist")

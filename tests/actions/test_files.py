@@ -258,8 +258,9 @@ async def test_store_indexes_quarantine_and_restore(env: Env, tmp_path: Path) ->
         qid = (await env.call("quarantine_file", file_path=str(path)))["quarantine_id"]
         row = store.get_quarantine(qid)
         assert row is not None and row["original_path"] == str(path)
-        await env.call("quarantine_file", file_path=str(path))  # re-run: no duplicate insert
-        await env.call("restore_file", quarantine_id=qid)
+        again = await env.call("quarantine_file", file_path=str(path))  # re-run: found via the index
+        assert again["already_quarantined"] and again["quarantine_id"] == qid
+        await env.call("restore_file", file_path=str(path))
         assert store.get_quarantine(qid)["restored_at"] is not None
     finally:
         store.close()
