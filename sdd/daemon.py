@@ -37,6 +37,7 @@ from .logging import kv, setup_logging
 from .matcher import Decision, DedupWindow, match
 from .recovery import recover_runs
 from .scheduler import Scheduler
+from .store.writes import record_detection_op
 from .sdnotify import Notifier, watchdog_interval
 
 log = logging.getLogger("sdd.daemon")
@@ -314,8 +315,9 @@ class Daemon:
         waits: list[Any] = []
         for c in claimed:
             try:
-                waits.append(store.record_detection(c.detection, spool_name=c.name))
-            except Exception as exc:  # the store refused the value: nothing we can keep
+                # The op's future, not a coroutine: a batch of 256 costs no task per detection.
+                waits.append(store.write(record_detection_op(c.detection, c.name, None, "queued", None)))
+            except Exception as exc:  # the store refused the value (checked in this thread)
                 waits.append(_failed(exc))
         results = await asyncio.gather(*waits, return_exceptions=True)
         done: list[str] = []
@@ -494,13 +496,30 @@ class Daemon:
         return handle.task
 
     # ---- engine events → history and hub ------------------------------------------------------------------
-    async def _on_engine_event(self, ev: EngineEvent) -> None:
-        if isinstance(ev, RunStarted):
+    def _on_engine_event(self, ev: EngineEvent) -> Awaitable[None] | None:
+        """History first (awaited when it asks: a non-idempotent step's intent, a run's final status), then
+        the hub. Synchronous unless the recorder returns an awaitable, so most events cost no coroutine."""
+        pending = self.recorder(ev)
+        if pending is not None and inspect.isawaitable(pending):
+            return self._publish_after(pending, ev)
+        self._publish_engine_event(ev)
+        return None
+
+    async def _publish_after(self, pending: Awaitable[Any], ev: EngineEvent) -> None:
+        await pending
+        self._publish_engine_event(ev)
+
+    def _publish_engine_event(self, ev: EngineEvent) -> None:
+        publish = self.hub.publish
+        if isinstance(ev, StepStarted):
+            publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt})
+        elif isinstance(ev, StepFinished):
+            publish(events.STEP_FINISHED, {"run_id": ev.run_id, "step_id": ev.step_id, "status": str(ev.status),
+                                           "seconds": max(0.0, ev.finished_at - ev.started_at), "error": ev.error})
+        elif isinstance(ev, RunStarted):
             # The engine knows the detection's own "id"; subscribers want ours (history got it by note_run).
             did = self._run_detection.pop(ev.run_id, None)
-            await _maybe_await(self.recorder(ev))
-            self.hub.publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
-                                                  "detection_id": did})
+            publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id, "detection_id": did})
             if did is not None and did in self._awaiting_start:
                 waiting = self._awaiting_start[did]
                 waiting[0] -= 1
@@ -508,23 +527,15 @@ class Daemon:
                     del self._awaiting_start[did]
                     self._set_state(did, "matched", waiting[1])
             self._publish_status()
-        elif isinstance(ev, StepStarted):
-            await _maybe_await(self.recorder(ev))
-            self.hub.publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id,
-                                                   "attempt": ev.attempt})
-        elif isinstance(ev, StepFinished):
-            await _maybe_await(self.recorder(ev))
-            self.hub.publish(events.STEP_FINISHED, {
-                "run_id": ev.run_id, "step_id": ev.step_id, "status": str(ev.status),
-                "seconds": max(0.0, ev.finished_at - ev.started_at), "error": ev.error})
         elif isinstance(ev, RunFinished):
-            await _maybe_await(self.recorder(ev))
+            # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
             self.stats["runs_finished"] += 1
-            self.hub.publish(events.RUN_FINISHED, {
-                "run_id": ev.run_id, "workflow_id": ev.workflow_id, "status": str(ev.status),
-                "seconds": max(0.0, ev.finished_at - ev.started_at), "error": ev.error})
+            publish(events.RUN_FINISHED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
+                                          "status": str(ev.status), "seconds": max(0.0, ev.finished_at - ev.started_at),
+                                          "error": ev.error})
             # The engine drops the handle when the task ends; a free slot is what the dispatcher waits for.
-            self._loop.call_soon(self._wake.set) if self._loop else None  # type: ignore[func-returns-value]
+            if self._loop is not None:
+                self._loop.call_soon(self._wake.set)
             self._publish_status()
 
     def _desktop_notification(self, title: str, body: str, urgency: str) -> None:
