@@ -145,3 +145,40 @@ async def test_info_reports_path_version_size_and_counters(store: Store, db_path
     info = store.info()
     assert info["path"] == str(db_path) and info["schema_version"] == store.schema_version
     assert info["size_bytes"] > 0 and info["writer"]["operations"] == 1 and info["writer"]["queued"] == 0
+
+
+async def test_writes_pending_at_close_are_committed_and_resolved(db_path: Path) -> None:
+    s = Store.open(db_path)
+    pending = [asyncio.ensure_future(s.add_detection({"type": "m", "n": i})) for i in range(50)]
+    await asyncio.sleep(0)  # let them enqueue
+    await s.aclose()
+    ids = await asyncio.gather(*pending)
+    assert len(set(ids)) == 50
+    s2 = Store.open(db_path)
+    try:
+        assert len(s2.list_detections(limit=100).items) == 50
+    finally:
+        s2.close()
+
+
+async def test_reads_from_many_threads_while_writing(store: Store) -> None:
+    import concurrent.futures
+
+    def reader() -> int:
+        seen = 0
+        for _ in range(200):
+            page = store.list_runs(limit=10)
+            seen = max(seen, len(page.items))
+            store.counts()
+        return seen
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [asyncio.wrap_future(pool.submit(reader)) for _ in range(4)]
+        for i in range(300):
+            store.submit(store.create_run_op(f"r{i}", "wf", started_at=float(i)))
+            if i % 50 == 0:
+                await store.flush()
+        await store.flush()
+        results = await asyncio.gather(*futures)
+    assert all(0 <= r <= 10 for r in results)
+    assert len(store.list_runs(limit=1000).items) == 300
