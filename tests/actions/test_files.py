@@ -274,3 +274,41 @@ async def test_restore_rerun_after_crash_between_link_and_metadata_is_done(env: 
     assert res["already_restored"] is True and res["restored_path"] == str(path)
     assert Vault(env.vault).read_meta(qid)["state"] == "restored"
     assert sorted(os.listdir(env.root)) == ["evil.exe"]
+
+
+async def test_symlink_swapped_in_mid_quarantine_does_not_redirect_it(env: Env,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Provoke the race: right after the walk pinned the parent, the attacker swaps the directory for a
+    # symlink to a victim directory holding a file of the same name.
+    import sdd.actions.vault as vault_module
+    path = make(env, "d/evil.exe")
+    (env.outside / "evil.exe").write_bytes(b"victim")
+    real_open_regular = vault_module.open_regular
+
+    def swap_then_open(parent, what):  # type: ignore[no-untyped-def]
+        os.rename(env.root / "d", env.root / "d-moved")
+        os.symlink(env.outside, env.root / "d")
+        return real_open_regular(parent, what)
+
+    monkeypatch.setattr(vault_module, "open_regular", swap_then_open)
+    res = await env.call("quarantine_file", file_path=str(path))
+    assert res["sha256"] == hashlib.sha256(CONTENT).hexdigest()  # the real file, not the victim
+    assert (env.outside / "evil.exe").read_bytes() == b"victim"
+    assert not (env.root / "d-moved" / "evil.exe").exists()
+
+
+async def test_symlink_swapped_in_mid_restore_does_not_redirect_it(env: Env,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make(env, "d/evil.exe")
+    qid = (await env.call("quarantine_file", file_path=str(path)))["quarantine_id"]
+    real_write = Vault._write_restored
+
+    def swap_then_write(self, parent, target, qid_, meta):  # type: ignore[no-untyped-def]
+        os.rename(env.root / "d", env.root / "d-moved")
+        os.symlink(env.outside, env.root / "d")
+        return real_write(self, parent, target, qid_, meta)
+
+    monkeypatch.setattr(Vault, "_write_restored", swap_then_write)
+    await env.call("restore_file", quarantine_id=qid)
+    assert os.listdir(env.outside) == []
+    assert (env.root / "d-moved" / "evil.exe").read_bytes() == CONTENT
