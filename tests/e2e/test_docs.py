@@ -1,0 +1,60 @@
+"""The commands docs/operations.md gives for ClamAV, run as written (with only the paths a test needs
+changed): the clamd `VirusEvent` line is the one test_clamav.py configures, and the clamscan loop below
+turns clamscan's report into correct spool detections, even for file names with spaces and ': '."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATIONS = REPO / "docs" / "operations.md"
+SDDCTL = Path(sys.executable).parent / "sddctl"
+CLAMSCAN = shutil.which("clamscan")
+SIGTOOL = shutil.which("sigtool")
+
+
+def _blocks() -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", OPERATIONS.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+def test_the_virusevent_line_is_the_one_the_end_to_end_test_uses() -> None:
+    [block] = [b for b in _blocks() if "VirusEvent" in b]
+    assert "echo 'VirusEvent /usr/bin/sddctl submit --clamav' >> /etc/clamav/clamd.conf" in block
+    e2e = (REPO / "tests" / "e2e" / "test_clamav.py").read_text(encoding="utf-8")
+    assert 'f"VirusEvent {SDDCTL} submit --clamav --spool {spool}"' in e2e
+
+
+@pytest.mark.skipif(CLAMSCAN is None or SIGTOOL is None, reason="ClamAV is not installed (clamav package)")
+def test_the_clamscan_loop_submits_every_finding(tmp_path: Path) -> None:
+    [block] = [b for b in _blocks() if b.startswith("clamscan --recursive")]
+    scan, db, spool = tmp_path / "scan dir", tmp_path / "db", tmp_path / "spool"
+    for d in (scan / "sub", db, spool / "tmp", spool / "new"):
+        d.mkdir(parents=True)
+    bad = [scan / "invoice: final.exe", scan / "sub" / "two words.scr"]
+    for i, path in enumerate(bad):
+        path.write_bytes(f"sample {i}\n".encode() * 50)
+    (scan / "clean.txt").write_text("nothing to see\n")
+    (db / "test.hdb").write_text("".join(
+        subprocess.run([SIGTOOL, "--md5", str(p)], capture_output=True, text=True, check=True).stdout
+        for p in bad))
+    # As written, except: clamscan gets the test's database, scans the test's directory instead of
+    # /home, and sddctl (the venv's) writes into the test's spool instead of /var/spool/sdd.
+    script = (block.replace("clamscan --recursive", f"clamscan -d '{db}' --recursive", 1)
+                   .replace(" /home \\", f" '{scan}' \\", 1)
+                   .replace("sddctl submit", f"'{SDDCTL}' submit --spool '{spool}'", 1))
+    result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    detections = [json.loads(p.read_text()) for p in (spool / "new").iterdir()]
+    assert sorted(d["file_path"] for d in detections) == sorted(str(p) for p in bad)
+    for d in detections:
+        assert d["type"] == "malware" and d["severity"] == "high" and d["scanner"] == "clamscan"
+        assert d["threat_name"].endswith(".UNOFFICIAL")
+    assert not list((spool / "tmp").iterdir())
