@@ -186,6 +186,7 @@ async def generate_report(services: ActionServices, *, context: dict[str, Any] |
     if not run.get("steps") and isinstance(p.raw.get("steps"), Mapping):
         run = {**run, "steps": _steps_from_param(p.raw["steps"])}
     det = runinfo.detection(context)
+    # Built on the loop: the context and run log may change under a thread while parallel steps run.
     report = build_report(report_type, run, det, context if include_context else None)
     base = _SAFE.sub("_", f"{run_id}-{info.step_id if info else 'report'}-{report_type}")[:200]
     out: dict[str, Any] = {"report_type": report_type, "report_id": base, "steps": len(report["steps"]),
@@ -196,6 +197,6 @@ async def generate_report(services: ActionServices, *, context: dict[str, Any] |
         data = json.dumps(report, indent=1, sort_keys=True, default=str).encode()
         out["json_path"] = await asyncio.to_thread(_write, directory, base + ".json", data)
     if fmt in ("html", "both"):
-        out["html_path"] = await asyncio.to_thread(_write, directory, base + ".html",
-                                                   render_html(report).encode())
+        page = await asyncio.to_thread(render_html, report)
+        out["html_path"] = await asyncio.to_thread(_write, directory, base + ".html", page.encode())
     return out

@@ -12,6 +12,7 @@ failure, any other non-zero status a non-retryable one. Not idempotent (see the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -80,7 +81,7 @@ async def run_script(services: ActionServices, *, context: dict[str, Any] | None
             stdin = json.dumps(plain(p.raw["stdin"]), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise p.fail("stdin", f"is not JSON-serialisable: {exc}") from None
-    real = resolve_script(services, name)
+    real = await asyncio.to_thread(resolve_script, services, name)
     run_id, step_id, key = runinfo.ids()
     info = runinfo.step()
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
