@@ -293,3 +293,14 @@ async def test_low_severity_notify_touches_nothing(rig: Rig, procs: list) -> Non
     assert victim.read_bytes() == b"annoying" and p.poll() is None
     assert rig.notes == [("sdd: PUA.Toolbar", f"{victim} — no action taken", "low")]
     assert rig.vault_items() == []
+
+
+async def test_critical_threat_response_run_by_hand_with_context(rig: Rig, procs: list) -> None:
+    # The original engine's way: the target in the workflow context, no detection.
+    victim = rig.root / "malware.exe"
+    victim.write_bytes(b"evil")
+    p = spawn(procs)
+    result = await rig.run("critical_threat_response",
+                           {"file_path": str(victim), "process_id": str(p.pid), "notify": None})
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert not victim.exists() and p.wait(timeout=10) == -15
