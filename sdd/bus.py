@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from dbus_next import RequestNameReply
 from dbus_next.aio import MessageBus
+from dbus_next.aio.message_bus import _MessageWriter
 from dbus_next.constants import PropertyAccess
 from dbus_next.message_bus import BaseMessageBus
 from dbus_next.service import ServiceInterface, dbus_property, signal
@@ -40,6 +41,9 @@ INTERFACE = "org.searchanddestroy.Sdd1"
 # detection fields are hostile input: they are cleaned and capped before they reach the wire.
 MAX_STRING = 4096
 _U32_MAX = 2**32 - 1
+# Signals waiting in the connection's write queue beyond this are dropped (and counted), so a bus that does
+# not read fast enough can never make the daemon's memory grow without bound.
+MAX_WRITE_BACKLOG = 10_000
 
 # Hub events that can change a property value: each schedules a (coalesced) PropertiesChanged check.
 PROPERTY_TRIGGERS = frozenset(
@@ -282,6 +286,43 @@ def _close_transport(bus: BaseMessageBus) -> None:
                 pass
 
 
+class _PatientWriter(_MessageWriter):  # type: ignore[misc]
+    """dbus-next 0.2.3's writer treats a full socket buffer (EAGAIN) as a fatal error and drops the
+    connection, so a burst of signals would cut the bridge off the bus. This one waits for the socket to
+    become writable again instead (the writer stays registered with the loop until the queue is empty).
+    The bridge never negotiates unix fds, so the fd-passing branch of the original is left out."""
+
+    def buffer_message(self, msg: Any, future: Any = None) -> None:
+        if future is not None:
+            future.add_done_callback(_retrieve)  # nobody awaits a signal's send future
+        super().buffer_message(msg, future)
+
+    def write_callback(self) -> None:
+        try:
+            while True:
+                if self.buf is None:
+                    if self.messages.qsize() == 0:
+                        self.loop.remove_writer(self.fd)
+                        return
+                    buf, unix_fds, fut = self.messages.get_nowait()
+                    self.unix_fds = unix_fds
+                    self.buf = memoryview(buf)
+                    self.offset = 0
+                    self.fut = fut
+                try:
+                    self.offset += self.sock.send(self.buf[self.offset :])
+                except BlockingIOError:
+                    return  # socket buffer full: called again when it is writable
+                if self.offset >= len(self.buf):
+                    self.buf = None
+                    if self.fut is not None and not self.fut.done():
+                        self.fut.set_result(None)
+        except Exception as e:  # noqa: BLE001 - as dbus-next: any other error ends the connection
+            if self.fut is not None and not self.fut.done():
+                self.fut.set_exception(e)
+            self.bus._finalize(e)
+
+
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -342,6 +383,7 @@ class BusBridge:
         self.state = BridgeState.STOPPED
         self.last_error: str | None = None
         self.address: str | None = None
+        self.dropped_signals = 0  # signals not sent because the bus did not keep up
         self.connections = 0  # successful connections so far (reconnects = connections - 1)
         self._iface = Sdd1Interface(self._read_properties)
         self._bus: MessageBus | None = None
@@ -446,6 +488,7 @@ class BusBridge:
             "name": BUS_NAME,
             "unique_name": self._bus.unique_name if self.connected and self._bus else None,
             "reconnects": max(self.connections - 1, 0),
+            "dropped_signals": self.dropped_signals,
             "last_error": self.last_error,
         }
 
@@ -510,6 +553,7 @@ class BusBridge:
         except Exception as e:
             _close_failed_bus(e)
             raise
+        bus._writer = _PatientWriter(bus)
         # If the bus dies while nobody awaits wait_for_disconnect() (e.g. during stop()), asyncio would log
         # "Future exception was never retrieved": mark it retrieved up front.
         bus._disconnect_future.add_done_callback(_retrieve)
@@ -544,6 +588,10 @@ class BusBridge:
             if sig is None or not self.connected:
                 continue
             member, args = sig
+            bus = self._bus
+            if bus is not None and bus._writer.messages.qsize() >= MAX_WRITE_BACKLOG:
+                self.dropped_signals += 1
+                continue
             try:
                 getattr(self._iface, member)(*args)
             except Exception:

@@ -145,6 +145,25 @@ async def test_signals_arrive_in_publish_order(
     assert msgs[0].body[2] == ""  # no detection (a manual run): empty string, not a marshalling error
 
 
+async def test_a_burst_of_signals_does_not_cut_the_bridge_off_the_bus(
+    private_bus: Any, status: FakeStatus, collector_factory: Any
+) -> None:
+    """dbus-next 0.2.3 drops the connection when the socket buffer fills (EAGAIN); the bridge waits."""
+    hub = EventHub()
+    b = BusBridge(hub, status, private_bus.address, queue_size=10_000)
+    await b.start()
+    try:
+        assert await b.wait_connected(WAIT)
+        collector = await collector_factory(private_bus.address)
+        for i in range(5000):
+            hub.publish(ev.RUN_STARTED, {"run_id": f"r{i}", "workflow_id": "wf", "detection_id": "d" * 200})
+        msgs = await collector.wait_for("RunStarted", 5000, timeout=60)
+        assert msgs[-1].body[0] == "r4999"
+        assert b.connected and b.connections == 1 and b.dropped_signals == 0
+    finally:
+        await b.stop()
+
+
 async def test_events_that_are_not_signals_emit_nothing(
     bridge: tuple[EventHub, BusBridge], private_bus: Any, collector_factory: Any
 ) -> None:
