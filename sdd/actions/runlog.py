@@ -12,7 +12,7 @@ from sdd.engine.events import RunFinished, RunStarted, StepFinished, StepStarted
 class RunLog:
     """Engine listener keeping the step timeline of the most recent runs in memory (bounded)."""
 
-    def __init__(self, max_runs: int = 256, max_steps: int = 2000) -> None:
+    def __init__(self, max_runs: int = 64, max_steps: int = 2000) -> None:
         self.runs: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.max_runs = max_runs
         self.max_steps = max_steps
