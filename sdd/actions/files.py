@@ -9,9 +9,11 @@ and audit trail in step with the vault.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from . import runinfo
@@ -70,12 +72,11 @@ async def quarantine_file(services: ActionServices, *, context: dict[str, Any] |
     vault = Vault(services.vault_dir)
     run_id, _, _ = runinfo.ids()
     async with services.lock(path):
-        exists = await asyncio.to_thread(_exists, path)
-        if exists:
-            services.guards.acquire("quarantine_file")
-        hints = () if exists else await asyncio.to_thread(_hints, services, path)
+        hints = await asyncio.to_thread(_hints, services, path)
         meta, already = await asyncio.to_thread(
-            vault.quarantine, path, detection_id=detection_id, threat_name=threat, run_id=run_id, hints=hints)
+            functools.partial(vault.quarantine, path, detection_id=detection_id, threat_name=threat,
+                              run_id=run_id, hints=hints,
+                              before_act=lambda: services.guards.acquire("quarantine_file")))
     await _index(services, meta)
     if not already:
         await services.audit("quarantine_file", path, "quarantined",
@@ -93,14 +94,6 @@ def _hints(services: ActionServices, path: str) -> tuple[str, ...]:
     except Exception:  # noqa: BLE001 - an unreadable index only costs a scan of the vault
         return ()
     return tuple(str(r["id"]) for r in rows[:16] if r.get("id"))
-
-
-def _exists(path: str) -> bool:
-    try:
-        with open_parent(path, what="quarantine_file") as parent:
-            return lstat_at(parent) is not None
-    except NotFound:
-        return False
 
 
 async def restore_file(services: ActionServices, *, context: dict[str, Any] | None = None,
@@ -157,10 +150,7 @@ async def delete_file(services: ActionServices, *, context: dict[str, Any] | Non
     if runinfo.dry_run():
         return {"dry_run": True, "would": f"delete {path}", "irreversible": True, "file_path": path}
     async with services.lock(path):
-        exists = await asyncio.to_thread(_exists, path)
-        if exists:
-            services.guards.acquire("delete_file")
-        result = await asyncio.to_thread(_delete, path)
+        result = await asyncio.to_thread(_delete, path, lambda: services.guards.acquire("delete_file"))
     if result["deleted"]:
         run_id, _, _ = runinfo.ids()
         det = runinfo.detection(context)
@@ -169,7 +159,7 @@ async def delete_file(services: ActionServices, *, context: dict[str, Any] | Non
     return result
 
 
-def _delete(path: str) -> dict[str, Any]:
+def _delete(path: str, before_act: Callable[[], None]) -> dict[str, Any]:
     what = "delete_file"
     with open_parent(path, what=what) as parent:
         if lstat_at(parent) is None:
@@ -177,6 +167,7 @@ def _delete(path: str) -> dict[str, Any]:
                     "irreversible": True}
         fd, fst = open_regular(parent, what)
         try:
+            before_act()  # the rate limit, once the file is known to be deletable
             digest = hashlib.sha256()
             while chunk := os.read(fd, 1 << 20):
                 digest.update(chunk)

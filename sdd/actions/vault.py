@@ -22,7 +22,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import ActionError, Conflict, Forbidden, NotFound
@@ -187,9 +187,12 @@ class Vault:
 
     # -- quarantine ----------------------------------------------------------------------------------
     def quarantine(self, path: str, *, detection_id: str | None = None, threat_name: str | None = None,
-                   run_id: str | None = None, hints: tuple[str, ...] = ()) -> tuple[dict[str, Any], bool]:
+                   run_id: str | None = None, hints: tuple[str, ...] = (),
+                   before_act: Callable[[], None] | None = None) -> tuple[dict[str, Any], bool]:
         """Move the regular file at `path` (already checked: absolute, normalised, inside the roots) into
-        the vault. Returns (metadata, already): `already` when it had been quarantined by an earlier call."""
+        the vault. Returns (metadata, already): `already` when it had been quarantined by an earlier call.
+        `before_act` (the rate limit) runs once the file is known to be quarantinable, before anything
+        changes, so refused paths do not use up the budget."""
         what = "quarantine_file"
         with open_parent(path, what=what) as parent:
             if lstat_at(parent) is None:
@@ -199,6 +202,8 @@ class Vault:
                 raise NotFound(f"{what}: {path} does not exist")
             fd, fst = open_regular(parent, what)
             try:
+                if before_act is not None:
+                    before_act()
                 return self._quarantine_fd(parent, fd, fst, detection_id, threat_name, run_id), False
             finally:
                 os.close(fd)

@@ -312,3 +312,16 @@ async def test_symlink_swapped_in_mid_restore_does_not_redirect_it(env: Env,
     await env.call("restore_file", quarantine_id=qid)
     assert os.listdir(env.outside) == []
     assert (env.root / "d-moved" / "evil.exe").read_bytes() == CONTENT
+
+
+async def test_refused_paths_do_not_use_up_the_rate_limit(env: Env) -> None:
+    env.configure(rate_limits={"quarantine_file": RateLimit(1, 3600.0), "delete_file": RateLimit(1, 3600.0)})
+    os.mkfifo(env.root / "fifo")
+    for action in ("quarantine_file", "delete_file"):
+        for _ in range(3):
+            with pytest.raises(Forbidden):
+                await env.call(action, file_path=str(env.root / "fifo"))
+    path = make(env)
+    await env.call("quarantine_file", file_path=str(path))
+    make(env, "other.exe")
+    await env.call("delete_file", file_path=str(env.root / "other.exe"))
