@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dbus_next import RequestNameReply
+from dbus_next import Message, RequestNameReply
 from dbus_next.aio import MessageBus
 from dbus_next.aio.message_bus import _MessageWriter
 from dbus_next.constants import PropertyAccess
@@ -430,21 +430,29 @@ class BusBridge:
         except TimeoutError:
             log.warning("D-Bus: first connection attempt still pending after %.1fs", first_attempt_timeout)
 
-    async def stop(self) -> None:
-        """Stop the loops, release the name (by disconnecting) and close the socket. Idempotent."""
+    async def stop(self, drain_timeout: float = 1.0) -> None:
+        """Send what the hub had already queued and the final property values (the daemon's last words, such
+        as State "stopping" and interrupted runs), then release the name by disconnecting and close the
+        socket. Waits at most about 2 x `drain_timeout` for a bus that does not answer. Idempotent."""
         self._stop.set()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         if self._sub is not None:
+            # A closed subscription still yields what it holds, then ends the pump.
             self._sub.close()
             self._sub = None
+            if self._tasks:
+                await asyncio.wait({self._tasks[0]}, timeout=drain_timeout)
         bus = self._bus
+        if bus is not None and self.connected:
+            self._flush()
+            await self._barrier(bus, drain_timeout)
         if bus is not None:
             bus.disconnect()
         # Python 3.11's asyncio.wait_for can swallow a cancellation that coincides with its inner future
         # finishing: a task still running after a cancel is asked again.
-        pending = set(self._tasks)
+        pending = {t for t in self._tasks if not t.done()}
         while pending:
             for task in pending:
                 task.cancel()
@@ -459,6 +467,17 @@ class BusBridge:
         self._connected.clear()
         if self.state is not BridgeState.DISABLED:
             self.state = BridgeState.STOPPED
+
+    @staticmethod
+    async def _barrier(bus: MessageBus, timeout: float) -> None:
+        """Return once the bus has received everything written so far: messages go out in order, so the
+        bus's answer to a Ping comes after it has read (and routed) every signal before it."""
+        ping = Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                       interface="org.freedesktop.DBus.Peer", member="Ping")
+        try:
+            await asyncio.wait_for(bus.call(ping), timeout)
+        except Exception as e:  # noqa: BLE001 - best effort: the bus may be gone already
+            log.debug("D-Bus: no answer to the final ping: %s", e)
 
     @property
     def connected(self) -> bool:

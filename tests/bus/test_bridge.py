@@ -334,6 +334,28 @@ async def test_properties_changed_follows_later_changes(
     await collector.wait_until(lambda msgs: msgs[-1].body[1].get("State", Variant("s", "")).value == "stopping")
 
 
+async def test_stop_sends_what_was_already_published_and_the_final_state(
+    private_bus: Any, status: FakeStatus, collector_factory: Any
+) -> None:
+    hub = EventHub()
+    b = BusBridge(hub, status, private_bus.address)
+    await b.start()
+    assert await b.wait_connected(WAIT)
+    collector = await collector_factory(private_bus.address, "type='signal'")
+    # The daemon's last words, published just before it stops the bridge in the same loop iteration.
+    hub.publish(ev.RUN_FINISHED, {"run_id": "r1", "workflow_id": "wf", "status": "interrupted", "seconds": 9})
+    status.value["state"] = "stopping"
+    hub.publish(ev.STATUS_CHANGED, {"state": "stopping"})
+    await b.stop()
+    # The bridge is gone, yet both arrive: stop() returned only after the bus had them.
+    (finished,) = await collector.wait_for("RunFinished")
+    assert finished.body == ["r1", "wf", "interrupted", 9.0]
+    await collector.wait_until(
+        lambda msgs: any(m.member == "PropertiesChanged" and "State" in m.body[1]
+                         and m.body[1]["State"].value == "stopping" for m in msgs)
+    )
+
+
 async def test_bus_none_does_not_connect_or_raise(status: FakeStatus) -> None:
     hub = EventHub()
     b = BusBridge(hub, status, "none")
