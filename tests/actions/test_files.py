@@ -325,3 +325,15 @@ async def test_refused_paths_do_not_use_up_the_rate_limit(env: Env) -> None:
     await env.call("quarantine_file", file_path=str(path))
     make(env, "other.exe")
     await env.call("delete_file", file_path=str(env.root / "other.exe"))
+
+
+async def test_plan_marks_delete_irreversible_and_quarantine_with_rollback_not(env: Env) -> None:
+    from sdd.engine import Workflow
+    path = make(env)
+    wf = Workflow.from_dict({"workflow_id": "t", "steps": [
+        {"step_id": "q", "action": "quarantine_file", "params": {"file_path": str(path)},
+         "rollback_action": "restore_file"},
+        {"step_id": "del", "action": "delete_file", "params": {"file_path": str(path)}}]})
+    plan = {p["step_id"]: p for p in env.engine().plan(wf)}
+    assert plan["del"]["irreversible"] is True and plan["q"]["irreversible"] is False
+    assert path.read_bytes() == CONTENT
