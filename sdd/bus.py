@@ -92,9 +92,18 @@ def parse_bus_spec(spec: str) -> BusKind:
     from dbus_next._private.address import parse_address
 
     try:
-        parse_address(spec)
-    except Exception as e:
+        entries = parse_address(spec)
+    except Exception as e:  # noqa: BLE001 - dbus-next raises several types for a bad address
         raise ValueError(f"dbus.bus: {spec!r} is not a valid D-Bus address: {e}") from e
+    # dbus-next accepts addresses it then cannot use; insist on what it can connect to.
+    for transport, options in entries:
+        usable = (transport == "unix" and ("path" in options or "abstract" in options)) or (
+            transport == "tcp" and options.get("port", "").isdigit()
+        )
+        if not usable:
+            raise ValueError(
+                f"dbus.bus: {spec!r}: use unix:path=..., unix:abstract=... or tcp:host=...,port=..."
+            )
     return BusKind.ADDRESS
 
 
