@@ -93,7 +93,7 @@ def parse_bus_spec(spec: str) -> BusKind:
 
     try:
         entries = parse_address(spec)
-    except Exception as e:  # noqa: BLE001 - dbus-next raises several types for a bad address
+    except Exception as e:
         raise ValueError(f"dbus.bus: {spec!r} is not a valid D-Bus address: {e}") from e
     # dbus-next accepts addresses it then cannot use; insist on what it can connect to.
     for transport, options in entries:
