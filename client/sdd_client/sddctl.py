@@ -20,6 +20,9 @@ RUN_STATUSES = ("pending", "running", "completed", "failed", "rolled_back", "can
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
+        if "--json" in sys.argv[1:]:  # the promised single JSON document, even for a usage error
+            json.dump({"error": {"code": "usage", "message": message}}, sys.stdout)
+            sys.stdout.write("\n")
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 

@@ -88,6 +88,7 @@ def bind(path: Path, mode: str | int, group: str | None, *, backlog: int = 512, 
         parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError as exc:
         raise SocketError(f"cannot create the socket directory {parent}: {exc.strerror}") from None
+    _check_directory(parent)
     gid = _resolve_group(group, logging.INFO if quiet else logging.WARNING)
     lock_fd = _lock(path)
     try:
@@ -97,6 +98,21 @@ def bind(path: Path, mode: str | int, group: str | None, *, backlog: int = 512, 
         os.close(lock_fd)
         raise
     return Listener(sock, path, inode, lock_fd)
+
+
+def _check_directory(parent: Path) -> None:
+    """The socket's directory must be ours: whoever can rename entries in it could swap the socket for their
+    own and see every client's requests (think of /tmp/sdd-UID made in advance by another user)."""
+    try:
+        st = os.lstat(parent)
+    except OSError as exc:
+        raise SocketError(f"cannot inspect the socket directory {parent}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SocketError(f"socket directory {parent} is not a directory (a symbolic link?)")
+    if st.st_uid not in (0, os.geteuid()):
+        raise SocketError(f"socket directory {parent} belongs to uid {st.st_uid}, not to root or this daemon")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise SocketError(f"socket directory {parent} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
 
 
 def _resolve_group(group: str | None, level: int) -> int | None:

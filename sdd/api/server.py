@@ -165,7 +165,13 @@ class ApiServer:
                 frame = protocol.encode(protocol.error_reply(
                     request.id, ErrorCode.INTERNAL, f"{request.method}: internal error (unencodable result)"))
             writer.write(frame)
-            await writer.drain()
+            try:
+                # A client that sends requests but never reads replies is idle too.
+                async with asyncio.timeout(self.idle_timeout):
+                    await writer.drain()
+            except TimeoutError:
+                log.debug("API: closing connection of uid %d: replies not read", conn.peer.uid)
+                return
             if "error" in reply and reply["error"]["code"] == ErrorCode.UNKNOWN_METHOD:
                 return  # unknown methods count as malformed: answer, then hang up
 
@@ -234,11 +240,17 @@ class ApiServer:
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
+    """Closes a connection; what cannot be flushed within a second is dropped (close() alone would wait
+    forever for a peer that does not read, and keep its socket open)."""
     writer.close()
     try:
         async with asyncio.timeout(1.0):
             await writer.wait_closed()
-    except (OSError, TimeoutError, asyncio.CancelledError):
-        pass
+    except (OSError, TimeoutError):
+        writer.transport.abort()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
+
 
 __all__ = ["ApiServer", "Connection"]

@@ -253,3 +253,50 @@ async def test_subscribe_can_filter_event_names(server):
         event = await asyncio.wait_for(first, 10)
         assert event.name == "run.finished" and event.data["status"] == "completed"
         await stream.aclose()
+
+
+async def test_socket_directory_writable_by_others_is_refused(tmp_path):
+    daemon = fake_daemon(tmp_path)
+    parent = daemon.config.paths.socket.parent
+    parent.mkdir()
+    os.chmod(parent, 0o777)
+    with pytest.raises(SocketError, match="writable by others"):
+        await ApiServer(daemon).start()
+
+
+async def test_socket_directory_that_is_a_symlink_is_refused(tmp_path):
+    daemon = fake_daemon(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    daemon.config.paths.socket.parent.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SocketError, match="not a directory"):
+        await ApiServer(daemon).start()
+
+
+async def test_client_that_never_reads_replies_is_closed(tmp_path):
+    daemon = fake_daemon(tmp_path, idle_timeout=0.3)
+    srv = ApiServer(daemon)
+    await srv.start()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(str(daemon.config.paths.socket))
+        sock.setblocking(False)
+        frame = protocol.encode(protocol.request(1, "status"))
+        loop = asyncio.get_running_loop()
+        try:  # pipeline requests without ever reading; the server must give up on us
+            deadline = loop.time() + 60
+            while loop.time() < deadline:
+                try:
+                    sock.send(frame)
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        else:
+            pytest.fail("the server kept a connection that never reads its replies")
+        finally:
+            sock.close()
+        async with AsyncClient(daemon.config.paths.socket) as client:
+            assert await client.call("ping") == {"pong": True}
+    finally:
+        await srv.close()
