@@ -37,6 +37,8 @@ def spawn() -> Iterator:
         if p.poll() is None:
             p.kill()
         p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 def gone(pid: int) -> bool:

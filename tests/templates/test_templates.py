@@ -77,6 +77,8 @@ def procs() -> Iterator[list[subprocess.Popen]]:
         if p.poll() is None:
             p.kill()
         p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 def spawn(procs: list[subprocess.Popen], code: str = "import time; time.sleep(120)") -> subprocess.Popen:
