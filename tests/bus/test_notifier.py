@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from sdd import hub as ev
 from sdd.bus import INTERFACE, OBJECT_PATH, BusBridge
 from sdd.hub import EventHub
 from tests.bus.conftest import WAIT, close_bus, connect
-from tests.support.dbus import FakeNotifications
+from tests.support.dbus import FakeNotifications, make_socket_dir, start_session_bus
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -191,6 +192,37 @@ async def test_started_before_the_daemon_it_shows_its_signals_once_it_appears(
         await b.stop()
 
 
+async def test_started_before_its_bus_it_listens_once_the_bus_appears(tmp_path: Path) -> None:
+    directory = make_socket_dir()
+    address = f"unix:path={directory}/bus"
+    n = Notifier(NotifierOptions(address, address, backoff_initial=0.05, backoff_max=0.2))
+    task = asyncio.create_task(n.run())
+    bus = None
+    server = None
+    try:
+        assert not n.listening
+        bus = start_session_bus(directory)
+        await n.wait_listening(WAIT)
+        server = await FakeNotifications(bus.address).start()
+        hub = EventHub()
+        b = BusBridge(hub, lambda: STATUS, bus.address)
+        await b.start()
+        try:
+            marker(hub, "late bus")
+            (call,) = await server.wait_calls(1)
+            assert call.summary == "late bus"
+        finally:
+            await b.stop()
+    finally:
+        n.stop()
+        await asyncio.wait_for(task, WAIT)
+        if server is not None:
+            await server.stop()
+        if bus is not None:
+            bus.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 # --- the console script ---------------------------------------------------------------------------------
 
 
@@ -223,8 +255,10 @@ async def wait_stderr_line(proc: asyncio.subprocess.Process, needle: str) -> Non
     await asyncio.wait_for(_wait(), WAIT)
 
 
-async def test_cli_shows_notifications_and_exits_cleanly_on_sigterm(
-    private_bus: Any, hub_and_bridge: tuple[EventHub, BusBridge], fake_notifications: FakeNotifications
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_cli_shows_notifications_and_exits_cleanly_on_a_signal(
+    private_bus: Any, hub_and_bridge: tuple[EventHub, BusBridge], fake_notifications: FakeNotifications,
+    signum: int,
 ) -> None:
     proc = await start_cli("--address", private_bus.address, "--notify-address", private_bus.address, "-v")
     try:
@@ -232,7 +266,7 @@ async def test_cli_shows_notifications_and_exits_cleanly_on_sigterm(
         hub_and_bridge[0].publish(ev.NOTIFICATION, {"title": "from cli", "body": "b", "urgency": "critical"})
         (call,) = await fake_notifications.wait_calls(1)
         assert call.summary == "from cli" and call.hints["urgency"] == 2
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         try:
             assert await asyncio.wait_for(proc.wait(), WAIT) == 0
         except TimeoutError:
