@@ -73,3 +73,48 @@ def exposure(output: str) -> float:
     if not match:
         raise ValueError(f"no exposure level in: {output[-500:]!r}")
     return float(match.group(1))
+
+
+# ---- the unit's seccomp settings, resolved the way systemd does -------------------------------------
+
+
+def syscall_groups(analyze: str) -> dict[str, list[str]]:
+    """Every `@group` systemd knows, with its members (syscall names and nested `@group`s)."""
+    import subprocess
+
+    out = subprocess.run([analyze, "syscall-filter"], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif current is not None and line.startswith("    ") and not line.strip().startswith("#"):
+            current.append(line.strip())
+    return groups
+
+
+def resolve_syscalls(items: list[str], groups: dict[str, list[str]]) -> set[str]:
+    names: set[str] = set()
+    for item in items:
+        if item.startswith("@"):
+            names |= resolve_syscalls(groups[item], groups)
+        elif item:
+            names.add(item)
+    return names
+
+
+def syscall_allow_list(path: Path, analyze: str) -> set[str]:
+    """The syscalls `SystemCallFilter=` lines allow, in order: the first line (an allow list) starts from
+    @default as systemd does, `~` lines remove, later plain lines add."""
+    groups = syscall_groups(analyze)
+    allowed: set[str] | None = None
+    for value in unit_settings(path).get("SystemCallFilter", []):
+        deny = value.startswith("~")
+        names = resolve_syscalls(value.lstrip("~").split(), groups)
+        if allowed is None:
+            if deny:
+                raise ValueError("a deny-list SystemCallFilter= is not what sdd.service uses")
+            allowed = resolve_syscalls(["@default"], groups)
+        allowed = allowed - names if deny else allowed | names
+    return allowed or set()

@@ -1,0 +1,73 @@
+"""Run a program under (an approximation of) the seccomp part of systemd/sdd.service.
+
+Run by Debian's python3 (python3-seccomp provides libseccomp's bindings), not by the venv:
+
+    /usr/bin/python3 seccomp_exec.py POLICY.json -- PROGRAM ARGS...
+
+POLICY.json: {"allow": [syscall names], "address_families": [numbers], "deny_write_execute": bool,
+"restrict_suid_sgid": bool}. Installs a filter whose default is EPERM (SystemCallErrorNumber=EPERM), allows
+the listed syscalls (SystemCallFilter=), lets socket(2) create only the listed families
+(RestrictAddressFamilies=), refuses memory that is writable and executable at once
+(MemoryDenyWriteExecute=) and set-uid/set-gid modes (RestrictSUIDSGID=, for the chmod family), then
+execs PROGRAM. Differences from systemd: a refused socket family gets EPERM, not EAFNOSUPPORT, and
+RestrictSUIDSGID= is applied to chmod/fchmod/fchmodat only, not to the mode of open(O_CREAT).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import stat
+import sys
+
+import seccomp  # type: ignore[import-not-found]
+
+
+def build(policy: dict) -> seccomp.SyscallFilter:
+    f = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
+    special = {"socket", "mmap", "mprotect", "pkey_mprotect", "chmod", "fchmod", "fchmodat"}
+    for name in policy["allow"]:
+        if name in special:
+            continue
+        try:
+            f.add_rule(seccomp.ALLOW, name)
+        except (RuntimeError, ValueError):
+            pass  # not a syscall on this architecture (e.g. chown32 on x86_64)
+    allowed = set(policy["allow"])
+    if "socket" in allowed:
+        for family in policy["address_families"]:
+            f.add_rule(seccomp.ALLOW, "socket", seccomp.Arg(0, seccomp.EQ, family))
+    wx = mmap.PROT_WRITE | mmap.PROT_EXEC
+    for name, arg in (("mmap", 2), ("mprotect", 2), ("pkey_mprotect", 2)):
+        if name not in allowed:
+            continue
+        if policy["deny_write_execute"]:
+            for ok in (0, mmap.PROT_WRITE, mmap.PROT_EXEC):
+                f.add_rule(seccomp.ALLOW, name, seccomp.Arg(arg, seccomp.MASKED_EQ, wx, ok))
+        else:
+            f.add_rule(seccomp.ALLOW, name)
+    setid = stat.S_ISUID | stat.S_ISGID
+    for name, arg in (("chmod", 1), ("fchmod", 1), ("fchmodat", 2)):
+        if name not in allowed:
+            continue
+        if policy["restrict_suid_sgid"]:
+            f.add_rule(seccomp.ALLOW, name, seccomp.Arg(arg, seccomp.MASKED_EQ, setid, 0))
+        else:
+            f.add_rule(seccomp.ALLOW, name)
+    return f
+
+
+def main() -> None:
+    policy_file, sep, *argv = sys.argv[1:]
+    if sep != "--" or not argv:
+        sys.exit("usage: seccomp_exec.py POLICY.json -- PROGRAM ARGS...")
+    with open(policy_file, encoding="utf-8") as fh:
+        policy = json.load(fh)
+    build(policy).load()
+    os.execv(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Every kind of step still works inside (an emulation of) the sandbox of systemd/sdd.service.
+
+systemd is not PID 1 here, so the unit's restrictions are applied by hand to a real daemon (root, system
+mode): `setpriv` sets the unit's CapabilityBoundingSet= and NoNewPrivileges=, and seccomp_exec.py (run by
+Debian's python3 with python3-seccomp) installs the unit's SystemCallFilter= (resolved from systemd's own
+group lists), RestrictAddressFamilies=, MemoryDenyWriteExecute= and RestrictSUIDSGID=. Not emulated: the
+mount namespace (ProtectSystem=, ReadWritePaths=, PrivateDevices=, Protect*=).
+
+One detection then drives a workflow with a scan (clamscan), quarantine, delete, kill, report, email
+(to a local SMTP server), desktop notification, webhook (to a local HTTP server) and script step, against
+another user's files and process. Restore from the vault works, and a set-uid file cannot be restored
+(RestrictSUIDSGID=, as docs/security.md says).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.support import daemon as daemon_support
+from tests.support.daemon import DaemonProcess
+
+from .units import SERVICE, syscall_allow_list, unit_settings
+
+HERE = Path(__file__).resolve().parent
+ANALYZE = shutil.which("systemd-analyze")
+SETPRIV = shutil.which("setpriv")
+CLAMSCAN = shutil.which("clamscan")
+SIGTOOL = shutil.which("sigtool")
+SYSTEM_PYTHON = "/usr/bin/python3"
+SDDCTL = Path(sys.executable).parent / "sddctl"
+VICTIM_UID = 64991
+
+
+def _has_seccomp() -> bool:
+    if not os.path.exists(SYSTEM_PYTHON):
+        return False
+    return subprocess.run([SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True, check=False).returncode == 0
+
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(os.geteuid() != 0 or None in (ANALYZE, SETPRIV, CLAMSCAN, SIGTOOL),
+                       reason="needs root, systemd-analyze, setpriv and ClamAV (see tests/system-deps.sh)"),
+    pytest.mark.skipif(not _has_seccomp(),
+                       reason="needs Debian's python3-seccomp (apt-get install python3-seccomp)"),
+]
+
+WORKFLOW = """workflow_id: sandboxed
+trigger: {type: sandboxtest}
+steps:
+  - step_id: scan
+    action: run_scan
+    params: {path: "{{ detection.file_path }}", timeout: 120}
+  - step_id: quarantine
+    action: quarantine_file
+    params: {file_path: "{{ detection.file_path }}"}
+  - step_id: delete
+    action: delete_file
+    params: {file_path: "{{ detection.other_file }}"}
+  - step_id: kill
+    action: kill_process
+    params: {process_id: "{{ detection.process_id }}", timeout: 5}
+  - step_id: report
+    action: generate_report
+    params: {report_type: incident, format: both}
+  - step_id: mail
+    action: send_notification
+    params: {channel: email, recipient: "root@localhost", title: "sandboxed", message: "contained"}
+  - step_id: desktop
+    action: send_notification
+    params: {channel: desktop, title: "sandboxed", message: "contained", urgency: normal}
+  - step_id: hook
+    action: call_webhook
+    params: {url: "{{ detection.webhook }}", payload: {event: contained}}
+  - step_id: script
+    action: run_script
+    params: {script: hello.sh, args: ["{{ detection.file_path }}"]}
+"""
+SETUID_WORKFLOW = """workflow_id: setuidtest
+trigger: {type: setuidtest}
+steps:
+  - step_id: quarantine
+    action: quarantine_file
+    params: {file_path: "{{ detection.file_path }}"}
+"""
+SCRIPT = '#!/bin/sh\nprintf \'{"seen": "%s"}\\n\' "$1"\n'
+STEPS = ("scan", "quarantine", "delete", "kill", "report", "mail", "desktop", "hook", "script")
+
+
+def _cap_number(name: str) -> int:
+    numbers = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_KILL": 5}
+    return numbers[name]
+
+
+def _policy(path: Path) -> dict[str, Any]:
+    s = unit_settings(SERVICE)
+    families = [int(getattr(socket, name)) for name in s["RestrictAddressFamilies"][0].split()]
+    return {
+        "allow": sorted(syscall_allow_list(SERVICE, ANALYZE)),  # type: ignore[arg-type]
+        "address_families": families,
+        "deny_write_execute": s["MemoryDenyWriteExecute"] == ["yes"],
+        "restrict_suid_sgid": s["RestrictSUIDSGID"] == ["yes"],
+    }
+
+
+@pytest.fixture
+def servers() -> Iterator[dict[str, Any]]:
+    mails: list[Any] = []
+    hooks: list[bytes] = []
+
+    class Inbox:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            mails.append(envelope)
+            return "250 OK"
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            hooks.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.send_response(204)
+            self.end_headers()
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        smtp_port = probe.getsockname()[1]
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield {"smtp_port": smtp_port, "webhook": f"http://127.0.0.1:{http.server_address[1]}/hook",
+               "mails": mails, "hooks": hooks}
+    finally:
+        http.shutdown()
+        http.server_close()
+        thread.join(timeout=30)
+        smtp.stop()
+
+
+@pytest.fixture
+def scene() -> Iterator[dict[str, Any]]:
+    base = Path(tempfile.mkdtemp(prefix="sdd-sandbox-", dir="/tmp"))
+    base.chmod(0o755)
+    home = base / "home" / "victim"
+    home.mkdir(parents=True)
+    (base / "home").chmod(0o755)
+    evil = home / "evil.exe"
+    evil.write_bytes(b"sandboxed sample\n" * 64)
+    setuid_file = home / "setuid.bin"
+    setuid_file.write_bytes(b"set-uid sample\n")
+    for f in (evil, setuid_file):
+        os.chown(f, VICTIM_UID, VICTIM_UID)
+    evil.chmod(0o600)
+    setuid_file.chmod(0o4755)  # after chown, which clears set-id bits
+    os.chown(home, VICTIM_UID, VICTIM_UID)
+    home.chmod(0o700)
+    sticky = base / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    other = sticky / "other.bin"
+    other.write_bytes(b"x")
+    os.chown(other, VICTIM_UID, VICTIM_UID)
+    db = base / "db"
+    db.mkdir()
+    (db / "test.hdb").write_text(subprocess.run([SIGTOOL, "--md5", str(evil)], capture_output=True, text=True,
+                                                check=True, timeout=60).stdout)
+    proc = subprocess.Popen([SETPRIV, f"--reuid={VICTIM_UID}", f"--regid={VICTIM_UID}", "--clear-groups",
+                             "sleep", "600"], stdin=subprocess.DEVNULL)
+    try:
+        yield {"base": base, "evil": evil, "setuid": setuid_file, "other": other, "db": db, "proc": proc}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _sddctl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SDDCTL), "--socket", str(d.socket), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_every_step_type_works_inside_the_units_sandbox(
+        tmp_path: Path, scene: dict[str, Any], servers: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(_policy(SERVICE)))
+    caps = unit_settings(SERVICE)["CapabilityBoundingSet"][0].split()
+    bounding = "-all," + ",".join("+" + c.removeprefix("CAP_").lower() for c in caps)
+    command = [SETPRIV, f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
+               SYSTEM_PYTHON, "-I", str(HERE / "seccomp_exec.py"), str(policy), "--",
+               *daemon_support.sdd_command()]
+    monkeypatch.setattr(daemon_support, "sdd_command", lambda: command)
+    d = DaemonProcess(tmp_path, workflows={"sandboxed": WORKFLOW, "setuidtest": SETUID_WORKFLOW}, scripts={"hello.sh": SCRIPT},
+                      user_mode=False, config_overrides={
+                          "api": {"socket_group": "root"},
+                          "actions": {"allowed_roots": [str(scene["base"] / "home"), str(scene["base"] / "tmp")],
+                                      "protected_processes": [],
+                                      "scanner": [CLAMSCAN, "-d", str(scene["db"])],
+                                      "smtp": {"host": "127.0.0.1", "port": servers["smtp_port"]}},
+                      })
+    try:
+        d.start()
+        proc = psutil.Process(scene["proc"].pid)
+        d.drop({"type": "sandboxtest", "file_path": str(scene["evil"]), "other_file": str(scene["other"]),
+                "process_id": proc.pid, "process_start_time": proc.create_time(),
+                "webhook": servers["webhook"]})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status NOT IN ('pending', 'running')") == 1)
+        [run_id] = [r[0] for r in d.query("SELECT run_id FROM runs")]
+        shown = _sddctl(d, "show", run_id, "--json")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        run = json.loads(shown.stdout)
+        statuses = {s["step_id"]: s["status"] for s in run["steps"]}
+        assert run["status"] == "completed" and statuses == dict.fromkeys(STEPS, "completed"), (
+            json.dumps(run["steps"], indent=1)[-4000:] + d.log())
+        results = {s["step_id"]: s["result"] for s in run["steps"]}
+        assert results["scan"]["threats_found"] == 1
+        assert results["script"]["seen"] == str(scene["evil"])
+        assert servers["mails"] and servers["hooks"]
+        assert not scene["evil"].exists() and not scene["other"].exists()
+        assert scene["proc"].wait(timeout=30) != 0
+
+        restored = _sddctl(d, "quarantine", "restore", results["quarantine"]["quarantine_id"])
+        assert restored.returncode == 0, restored.stdout + restored.stderr + d.log()
+        assert scene["evil"].read_bytes() == b"sandboxed sample\n" * 64
+        assert scene["evil"].stat().st_uid == VICTIM_UID
+
+        # The restrictions were really in force on the daemon (setpriv exec'd into it: same pid).
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{d.pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+        assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
+        assert int(status["CapBnd"], 16) == sum(1 << _cap_number(c) for c in caps)
+
+        # RestrictSUIDSGID=: a set-uid file can be quarantined, but not restored with its set-uid bit.
+        d.drop({"type": "setuidtest", "file_path": str(scene["setuid"])})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status NOT IN ('pending', 'running')") == 2)
+        listing = json.loads(_sddctl(d, "quarantine", "list", "--json").stdout)
+        [item] = [i for i in listing["items"] if i["original_path"] == str(scene["setuid"])]
+        assert not scene["setuid"].exists()
+        refused = _sddctl(d, "quarantine", "restore", item["id"])
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert not scene["setuid"].exists()
+        assert not [p for p in scene["setuid"].parent.iterdir() if p.name.startswith(".sdd-restore")]
+    finally:
+        d.close()
