@@ -86,3 +86,12 @@ def test_clean_never_returns_control_characters_or_too_much(text: str) -> None:
     out = clean(text, 100)
     assert len(out) <= 100
     assert not any(ord(c) < 32 and c != "\n" for c in out)
+
+
+def test_the_notifier_does_not_import_the_daemon_package() -> None:
+    """sdd-notifier ships in the client distribution: it must work where the daemon is not installed."""
+    import subprocess
+    import sys
+
+    code = "import sys, sdd_client.notifier; sys.exit(1 if any(m == 'sdd' or m.startswith('sdd.') for m in sys.modules) else 0)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
