@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from sdd_client.client import Client
+
 from tests.support.daemon import DaemonProcess, sdd_command
 
 ACTIVATE = shutil.which("systemd-socket-activate")
@@ -27,10 +27,9 @@ def test_daemon_uses_the_inherited_socket(tmp_path):
            "XDG_RUNTIME_DIR": str(runtime)}
     argv = [ACTIVATE, "-l", str(activated), *(f"-E{k}={v}" for k, v in env.items()),
             *sdd_command(), "--config", str(d.config_file)]
-    log = open(d.log_file, "ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    log.close()
+    with open(d.log_file, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
     try:
         d.wait_for(lambda: activated.exists(), what="systemd-socket-activate listening")
         # The first connection launches the daemon; it waits in the backlog until the daemon accepts it.

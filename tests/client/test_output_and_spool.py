@@ -10,7 +10,6 @@ import time
 
 import psutil
 import pytest
-
 from sdd_client import output, spool
 from sdd_client.output import Style
 
