@@ -3,6 +3,11 @@
 Run by Debian's python3 (python3-seccomp provides libseccomp's bindings), not by the venv:
 
     /usr/bin/python3 seccomp_exec.py POLICY.json -- PROGRAM ARGS...
+    /usr/bin/python3 seccomp_exec.py --protect-system RW_PATH[:RW_PATH...] -- PROGRAM ARGS...
+
+The second form (run inside `unshare --mount --propagation private`, with CAP_SYS_ADMIN) emulates
+ProtectSystem=strict + ReadWritePaths=: each listed path that exists is bind-mounted onto itself, then `/`
+is remounted read-only, so only those paths (and /dev, /proc, /sys, separate mounts) stay writable.
 
 POLICY.json: {"allow": [syscall names], "address_families": [numbers], "deny_write_execute": bool,
 "restrict_suid_sgid": bool}. Installs a filter whose default is EPERM (SystemCallErrorNumber=EPERM), allows
@@ -59,7 +64,22 @@ def build(policy: dict) -> seccomp.SyscallFilter:
     return f
 
 
+def protect_system(writable: list[str]) -> None:
+    import subprocess
+
+    for path in writable:
+        if os.path.isdir(path):
+            subprocess.run(["mount", "--bind", path, path], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", "/"], check=True)
+
+
 def main() -> None:
+    if sys.argv[1] == "--protect-system":
+        writable, sep, *argv = sys.argv[2:]
+        if sep != "--" or not argv:
+            sys.exit("usage: seccomp_exec.py --protect-system RW[:RW...] -- PROGRAM ARGS...")
+        protect_system([p for p in writable.split(":") if p])
+        os.execv(argv[0], argv)
     policy_file, sep, *argv = sys.argv[1:]
     if sep != "--" or not argv:
         sys.exit("usage: seccomp_exec.py POLICY.json -- PROGRAM ARGS...")

@@ -1,10 +1,12 @@
 """Every kind of step still works inside (an emulation of) the sandbox of systemd/sdd.service.
 
 systemd is not PID 1 here, so the unit's restrictions are applied by hand to a real daemon (root, system
-mode): `setpriv` sets the unit's CapabilityBoundingSet= and NoNewPrivileges=, and seccomp_exec.py (run by
-Debian's python3 with python3-seccomp) installs the unit's SystemCallFilter= (resolved from systemd's own
-group lists), RestrictAddressFamilies=, MemoryDenyWriteExecute= and RestrictSUIDSGID=. Not emulated: the
-mount namespace (ProtectSystem=, ReadWritePaths=, PrivateDevices=, Protect*=).
+mode): in a private mount namespace (`unshare`) everything but the unit's ReadWritePaths= is made
+read-only (ProtectSystem=strict), `setpriv` sets the unit's CapabilityBoundingSet= and NoNewPrivileges=,
+and seccomp_exec.py (run by Debian's python3 with python3-seccomp) installs the unit's SystemCallFilter=
+(resolved from systemd's own group lists), RestrictAddressFamilies=, MemoryDenyWriteExecute= and
+RestrictSUIDSGID=. Not emulated: PrivateDevices= and the Protect{Kernel*,ControlGroups,Clock,Hostname}=
+family. The test daemon keeps its spool and state under /tmp, one of the unit's writable paths.
 
 One detection then drives a workflow with a scan (clamscan), quarantine, delete, kill, report, email
 (to a local SMTP server), desktop notification, webhook (to a local HTTP server) and script step, against
@@ -39,6 +41,7 @@ from .units import SERVICE, syscall_allow_list, unit_settings
 HERE = Path(__file__).resolve().parent
 ANALYZE = shutil.which("systemd-analyze")
 SETPRIV = shutil.which("setpriv")
+UNSHARE = shutil.which("unshare")
 CLAMSCAN = shutil.which("clamscan")
 SIGTOOL = shutil.which("sigtool")
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -54,8 +57,8 @@ def _has_seccomp() -> bool:
 
 pytestmark = [
     pytest.mark.timeout(240),
-    pytest.mark.skipif(os.geteuid() != 0 or None in (ANALYZE, SETPRIV, CLAMSCAN, SIGTOOL),
-                       reason="needs root, systemd-analyze, setpriv and ClamAV (see tests/system-deps.sh)"),
+    pytest.mark.skipif(os.geteuid() != 0 or None in (ANALYZE, SETPRIV, UNSHARE, CLAMSCAN, SIGTOOL),
+                       reason="needs root, systemd-analyze, setpriv, unshare and ClamAV (see tests/system-deps.sh)"),
     pytest.mark.skipif(not _has_seccomp(),
                        reason="needs Debian's python3-seccomp (apt-get install python3-seccomp)"),
 ]
@@ -204,7 +207,11 @@ def test_every_step_type_works_inside_the_units_sandbox(
     policy.write_text(json.dumps(_policy(SERVICE)))
     caps = unit_settings(SERVICE)["CapabilityBoundingSet"][0].split()
     bounding = "-all," + ",".join("+" + c.removeprefix("CAP_").lower() for c in caps)
-    command = [SETPRIV, f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
+    writable = [p.lstrip("-") for v in unit_settings(SERVICE)["ReadWritePaths"] for p in v.split()]
+    assert str(tmp_path).startswith("/tmp/") and "/tmp" in writable
+    command = [UNSHARE, "--mount", "--propagation", "private",
+               SYSTEM_PYTHON, "-I", str(HERE / "seccomp_exec.py"), "--protect-system", ":".join(writable), "--",
+               SETPRIV, f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
                SYSTEM_PYTHON, "-I", str(HERE / "seccomp_exec.py"), str(policy), "--",
                *daemon_support.sdd_command()]
     monkeypatch.setattr(daemon_support, "sdd_command", lambda: command)
@@ -247,6 +254,8 @@ def test_every_step_type_works_inside_the_units_sandbox(
                       if ":\t" in line)
         assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
         assert int(status["CapBnd"], 16) == sum(1 << _cap_number(c) for c in caps)
+        mounts = Path(f"/proc/{d.pid}/mountinfo").read_text().splitlines()
+        assert any(m.split()[4] == "/" and m.split()[5].startswith("ro") for m in mounts)
 
         # RestrictSUIDSGID=: a set-uid file can be quarantined, but not restored with its set-uid bit.
         d.drop({"type": "setuidtest", "file_path": str(scene["setuid"])})
