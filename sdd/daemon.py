@@ -157,8 +157,12 @@ class Daemon:
         self._install_signals()
         await self._start_api()
         await self._start_bus()
+        # Claimed-but-uncommitted files count towards the queue bound too, so the two limits are coupled:
+        # at most about 2 x max_queued detections exist between new/ and a run.
+        batch = max(1, min(256, cfg.intake.max_queued))
         self.intake = Intake(cfg.paths.spool, self._deliver, max_file_size=cfg.intake.max_file_size,
-                             rescan_interval=cfg.intake.rescan_interval,
+                             rescan_interval=cfg.intake.rescan_interval, batch_size=batch,
+                             max_inflight=max(batch, min(2048, cfg.intake.max_queued)),
                              on_first_scan=lambda: self._threadsafe(self._first_scan.set))
         self._update_pause()
         self.intake.start()

@@ -1,0 +1,92 @@
+"""The daemon's facade driven through the real socket API (sdd-client), plus exclusions, schedules,
+back-pressure and the systemd watchdog, each on a live daemon."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import DaemonProcess
+
+from .conftest import notify_workflow
+
+client = pytest.importorskip("sdd_client.client")
+
+
+def completed(d: DaemonProcess) -> int:
+    return d.count("SELECT count(*) FROM runs WHERE status = 'completed'")
+
+
+def test_status_start_submit_reload_through_the_api(daemon: DaemonProcess) -> None:
+    with client.Client(daemon.socket) as c:
+        status = c.call("status")
+        assert status["state"] == "running" and status["workflows"] == 1 and status["pid"] == daemon.pid
+        manual = notify_workflow("manual", 2).replace("trigger:\n  type: malware\n", "").replace(
+            "detection.file_path", "context.why")
+        daemon.write_workflow("manual", manual)
+        assert c.call("reload")["ok"] is True
+        started = c.call("runs.start", workflow_id="manual", context={"why": "test"})
+        daemon.wait_for(lambda: completed(daemon) == 1, what="the API-started run")
+        row = daemon.query("SELECT trigger, detection_id FROM runs WHERE run_id = ?", (started["run_id"],))[0]
+        assert tuple(row) == ("api", None)
+        sub = c.call("detections.submit", detection={"type": "malware", "file_path": "/tmp/api"})
+        daemon.wait_for(lambda: completed(daemon) == 2, what="the submitted detection's run")
+        row = daemon.query("SELECT detection_id FROM runs WHERE trigger = 'detection'")[0]
+        assert str(row[0]) == sub["detection_id"]
+        with pytest.raises(Exception, match="not_found|no workflow"):
+            c.call("runs.start", workflow_id="nope")
+    # Calls made by someone are audited with their uid.
+    assert daemon.count("SELECT count(*) FROM audit WHERE action = 'runs.start'") >= 1
+
+
+def test_excluded_paths_start_nothing(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path, workflows={"notify5": notify_workflow()})
+    from sdd.store import Store
+
+    async def exclude() -> None:
+        store = Store.open(d.database)
+        await store.add_exclusion("path", "/srv/trusted", "known good", "test")
+        store.close()
+
+    asyncio.run(exclude())
+    with d:
+        d.drop({"type": "malware", "file_path": "/srv/trusted/tool.exe"})
+        d.drop({"type": "malware", "file_path": "/srv/other/tool.exe"})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM detections WHERE state != 'queued'") == 2, what="both")
+        assert dict(d.query("SELECT file_path, state FROM detections")) == {
+            "/srv/trusted/tool.exe": "excluded", "/srv/other/tool.exe": "matched"}
+
+
+def test_a_scheduled_workflow_runs_on_its_own(tmp_path: Path) -> None:
+    sched = notify_workflow("tick", 1).replace("trigger:\n  type: malware\n", "trigger:\n  schedule: {every: 1}\n")
+    sched = sched.replace("{{ detection.file_path }}", "tick")
+    with DaemonProcess(tmp_path, workflows={"tick": sched}) as d:
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE trigger = 'schedule' AND status = 'completed'")
+                   >= 2, timeout=30, what="two scheduled runs")
+
+
+def test_back_pressure_keeps_the_backlog_in_the_spool_and_database(tmp_path: Path) -> None:
+    slow = notify_workflow("slow", 1).replace("steps:\n", "steps:\n  - step_id: pause\n    action: run_script\n"
+                                              "    params: {script: pause.sh}\n")
+    with DaemonProcess(tmp_path, workflows={"slow": slow}, scripts={"pause.sh": "#!/bin/sh\nsleep 0.02\n"},
+                       config_overrides={"intake": {"max_queued": 10}, "engine": {"max_concurrent_runs": 2}}) as d:
+        for i in range(150):
+            d.drop({"type": "malware", "file_path": f"/tmp/b{i}"})
+        most_queued, seen_waiting_in_new = 0, False
+
+        def done() -> bool:
+            nonlocal most_queued, seen_waiting_in_new
+            most_queued = max(most_queued, d.count("SELECT count(*) FROM detections WHERE state = 'queued'"))
+            seen_waiting_in_new = seen_waiting_in_new or len(d.spool_files("new")) > 50
+            return completed(d) == 150
+
+        d.wait_for(done, timeout=120, what="150 runs")
+        assert most_queued <= 2 * 10  # queued plus one claimed batch, never the whole spool
+        assert seen_waiting_in_new    # claiming paused: the rest waited as files
+
+
+def test_watchdog_pings_when_asked(tmp_path: Path) -> None:
+    with DaemonProcess(tmp_path, env={"WATCHDOG_USEC": "400000"}) as d:
+        d.wait_notify("WATCHDOG=1", 10)
