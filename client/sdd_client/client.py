@@ -76,6 +76,16 @@ def _unwrap(reply: Mapping[str, Any], rid: int) -> Any:
     return reply["result"]
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """True when the daemon has closed this connection (nothing unread is pending and EOF is seen)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def _subscribe_params(events: list[str] | None, queue: int | None) -> dict[str, Any]:
     """`events`: only these names (default all); `queue`: events the daemon keeps for us before `lagged`."""
     params: dict[str, Any] = {}
@@ -138,6 +148,8 @@ class Client:
         return self.call_params(method, params)
 
     def call_params(self, method: str, params: Mapping[str, Any]) -> Any:
+        if self._sock is not None and _closed_by_peer(self._sock):
+            self.close()  # the daemon dropped the idle connection (or restarted): a new one, before sending
         sock = self.connect()._sock
         assert sock is not None
         rid = next(self._ids)
@@ -260,6 +272,8 @@ class AsyncClient:
 
     async def call_params(self, method: str, params: Mapping[str, Any]) -> Any:
         async with self._lock:
+            if self._reader is not None and self._reader.at_eof():
+                await self.close()  # dropped while idle: reconnect before sending, never after
             await self.connect()
             assert self._reader is not None and self._writer is not None
             rid = next(self._ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -238,3 +239,17 @@ def test_many_concurrent_clients(live):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_sync_client_reconnects_when_the_daemon_dropped_the_connection(tmp_path):
+    from .live import start_daemon
+
+    d = start_daemon(tmp_path, {"api": {"idle_timeout": 0.2}})
+    try:
+        with Client(d.socket) as c:
+            assert c.call("ping") == {"pong": True}
+            c._sock.settimeout(30)
+            assert c._sock.recv(1, socket.MSG_PEEK) == b""  # blocks until the daemon hangs up on us
+            assert c.call("ping") == {"pong": True}
+    finally:
+        d.close()

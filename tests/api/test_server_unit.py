@@ -300,3 +300,20 @@ async def test_client_that_never_reads_replies_is_closed(tmp_path):
             assert await client.call("ping") == {"pong": True}
     finally:
         await srv.close()
+
+
+async def test_async_client_reconnects_after_the_idle_timeout(tmp_path):
+    daemon = fake_daemon(tmp_path, idle_timeout=0.2)
+    srv = ApiServer(daemon)
+    await srv.start()
+    try:
+        async with AsyncClient(daemon.config.paths.socket) as client:
+            assert await client.call("ping") == {"pong": True}
+            for _ in range(500):  # wait until the server has dropped the idle connection
+                if srv.connection_count == 0 and client._reader.at_eof():
+                    break
+                await asyncio.sleep(0.01)
+            assert client._reader.at_eof()
+            assert await client.call("ping") == {"pong": True}
+    finally:
+        await srv.close()
