@@ -44,6 +44,7 @@ _U32_MAX = 2**32 - 1
 # Signals waiting in the connection's write queue beyond this are dropped (and counted), so a bus that does
 # not read fast enough can never make the daemon's memory grow without bound.
 MAX_WRITE_BACKLOG = 10_000
+CONNECT_TIMEOUT = 10.0
 
 # Hub events that can change a property value: each schedules a (coalesced) PropertiesChanged check.
 PROPERTY_TRIGGERS = frozenset(
@@ -332,6 +333,29 @@ class _PatientWriter(_MessageWriter):  # type: ignore[misc]
             self.bus._finalize(e)
 
 
+def _probe(address: str, timeout: float) -> None:
+    """Check (blocking, in a worker thread) that something accepts connections at a D-Bus address."""
+    import socket
+
+    from dbus_next._private.address import parse_address
+
+    error: OSError | None = None
+    for transport, options in parse_address(address):
+        if transport == "unix":
+            target: Any = options["path"] if "path" in options else "\0" + options["abstract"]
+            family = socket.AF_UNIX
+        else:
+            target, family = (options.get("host", ""), int(options["port"])), socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(target)
+                return
+            except OSError as e:
+                error = e
+    raise error or ConnectionError(f"no usable transport in {address!r}")
+
+
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -576,6 +600,10 @@ class BusBridge:
     async def _connect_once(self) -> MessageBus:
         assert self._kind is not None
         self.address = resolve_address(self._kind, self.bus_spec)
+        # dbus-next connects its socket synchronously in the constructor: a TCP peer that does not answer,
+        # or a unix listener with a full backlog, would freeze the daemon's event loop. Probe in a thread
+        # first, so an unreachable bus costs a worker thread, not the loop.
+        await asyncio.to_thread(_probe, self.address, CONNECT_TIMEOUT)
         try:
             bus = MessageBus(bus_address=self.address)
         except Exception as e:
@@ -586,9 +614,10 @@ class BusBridge:
         # "Future exception was never retrieved": mark it retrieved up front.
         bus._disconnect_future.add_done_callback(_retrieve)
         try:
-            await bus.connect()
+            # A bus that accepts but never answers must not hold the loop's connection task forever.
+            await asyncio.wait_for(bus.connect(), CONNECT_TIMEOUT)
             bus.export(OBJECT_PATH, self._iface)
-            reply = await bus.request_name(BUS_NAME)
+            reply = await asyncio.wait_for(bus.request_name(BUS_NAME), CONNECT_TIMEOUT)
             if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
                 # Queued behind another owner: we get the name when it leaves; signals still go out.
                 log.warning("D-Bus: %s is owned by another connection; queued for it (%s)", BUS_NAME, reply.name)

@@ -378,6 +378,27 @@ async def test_a_bad_bus_spec_is_logged_not_raised(
     assert b.last_error
 
 
+async def test_a_bus_that_accepts_but_never_answers_does_not_hold_up_start_or_stop(status: FakeStatus) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, read nothing, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    b = BusBridge(EventHub(), status, f"tcp:host=127.0.0.1,port={port}")
+    try:
+        await b.start(first_attempt_timeout=0.2)  # returns although the first attempt is still pending
+        assert b.state is BridgeState.CONNECTING and not b.connected
+        await asyncio.wait_for(b.stop(), WAIT)
+        assert b.state is BridgeState.STOPPED
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_unreachable_bus_does_not_raise_and_is_joined_when_it_appears(
     status: FakeStatus, collector_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
