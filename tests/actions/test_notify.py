@@ -99,3 +99,27 @@ async def test_log_and_syslog_channels(env: Env, caplog: pytest.LogCaptureFixtur
 async def test_bad_parameters(env: Env, params: dict, message: str) -> None:
     with pytest.raises(InvalidParams, match=message):
         await env.call("send_notification", **params)
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+async def test_email_logs_in_with_the_password_file(env: Env, tmp_path) -> None:
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def authenticator(server, session, envelope, mechanism, data):  # type: ignore[no-untyped-def]
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"sdd", b"pw-from-file")
+        return AuthResult(success=ok)
+
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, auth_required=True, auth_require_tls=False,
+                            authenticator=authenticator)
+    controller.start()
+    try:
+        secret = tmp_path / "smtp-password"
+        secret.write_text("pw-from-file\n")
+        env.configure(smtp=SmtpConfig(host="127.0.0.1", port=port, timeout=5, username="sdd",
+                                      password_file=str(secret)))
+        await env.call("send_notification", recipient="root@localhost", message="authenticated")
+        assert len(inbox.messages) == 1
+    finally:
+        controller.stop()
