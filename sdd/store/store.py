@@ -68,9 +68,11 @@ class Store:
                 self._readers.append(conn)
         return conn
 
-    def write(self, op: Operation) -> asyncio.Future[Any]:
-        """Enqueue any operation (a function of the write connection); resolves after its batch commits."""
-        return self._writer.write(op)
+    def write(self, op: Operation, *, durable: bool = False) -> asyncio.Future[Any]:
+        """Enqueue any operation (a function of the write connection); resolves after its batch commits.
+        `durable=True` also fsyncs that batch, so it survives a power loss (use it before deleting the
+        only other copy of the data, as intake does with spool files)."""
+        return self._writer.write(op, durable=durable)
 
     def submit(self, op: Operation) -> None:
         """Enqueue without waiting (ordered; failures logged). `await flush()` to know it is committed."""
@@ -131,7 +133,8 @@ class Store:
                                note: str | None = None) -> AddedDetection:
         """Commit a detection. Same `spool_name` with the same content again → the existing row (`replayed`);
         an external `id` seen before → stored as `duplicate` of the first (`duplicate_of`)."""
-        return await self._writer.write(writes.record_detection_op(data, spool_name, received_at, state, note))
+        return await self._writer.write(writes.record_detection_op(data, spool_name, received_at, state, note),
+                                        durable=True)
 
     async def add_detection(self, d: Mapping[str, Any], *, spool_name: str | None = None,
                             received_at: float | None = None, state: DetectionState | str = "queued",

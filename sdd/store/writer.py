@@ -3,9 +3,11 @@
 Callers enqueue an operation (a function of the connection, touching nothing but the database). The writer
 takes everything queued (up to `max_batch`), runs it in one transaction and COMMITs once. An operation that
 raises fails only its own waiter: the batch is rolled back and run again with one SAVEPOINT per operation,
-so the failing one is undone alone (savepoints are paid for only when something failed). Waiters are resolved only after that COMMIT returns, so
-"the awaitable resolved" means "the row is durable" (as durable as WAL with synchronous=NORMAL makes it: it
-survives a crash of the process; a power loss can lose the last commits).
+so the failing one is undone alone (savepoints are paid for only when something failed). Waiters are resolved only
+after that COMMIT returns, so "the awaitable resolved" means "the row is durable". Ordinary batches commit with
+WAL + synchronous=NORMAL (they survive a crash of the process; a power loss can lose the last commits). A batch
+holding a `durable` operation commits with synchronous=FULL (the WAL is fsync'd before COMMIT returns): intake
+uses that for detections, because it deletes the spool file — the only other copy — once the commit returns.
 
 No timer and no polling: when idle the thread sleeps on a condition; while it commits one batch the next
 one accumulates, which is what makes batching adaptive — one caller gets one-row latency, a burst gets
@@ -37,6 +39,7 @@ class _Op:
     fn: Operation
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[Any] | concurrent.futures.Future[Any] | None = None
+    durable: bool = False
 
 
 class GroupCommitWriter:
@@ -51,6 +54,7 @@ class GroupCommitWriter:
         self._dead: BaseException | None = None
         self._sleeping = False
         self.transactions = 0
+        self.durable_transactions = 0
         self.operations = 0
         self.failed_operations = 0
         self.largest_batch = 0
@@ -58,11 +62,12 @@ class GroupCommitWriter:
         self._thread.start()
 
     # --- enqueueing -------------------------------------------------------------------------------------------
-    def write(self, fn: Operation) -> asyncio.Future[Any]:
-        """Enqueue from an event loop; the future resolves (on that loop) after the batch has committed."""
+    def write(self, fn: Operation, *, durable: bool = False) -> asyncio.Future[Any]:
+        """Enqueue from an event loop; the future resolves (on that loop) after the batch has committed.
+        `durable`: the batch is fsync'd before the future resolves (survives power loss, ~1 ms more)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._put(_Op(fn, loop, future))
+        self._put(_Op(fn, loop, future, durable))
         return future
 
     def write_sync(self, fn: Operation, timeout: float | None = None) -> Any:
@@ -107,6 +112,9 @@ class GroupCommitWriter:
             self._resolve([(op, None, StoreClosed(f"the store writer stopped: {exc}")) for op in pending])
 
     def _commit(self, batch: list[_Op]) -> None:
+        durable = any(op.durable for op in batch)
+        if durable:
+            self._conn.execute("PRAGMA synchronous = FULL")
         try:
             outcomes = self._run_fast(batch)
             if outcomes is None:  # one operation failed: redo the batch with one savepoint per operation
@@ -117,6 +125,10 @@ class GroupCommitWriter:
             log.error("store commit of %d operations failed: %s", len(batch), exc)
             error = StoreError(f"commit failed: {exc}")
             outcomes = [(op, None, error) for op in batch]
+        finally:
+            if durable:
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self.durable_transactions += 1
         self.transactions += 1
         self.operations += len(batch)
         self.failed_operations += sum(1 for _, _, e in outcomes if e is not None)

@@ -182,3 +182,17 @@ async def test_reads_from_many_threads_while_writing(store: Store) -> None:
         results = await asyncio.gather(*futures)
     assert all(0 <= r <= 10 for r in results)
     assert len(store.list_runs(limit=1000).items) == 300
+
+
+async def test_durable_batches_are_fsynced_and_others_are_not(store: Store) -> None:
+    """A detection commit (the spool file is deleted right after) runs at synchronous=FULL; the rest at NORMAL."""
+
+    def level(conn: sqlite3.Connection) -> int:
+        return conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    assert await store.write(level) == 1  # NORMAL
+    assert await store.write(level, durable=True) == 2  # FULL
+    assert await store.write(level) == 1  # and back again for the next batch
+    before = store._writer.durable_transactions
+    await store.record_detection({"type": "malware"}, spool_name="x.json")
+    assert store._writer.durable_transactions == before + 1
