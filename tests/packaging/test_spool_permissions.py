@@ -125,3 +125,28 @@ def test_a_submitter_can_neither_list_nor_touch_other_detections(spool: Path) ->
 def test_an_outsider_cannot_submit_at_all(spool: Path) -> None:
     got = _probe(spool, OUTSIDER, [], [["create", "create", "tmp/x.json"], ["list", "list", "new"]])
     assert got == {"create": "EACCES", "list": "EACCES"}
+
+
+def test_the_real_sddctl_submits_as_a_member_of_the_submit_group_only(spool: Path) -> None:
+    """What clamd's VirusEvent does as user clamav: `sddctl submit --clamav`, here as nobody."""
+    sddctl = Path(sys.executable).parent / "sddctl"
+    base = [SETPRIV, f"--reuid={SUBMITTER}", f"--regid={SUBMITTER}", "--inh-caps=-all", "--bounding-set=-all",
+            "--no-new-privs"]
+    probe = subprocess.run([*base, "--clear-groups", str(sddctl), "--help"], capture_output=True, check=False,
+                           timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"the venv's sddctl cannot run as an unprivileged user here: {probe.stderr[-300:]!r}")
+    env = {"CLAM_VIRUSEVENT_FILENAME": "/home/alice/x.exe", "CLAM_VIRUSEVENT_VIRUSNAME": "Test.Sig"}
+    argv = [str(sddctl), "submit", "--clamav", "--spool", str(spool)]
+    member = subprocess.run([*base, f"--groups={SUBMIT_GID}", *argv], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert member.returncode == 0, member.stdout + member.stderr
+    outsider = subprocess.run([*base, "--clear-groups", *argv], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert outsider.returncode != 0 and "Permission denied" in outsider.stderr, outsider.stdout + outsider.stderr
+    [delivered] = list((spool / "new").iterdir())
+    assert delivered.stat().st_uid == SUBMITTER
+    detection = json.loads(delivered.read_text())
+    assert (detection["type"], detection["file_path"], detection["threat_name"]) == (
+        "malware", "/home/alice/x.exe", "Test.Sig")
+    assert not list((spool / "tmp").iterdir())
