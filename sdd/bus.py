@@ -436,7 +436,9 @@ class BusBridge:
     async def start(self, first_attempt_timeout: float = 2.0) -> None:
         """Subscribe to the hub and connect. Never raises because of the bus. Waits at most
         `first_attempt_timeout` for the first connection attempt, so that when the bus is there the name is
-        owned by the time start() returns."""
+        owned by the time start() returns. A second start() while running does nothing."""
+        if self._tasks:
+            return
         try:
             self._kind = parse_bus_spec(self.bus_spec)
         except ValueError as e:
