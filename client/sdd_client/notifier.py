@@ -85,9 +85,38 @@ def _close(bus: Any) -> None:
                 obj.close()
 
 
+def _probe(address: str, timeout: float) -> None:
+    """Check (blocking, in a worker thread) that something accepts connections at a D-Bus address: dbus-next
+    connects synchronously in its constructor, and a peer that never answers would freeze the event loop
+    (and with it the SIGTERM handler)."""
+    import socket
+
+    from dbus_next._private.address import parse_address
+
+    error: Exception | None = None
+    for transport, options in parse_address(address):
+        if transport == "unix" and ("path" in options or "abstract" in options):
+            target: Any = options["path"] if "path" in options else "\0" + options["abstract"]
+            family = socket.AF_UNIX
+        elif transport == "tcp" and options.get("port", "").isdigit():
+            target, family = (options.get("host", ""), int(options["port"])), socket.AF_INET
+        else:
+            error = ConnectionError(f"unusable D-Bus transport {transport!r} in {address!r}")
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(target)
+                return
+            except OSError as e:
+                error = e
+    raise error or ConnectionError(f"no usable transport in {address!r}")
+
+
 async def _connect(address: str) -> Any:
     from dbus_next.aio import MessageBus
 
+    await asyncio.to_thread(_probe, address, CALL_TIMEOUT)
     bus = MessageBus(bus_address=address)
     # A bus that dies while nobody awaits wait_for_disconnect() must not log "exception never retrieved".
     bus._disconnect_future.add_done_callback(lambda f: f.cancelled() or f.exception())
