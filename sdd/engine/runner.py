@@ -174,7 +174,10 @@ class Run:
         self.status = RunStatus.PENDING
 
     # -- events
-    async def emit(self, event: Any) -> None:
+    async def emit(self, event: Any, *, strict: bool = False) -> None:
+        """Delivers `event` to every listener. A failing listener is logged and the run goes on — except
+        when `strict` (the intent of a non-idempotent step): a side effect whose intent could not be
+        recorded could be repeated after a crash, so the attempt fails (retryably) before it acts."""
         for listener in self.listeners:
             try:
                 ret = listener(event)
@@ -182,7 +185,9 @@ class Run:
                     await ret
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if strict:
+                    raise ActionError(f"could not record the step's intent before acting: {exc}") from exc
                 log.exception("engine listener %r failed on %s", listener, type(event).__name__)
 
     # -- entry point
@@ -369,7 +374,8 @@ class Run:
             try:
                 if listeners:
                     await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, attempt,
-                                                spec.idempotent, "run", time.time(), params))
+                                                spec.idempotent, "run", time.time(), params),
+                                    strict=not spec.idempotent and not self.dry_run)
                 token = _current_step.set((self.run_id, scope.workflow_id, path, attempt,
                                            f"{self.run_id}:{path}", self.detection, self.dry_run, "run", None))
                 if self.dry_run:

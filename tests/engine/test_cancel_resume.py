@@ -178,3 +178,25 @@ async def test_skipped_steps_get_started_and_finished_events(engine: WorkflowEng
     await engine.execute_workflow(wf([{"step_id": "a", "action": "act", "condition": "1 == 2"}]))
     kinds = [(type(e).__name__, getattr(e, "status", None)) for e in rec.events[1:3]]
     assert kinds == [("StepStarted", None), ("StepFinished", "skipped")]
+
+
+async def test_a_non_idempotent_step_does_not_act_when_its_intent_cannot_be_recorded(rec: Recorder) -> None:
+    """The intent of a step that must not run twice is recorded before it acts; if that fails, it does not act."""
+    failures = {"left": 1}
+
+    async def flaky_store(event: Any) -> None:
+        if type(event).__name__ == "StepStarted" and not event.idempotent and failures["left"]:
+            failures["left"] -= 1
+            raise OSError("disk full")
+
+    engine = make_engine(rec)
+    engine.add_listener(flaky_store)
+    result = await engine.execute_workflow(wf([{"step_id": "s", "action": "run_script", "max_retries": 1,
+                                                "retry_delay": 0}]))
+    assert result.status is RunStatus.COMPLETED
+    assert rec.names() == ["run_script"]  # the first attempt never ran; the retry, whose intent was recorded, did
+    failures["left"] = 5
+    result = await engine.execute_workflow(wf([{"step_id": "s", "action": "run_script"}]))
+    assert result.status is RunStatus.FAILED
+    assert "could not record the step's intent" in (result.step_results["s"].error or "")
+    assert rec.names() == ["run_script"]  # still only the one call
