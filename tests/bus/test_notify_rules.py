@@ -95,3 +95,42 @@ def test_the_notifier_does_not_import_the_daemon_package() -> None:
 
     code = "import sys, sdd_client.notifier; sys.exit(1 if any(m == 'sdd' or m.startswith('sdd.') for m in sys.modules) else 0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
+
+
+# --- command-line options (no bus) -----------------------------------------------------------------------
+
+ENV = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus"}
+
+
+def test_listens_on_the_system_bus_and_notifies_on_the_session_bus_by_default() -> None:
+    from sdd_client.notifier import options_from_args, parse_args
+
+    o = options_from_args(parse_args([]), ENV)
+    assert o.signal_address == "unix:path=/run/dbus/system_bus_socket"
+    assert o.notify_address == "unix:path=/run/user/1000/bus"
+    o = options_from_args(parse_args([]), {**ENV, "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/x"})
+    assert o.signal_address == "unix:path=/x"
+
+
+def test_session_and_address_options() -> None:
+    from sdd_client.notifier import options_from_args, parse_args
+
+    assert options_from_args(parse_args(["--session"]), ENV).signal_address == ENV["DBUS_SESSION_BUS_ADDRESS"]
+    o = options_from_args(parse_args(["--address", "unix:path=/a", "--notify-address", "unix:path=/b"]), {})
+    assert (o.signal_address, o.notify_address) == ("unix:path=/a", "unix:path=/b")
+    o = options_from_args(parse_args(["--session"]), {"XDG_RUNTIME_DIR": "/run/user/7"})
+    assert o.signal_address == o.notify_address == "unix:path=/run/user/7/bus"
+
+
+def test_bad_options_are_usage_errors() -> None:
+    from sdd_client.notifier import NotifierError, options_from_args, parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--session", "--address", "unix:path=/a"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--max-notifications", "0"])
+    with pytest.raises(NotifierError, match="--address"):
+        options_from_args(parse_args(["--address", "garbage"]), ENV)
+    with pytest.raises(NotifierError, match="no session bus"):
+        options_from_args(parse_args([]), {})
