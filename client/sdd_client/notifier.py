@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +166,7 @@ class Notifier:
 
     def __init__(self, options: NotifierOptions) -> None:
         self.options = options
+        self.received = 0  # signals that called for a notification
         self.sent = 0  # notifications shown
         self.dropped = 0  # notices lost to a full queue or a notification server that would not take them
         self.connections = 0  # successful connections to the signal bus
@@ -195,6 +196,16 @@ class Notifier:
 
         async def _wait() -> None:
             while not (self._listening.is_set() and self.connections >= connections):
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Until `predicate()` holds, re-checked whenever a signal arrives or a notification is shown."""
+
+        async def _wait() -> None:
+            while not predicate():
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -285,10 +296,12 @@ class Notifier:
         return bus
 
     def _enqueue(self, notice: Notice) -> None:
+        self.received += 1
         try:
             self._queue.put_nowait(notice)
         except asyncio.QueueFull:
             self.dropped += 1
+        self._changed.set()
 
     # --- notifications out --------------------------------------------------------------------------------
 
@@ -313,6 +326,7 @@ class Notifier:
             try:
                 await self._show(notice)
                 self.sent += 1
+                self._changed.set()
                 return True
             except asyncio.CancelledError:
                 raise

@@ -139,6 +139,34 @@ async def test_signals_from_anyone_but_the_name_owner_are_ignored(
         close_bus(spoofer)
 
 
+async def test_a_busy_notification_server_costs_bounded_memory_and_one_summary(
+    private_bus: Any, hub_and_bridge: tuple[EventHub, BusBridge], notifier: Notifier
+) -> None:
+    from sdd_client.notifier import QUEUE_SIZE
+
+    hub, _ = hub_and_bridge
+    server = FakeNotifications(private_bus.address, gate=asyncio.Event())
+    await server.start()
+    try:
+        marker(hub, "first")
+        await server.wait_calls(1)  # the notifier now waits for the server's reply
+        extra = 10
+        for i in range(QUEUE_SIZE + extra):
+            marker(hub, f"n{i}")
+        await notifier.wait_until(lambda: notifier.received == 1 + QUEUE_SIZE + extra, WAIT)
+        assert notifier.dropped == extra  # the queue stayed at QUEUE_SIZE
+        assert server.gate is not None
+        server.gate.set()
+        calls = await server.wait_calls(1 + QUEUE_SIZE + 1)
+        assert [c.summary for c in calls[: QUEUE_SIZE + 1]] == ["first"] + [f"n{i}" for i in range(QUEUE_SIZE)]
+        assert calls[-1].summary == "sdd: more events"
+        assert calls[-1].body == f"{extra} more sdd notifications were not shown."
+    finally:
+        if server.gate is not None:
+            server.gate.set()
+        await server.stop()
+
+
 async def test_keeps_working_across_a_daemon_restart(
     private_bus: Any, notifier: Notifier, fake_notifications: FakeNotifications
 ) -> None:

@@ -275,6 +275,7 @@ class FakeNotifications:
     address: str
     calls: list[NotifyCall] = field(default_factory=list)
     capabilities: list[str] = field(default_factory=lambda: ["body", "body-markup"])
+    gate: asyncio.Event | None = None  # when set to an Event, Notify replies only once it is set
     _bus: Any = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -349,11 +350,14 @@ def _make_interface(server: FakeNotifications) -> Any:
             hints="a{sv}",
             expire_timeout="i",
         )
-        def Notify(self, app_name, replaces_id, app_icon, summary, body, actions, hints, expire_timeout):  # type: ignore[no-untyped-def]
+        async def Notify(self, app_name, replaces_id, app_icon, summary, body, actions, hints, expire_timeout):  # type: ignore[no-untyped-def]
             unwrapped = {k: v.value for k, v in hints.items()}
-            return server.record(
+            n = server.record(
                 NotifyCall(app_name, replaces_id, app_icon, summary, body, list(actions), unwrapped, expire_timeout)
             )
+            if server.gate is not None:
+                await server.gate.wait()  # a busy server: the reply waits until the test opens the gate
+            return n
 
         @method()
         @_dbus_types("as")
