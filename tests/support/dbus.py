@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -58,8 +58,9 @@ class PrivateBus:
 
     config: Path
     socket_path: Path
-    address: str
+    address: str  # unix:path=SOCKET: stable across restarts on the same path
     proc: subprocess.Popen[bytes]
+    printed_address: str = ""  # as dbus-daemon printed it, with this instance's guid
 
     @classmethod
     def start(cls, config: Path, socket_path: Path) -> PrivateBus:
@@ -79,7 +80,7 @@ class PrivateBus:
             raise RuntimeError(
                 f"dbus-daemon did not start with {config} (exit {proc.returncode}): {err.decode(errors='replace')}"
             )
-        return cls(config, socket_path, line.strip(), proc)
+        return cls(config, socket_path, f"unix:path={socket_path}", proc, line.strip())
 
     def stop(self) -> None:
         """Stop the daemon and wait for it; idempotent."""
@@ -155,15 +156,26 @@ def private_bus() -> Iterator[_BusHandle]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-class _BusHandle:
-    """What the `private_bus` fixture yields: the current PrivateBus, surviving `restart()`/`stop()`."""
+class _BusHandle(str):
+    """What the `private_bus` fixture yields: the bus address (this object *is* that string, and
+    `.address` too), plus `restart()`/`stop()` of the dbus-daemon behind it. The address names only the
+    socket path, so it stays valid across restarts, as a system bus address does."""
 
-    def __init__(self, holder: list[PrivateBus]) -> None:
-        self._holder = holder
+    _holder: list[PrivateBus]
+
+    def __new__(cls, holder: list[PrivateBus]) -> Self:
+        handle = super().__new__(cls, holder[0].address)
+        handle._holder = holder
+        return handle
 
     @property
     def address(self) -> str:
         return self._holder[0].address
+
+    @property
+    def printed_address(self) -> str:
+        """The address as dbus-daemon printed it (with its guid, which changes on restart)."""
+        return self._holder[0].printed_address
 
     @property
     def socket_path(self) -> Path:
