@@ -1,7 +1,11 @@
 """The D-Bus bridge: the daemon's hub events as signals of `org.searchanddestroy.Sdd1`, its status as properties.
 
-This is the only module of the daemon that imports dbus-next (0.2.3 has quirks: it leaves its socket open
-after a disconnect, and leaks the socket of a failed connect; both are handled here).
+This is the only module of the daemon that imports dbus-next. Its 0.2.3 quirks are handled here: it drops
+the connection when the socket buffer fills (a signal burst; `_PatientWriter` waits instead), connects
+synchronously in its constructor (probed in a thread first), may leave its socket open after a disconnect
+and leaks the socket of a failed connect (`_close_transport`, which also unregisters the fd from the loop
+before closing it), and logs a traceback on the root logger for every refused client call
+(`_QuietClientErrors`).
 
 D-Bus is output only and optional. `BusBridge.start()` never raises because of the bus: when the bus is
 missing or refuses us, the bridge logs it and a reconnect loop tries again with a growing back-off
