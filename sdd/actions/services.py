@@ -73,6 +73,10 @@ class ActionServices:
             self._first_seen.clear()
         return self._first_seen.setdefault((key, pid), start_time)
 
+    def guards_status(self) -> dict[str, Any]:
+        """Rate-limit and circuit-breaker state, for the daemon's `status`."""
+        return self.guards.status()
+
     async def audit(self, action: str, target: str, outcome: str, details: dict[str, Any],
                     detection_id: str | None = None, run_id: str | None = None) -> None:
         """One audit row per destructive act; an audit failure is logged, never undoes the act."""

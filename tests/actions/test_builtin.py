@@ -27,7 +27,9 @@ def test_every_builtin_has_its_documented_flags(tmp_path: Path) -> None:
 
 
 def test_guards_status_lists_the_configured_limits(tmp_path: Path) -> None:
-    status = guards_status(ActionServices(ActionsConfig(), tmp_path))
+    services = ActionServices(ActionsConfig(), tmp_path)
+    status = guards_status(services)
+    assert services.guards_status() == status
     assert set(status["rate_limits"]) == {"kill_process", "quarantine_file", "delete_file"}
     assert status["breakers"] == {}
 
