@@ -153,3 +153,43 @@ async def test_kill_rate_limit(env: Env, spawn) -> None:
     with pytest.raises(RateLimited):
         await env.call("kill_process", process_id=b.pid)
     assert b.poll() is None
+
+
+def _respawn_at(pid: int, attempts: int = 50) -> subprocess.Popen | None:
+    """A new process with exactly `pid`, by setting the kernel's last-allocated pid (as CRIU does)."""
+    for _ in range(attempts):
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+                fh.write(str(pid - 1))
+        except OSError:
+            return None
+        p = subprocess.Popen([sys.executable, "-c", READY + "import time; time.sleep(120)"],
+                             stdout=subprocess.PIPE, text=True)
+        if p.pid == pid:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+            return p
+        p.kill()  # another process on the machine took the pid first: try again
+        p.wait()
+        assert p.stdout is not None
+        p.stdout.close()
+    return None
+
+
+async def test_genuinely_reused_pid_is_refused(env: Env, spawn) -> None:
+    old = spawn()
+    detection = {"process_id": old.pid, "process_start_time": psutil.Process(old.pid).create_time()}
+    old.kill()
+    old.wait()
+    new = _respawn_at(detection["process_id"])
+    if new is None:
+        pytest.skip("cannot steer pid allocation here (/proc/sys/kernel/ns_last_pid needs root)")
+    try:
+        assert new.pid == old.pid
+        result = await env.step("kill_process", {"process_id": "{{ detection.process_id }}"}, detection=detection)
+        assert result.status is RunStatus.FAILED and "reused" in (result.error or "")
+        assert new.poll() is None  # the innocent process now holding the pid lives on
+    finally:
+        new.kill()
+        new.wait()
+        assert new.stdout is not None
+        new.stdout.close()
