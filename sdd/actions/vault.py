@@ -33,6 +33,7 @@ KEY_LEN = 32
 HEADER_LEN = len(MAGIC) + KEY_LEN
 CHUNK = 1 << 20  # a multiple of KEY_LEN, so the keystream stays aligned across chunks
 QID_RE = re.compile(r"[0-9a-f]{32}")
+STALE_TMP_SECONDS = 3600.0
 _NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -208,10 +209,23 @@ class Vault:
             finally:
                 os.close(fd)
 
+    @staticmethod
+    def _sweep(vfd: int, older_than: float = STALE_TMP_SECONDS) -> None:
+        """Remove temporary files a crash left behind (never one a running call may still be writing)."""
+        cutoff = time.time() - older_than
+        for name in os.listdir(vfd):
+            if name.startswith(".tmp-"):
+                try:
+                    if os.stat(name, dir_fd=vfd, follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(name, dir_fd=vfd)
+                except FileNotFoundError:
+                    pass
+
     def _quarantine_fd(self, parent: Parent, fd: int, fst: os.stat_result, detection_id: str | None,
                        threat_name: str | None, run_id: str | None) -> dict[str, Any]:
         what = "quarantine_file"
         vfd = self._open()
+        self._sweep(vfd)
         tmp = f".tmp-{secrets.token_hex(8)}.bin"
         try:
             bfd = os.open(tmp, _NEW, 0o600, dir_fd=vfd)

@@ -337,3 +337,13 @@ async def test_plan_marks_delete_irreversible_and_quarantine_with_rollback_not(e
     plan = {p["step_id"]: p for p in env.engine().plan(wf)}
     assert plan["del"]["irreversible"] is True and plan["q"]["irreversible"] is False
     assert path.read_bytes() == CONTENT
+
+
+async def test_quarantine_sweeps_temporary_files_left_by_a_crash(env: Env) -> None:
+    env.vault.mkdir(mode=0o700)
+    stale, fresh = env.vault / ".tmp-deadbeef.bin", env.vault / ".tmp-cafebabe.bin"
+    stale.write_bytes(b"half a blob")
+    fresh.write_bytes(b"another call is writing this")
+    os.utime(stale, (0, 0))
+    await env.call("quarantine_file", file_path=str(make(env)))
+    assert not stale.exists() and fresh.exists()
