@@ -347,3 +347,17 @@ async def test_quarantine_sweeps_temporary_files_left_by_a_crash(env: Env) -> No
     os.utime(stale, (0, 0))
     await env.call("quarantine_file", file_path=str(make(env)))
     assert not stale.exists() and fresh.exists()
+
+
+async def test_resumed_run_reruns_quarantine_in_flight_and_gets_the_same_result(env: Env) -> None:
+    # A crash after the unlink but before the outcome was recorded: the step is found "running".
+    from sdd.engine import PriorStep, RunStatus, Workflow
+    path = make(env)
+    wf = Workflow.from_dict({"workflow_id": "t", "steps": [
+        {"step_id": "q", "action": "quarantine_file", "params": {"file_path": str(path)}}]})
+    first = await env.engine().execute_workflow(wf, run_id="r1")
+    resumed = await env.engine().execute_workflow(wf, run_id="r1", prior={"q": PriorStep("running", attempts=1)})
+    assert resumed.status is RunStatus.COMPLETED
+    a, b = first.step_results["q"].result, resumed.step_results["q"].result
+    assert a["quarantine_id"] == b["quarantine_id"] and b["already_quarantined"] is True
+    assert len(env.vault_items()) == 2
