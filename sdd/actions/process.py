@@ -23,7 +23,9 @@ from .params import Params
 from .services import ActionServices
 
 PF_KTHREAD = 0x00200000
-START_TIME_TOLERANCE = 0.02  # psutil derives create_time from clock ticks (10 ms); allow float noise
+# create_time counts clock ticks: two processes in different ticks differ by at least one tick, so half a
+# tick absorbs float noise (and a producer's rounding to 10 ms) without ever confusing two processes.
+START_TIME_TOLERANCE = 0.5 / os.sysconf("SC_CLK_TCK")
 
 
 def _is_kernel_thread(pid: int) -> bool:
