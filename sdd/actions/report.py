@@ -177,6 +177,9 @@ async def generate_report(services: ActionServices, *, context: dict[str, Any] |
     run_id = info.run_id if info else f"adhoc-{int(time.time())}-{secrets.token_hex(4)}"
     run = services.run_log.get(run_id) if info else None
     if run is None and info is not None and services.store is not None:
+        flush = getattr(services.store, "flush", None)
+        if flush is not None:
+            await flush()  # the recorder enqueues idempotent steps' outcomes without waiting
         stored = await asyncio.to_thread(services.store.get_run, run_id)
         if stored:
             run = stored

@@ -55,3 +55,26 @@ async def test_report_type_is_checked(env: Env) -> None:
         await env.call("generate_report", report_type="../../etc/cron.d/x")
     with pytest.raises(InvalidParams, match="format"):
         await env.call("generate_report", format="pdf")
+
+
+async def test_report_from_the_store_when_no_run_log_is_registered(env: Env, tmp_path: Path) -> None:
+    from sdd.engine import WorkflowEngine
+    from sdd.history import HistoryRecorder
+    from sdd.store import Store
+    store = Store.open(tmp_path / "sdd.db")
+    try:
+        env.configure(store=store)
+        victim = env.root / "x.exe"
+        victim.write_bytes(b"bad")
+        engine = WorkflowEngine(actions=env.actions.values(), listeners=[HistoryRecorder(store)])
+        wf = Workflow.from_dict({"workflow_id": "w", "steps": [
+            {"step_id": "quarantine", "action": "quarantine_file", "params": {"file_path": str(victim)}},
+            {"step_id": "report", "action": "generate_report", "params": {"format": "json"}}]})
+        result = await engine.execute_workflow(wf)
+        assert result.status is RunStatus.COMPLETED, result.error
+        data = json.loads(Path(result.step_results["report"].result["json_path"]).read_text())
+        steps = {s["step_id"]: s for s in data["steps"]}
+        assert steps["quarantine"]["status"] == "completed"
+        assert data["quarantine"][0]["quarantine_id"] == result.step_results["quarantine"].result["quarantine_id"]
+    finally:
+        store.close()
