@@ -84,6 +84,7 @@ class Daemon:
         self.hub = EventHub()
         self.state = DaemonState.STARTING
         self.started_at = time.time()
+        self._started_mono = time.monotonic()  # uptime must not jump with the wall clock
         self.store: Any = None
         self.engine: WorkflowEngine = None  # type: ignore[assignment]
         self.services: Any = None
@@ -320,7 +321,8 @@ class Daemon:
         for c in claimed:
             try:
                 # The op's future, not a coroutine: a batch of 256 costs no task per detection.
-                waits.append(store.write(record_detection_op(c.detection, c.name, None, "queued", None)))
+                waits.append(store.write(record_detection_op(c.detection, c.name, None, "queued", None),
+                                         durable=True))  # fsync before the spool file goes
             except Exception as exc:  # the store refused the value (checked in this thread)
                 waits.append(_failed(exc))
         results = await asyncio.gather(*waits, return_exceptions=True)
@@ -573,7 +575,8 @@ class Daemon:
             "version": __version__,
             "state": self.state.value,
             "pid": os.getpid(),
-            "uptime": round(time.time() - self.started_at, 3),
+            "uptime": round(time.monotonic() - self._started_mono, 3),
+            "started_at": self.started_at,
             "active_runs": len(self.engine.active_runs) if self.engine else 0,
             "queued_detections": self._queued,
             "workflows": len(self.workflows),

@@ -226,6 +226,16 @@ class _OverflowHandler(logging.Handler):
             pass
 
 
+class _QuietStop(logging.Filter):
+    """watchdog logs an error when its emitter wakes up after being stopped; at shutdown that is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_QuietStop())
+
+
 class Intake:
     """Owns the spool. `deliver(claimed, rejected)` is called on the worker thread after each batch."""
 
