@@ -45,9 +45,9 @@ async def _index(services: ActionServices, meta: dict[str, Any]) -> None:
     if services.store is None:
         return
     try:
-        # The store's put is an insert: an item indexed by an earlier (crashed or repeated) call stays as is.
-        if await asyncio.to_thread(services.store.get_quarantine, meta["quarantine_id"]) is None:
-            await services.store.put_quarantine({**meta, "id": meta["quarantine_id"]})
+        # The store's put is an upsert on the vault's id: a repeated call lands on the same row, and a file
+        # quarantined again after a restore is shown as quarantined again.
+        await services.store.put_quarantine({**meta, "id": meta["quarantine_id"]})
     except Exception as exc:
         # The vault has the item; a re-run finds it there and indexes it again.
         raise ActionError(f"quarantined {meta['original_path']} as {meta['quarantine_id']} but could not "

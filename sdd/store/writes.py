@@ -265,8 +265,20 @@ def put_quarantine_op(meta: Mapping[str, Any]) -> tuple[str, Operation]:
            codec.dumps(extra or None, "extra"))
 
     def put_quarantine(conn: sqlite3.Connection) -> str:
+        known = conn.execute("SELECT original_path FROM quarantine WHERE id = ?", (qid,)).fetchone()
+        if known is not None and known[0] != row[3]:
+            raise StoreValueError(f"quarantine id {qid!r} already names another file ({known[0]!r})")
+        # An upsert: the vault gives the same file the same id, so quarantining it again (an idempotent re-run,
+        # or a second infection after a restore) must land on the same row — and a restored item that is back in
+        # the vault is no longer restored. A plain re-run keeps the first quarantine time.
         conn.execute("INSERT INTO quarantine (id, sha256, size, original_path, uid, gid, mode, mtime, detection_id, "
-                     "run_id, threat_name, quarantined_at, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                     "run_id, threat_name, quarantined_at, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                     "ON CONFLICT(id) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
+                     "uid = excluded.uid, gid = excluded.gid, mode = excluded.mode, mtime = excluded.mtime, "
+                     "detection_id = excluded.detection_id, run_id = excluded.run_id, "
+                     "threat_name = excluded.threat_name, extra = excluded.extra, "
+                     "quarantined_at = CASE WHEN quarantine.restored_at IS NULL THEN quarantine.quarantined_at "
+                     "ELSE excluded.quarantined_at END, restored_at = NULL, restored_to = NULL", row)
         return qid
     return qid, put_quarantine
 

@@ -46,11 +46,23 @@ async def test_quarantine_meta_is_validated(store: Store, meta: dict[str, object
         await store.put_quarantine(meta)
 
 
-async def test_duplicate_quarantine_id_is_refused(store: Store) -> None:
-    import sqlite3
+async def test_a_quarantine_id_cannot_be_reused_for_another_file(store: Store) -> None:
     await store.put_quarantine({"id": "q", "sha256": SHA, "original_path": "/x"})
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreValueError, match="already names another file"):
         await store.put_quarantine({"id": "q", "sha256": SHA, "original_path": "/y"})
+    assert store.get_quarantine("q")["original_path"] == "/x"
+
+
+async def test_quarantining_a_restored_file_again_makes_it_quarantined_again(store: Store) -> None:
+    await store.put_quarantine({"id": "q", "sha256": SHA, "original_path": "/x", "quarantined_at": 100.0})
+    await store.put_quarantine({"id": "q", "sha256": SHA, "original_path": "/x", "quarantined_at": 150.0})
+    assert store.get_quarantine("q")["quarantined_at"] == 100.0  # a re-run keeps the first time
+    assert await store.mark_restored("q", restored_at=200.0, restored_to="/x")
+    assert store.get_quarantine("q")["restored_at"] == 200.0
+    await store.put_quarantine({"id": "q", "sha256": SHA, "original_path": "/x", "quarantined_at": 300.0,
+                                "detection_id": "d2"})
+    again = store.get_quarantine("q")
+    assert again["restored_at"] is None and again["quarantined_at"] == 300.0 and again["detection_id"] == "d2"
 
 
 async def test_exclusions_cover_hashes_paths_and_subtrees(store: Store) -> None:
