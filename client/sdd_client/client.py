@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import select
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,11 +78,13 @@ def _unwrap(reply: Mapping[str, Any], rid: int) -> Any:
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
-    """True when the daemon has closed this connection (nothing unread is pending and EOF is seen)."""
+    """True when the daemon has closed this connection (EOF is readable). Never blocks: a socket with a
+    timeout would turn a non-blocking recv into a wait, so readability is polled first."""
     try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
 

@@ -108,3 +108,18 @@ def test_process_start_time_matches_psutil():
     assert spool.process_start_time(os.getpid()) <= time.time()
     with pytest.raises(spool.SubmitError):
         spool.process_start_time(2**22 + 12345)
+
+
+def test_closed_by_peer_never_waits_on_an_open_connection():
+    import socket
+
+    from sdd_client.client import _closed_by_peer
+
+    a, b = socket.socketpair()
+    with a, b:
+        a.settimeout(60)  # a timeout turns plain non-blocking reads into waits: must not apply here
+        started = time.monotonic()
+        assert _closed_by_peer(a) is False
+        assert time.monotonic() - started < 30
+        b.close()
+        assert _closed_by_peer(a) is True
