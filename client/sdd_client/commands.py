@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from . import output, spool
 from .cli_context import Ctx, kv_value
 from .client import Event
+from .errors import DaemonUnreachable
 from .output import Style, duration, relative_time, safe, table
 from .run_commands import cmd_cancel, cmd_history, cmd_run, cmd_show, cmd_stats
 
@@ -259,7 +260,8 @@ def cmd_reload(ctx: Ctx) -> int:
 
 
 def cmd_watch(ctx: Ctx) -> int:
-    with ctx.client().subscribe(ctx.args.events) as events:
+    client = ctx.client()
+    with client.subscribe(ctx.args.events) as events:
         if not ctx.as_json:
             ctx.print(f"Watching sdd events ({', '.join(ctx.args.events or ['all'])}); Ctrl-C to stop.")
         try:
@@ -272,7 +274,8 @@ def cmd_watch(ctx: Ctx) -> int:
                     ctx.print(_event_line(ctx, event))
         except KeyboardInterrupt:
             return 0
-    return 0
+    # The stream ended without Ctrl-C: the daemon stopped (or restarted).
+    raise DaemonUnreachable(str(client.socket_path), "the daemon closed the event stream")
 
 
 def _event_line(ctx: Ctx, event: Event) -> str:

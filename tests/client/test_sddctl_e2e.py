@@ -229,6 +229,29 @@ def test_watch_follows_events_until_interrupted(live):
             proc.stderr.close()
 
 
+def test_watch_exits_3_when_the_daemon_goes_away(tmp_path):
+    from tests.api.live import start_daemon
+
+    d = start_daemon(tmp_path)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SDD_")}
+        proc = subprocess.Popen([SDDCTL, "--socket", str(d.socket), "watch"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().startswith("Watching")
+            d.stop()
+            assert proc.wait(60) == 3
+            assert "closed the event stream" in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+    finally:
+        d.close()
+
+
 @pytest.mark.parametrize("args", [["status"], ["--json", "history"], ["watch"]])
 def test_unreachable_daemon_is_one_line_and_exit_3(tmp_path, args):
     sock = tmp_path / "nothing.sock"
