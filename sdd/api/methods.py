@@ -228,9 +228,7 @@ async def detections_list(call: Call, p: Params) -> Any:
 @method("quarantine.list")
 async def quarantine_list(call: Call, p: Params) -> Any:
     limit, cursor = _page(p)
-    restored = p._get("restored")
-    if restored is not None and not isinstance(restored, bool):
-        raise InvalidParams("quarantine.list: params.restored: expected true or false")
+    restored = p.optional_boolean("restored")
     p.done()
     return _plain(call.daemon.store.list_quarantine(limit=limit, cursor=cursor, restored=restored))
 

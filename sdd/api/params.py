@@ -9,11 +9,10 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import InvalidParams
 
-E = TypeVar("E")
 MAX_ID_LEN = 256
 
 
@@ -72,10 +71,12 @@ class Params:
         return value
 
     def boolean(self, name: str, *, default: bool = False) -> bool:
+        value = self.optional_boolean(name)
+        return default if value is None else value
+
+    def optional_boolean(self, name: str) -> bool | None:
         value = self._get(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
+        if value is not None and not isinstance(value, bool):
             raise self._bad(name, f"expected true or false, got {type(value).__name__}")
         return value
 
@@ -120,11 +121,6 @@ class Params:
                     parsed = parsed.replace(tzinfo=_dt.UTC)
                 return parsed.timestamp()
         raise self._bad(name, f"expected epoch seconds or an ISO 8601 time, got {value!r:.80}")
-
-    def enum(self, name: str, kind: type[E], *, aliases: Iterable[str] = ()) -> E | None:
-        choices = [str(getattr(member, "value", member)) for member in kind]  # type: ignore[attr-defined]
-        value = self.string(name, choices=choices, aliases=aliases)
-        return None if value is None else kind(value)  # type: ignore[call-arg]
 
     def done(self) -> None:
         extra = sorted(set(self.raw) - self._seen)
