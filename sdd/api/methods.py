@@ -1,8 +1,9 @@
 """The API methods: check params, call the daemon facade or read the store, shape the result.
 
 Each handler is `async def handler(call, params) -> result`. Authorisation has been decided before a handler
-runs (see auth.py); state-changing handlers record an audit entry with the caller's uid. Exceptions from the
-layers below are mapped to error codes by `map_exception` — the message of an unexpected one is not sent.
+runs (see auth.py). State changes are audited with the caller's uid by the daemon facade that makes them;
+refused calls are audited by the server (`Call.audit`). Exceptions from the layers below are mapped to error
+codes by `map_exception` — the message of an unexpected one is logged, not sent.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def map_exception(exc: BaseException, method_name: str) -> ApiError:
     """The error reply for an exception raised while serving method_name."""
     if isinstance(exc, ApiError):
         return exc
-    from sdd import daemon as daemon_errors
+    from sdd import daemon as daemon_errors  # already loaded: it is the daemon that runs this server
     from sdd.engine import errors as engine_errors
     from sdd.store.errors import StoreValueError
 
