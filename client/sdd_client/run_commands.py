@@ -94,7 +94,7 @@ def cmd_history(ctx: Ctx) -> int:
     params: dict[str, Any] = {"limit": a.limit}
     for key, value in (("workflow", a.workflow), ("status", a.status), ("since", a.since), ("cursor", a.cursor)):
         if value is not None:
-            params[key] = float(value) if key == "since" and _is_number(value) else value
+            params[key] = since_value(value) if key == "since" else value
     page = ctx.call("runs.list", **params)
     if ctx.as_json:
         ctx.emit_json(page)
@@ -111,12 +111,24 @@ def cmd_history(ctx: Ctx) -> int:
     return 0
 
 
-def _is_number(text: str) -> bool:
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def since_value(text: str, now: float | None = None) -> float | str:
+    """`--since`: epoch seconds ("1764064800"), an age ("30m", "2h", "7d"), or an ISO 8601 time passed on
+    as it is for the daemon to parse."""
     try:
-        float(text)
-        return True
+        return float(text)
     except ValueError:
-        return False
+        pass
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number):]
+    if number and unit in _UNITS:
+        try:
+            return (time.time() if now is None else now) - float(number) * _UNITS[unit]
+        except ValueError:
+            pass
+    return text
 
 
 def cmd_show(ctx: Ctx) -> int:

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", metavar="ID")
     p.add_argument("--status", choices=RUN_STATUSES)
     p.add_argument("--limit", type=int, default=20, metavar="N")
-    p.add_argument("--since", metavar="TIME", help="epoch seconds or ISO 8601")
+    p.add_argument("--since", metavar="TIME", help="an age (30m, 2h, 7d), epoch seconds or ISO 8601")
     p.add_argument("--cursor", metavar="CURSOR", help="continue a previous listing")
     p = add("show", "show one run with its steps as a timeline")
     p.add_argument("run_id", metavar="RUN_ID")

@@ -123,3 +123,14 @@ def test_closed_by_peer_never_waits_on_an_open_connection():
         assert time.monotonic() - started < 30
         b.close()
         assert _closed_by_peer(a) is True
+
+
+def test_history_since_accepts_ages_epochs_and_iso():
+    from sdd_client.run_commands import since_value
+
+    assert since_value("30m", now=10_000.0) == 10_000.0 - 1800
+    assert since_value("2h", now=10_000.0) == 10_000.0 - 7200
+    assert since_value("7d", now=1e6) == 1e6 - 7 * 86400
+    assert since_value("1764064800") == 1764064800.0
+    assert since_value("2026-11-25T10:00:00Z") == "2026-11-25T10:00:00Z"
+    assert since_value("soon") == "soon"  # left for the daemon to refuse, naming the field

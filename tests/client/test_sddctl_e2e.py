@@ -107,6 +107,10 @@ def test_history_show_and_stats(live):
     page = as_json(live, "history", "--workflow", "notify3", "--limit", "2")
     assert len(page["items"]) <= 2 and all(r["workflow_id"] == "notify3" for r in page["items"])
     assert sddctl(live, "history", "--status", "bogus").returncode == 2
+    assert run_id in ok(live, "history", "--since", "1h")
+    assert as_json(live, "history", "--since", "2099-01-01T00:00:00Z")["items"] == []
+    r = sddctl(live, "history", "--since", "soon")
+    assert r.returncode == 2 and "since" in r.stderr
     shown = ok(live, "show", run_id)
     assert f"Run {run_id}" in shown and "Timeline:" in shown
     timeline = shown[shown.index("Timeline:"):]
