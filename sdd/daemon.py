@@ -34,7 +34,7 @@ from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, S
 from .hub import EventHub
 from .intake import Claimed, Intake, Rejected, SpoolRejection, parse_detection
 from .logging import kv, setup_logging
-from .matcher import Decision, DedupWindow, match
+from .matcher import Decision, DedupWindow, Exclusions, match
 from .recovery import recover_runs
 from .scheduler import Scheduler
 from .store.writes import record_detection_op
@@ -75,6 +75,30 @@ class NotAccepting(DaemonError):
     """The daemon is stopping and starts nothing new."""
 
 
+class WatchedStore:
+    """The store as the daemon hands it out, counting exclusion changes so the matcher can keep the
+    exclusions in memory instead of querying SQLite for every detection. Everything else is the store's."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.exclusions_version = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def add_exclusion(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self._store.add_exclusion(*args, **kwargs)
+        finally:
+            self.exclusions_version += 1
+
+    async def remove_exclusion(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self._store.remove_exclusion(*args, **kwargs)
+        finally:
+            self.exclusions_version += 1
+
+
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | os.PathLike[str] | None = None,
                  notifier: Notifier | None = None) -> None:
@@ -105,6 +129,8 @@ class Daemon:
         self._queued = 0                # detections committed and not yet matched
         self._paused = False
         self._dedup = DedupWindow(config.engine.dedup_window)
+        self._exclusions: Exclusions | None = None
+        self._exclusions_version = -1
         self._run_detection: dict[str, str | None] = {}   # run_id → our detection id, until RunStarted
         self._awaiting_start: dict[str, list[Any]] = {}   # detection id → [runs still to announce, note]
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -135,7 +161,8 @@ class Daemon:
         from .history import HistoryRecorder
         from .store import Store
 
-        self.store = Store.open(cfg.database)
+        raw_store = Store.open(cfg.database)
+        self.store = WatchedStore(raw_store)
         self.services, actions, action_errors = load_actions(cfg, self.store, self._desktop_notification)
         self._action_specs = actions
         for err in action_errors:
@@ -144,7 +171,7 @@ class Daemon:
         self.workflow_errors = [str(i) for i in issues]
         for issue in self.workflow_errors:
             log.error("workflow not loaded", extra=kv(issue=issue))
-        self.recorder = HistoryRecorder(self.store)
+        self.recorder = HistoryRecorder(raw_store)
         self.engine = WorkflowEngine(actions, listeners=[self._on_engine_event], workflows=self.workflows,
                                      max_depth=cfg.engine.max_subworkflow_depth)
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
@@ -458,16 +485,16 @@ class Daemon:
         self._awaiting_start[detection_id] = [len(started), result.note]
 
     def _is_excluded(self, detection: Mapping[str, Any]) -> bool:
-        sha, path = detection.get("sha256"), detection.get("file_path")
-        sha = sha if isinstance(sha, str) and len(sha) == 64 else None
-        path = path if isinstance(path, str) and path.startswith("/") else None
-        if sha is None and path is None:
-            return False
-        try:
-            return bool(self.store.is_excluded(sha256=sha, path=path))
-        except Exception as exc:
-            log.warning("exclusion check failed", extra=kv(error=exc))
-            return False
+        # Read the table again only after an exclusion was added or removed (through the watched store).
+        version = self.store.exclusions_version
+        if self._exclusions is None or version != self._exclusions_version:
+            try:
+                self._exclusions = Exclusions.from_rows(self.store.list_exclusions())
+                self._exclusions_version = version
+            except Exception as exc:
+                log.warning("exclusions unreadable", extra=kv(error=exc))
+                return False
+        return self._exclusions.excludes(detection)
 
     def _set_state(self, detection_id: str, state: str, note: str | None) -> None:
         # Queued on the writer at once (FIFO, after the runs' rows): no task per detection.

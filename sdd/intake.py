@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -42,6 +43,7 @@ from .logging import kv
 
 log = logging.getLogger(__name__)
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 MAX_NESTING = 64  # a detection deeper than this is hostile, and would hurt the engine's renderer
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _WATCHDOG_LOGGER = "watchdog.observers.inotify_c"
@@ -147,12 +149,14 @@ def parse_detection(raw: bytes) -> dict[str, Any]:
     ident = obj.get("id")
     if ident is not None and (isinstance(ident, bool) or not isinstance(ident, (str, int))):
         raise SpoolRejection("field 'id' must be a string")
-    if _too_deep(obj, MAX_NESTING):
+    # Both checks walk the whole value; the cheap C-level tests in front skip them for ordinary detections.
+    if text.count("[") + text.count("{") > MAX_NESTING and _too_deep(obj, MAX_NESTING):
         raise SpoolRejection(f"JSON nested deeper than {MAX_NESTING} levels")
-    try:  # "\ud800" escapes decode to lone surrogates that no UTF-8 store can hold
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise SpoolRejection("invalid Unicode (lone surrogate escape)") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        try:  # "\ud800" escapes decode to lone surrogates that no UTF-8 store can hold
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SpoolRejection("invalid Unicode (lone surrogate escape)") from None
     return obj
 
 
@@ -170,7 +174,7 @@ def _describe(mode: int) -> str:
     return "not a regular file"
 
 
-def read_spool_file(path: Path, max_size: int) -> bytes:
+def read_spool_file(path: str | Path, max_size: int) -> bytes:
     """Reads a claimed file without following symlinks or opening FIFOs/devices; raises SpoolRejection."""
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
@@ -244,6 +248,8 @@ class Intake:
                  max_pending: int = 8192, on_first_scan: Callable[[], None] | None = None,
                  observer_timeout: float = 2.0) -> None:
         self.layout = SpoolLayout(spool)
+        # Plain strings: a Path object per file operation costs more than the system call.
+        self._new, self._cur = str(self.layout.new), str(self.layout.cur)
         self.deliver = deliver
         self.max_file_size = max_file_size
         self.rescan_interval = rescan_interval
@@ -385,8 +391,9 @@ class Intake:
                         del self._pending[name]
                         batch.append(name)
                     self._inflight.update(batch)
+            cur = self._cur
             for name in unlink:
-                self._remove(self.layout.cur / name)
+                self._remove(f"{cur}/{name}")
             if late:
                 rejected: list[Rejected] = []
                 for name, reason in late:
@@ -489,7 +496,7 @@ class Intake:
 
     def _claim(self, name: str, rejected: list[Rejected]) -> str | None:
         """Moves new/NAME into cur/ (link + unlink); returns the name in cur/, or None if nothing to do."""
-        src, dst = self.layout.new / name, self.layout.cur / name
+        src, dst = f"{self._new}/{name}", f"{self._cur}/{name}"
         try:
             os.link(src, dst, follow_symlinks=False)  # a symlink is linked as itself, never followed
         except FileNotFoundError:
@@ -500,7 +507,7 @@ class Intake:
                 pass  # a crash between link and unlink: already claimed
             else:  # a different file under a name still in cur/: claim it under a unique name
                 name = f"{name}.{time.time_ns()}"
-                os.link(src, self.layout.cur / name, follow_symlinks=False)
+                os.link(src, f"{self._cur}/{name}", follow_symlinks=False)
         except OSError as exc:
             # Directories (EPERM) and anything else that cannot be linked: reject it from new/.
             try:
@@ -510,7 +517,7 @@ class Intake:
             reason = f"is {_describe(st.st_mode)}" if not stat.S_ISREG(st.st_mode) else f"cannot claim: {exc}"
             with self._cond:
                 self._inflight.discard(name)
-            self._reject(src, name, reason, rejected)
+            self._reject(Path(src), name, reason, rejected)
             return None
         try:
             os.unlink(src)
@@ -519,13 +526,13 @@ class Intake:
         return name
 
     def _read(self, name: str, claimed: list[Claimed], rejected: list[Rejected], *, leftover: bool) -> None:
-        path = self.layout.cur / name
+        path = f"{self._cur}/{name}"
         try:
             detection = parse_detection(read_spool_file(path, self.max_file_size))
         except SpoolRejection as exc:
             with self._cond:
                 self._inflight.discard(name)
-            self._reject(path, name, str(exc), rejected)
+            self._reject(Path(path), name, str(exc), rejected)
             return
         except FileNotFoundError:
             with self._cond:
@@ -534,7 +541,7 @@ class Intake:
         except OSError as exc:
             with self._cond:
                 self._inflight.discard(name)
-            self._reject(path, name, f"cannot read: {exc.strerror}", rejected)
+            self._reject(Path(path), name, f"cannot read: {exc.strerror}", rejected)
             return
         claimed.append(Claimed(name, detection, leftover))
 
@@ -562,7 +569,7 @@ class Intake:
         rejected.append(Rejected(target, reason))
 
     @staticmethod
-    def _remove(path: Path) -> None:
+    def _remove(path: str | Path) -> None:
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -14,11 +14,13 @@ so they are tested without a daemon. The rules (contract "Workflows", issue 4):
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from sdd.engine import Workflow
 from sdd.engine.errors import ExpressionError
@@ -47,7 +49,7 @@ class MatchResult:
     note: str = ""
 
 
-_compiled: "OrderedDict[str, Expression]" = OrderedDict()
+_compiled: OrderedDict[str, Expression] = OrderedDict()
 
 
 def _compile(text: str) -> Expression:
@@ -97,7 +99,7 @@ class DedupWindow:
 
     window: float = 60.0
     max_entries: int = 100_000
-    _seen: "OrderedDict[tuple[str, str, str], tuple[float, str]]" = field(default_factory=OrderedDict)
+    _seen: OrderedDict[tuple[str, str, str], tuple[float, str]] = field(default_factory=OrderedDict)
 
     def _prune(self, now: float) -> None:
         while self._seen:
@@ -133,6 +135,39 @@ def _dedup_key(workflow_id: str, detection: Mapping[str, Any]) -> tuple[str, str
         return None  # without a file there is nothing to say two detections are "the same"
     threat = detection.get("threat_name")
     return workflow_id, path, threat if isinstance(threat, str) else ""
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """Excluded hashes and paths, in memory: the matcher checks every detection, the table rarely changes."""
+
+    sha256: frozenset[str] = frozenset()
+    paths: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_rows(cls, rows: list[Mapping[str, Any]]) -> "Exclusions":
+        sha = frozenset(str(r["value"]).lower() for r in rows if r.get("kind") == "sha256")
+        paths = frozenset(str(r["value"]) for r in rows if r.get("kind") == "path")
+        return cls(sha, paths)
+
+    def excludes(self, detection: Mapping[str, Any]) -> bool:
+        """The detection's `sha256`, or its `file_path` or a directory above it, is excluded."""
+        if self.sha256:
+            sha = detection.get("sha256")
+            if isinstance(sha, str) and sha.lower() in self.sha256:
+                return True
+        if self.paths:
+            path = detection.get("file_path")
+            if isinstance(path, str) and path.startswith("/"):
+                path = posixpath.normpath(path)
+                while True:
+                    if path in self.paths:
+                        return True
+                    parent = posixpath.dirname(path)
+                    if parent == path:
+                        break
+                    path = parent
+        return False
 
 
 def match(workflows: Mapping[str, Workflow], detection: Mapping[str, Any], detection_id: str, *,

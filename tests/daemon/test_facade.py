@@ -90,3 +90,19 @@ def test_back_pressure_keeps_the_backlog_in_the_spool_and_database(tmp_path: Pat
 def test_watchdog_pings_when_asked(tmp_path: Path) -> None:
     with DaemonProcess(tmp_path, env={"WATCHDOG_USEC": "400000"}) as d:
         d.wait_notify("WATCHDOG=1", 10)
+
+
+def test_an_exclusion_added_by_a_workflow_applies_to_the_next_detection(daemon: DaemonProcess) -> None:
+    daemon.write_workflow("fp", "workflow_id: fp\nsteps:\n  - step_id: exclude\n    action: add_exclusion\n"
+                                "    params: {path: /srv/fp, reason: false positive}\n")
+    with client.Client(daemon.socket) as c:
+        assert c.call("reload")["ok"] is True
+        daemon.drop({"type": "malware", "file_path": "/srv/fp/a.exe"})
+        daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM detections WHERE state = 'matched'") == 1,
+                        what="the first detection, before the exclusion")
+        c.call("runs.start", workflow_id="fp")
+        daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM runs WHERE workflow_id = 'fp' "
+                                             "AND status = 'completed'") == 1, what="the exclusion run")
+    daemon.drop({"type": "malware", "file_path": "/srv/fp/b.exe"})
+    daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM detections WHERE state = 'excluded'") == 1,
+                    what="the excluded detection")

@@ -61,3 +61,16 @@ def test_same_file_and_threat_inside_the_window_is_a_duplicate() -> None:
     assert other_threat.decision is Decision.MATCHED
     later = match(SET, det, "4", dedup=window, now=1100.0)
     assert later.decision is Decision.MATCHED
+
+
+def test_exclusions_cover_hashes_and_directories_above_the_file() -> None:
+    from sdd.matcher import Exclusions
+
+    ex = Exclusions.from_rows([{"kind": "sha256", "value": "AB" * 32}, {"kind": "path", "value": "/srv/ok"}])
+    assert ex.excludes({"sha256": "ab" * 32})
+    assert ex.excludes({"file_path": "/srv/ok/deep/file.exe"})
+    assert ex.excludes({"file_path": "/srv/ok"})
+    assert ex.excludes({"file_path": "/srv/x/../ok/f"})
+    assert not ex.excludes({"file_path": "/srv/okay/f"})
+    assert not ex.excludes({"file_path": "relative/srv/ok"})
+    assert not Exclusions().excludes({"file_path": "/srv/ok"})
