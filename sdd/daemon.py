@@ -42,7 +42,7 @@ from .sdnotify import Notifier, watchdog_interval
 
 log = logging.getLogger("sdd.daemon")
 
-READY_WINDOW = 512          # detections the dispatcher keeps in memory; the rest wait in the database
+READY_WINDOW = 1000         # detections the dispatcher keeps in memory; the rest wait in the database
 PURGE_INTERVAL = 86400.0    # retention purge, daily
 
 
@@ -417,14 +417,27 @@ class Daemon:
             self._wake.clear()
             if self.state is DaemonState.STOPPING:
                 return
-            limit = self.config.engine.max_concurrent_runs
-            while len(self.engine.active_runs) < limit and self.state is not DaemonState.STOPPING:
-                item = self._next_detection()
-                if item is None:
-                    break
-                self._dispatch(*item)
+            try:
+                self._dispatch_available()
+            except Exception:
+                # The dispatcher must outlive any bug or database hiccup: log, pause, go on.
+                log.exception("dispatcher error; retrying in 1s")
+                await asyncio.sleep(1.0)
+                self._wake.set()
             self._update_pause()
             self._publish_status()
+
+    def _dispatch_available(self) -> None:
+        limit = self.config.engine.max_concurrent_runs
+        while len(self.engine.active_runs) < limit and self.state is not DaemonState.STOPPING:
+            item = self._next_detection()
+            if item is None:
+                return
+            try:
+                self._dispatch(*item)
+            except Exception as exc:
+                log.exception("cannot dispatch a detection", extra=kv(detection_id=item[0]))
+                self._set_state(item[0], "no_match", f"dispatch failed: {type(exc).__name__}: {exc}")
 
     def _next_detection(self) -> tuple[str, dict[str, Any], bool] | None:
         if self._ready:
@@ -544,6 +557,8 @@ class Daemon:
 
     def _publish_engine_event(self, ev: EngineEvent) -> None:
         publish = self.hub.publish
+        if isinstance(ev, (StepStarted, StepFinished)) and not self.hub.subscriber_count:
+            return  # ten per run: not worth building for nobody
         if isinstance(ev, StepStarted):
             publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt})
         elif isinstance(ev, StepFinished):
