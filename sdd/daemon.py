@@ -354,6 +354,7 @@ class Daemon:
                 waits.append(_failed(exc))
         results = await asyncio.gather(*waits, return_exceptions=True)
         done: list[str] = []
+        failed: list[str] = []
         refused: list[tuple[str, str]] = []
         for c, res in zip(claimed, results):
             if isinstance(res, BaseException):
@@ -361,12 +362,19 @@ class Daemon:
                     refused.append((c.name, f"refused by the database: {res}"))
                 else:  # the database is failing: keep the file in cur/ for the next start
                     log.error("cannot record a detection", extra=kv(name=c.name, error=res))
+                    failed.append(c.name)
                 continue
             done.append(c.name)
-            self._accepted(res, c.detection)
+            try:
+                self._accepted(res, c.detection)
+            except Exception:  # committed: the dispatcher finds it in the database anyway
+                log.exception("cannot queue a detection", extra=kv(name=c.name))
+                self._backlog = True
         intake.done(done)
         if refused:
             intake.reject_claimed(refused)
+        if failed:
+            intake.release(failed)
         self._update_pause()
         self._wake.set()
         self._publish_status()

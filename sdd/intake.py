@@ -333,6 +333,13 @@ class Intake:
             self._unlink.extend(names)
             self._cond.notify()
 
+    def release(self, names: list[str]) -> None:
+        """Claimed files whose detections could not be committed: they stay in cur/ (and are delivered again
+        at the next start, like a crash's leftovers) but no longer count against the in-flight bound."""
+        with self._cond:
+            self._inflight.difference_update(names)
+            self._cond.notify()
+
     def reject_claimed(self, items: list[tuple[str, str]]) -> None:
         """Claimed files the daemon could not accept after all: move cur/NAME to rejected/ with the reason."""
         with self._cond:
