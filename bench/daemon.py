@@ -81,13 +81,13 @@ def _latency(d: DaemonProcess, n: int = 1000, gap: float = 0.003) -> dict[str, A
     try:
         from sdd_client.client import Client
     except ImportError:
-        Client = None  # noqa: N806
+        Client = None
     finished: dict[str, float] = {}
     stream = None
     if Client is not None:
         try:
             stream = Client(d.socket).subscribe(events=["run.finished"], queue=10000)
-        except Exception:  # no API: fall back to the database's finished_at
+        except Exception:  # noqa: BLE001 -- no API: fall back to the database's finished_at
             stream = None
     done = threading.Event()
 

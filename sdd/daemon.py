@@ -37,8 +37,8 @@ from .logging import kv, setup_logging
 from .matcher import Decision, DedupWindow, Exclusions, match
 from .recovery import recover_runs
 from .scheduler import Scheduler
-from .store.writes import record_detection_op
 from .sdnotify import Notifier, watchdog_interval
+from .store.writes import record_detection_op
 
 log = logging.getLogger("sdd.daemon")
 
@@ -239,7 +239,7 @@ class Daemon:
             if component is not None:
                 try:
                     await asyncio.wait_for(getattr(component, method)(), 10)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                     log.warning(f"{name} did not stop cleanly", extra=kv(error=exc))
         for task in list(self._tasks):
             task.cancel()
@@ -289,7 +289,7 @@ class Daemon:
         try:
             bridge = BusBridge(self.hub, self.status, self.config.dbus.bus)
             await bridge.start()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
             log.error("D-Bus bridge failed to start; running without it", extra=kv(error=exc))
             return
         self.bus = bridge
@@ -325,7 +325,7 @@ class Daemon:
                 result = await self.store.purge(self.config.engine.history_retention_days)
                 log.info("history purged", extra=kv(retention_days=self.config.engine.history_retention_days,
                                                     result=result))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                 log.error("history purge failed", extra=kv(error=exc))
             await asyncio.sleep(PURGE_INTERVAL)
 
@@ -350,7 +350,7 @@ class Daemon:
                 # The op's future, not a coroutine: a batch of 256 costs no task per detection.
                 waits.append(store.write(record_detection_op(c.detection, c.name, None, "queued", None),
                                          durable=True))  # fsync before the spool file goes
-            except Exception as exc:  # the store refused the value (checked in this thread)
+            except Exception as exc:  # noqa: BLE001 -- the store refused the value (checked in this thread)
                 waits.append(_failed(exc))
         results = await asyncio.gather(*waits, return_exceptions=True)
         done: list[str] = []
@@ -494,7 +494,7 @@ class Daemon:
         for wf in result.workflows:
             try:
                 handle = self._start(wf, None, detection=detection, detection_id=detection_id)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                 log.error("run failed to start", extra=kv(workflow=wf.workflow_id, error=exc))
                 continue
             started.append(handle.run_id)
@@ -512,7 +512,7 @@ class Daemon:
             try:
                 self._exclusions = Exclusions.from_rows(self.store.list_exclusions())
                 self._exclusions_version = version
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                 log.warning("exclusions unreadable", extra=kv(error=exc))
                 return False
         return self._exclusions.excludes(detection)
@@ -619,7 +619,7 @@ class Daemon:
         if self.services is not None:
             try:
                 guards = self.services.guards.status()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                 guards = {"error": str(exc)}
         return {
             "version": __version__,
@@ -632,8 +632,8 @@ class Daemon:
             "workflows": len(self.workflows),
             "workflow_errors": list(self.workflow_errors),
             "guards": guards,
-            "bus": {"spec": self.config.dbus.bus, "connected": bool(getattr(self.bus, "connected", False))}
-            if self.config.dbus.bus != "none" else {"spec": "none", "connected": False},
+            "bus": {"spec": self.config.dbus.bus, "connected": bool(getattr(self.bus, "connected", False)),
+                    "state": str(getattr(getattr(self.bus, "state", None), "value", "disabled"))},
             "socket": str(self.config.paths.socket),
             "database": str(self.config.database),
             "spool": str(self.config.paths.spool),
@@ -751,7 +751,7 @@ class Daemon:
         try:
             await self.store.audit(uid, action, None if target is None else str(target), detection_id, run_id,
                                    outcome, details)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
             log.warning("audit record failed", extra=kv(action=action, error=exc))
 
 
@@ -784,7 +784,7 @@ def load_actions(config: Config, store: Any, notify: Any) -> tuple[Any, list[Any
         specs = list(builtin_actions(services))
     try:
         plugins, plugin_errors = discover_entry_points()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
         plugins, plugin_errors = [], [f"action plugins: {exc}"]
     names = {s.name for s in specs}
     for spec in plugins:
@@ -834,7 +834,7 @@ def load_workflows(config: Config, actions: Any) -> tuple[dict[str, Workflow], l
             except WorkflowValidationError as exc:
                 problems.extend(str(i) for i in exc.issues)
                 continue
-            except Exception as exc:  # unreadable, bad YAML: named with the file
+            except Exception as exc:  # noqa: BLE001 -- unreadable, bad YAML: named with the file
                 problems.append(f"{path}: {exc}")
                 continue
             workflows[wf.workflow_id] = wf

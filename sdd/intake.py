@@ -141,8 +141,8 @@ def parse_detection(raw: bytes) -> dict[str, Any]:
     except ValueError as exc:
         raise SpoolRejection(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
-        raise SpoolRejection(f"expected one JSON object, got {kind}")
+        what = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
+        raise SpoolRejection(f"expected one JSON object, got {what}")
     kind = obj.get("type")
     if not isinstance(kind, str) or not kind.strip():
         raise SpoolRejection("field 'type' is missing or not a non-empty string")
@@ -226,7 +226,7 @@ class _OverflowHandler(logging.Handler):
         try:
             if "overflow" in record.getMessage().lower():
                 self.intake.rescan("inotify queue overflow")
-        except Exception:  # a logging handler must never raise into watchdog
+        except Exception:  # noqa: BLE001 S110 -- a logging handler must never raise into watchdog
             pass
 
 
@@ -388,7 +388,8 @@ class Intake:
                         self._deferred.discard(name)
                         self._add_pending(name)
                 scan = bool(self._rescan_reasons) and not self._paused and not self._pending
-                reasons, batch = [], []
+                reasons: list[str] = []
+                batch: list[str] = []
                 if scan:
                     reasons, self._rescan_reasons = self._rescan_reasons, []
                 elif self._can_claim():
@@ -447,7 +448,8 @@ class Intake:
             chunk = names[start:start + self.batch_size]
             with self._cond:
                 self._inflight.update(chunk)
-            claimed, rejected = [], []
+            claimed: list[Claimed] = []
+            rejected: list[Rejected] = []
             for name in chunk:
                 self._drop_claimed_twin(name)
                 self._read(name, claimed, rejected, leftover=True)

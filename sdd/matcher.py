@@ -145,7 +145,7 @@ class Exclusions:
     paths: frozenset[str] = frozenset()
 
     @classmethod
-    def from_rows(cls, rows: list[Mapping[str, Any]]) -> "Exclusions":
+    def from_rows(cls, rows: list[Mapping[str, Any]]) -> Exclusions:
         sha = frozenset(str(r["value"]).lower() for r in rows if r.get("kind") == "sha256")
         paths = frozenset(str(r["value"]) for r in rows if r.get("kind") == "path")
         return cls(sha, paths)

@@ -51,7 +51,7 @@ async def recover_runs(store: Any, engine: WorkflowEngine, prior_steps: Callable
         run_id = str(row["run_id"])
         try:
             workflow = Workflow.from_dict(row["workflow"])
-        except Exception as exc:  # the snapshot is ours, but a bad one must not stop the daemon
+        except Exception as exc:  # noqa: BLE001 -- the snapshot is ours, but a bad one must not stop the daemon
             await _abandon(store, run_id, f"cannot resume: stored workflow is unusable: {exc}")
             report.abandoned.append(run_id)
             continue

@@ -11,7 +11,8 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from sdd.engine import Schedule, Workflow
 

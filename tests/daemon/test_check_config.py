@@ -16,7 +16,7 @@ from .conftest import notify_workflow
 def check(d: DaemonProcess, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SDD_")}
     return subprocess.run(sdd_command() + ["check-config", "--config", str(d.config_file), *extra],
-                          capture_output=True, text=True, timeout=60, env=env)
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
 def test_a_good_setup_passes(tmp_path: Path) -> None:
@@ -63,6 +63,6 @@ def test_the_daemon_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     d = DaemonProcess(tmp_path, config_overrides={"engine": {"max_concurrent_runs": 0}})
     env = {k: v for k, v in os.environ.items() if not k.startswith("SDD_")}
     out = subprocess.run(sdd_command() + ["--user", "--config", str(d.config_file)], capture_output=True,
-                         text=True, timeout=60, env=env)
+                         text=True, timeout=60, env=env, check=False)
     assert out.returncode == 1
     assert "engine.max_concurrent_runs" in out.stderr

@@ -161,12 +161,9 @@ class DaemonProcess:
                     "PYTHONUNBUFFERED": "1"})
         env.update(self.extra_env)
         argv = sdd_command() + ["--config", str(self.config_file)] + (["--user"] if self.user_mode else [])
-        log = open(self.log_file, "ab")
-        try:
+        with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                          start_new_session=True)
-        finally:
-            log.close()
         if wait_ready:
             self.wait_notify("READY=1", self.start_timeout)
         return self
@@ -228,7 +225,7 @@ class DaemonProcess:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> DaemonProcess:
+    def __enter__(self) -> DaemonProcess:  # noqa: PYI034 -- subclasses are not expected
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         return self
