@@ -38,7 +38,7 @@ from .matcher import Decision, DedupWindow, Exclusions, match
 from .recovery import recover_runs
 from .scheduler import Scheduler
 from .sdnotify import Notifier, watchdog_interval
-from .store.writes import record_detection_op
+from .store.writes import record_detection_op, set_detection_state_op
 
 log = logging.getLogger("sdd.daemon")
 
@@ -133,6 +133,9 @@ class Daemon:
         self._exclusions_version = -1
         self._run_detection: dict[str, str | None] = {}   # run_id → our detection id, until RunStarted
         self._awaiting_start: dict[str, list[Any]] = {}   # detection id → [runs still to announce, note]
+        # Dispatched, but the state write not yet committed: the database still says `queued`, so a
+        # refill from it must not dispatch them again.
+        self._in_progress: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._status_pending = False
         self.stats = {"received": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "no_match": 0,
@@ -458,7 +461,7 @@ class Daemon:
         rows = self.store.pending_detections(READY_WINDOW)
         for row in rows:
             did = str(row["detection_id"])
-            if did not in self._awaiting_start and did not in self._ready_ids:
+            if did not in self._in_progress and did not in self._ready_ids:
                 self._ready.append((did, row.get("data") or {}))
                 self._ready_ids.add(did)
         if len(rows) < READY_WINDOW:
@@ -472,6 +475,7 @@ class Daemon:
     def _dispatch(self, detection_id: str, detection: dict[str, Any], from_db: bool) -> None:
         """Matches one queued detection and starts its runs; the state is written after the runs exist."""
         self._queued = max(0, self._queued - 1)
+        self._in_progress.add(detection_id)
         if from_db and self.store.runs_for_detection(detection_id):
             # A crash came between creating its runs and marking it: they are being resumed.
             self._set_state(detection_id, "matched", "runs existed at start-up")
@@ -518,8 +522,19 @@ class Daemon:
         return self._exclusions.excludes(detection)
 
     def _set_state(self, detection_id: str, state: str, note: str | None) -> None:
-        # Queued on the writer at once (FIFO, after the runs' rows): no task per detection.
-        self.store.submit_detection_state(detection_id, state, note)
+        # Queued on the writer at once (FIFO, after the runs' rows); a future, not a task, per detection.
+        try:
+            fut = self.store.write(set_detection_state_op(detection_id, state, note))
+        except Exception:
+            self._in_progress.discard(detection_id)
+            raise
+        fut.add_done_callback(lambda f, did=detection_id: self._state_written(did, f))
+
+    def _state_written(self, detection_id: str, fut: asyncio.Future[Any]) -> None:
+        self._in_progress.discard(detection_id)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("cannot record a detection's state", extra=kv(detection_id=detection_id,
+                                                                     error=fut.exception()))
 
     def _expect_run(self, run_id: str, detection_id: str | None, trigger: str = "detection",
                     uid: int | None = None) -> None:

@@ -105,3 +105,20 @@ def test_same_id_twice_is_a_duplicate(daemon: DaemonProcess) -> None:
     states = sorted(r[0] for r in daemon.query("SELECT state FROM detections"))
     assert states == ["duplicate", "matched"]
     assert completed_runs(daemon) == 1 or daemon.count("SELECT count(*) FROM runs") == 1
+
+
+def test_a_backlog_beyond_the_memory_window_is_read_back_from_the_database_once(tmp_path: Path) -> None:
+    total = 2500  # more than the dispatcher keeps in memory (1000): the rest is re-read from SQLite
+    with DaemonProcess(tmp_path, workflows={"one": notify_workflow("one", 1)},
+                       config_overrides={"logging": {"level": "warning"}, "intake": {"max_queued": 5000},
+                                         "engine": {"max_concurrent_runs": 2}}) as d:
+        d.signal(signal.SIGSTOP)  # let the whole burst land before the daemon looks
+        try:
+            for i in range(total):
+                d.drop({"type": "malware", "file_path": f"/tmp/w{i}"})
+        finally:
+            d.signal(signal.SIGCONT)
+        d.wait_for(lambda: d.count(ACCOUNTED) == total, timeout=180, interval=0.2, what="every detection")
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status = 'completed'") == total,
+                   timeout=60, what="every run")
+        assert d.count("SELECT count(DISTINCT detection_id) FROM runs") == total  # one run each, none twice
