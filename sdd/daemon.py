@@ -34,7 +34,7 @@ from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, S
 from .hub import EventHub
 from .intake import Claimed, Intake, Rejected, SpoolRejection, parse_detection
 from .logging import kv, setup_logging
-from .matcher import Decision, DedupWindow, Exclusions, match
+from .matcher import Decision, DedupWindow, Exclusions, MatchResult, match
 from .recovery import recover_runs
 from .scheduler import Scheduler
 from .sdnotify import Notifier, watchdog_interval
@@ -131,6 +131,7 @@ class Daemon:
         self._dedup = DedupWindow(config.engine.dedup_window)
         self._exclusions: Exclusions | None = None
         self._exclusions_version = -1
+        self._history_dedup = False
         self._run_detection: dict[str, str | None] = {}   # run_id → our detection id, until RunStarted
         self._awaiting_start: dict[str, list[Any]] = {}   # detection id → [runs still to announce, note]
         # Dispatched, but the state write not yet committed: the database still says `queued`, so a
@@ -184,6 +185,10 @@ class Daemon:
         if report.resumed or report.abandoned:
             log.info("crash recovery", extra=kv(**report.to_dict()))
         self._queued = int(self.store.counts().get("queued_detections", 0))
+        # Runs from before this start inside the dedup window: memory cannot know them, the history can.
+        window = cfg.engine.dedup_window
+        self._history_dedup = window > 0 and bool(
+            self.store.list_runs(limit=1, since=time.time() - window).items)
 
         self._install_signals()
         await self._start_api()
@@ -482,6 +487,8 @@ class Daemon:
             return
         result = match(self.workflows, detection, detection_id, excluded=self._is_excluded(detection),
                        dedup=self._dedup)
+        if result.decision is Decision.MATCHED and self._dedup_window_predates_us():
+            result = self._dedup_from_history(result, detection)
         if result.decision is not Decision.MATCHED:
             self._set_state(detection_id, result.decision.value, result.note)
             if result.decision is Decision.DUPLICATE:
@@ -508,6 +515,27 @@ class Daemon:
         # Marked `matched` once every run is recorded (see _on_engine_event): a crash in between leaves it
         # `queued`, and the start-up check above finds its runs instead of starting them twice.
         self._awaiting_start[detection_id] = [len(started), result.note]
+
+    def _dedup_window_predates_us(self) -> bool:
+        return self._history_dedup and time.monotonic() - self._started_mono < self.config.engine.dedup_window
+
+    def _dedup_from_history(self, result: MatchResult, detection: Mapping[str, Any]) -> MatchResult:
+        """The in-memory window starts empty: until it covers a whole window, also ask the history."""
+        path, threat = detection.get("file_path"), detection.get("threat_name")
+        if not isinstance(path, str) or not path:
+            return result
+        since = time.time() - self.config.engine.dedup_window
+        fresh, first = [], None
+        for wf in result.workflows:
+            run_id = self.store.recent_run(wf.workflow_id, path, threat if isinstance(threat, str) else None, since)
+            if run_id is None:
+                fresh.append(wf)
+            elif first is None:
+                first = (self.store.get_run(run_id) or {}).get("detection_id") or run_id
+        if fresh:
+            return replace(result, workflows=tuple(fresh))
+        return MatchResult(Decision.DUPLICATE, duplicate_of=first,
+                           note=f"same file and threat as {first} within {self.config.engine.dedup_window:g}s")
 
     def _is_excluded(self, detection: Mapping[str, Any]) -> bool:
         # Read the table again only after an exclusion was added or removed (through the watched store).

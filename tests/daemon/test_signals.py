@@ -79,3 +79,15 @@ def test_files_left_in_new_by_a_stop_are_processed_on_the_next_start(tmp_path: P
     d.drop({"type": "malware", "file_path": "/tmp/2"})  # while stopped
     with d:
         d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status = 'completed'") == 2, what="run 2")
+
+
+def test_the_dedup_window_survives_a_restart(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path, workflows={"notify5": notify_workflow()})
+    detection = {"type": "malware", "file_path": "/tmp/same", "threat_name": "T"}
+    with d:
+        d.drop(detection)
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status = 'completed'") == 1, what="run 1")
+    with d:
+        d.drop(detection)
+        d.wait_for(lambda: d.count("SELECT count(*) FROM detections WHERE state != 'queued'") == 2, what="both")
+        assert sorted(r[0] for r in d.query("SELECT state FROM detections")) == ["duplicate", "matched"]
