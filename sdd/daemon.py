@@ -139,6 +139,9 @@ class Daemon:
         self._in_progress: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._status_pending = False
+        self._status_sent = 0.0
+        self._status_last = ""
+        self._status_timer: asyncio.TimerHandle | None = None
         self.stats = {"received": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "no_match": 0,
                       "runs_started": 0, "runs_finished": 0}
 
@@ -651,6 +654,27 @@ class Daemon:
         self._status_pending = False
         self.hub.publish(events.STATUS_CHANGED, {"active_runs": len(self.engine.active_runs) if self.engine else 0,
                                                  "queued_detections": self._queued, "state": self.state.value})
+        self._notify_status()
+
+    def _notify_status(self) -> None:
+        """`STATUS=` for systemctl status: at most one a second, and the last one always goes out."""
+        if not self.notifier.enabled or self._loop is None or self.state is DaemonState.STARTING:
+            return
+        now = time.monotonic()
+        wait = self._status_sent + 1.0 - now
+        if wait > 0:
+            if self._status_timer is None:
+                self._status_timer = self._loop.call_later(wait, self._status_timer_fired)
+            return
+        self._status_sent = now
+        line = self._status_line()
+        if line != self._status_last:
+            self._status_last = line
+            self.notifier.status(line)
+
+    def _status_timer_fired(self) -> None:
+        self._status_timer = None
+        self._notify_status()
 
     def _status_line(self) -> str:
         active = len(self.engine.active_runs) if self.engine else 0

@@ -91,3 +91,10 @@ def test_the_dedup_window_survives_a_restart(tmp_path: Path) -> None:
         d.drop(detection)
         d.wait_for(lambda: d.count("SELECT count(*) FROM detections WHERE state != 'queued'") == 2, what="both")
         assert sorted(r[0] for r in d.query("SELECT state FROM detections")) == ["duplicate", "matched"]
+
+
+def test_status_lines_follow_the_work(daemon: DaemonProcess) -> None:
+    daemon.drop({"type": "malware", "file_path": "/tmp/st"})
+    daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM runs WHERE status = 'completed'") == 1, what="run")
+    # A STATUS= datagram of its own (not the one that came with READY=1), ending idle again.
+    daemon.wait_notify_message(lambda m: m == "STATUS=running: 0 active runs, 0 queued, 1 workflows", 10)

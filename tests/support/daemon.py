@@ -170,16 +170,21 @@ class DaemonProcess:
 
     def wait_notify(self, line: str, timeout: float) -> list[str]:
         """Waits for a datagram containing `line` on the private NOTIFY_SOCKET."""
+        return self.wait_notify_message(lambda msg: line in msg.splitlines(), timeout, line)
+
+    def wait_notify_message(self, predicate: Callable[[str], bool], timeout: float,
+                            what: str = "notify message") -> list[str]:
+        """Waits for a datagram (all of its lines as one string) that satisfies `predicate`."""
         assert self._notify is not None
         deadline = time.monotonic() + timeout
         while True:
-            if any(line in msg.splitlines() for msg in self.notify_lines):
+            if any(predicate(msg) for msg in self.notify_lines):
                 return self.notify_lines
             if self.proc is not None and self.proc.poll() is not None:
-                raise DaemonError(f"sdd exited with {self.proc.returncode} before {line}:\n{self.log()}")
+                raise DaemonError(f"sdd exited with {self.proc.returncode} before {what}:\n{self.log()}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DaemonError(f"no {line} within {timeout}s:\n{self.log()}")
+                raise DaemonError(f"no {what} within {timeout}s (got {self.notify_lines}):\n{self.log()}")
             # Short receive timeouts only so that a crashed daemon is noticed; the datagram wakes us at once.
             self._notify.settimeout(min(remaining, 0.5))
             try:
