@@ -161,6 +161,7 @@ def run() -> dict[str, Any]:
             got = d.count("SELECT count(*) FROM detections")
             out["no_loss_50000"] = {"dropped": total, "recorded": got, "lost": total - got,
                                     "seconds": round(time.time() - start, 2),
+                                    "peak_rss_mb": round(_status(d.pid, "VmHWM") / 1024, 1),
                                     "overflow_seen": "overflow" in d.log().lower()}
     targets = {"latency_p50_ms": 3.0, "latency_p99_ms": 15.0, "peak_rss_mb": 120.0, "idle_rss_mb": 50.0}
     out["targets_met"] = {k: out[k] <= v for k, v in targets.items()} | {

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, make_daemon
+
+__all__ = ["make_daemon"]  # the shared factory fixture, available to every test here
 
 
 def notify_workflow(workflow_id: str = "notify5", steps: int = 5, trigger_type: str = "malware",

@@ -87,9 +87,9 @@ def test_back_pressure_keeps_the_backlog_in_the_spool_and_database(tmp_path: Pat
         assert seen_waiting_in_new    # claiming paused: the rest waited as files
 
 
-def test_watchdog_pings_when_asked(tmp_path: Path) -> None:
-    with DaemonProcess(tmp_path, env={"WATCHDOG_USEC": "400000"}) as d:
-        d.wait_notify("WATCHDOG=1", 10)
+def test_watchdog_pings_when_asked(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    d = make_daemon(env={"WATCHDOG_USEC": "400000"})
+    d.wait_notify("WATCHDOG=1", 10)
 
 
 def test_an_exclusion_added_by_a_workflow_applies_to_the_next_detection(daemon: DaemonProcess) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 DEFAULT_START_TIMEOUT = 60.0
@@ -224,6 +225,12 @@ class DaemonProcess:
             self._notify.close()
             self._notify = None
 
+    def client(self) -> Any:
+        """A connected `sdd_client.client.Client` on this daemon's socket (close it, or use `with`)."""
+        from sdd_client.client import Client
+
+        return Client(self.socket)
+
     def log(self) -> str:
         try:
             return self.log_file.read_text(encoding="utf-8", errors="replace")[-20000:]
@@ -288,3 +295,19 @@ class DaemonProcess:
             return sorted(os.listdir(self.spool / sub))
         except FileNotFoundError:
             return []
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Any:
+    """A factory fixture: `d = make_daemon(workflows=..., config_overrides=...)` returns a started daemon;
+    every daemon it made is stopped (SIGTERM) at teardown. Import it into a conftest to use it."""
+    made: list[DaemonProcess] = []
+
+    def make(**kwargs: Any) -> DaemonProcess:
+        d = DaemonProcess(tmp_path / f"daemon{len(made)}", **kwargs)
+        made.append(d)
+        return d.start()
+
+    yield make
+    for d in made:
+        d.close()
