@@ -233,6 +233,8 @@ class Daemon:
             await asyncio.to_thread(self.intake.stop)
         # Batches the intake handed over before it stopped are committed, so their files can go.
         await self._settle_commits()
+        if self.intake is not None:
+            await asyncio.to_thread(self.intake.drain)
         if self.engine is not None and self.engine.active_runs:
             handles = list(self.engine.active_runs.values())
             _, pending = await asyncio.wait([h.task for h in handles], timeout=self.config.engine.shutdown_grace)

@@ -304,6 +304,17 @@ class Intake:
         if self._observer is not None:
             self._observer.join(timeout=10)
 
+    def drain(self) -> None:
+        """After stop(): remove the files of detections committed since (no thread is left to do it)."""
+        with self._cond:
+            unlink, self._unlink = self._unlink, []
+            late, self._late_rejects = self._late_rejects, []
+        for name in unlink:
+            self._remove(f"{self._cur}/{name}")
+        rejected: list[Rejected] = []
+        for name, reason in late:
+            self._reject(self.layout.cur / name, name, reason, rejected)
+
     # -- called from other threads
     def notify_name(self, name: str) -> None:
         with self._cond:

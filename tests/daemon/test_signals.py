@@ -98,3 +98,21 @@ def test_status_lines_follow_the_work(daemon: DaemonProcess) -> None:
     daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM runs WHERE status = 'completed'") == 1, what="run")
     # A STATUS= datagram of its own (not the one that came with READY=1), ending idle again.
     daemon.wait_notify_message(lambda m: m == "STATUS=running: 0 active runs, 0 queued, 1 workflows", 10)
+
+
+def test_sigterm_in_a_burst_leaves_no_detection_behind(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path, workflows={"notify5": notify_workflow()},
+                      config_overrides={"logging": {"level": "warning"}})
+    with d:
+        for i in range(400):
+            d.drop({"type": "malware", "file_path": f"/tmp/t{i}"})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM detections") > 0, what="the burst under way")
+        assert d.stop() == 0
+        # Whatever was committed left cur/; the rest is still in new/ for the next start.
+        committed = d.count("SELECT count(*) FROM detections")
+        assert d.spool_files("cur") == []
+        assert committed + len(d.spool_files("new")) == 400
+    with d:
+        d.wait_for(lambda: d.count("SELECT count(*) FROM detections WHERE state = 'matched'") == 400,
+                   timeout=120, what="all 400 after the restart")
+        assert d.count("SELECT count(*) FROM runs") == 400
