@@ -6,8 +6,10 @@ local SMTP server, and `sddctl quarantine restore` gives back the very same byte
 
 clamd runs in the foreground on a temp socket with a one-signature database the test makes with
 `sigtool --md5`; clamd gives VirusEvent an empty environment (no PATH), hence absolute paths throughout.
-clamd runs as the test's user here; the `clamav` user + `sdd-submit` group of a real installation are
-covered by tests/packaging/test_spool_permissions.py and test_deb.py.
+The test runs twice: once with clamd as root, once as a real installation runs it — clamd drops to the
+`clamav` user, and the spool has the modes of systemd/sdd.tmpfiles with clamav's own group standing in
+for `sdd-submit` (the package adds clamav to that group; test_deb.py checks it does). In that run the
+VirusEvent command is the checkout's sddctl under Debian's python3, as /usr/bin/sddctl runs it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -30,6 +33,7 @@ from aiosmtpd.controller import Controller
 
 from sdd.bus import INTERFACE
 from tests.support.daemon import DaemonProcess
+from tests.packaging.units import tmpfiles_entries
 from tests.support.dbus import MonitorReader, private_bus  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +43,7 @@ SDDCTL = BIN / "sddctl"
 CLAMD = shutil.which("clamd") or shutil.which("clamd", path="/usr/sbin:/sbin")
 CLAMDSCAN = shutil.which("clamdscan")
 SIGTOOL = shutil.which("sigtool")
+SYSTEM_PYTHON = "/usr/bin/python3"
 WAIT = 60.0  # generous: 2 cores shared by many test runs
 
 pytestmark = [
@@ -89,7 +94,7 @@ def workdir() -> Iterator[Path]:
 class Clamd:
     """clamd in the foreground, our child; stopped by `stop()`."""
 
-    def __init__(self, workdir: Path, signature_of: Path, spool: Path) -> None:
+    def __init__(self, workdir: Path, signature_of: Path, spool: Path, user: str | None = None) -> None:
         self.dir = workdir / "clamd"
         (self.dir / "db").mkdir(parents=True)
         (self.dir / "tmp").mkdir()
@@ -107,17 +112,31 @@ class Clamd:
             f"TemporaryDirectory {self.dir / 'tmp'}",
             f"LogFile {self.log}",
             "LogTime yes",
-            f"VirusEvent {SDDCTL} submit --clamav --spool {spool}",
+            f"VirusEvent {SDDCTL} submit --clamav --spool {spool}" if not user else
+            # As the package runs it: Debian's python3 running the client (the venv's interpreter may sit
+            # where clamav cannot reach it, e.g. under /root).
+            f"VirusEvent PYTHONPATH={REPO / 'client'} {SYSTEM_PYTHON} -m sdd_client.sddctl submit --clamav "
+            f"--spool {spool}",
+            *([f"User {user}"] if user else []),
             "",
         ]))
+        if user:  # clamd drops to this user before it writes its log and socket
+            entry = pwd.getpwnam(user)
+            self.log.touch()
+            for path in (self.dir, self.dir / "db", self.dir / "tmp", self.log):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([CLAMD, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # clamd's own stdout/stderr, and that of the VirusEvent command it runs, go to a file.
+        with open(self.dir / "clamd.out", "wb") as out:
+            self.proc = subprocess.Popen([CLAMD, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        out = self.dir / "clamd.out"
+        return text + (out.read_text(errors="replace") if out.exists() else "")
 
     async def wait_ready(self) -> None:
         """Ready when `clamdscan --ping` answers (clamd has loaded the database and listens)."""
@@ -125,8 +144,7 @@ class Clamd:
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-                raise AssertionError(f"clamd exited {self.proc.returncode}: {out}\n{self.output()}")
+                raise AssertionError(f"clamd exited {self.proc.returncode}:\n{self.output()}")
             ping = await _run([CLAMDSCAN, "-c", str(self.conf), "--ping", "1"])
             if ping.returncode == 0:
                 return
@@ -144,8 +162,6 @@ class Clamd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 async def _run(argv: list[str], timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
@@ -158,14 +174,14 @@ async def _sddctl(daemon: DaemonProcess, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
-async def _until(check: Any, what: str, daemon: DaemonProcess) -> Any:
+async def _until(check: Any, what: str, daemon: DaemonProcess, clamd: Clamd) -> Any:
     deadline = asyncio.get_running_loop().time() + WAIT
     while True:
         value = await check()
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{daemon.log()}")
+            raise AssertionError(f"timed out waiting for {what}\n{daemon.log()}\nclamd:\n{clamd.output()}")
         await asyncio.sleep(0.05)  # poll interval of a deadline-bounded wait on the daemon's state
 
 
@@ -178,9 +194,42 @@ async def monitor(private_bus: Any) -> AsyncIterator[MonitorReader]:  # noqa: F8
         await reader.stop()
 
 
+def _submit_spool(workdir: Path, user: str) -> Path:
+    """A spool with the installed modes (systemd/sdd.tmpfiles); `user`'s own group plays sdd-submit."""
+    gid = pwd.getpwnam(user).pw_gid
+    workdir.chmod(0o755)
+    root = workdir / "spool"
+    for entry in tmpfiles_entries():
+        if entry.path.startswith("/var/spool/sdd"):
+            path = root / os.path.relpath(entry.path, "/var/spool/sdd")
+            path.mkdir()
+            os.chown(path, 0, 0 if entry.group == "root" else gid)
+            path.chmod(entry.mode)
+    return root
+
+
+def _clamav_setup_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to run clamd as the clamav user"
+    try:
+        pwd.getpwnam("clamav")
+    except KeyError:
+        return "ClamAV's clamav user does not exist"
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import msgpack"], capture_output=True, check=False) \
+        if os.path.exists(SYSTEM_PYTHON) else None
+    if probe is None or probe.returncode != 0:
+        return "Debian's python3 with python3-msgpack is needed to run sddctl as clamav"
+    return None
+
+
+@pytest.mark.parametrize("clamd_user", [
+    None,
+    pytest.param("clamav", marks=pytest.mark.skipif(_clamav_setup_missing() is not None,
+                                                    reason=str(_clamav_setup_missing()))),
+])
 async def test_clamav_detection_is_contained_reported_and_restorable(
     workdir: Path, tmp_path: Path, private_bus: Any, monitor: MonitorReader,  # noqa: F811
-    smtp: tuple[_Inbox, int],
+    smtp: tuple[_Inbox, int], clamd_user: str | None,
 ) -> None:
     inbox, smtp_port = smtp
     victim_dir = workdir / "home" / "alice" / "Downloads"
@@ -188,16 +237,21 @@ async def test_clamav_detection_is_contained_reported_and_restorable(
     victim = victim_dir / "invoice.exe"
     victim.write_bytes(MALWARE)
     os.utime(victim, (1_700_000_000, 1_700_000_000))
+    overrides: dict[str, Any] = {}
+    if clamd_user:
+        overrides["paths"] = {"spool": str(_submit_spool(workdir, clamd_user))}
     daemon = DaemonProcess(
         tmp_path,
         workflows={"critical_threat_response": TEMPLATE.read_text(encoding="utf-8")},
         config_overrides={
+            **overrides,
             "dbus": {"bus": private_bus.address},
             "actions": {"allowed_roots": [str(workdir / "home")],
                         "smtp": {"host": "127.0.0.1", "port": smtp_port, "from": "sdd@localhost"}},
         },
     )
-    clamd = Clamd(workdir, victim, daemon.spool)
+    spool = Path(daemon.config["paths"]["spool"])
+    clamd = Clamd(workdir, victim, spool, clamd_user)
     try:
         daemon.start()
         clamd.start()
@@ -214,7 +268,7 @@ async def test_clamav_detection_is_contained_reported_and_restorable(
             done = [r for r in items if r["status"] not in ("pending", "running")]
             return done[0] if done else None
 
-        run = await _until(finished_run, "the critical_threat_response run to finish", daemon)
+        run = await _until(finished_run, "the critical_threat_response run to finish", daemon, clamd)
         assert run["status"] == "completed", (run, daemon.log())
 
         await monitor.wait_for("member=RunFinished", WAIT)
