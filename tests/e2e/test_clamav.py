@@ -32,8 +32,8 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from sdd.bus import INTERFACE
-from tests.support.daemon import DaemonProcess
 from tests.packaging.units import tmpfiles_entries
+from tests.support.daemon import DaemonProcess
 from tests.support.dbus import MonitorReader, private_bus  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
