@@ -105,16 +105,20 @@ def _run_scene(tmp_path: Path, scene: dict[str, Any], caps: list[str],
         "actions": {"allowed_roots": [str(scene["base"] / "home"), str(scene["base"] / "tmp")],
                     "protected_processes": []},
     })
-    d.start()
-    proc = psutil.Process(scene["proc"].pid)
-    d.drop({"type": "captest", "file_path": str(scene["evil"]), "other_file": str(scene["other"]),
-            "process_id": proc.pid, "process_start_time": proc.create_time()})
-    d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status NOT IN ('pending', 'running')") == 1)
-    [run_id] = [r[0] for r in d.query("SELECT run_id FROM runs")]
-    shown = subprocess.run([str(SDDCTL), "--socket", str(d.socket), "show", run_id, "--json"],
-                           capture_output=True, text=True, timeout=60, check=False)
-    assert shown.returncode == 0, shown.stdout + shown.stderr
-    steps = {s["step_id"]: s for s in json.loads(shown.stdout)["steps"]}
+    try:
+        d.start()
+        proc = psutil.Process(scene["proc"].pid)
+        d.drop({"type": "captest", "file_path": str(scene["evil"]), "other_file": str(scene["other"]),
+                "process_id": proc.pid, "process_start_time": proc.create_time()})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status NOT IN ('pending', 'running')") == 1)
+        [run_id] = [r[0] for r in d.query("SELECT run_id FROM runs")]
+        shown = subprocess.run([str(SDDCTL), "--socket", str(d.socket), "show", run_id, "--json"],
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        steps = {s["step_id"]: s for s in json.loads(shown.stdout)["steps"]}
+    except BaseException:
+        d.close()  # the callers only close a daemon they got back
+        raise
     return d, steps
 
 
