@@ -9,6 +9,7 @@ installed or has left state behind: purging at the end would destroy it.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -21,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.support.daemon import to_toml
 
 from .units import REPO, tmpfiles_entries
 
@@ -170,38 +169,62 @@ def test_installed_check_config_and_sddctl_work(installed: dict[str, Path]) -> N
     assert result.returncode == 0 and "submit" in result.stdout, result.stdout + result.stderr
 
 
-def test_installed_daemon_runs_on_debians_libraries(installed: dict[str, Path], tmp_path: Path) -> None:
-    """The installed /usr/bin/sdd (Debian's python3 and python3-* libraries, not the venv) starts, gets
-    ready, answers sddctl, and stops on SIGTERM."""
-    runtime = Path(tempfile.mkdtemp(prefix="sdd-deb-run-", dir="/tmp"))
+def test_installed_daemon_runs_as_shipped_and_takes_a_clamav_submission(installed: dict[str, Path]) -> None:
+    """`/usr/bin/sdd --config /etc/sdd/sdd.toml` — the unit's ExecStart, on Debian's python3 and python3-*
+    libraries and the shipped conffile, spool and templates — gets ready; clamd's VirusEvent command run as
+    `clamav` (as the package set it up) submits a detection; the shipped critical_threat_response
+    workflow quarantines the file; SIGTERM stops the daemon cleanly."""
+    work = Path(tempfile.mkdtemp(prefix="sdd-deb-run-", dir="/tmp"))
     try:
-        sock, notify = runtime / "sdd.sock", runtime / "notify.sock"
-        config = tmp_path / "sdd.toml"
-        config.write_text(to_toml({
-            "paths": {"spool": str(tmp_path / "spool"), "state": str(tmp_path / "state"),
-                      "socket": str(sock), "workflows": ["/usr/share/sdd/templates"]},
-            "dbus": {"bus": "none"},
-            "actions": {"allowed_roots": [str(tmp_path)]},
-        }))
+        work.chmod(0o755)
+        victim = work / "invoice.exe"
+        victim.write_bytes(b"pretend malware\n" * 10)
+        notify = work / "notify.sock"
+        log_file = work / "daemon.log"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         listener.bind(str(notify))
         listener.settimeout(0.5)
-        with open(tmp_path / "daemon.log", "wb") as log:
-            proc = subprocess.Popen(["/usr/bin/sdd", "--config", str(config)],
+        with open(log_file, "wb") as log:
+            proc = subprocess.Popen(["/usr/bin/sdd", "--config", "/etc/sdd/sdd.toml"],
                                     env={**SYSTEM_ENV, "NOTIFY_SOCKET": str(notify)},
                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
             messages: list[str] = []
             while not any("READY=1" in m.splitlines() for m in messages):
-                assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
-                assert time.monotonic() < deadline, "no READY=1:\n" + (tmp_path / "daemon.log").read_text()
+                assert proc.poll() is None, log_file.read_text()
+                assert time.monotonic() < deadline, "no READY=1:\n" + log_file.read_text()
                 try:
                     messages.append(listener.recv(65536).decode())
                 except TimeoutError:
                     pass
-            status = _run(["/usr/bin/sddctl", "--socket", str(sock), "status", "--json"], timeout=60)
+            status = _run(["/usr/bin/sddctl", "status", "--json"], timeout=60)
             assert status.returncode == 0, status.stdout + status.stderr
+            assert json.loads(status.stdout)["state"] == "running"
+
+            # clamd's VirusEvent: `sddctl submit --clamav` with only the two variables, as user clamav.
+            event = {"CLAM_VIRUSEVENT_FILENAME": str(victim), "CLAM_VIRUSEVENT_VIRUSNAME": "Test.Sample"}
+            as_clamav = ([shutil.which("setpriv", path=SYSTEM_ENV["PATH"]) or "setpriv", "--reuid=clamav",
+                          "--regid=clamav", "--init-groups"] if _user_exists("clamav") else [])
+            submit = subprocess.run([*as_clamav, "/usr/bin/sddctl", "submit", "--clamav"], env=event,
+                                    capture_output=True, text=True, timeout=60, check=False)
+            assert submit.returncode == 0, submit.stdout + submit.stderr
+
+            deadline = time.monotonic() + 180  # the template's mail step retries when no MTA listens
+            while True:
+                history = _run(["/usr/bin/sddctl", "history", "--json"], timeout=60)
+                assert history.returncode == 0, history.stdout + history.stderr
+                runs = json.loads(history.stdout)["items"]
+                if runs and runs[0]["status"] not in ("pending", "running"):
+                    break
+                assert proc.poll() is None, log_file.read_text()
+                assert time.monotonic() < deadline, "no finished run:\n" + log_file.read_text()
+                time.sleep(0.2)  # poll interval of a deadline-bounded wait
+            assert (runs[0]["workflow_id"], runs[0]["status"]) == ("critical_threat_response", "completed"), (
+                runs[0], log_file.read_text())
+            assert not victim.exists()
+            vault = json.loads(_run(["/usr/bin/sddctl", "quarantine", "list", "--json"]).stdout)["items"]
+            assert [i["original_path"] for i in vault] == [str(victim)]
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -210,9 +233,17 @@ def test_installed_daemon_runs_on_debians_libraries(installed: dict[str, Path], 
                 proc.kill()
                 proc.wait()
             listener.close()
-        assert proc.returncode == 0, (tmp_path / "daemon.log").read_text()
+        assert proc.returncode == 0, log_file.read_text()
     finally:
-        shutil.rmtree(runtime, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 def test_purge_removes_everything(installed: dict[str, Path]) -> None:
