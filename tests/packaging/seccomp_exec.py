@@ -7,7 +7,8 @@ Run by Debian's python3 (python3-seccomp provides libseccomp's bindings), not by
 
 The second form (run inside `unshare --mount --propagation private`, with CAP_SYS_ADMIN) emulates
 ProtectSystem=strict + ReadWritePaths=: each listed path that exists is bind-mounted onto itself, then `/`
-is remounted read-only, so only those paths (and /dev, /proc, /sys, separate mounts) stay writable.
+is remounted read-only, so only those paths stay writable. It also gives the process a /dev with only the
+pseudo devices (PrivateDevices=) and read-only /proc/sys and /sys (ProtectKernelTunables=).
 
 POLICY.json: {"allow": [syscall names], "address_families": [numbers], "deny_write_execute": bool,
 "restrict_suid_sgid": bool}. Installs a filter whose default is EPERM (SystemCallErrorNumber=EPERM), allows
@@ -65,12 +66,37 @@ def build(policy: dict) -> seccomp.SyscallFilter:
 
 
 def protect_system(writable: list[str]) -> None:
-    import subprocess
-
     for path in writable:
         if os.path.isdir(path):
-            subprocess.run(["mount", "--bind", path, path], check=True)
-    subprocess.run(["mount", "-o", "remount,bind,ro", "/"], check=True)
+            _mount("--bind", path, path)
+    private_devices()
+    for path in ("/proc/sys", "/sys"):  # ProtectKernelTunables= (and /sys for ProtectControlGroups=)
+        _mount("--bind", path, path)
+        _mount("-o", "remount,bind,ro", path)
+    _mount("-o", "remount,bind,ro", "/")
+
+
+def private_devices() -> None:
+    """PrivateDevices=: a fresh /dev holding only the pseudo devices, /dev/shm and the /dev/log link."""
+    import tempfile
+
+    staging = tempfile.mkdtemp(prefix="sdd-dev-", dir="/tmp")
+    _mount("-t", "tmpfs", "-o", "mode=0755,nosuid,noexec", "tmpfs", staging)
+    for node in ("null", "zero", "full", "random", "urandom", "tty"):
+        target = os.path.join(staging, node)
+        open(target, "wb").close()
+        _mount("--bind", f"/dev/{node}", target)
+    os.mkdir(os.path.join(staging, "shm"))
+    _mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", os.path.join(staging, "shm"))
+    os.symlink("/run/systemd/journal/dev-log", os.path.join(staging, "log"))
+    _mount("--move", staging, "/dev")
+    os.rmdir(staging)
+
+
+def _mount(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["mount", *args], check=True)
 
 
 def main() -> None:

@@ -2,11 +2,13 @@
 
 systemd is not PID 1 here, so the unit's restrictions are applied by hand to a real daemon (root, system
 mode): in a private mount namespace (`unshare`) everything but the unit's ReadWritePaths= is made
-read-only (ProtectSystem=strict), `setpriv` sets the unit's CapabilityBoundingSet= and NoNewPrivileges=,
-and seccomp_exec.py (run by Debian's python3 with python3-seccomp) installs the unit's SystemCallFilter=
-(resolved from systemd's own group lists), RestrictAddressFamilies=, MemoryDenyWriteExecute= and
-RestrictSUIDSGID=. Not emulated: PrivateDevices= and the Protect{Kernel*,ControlGroups,Clock,Hostname}=
-family. The test daemon keeps its spool and state under /tmp, one of the unit's writable paths.
+read-only (ProtectSystem=strict), /dev holds only the pseudo devices (PrivateDevices=) and /proc/sys and
+/sys are read-only (ProtectKernelTunables=); `setpriv` sets the unit's CapabilityBoundingSet= and
+NoNewPrivileges=; seccomp_exec.py (run by Debian's python3 with python3-seccomp) installs the unit's
+SystemCallFilter= (resolved from systemd's own group lists), RestrictAddressFamilies=,
+MemoryDenyWriteExecute= and RestrictSUIDSGID=. Not emulated: ProtectKernelModules=, ProtectKernelLogs=
+and ProtectControlGroups= beyond /sys being read-only (changing the clock or the hostname is refused by
+the syscall filter already). The test daemon keeps its spool and state under /tmp, a writable path.
 
 One detection then drives a workflow with a scan (clamscan), quarantine, delete, kill, report, email
 (to a local SMTP server), desktop notification, webhook (to a local HTTP server) and script step, against
@@ -256,6 +258,7 @@ def test_every_step_type_works_inside_the_units_sandbox(
         assert int(status["CapBnd"], 16) == sum(1 << _cap_number(c) for c in caps)
         mounts = Path(f"/proc/{d.pid}/mountinfo").read_text().splitlines()
         assert any(m.split()[4] == "/" and m.split()[5].startswith("ro") for m in mounts)
+        assert any(m.split()[4] == "/dev" and "tmpfs" in m.split(" - ")[1] for m in mounts)
 
         # RestrictSUIDSGID=: a set-uid file can be quarantined, but not restored with its set-uid bit.
         d.drop({"type": "setuidtest", "file_path": str(scene["setuid"])})
