@@ -58,3 +58,28 @@ def test_the_clamscan_loop_submits_every_finding(tmp_path: Path) -> None:
         assert d["type"] == "malware" and d["severity"] == "high" and d["scanner"] == "clamscan"
         assert d["threat_name"].endswith(".UNOFFICIAL")
     assert not list((spool / "tmp").iterdir())
+
+
+APPARMOR_PARSER = shutil.which("apparmor_parser") or shutil.which("apparmor_parser", path="/usr/sbin:/sbin")
+CLAMD_PROFILE = Path("/etc/apparmor.d/usr.sbin.clamd")
+
+
+@pytest.mark.skipif(APPARMOR_PARSER is None or not CLAMD_PROFILE.exists(),
+                    reason="needs apparmor_parser (apparmor) and clamd's profile (clamav-daemon)")
+def test_the_apparmor_lines_compile_into_clamds_profile(tmp_path: Path) -> None:
+    """The lines operations.md appends to clamd's local profile are valid AppArmor: Debian's clamd profile
+    compiles with them (compiled only, -Q: the test machine's kernel need not have AppArmor)."""
+    [block] = [b for b in _blocks() if "/etc/apparmor.d/local/usr.sbin.clamd" in b]
+    match = re.search(r"printf '%s\\n' ((?:'[^']*' ?)+) >> /etc/apparmor.d/local/usr.sbin.clamd", block)
+    assert match, block
+    rules = re.findall(r"'([^']*)'", match.group(1))
+    assert rules == ["/{usr/,}bin/dash ix,", "/usr/bin/sddctl Ux,"]
+    local = tmp_path / "local-usr.sbin.clamd"
+    local.write_text("".join(f"{r}\n" for r in rules))
+    profile = tmp_path / "usr.sbin.clamd"
+    text = CLAMD_PROFILE.read_text()
+    assert "#include <local/usr.sbin.clamd>" in text
+    profile.write_text(text.replace("#include <local/usr.sbin.clamd>", f'#include "{local}"'))
+    result = subprocess.run([APPARMOR_PARSER, "-Q", "-K", str(profile)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
