@@ -11,7 +11,8 @@ and ProtectControlGroups= beyond /sys being read-only (changing the clock or the
 the syscall filter already). The test daemon keeps its spool and state under /tmp, a writable path.
 
 One detection then drives a workflow with a scan (clamscan), quarantine, delete, kill, report, email
-(to a local SMTP server), desktop notification, webhook (to a local HTTP server) and script step, against
+(to a local SMTP server), desktop notification, webhook (to a local HTTP server; both reached by the name
+`localhost`, so name resolution runs under the filter too) and script step, against
 another user's files and process. Restore from the vault works, and a set-uid file cannot be restored
 (RestrictSUIDSGID=, as docs/security.md says).
 """
@@ -151,7 +152,7 @@ def servers() -> Iterator[dict[str, Any]]:
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
     try:
-        yield {"smtp_port": smtp_port, "webhook": f"http://127.0.0.1:{http.server_address[1]}/hook",
+        yield {"smtp_port": smtp_port, "webhook": f"http://localhost:{http.server_address[1]}/hook",
                "mails": mails, "hooks": hooks}
     finally:
         http.shutdown()
@@ -223,7 +224,7 @@ def test_every_step_type_works_inside_the_units_sandbox(
                           "actions": {"allowed_roots": [str(scene["base"] / "home"), str(scene["base"] / "tmp")],
                                       "protected_processes": [],
                                       "scanner": [CLAMSCAN, "-d", str(scene["db"])],
-                                      "smtp": {"host": "127.0.0.1", "port": servers["smtp_port"]}},
+                                      "smtp": {"host": "localhost", "port": servers["smtp_port"]}},
                       })
     try:
         d.start()
