@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +60,8 @@ def run_daemon(config: Config, config_file: str | None) -> int:
     from .logging import setup_logging
 
     setup_logging(config.logging.level)
+    # `kill -USR2 PID` prints every thread's stack to stderr: how to see what a stuck daemon is doing.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     daemon = Daemon(config, config_path=config_file)
     return asyncio.run(daemon.serve())
 

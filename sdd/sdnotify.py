@@ -25,9 +25,13 @@ class Notifier:
         elif addr.startswith("/"):
             self.address = addr
         self._sock: socket.socket | None = None
+        self.dropped = 0  # messages the receiver had no room for
         if self.address is not None:
             try:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: a receiver that does not read (its queue holds ~10 datagrams) must never
+                # freeze the daemon's event loop; a message it cannot take is dropped instead.
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                           | socket.SOCK_NONBLOCK)
             except OSError as exc:
                 log.warning("cannot create the notify socket: %s", exc)
 
@@ -41,6 +45,9 @@ class Notifier:
         try:
             self._sock.sendto("\n".join(lines).encode("utf-8", "replace"), self.address)
             return True
+        except BlockingIOError:
+            self.dropped += 1
+            return False
         except OSError as exc:
             log.warning("notify %s failed: %s", lines[0] if lines else "", exc)
             return False

@@ -64,3 +64,13 @@ def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch: pytest.MonkeyPa
     assert watchdog_interval() == 2.0
     monkeypatch.setenv("WATCHDOG_PID", "1")
     assert watchdog_interval() is None
+
+
+def test_a_receiver_that_never_reads_cannot_block_the_sender(tmp_path: Path) -> None:
+    path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        n = Notifier(str(path))
+        sent = [n.status(f"line {i}") for i in range(1000)]  # returns at once even with the queue full
+        assert sent[0] and not sent[-1] and n.dropped > 0
+        n.close()

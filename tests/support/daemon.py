@@ -23,6 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -95,6 +96,8 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.notify_lines: list[str] = []
         self._notify: socket.socket | None = None
+        self._notify_cond = threading.Condition()
+        self._notify_thread: threading.Thread | None = None
         for d in (self.root, self.workflows_dir, self.scripts_dir, self.spool, self.state):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state, 0o700)
@@ -157,6 +160,8 @@ class DaemonProcess:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
         self.notify_lines = []
+        self._notify_thread = threading.Thread(target=self._read_notify, args=(self._notify,), daemon=True)
+        self._notify_thread.start()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SDD_", "NOTIFY_", "WATCHDOG_", "LISTEN_"))}
         env.update({"NOTIFY_SOCKET": str(notify_path), "XDG_RUNTIME_DIR": str(self.runtime),
                     "PYTHONUNBUFFERED": "1"})
@@ -176,22 +181,35 @@ class DaemonProcess:
     def wait_notify_message(self, predicate: Callable[[str], bool], timeout: float,
                             what: str = "notify message") -> list[str]:
         """Waits for a datagram (all of its lines as one string) that satisfies `predicate`."""
-        assert self._notify is not None
         deadline = time.monotonic() + timeout
-        while True:
-            if any(predicate(msg) for msg in self.notify_lines):
-                return self.notify_lines
-            if self.proc is not None and self.proc.poll() is not None:
-                raise DaemonError(f"sdd exited with {self.proc.returncode} before {what}:\n{self.log()}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DaemonError(f"no {what} within {timeout}s (got {self.notify_lines}):\n{self.log()}")
-            # Short receive timeouts only so that a crashed daemon is noticed; the datagram wakes us at once.
-            self._notify.settimeout(min(remaining, 0.5))
+        with self._notify_cond:
+            while True:
+                if any(predicate(msg) for msg in self.notify_lines):
+                    return list(self.notify_lines)
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise DaemonError(f"sdd exited with {self.proc.returncode} before {what}:\n{self.log()}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DaemonError(f"no {what} within {timeout}s (got {self.notify_lines}):\n{self.log()}")
+                # Woken by each datagram; the short bound only notices a daemon that died meanwhile.
+                self._notify_cond.wait(min(remaining, 0.5))
+
+    def _read_notify(self, sock: socket.socket) -> None:
+        """Drains the notify socket all the time: its queue holds ~10 datagrams, and sd_notify senders drop
+        messages (sdd does) rather than block when it is full."""
+        sock.settimeout(0.5)
+        while self._notify is sock:
             try:
-                self.notify_lines.append(self._notify.recv(65536).decode("utf-8", "replace"))
+                data = sock.recv(65536)
             except TimeoutError:
-                pass
+                continue
+            except OSError:
+                return
+            if not data and self._notify is not sock:
+                return  # shut down by _close_notify
+            with self._notify_cond:
+                self.notify_lines.append(data.decode("utf-8", "replace"))
+                self._notify_cond.notify_all()
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -222,8 +240,14 @@ class DaemonProcess:
 
     def _close_notify(self) -> None:
         if self._notify is not None:
-            self._notify.close()
-            self._notify = None
+            sock, self._notify = self._notify, None
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader's recv at once
+            except OSError:
+                pass
+            if self._notify_thread is not None:
+                self._notify_thread.join(5)
+            sock.close()
 
     def client(self) -> Any:
         """A connected `sdd_client.client.Client` on this daemon's socket (close it, or use `with`)."""
