@@ -7,6 +7,8 @@
 - throughput: 10,000 files renamed into new/ at once → every run `completed` in the database (read-only
   polling of the SQLite file), detections/s; peak RSS during it (VmHWM).
 - idle: RSS and wake-ups/s (voluntary + involuntary context switches of every thread over 5 s).
+- floor: the engine alone and engine + history recorder + store in-process (no intake, no subprocess):
+  the most the daemon could reach with those layers as they are.
 - no loss: 50,000 files at once into a daemon whose workflow does not match them (the test is the intake,
   inotify overflow included): every one must end up in the database.
 Targets (issue 4): p50 <= 3 ms, p99 <= 15 ms, >= 2,650/s, nothing lost at 50,000, peak RSS <= 120 MB,
@@ -129,10 +131,55 @@ def _latency(d: DaemonProcess, n: int = 1000, gap: float = 0.003) -> dict[str, A
             "latency_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)}
 
 
+def _floor(root: Path, n: int = 3000) -> dict[str, Any]:
+    """What the daemon's throughput is bounded by, in this process without intake: the engine alone, and
+    the engine with the history recorder and the store (16 runs at a time, as the daemon does)."""
+    import asyncio
+
+    from sdd.config import parse_config
+    from sdd.daemon import load_actions
+    from sdd.engine import WorkflowEngine
+    from sdd.engine.loader import load_workflow
+    from sdd.history import HistoryRecorder
+    from sdd.store import Store
+
+    (root / "wf.yaml").write_text(WORKFLOW)
+    cfg = parse_config({"paths": {"state": str(root), "spool": str(root / "spool"), "socket": str(root / "s"),
+                                  "workflows": [str(root)]}, "logging": {"level": "warning"}}, user=True)
+    figures: dict[str, Any] = {}
+
+    async def measure(history: bool) -> float:
+        store = Store.open(root / f"floor-{history}.db")
+        try:
+            _, actions, _ = load_actions(cfg, store, None)
+            wf = load_workflow(root / "wf.yaml", actions)
+            engine = WorkflowEngine(actions, listeners=[HistoryRecorder(store)] if history else [])
+            gate = asyncio.Semaphore(16)
+
+            async def one(i: int) -> None:
+                async with gate:
+                    await engine.start(wf, detection={"type": "malware", "file_path": f"/tmp/{i}"}).wait()
+
+            start = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            return n / (time.perf_counter() - start)
+        finally:
+            store.close()
+
+    figures["engine_only_runs_per_s"] = round(asyncio.run(measure(False)))
+    figures["engine_history_store_runs_per_s"] = round(asyncio.run(measure(True)))
+    return figures
+
+
 def run() -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sdd-bench-") as tmp:
         root = Path(tmp)
+        (root / "floor").mkdir()
+        try:
+            out["floor_in_process"] = _floor(root / "floor")
+        except Exception as exc:  # noqa: BLE001 -- a diagnostic: never hide the end-to-end figures
+            out["floor_in_process"] = {"error": f"{type(exc).__name__}: {exc}"}
         with DaemonProcess(root / "a", workflows={"noop5": WORKFLOW},
                            config_overrides={"logging": {"level": "warning"}}) as d:
             out.update(_idle(d))
