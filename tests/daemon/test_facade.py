@@ -106,3 +106,24 @@ def test_an_exclusion_added_by_a_workflow_applies_to_the_next_detection(daemon: 
     daemon.drop({"type": "malware", "file_path": "/srv/fp/b.exe"})
     daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM detections WHERE state = 'excluded'") == 1,
                     what="the excluded detection")
+
+
+def test_quarantine_restore_through_the_facade(tmp_path: Path) -> None:
+    victim_dir = tmp_path / "files"
+    victim_dir.mkdir()
+    victim = victim_dir / "invoice.exe"
+    victim.write_bytes(b"not really malware")
+    wf = ("workflow_id: contain\ntrigger: {type: malware}\nsteps:\n  - step_id: q\n    action: quarantine_file\n"
+          "    params: {file_path: \"{{ detection.file_path }}\"}\n")
+    with DaemonProcess(tmp_path, workflows={"contain": wf},
+                       config_overrides={"actions": {"allowed_roots": [str(victim_dir)]}}) as d:
+        d.drop({"type": "malware", "file_path": str(victim)})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status = 'completed'") == 1, what="quarantine")
+        assert not victim.exists()
+        with d.client() as c:
+            items = c.call("quarantine.list")["items"]
+            assert len(items) == 1
+            qid = items[0].get("id") or items[0].get("quarantine_id")
+            result = c.call("quarantine.restore", id=qid)
+        assert result["restored_path"] == str(victim)
+        assert victim.read_bytes() == b"not really malware"
