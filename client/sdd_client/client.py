@@ -257,12 +257,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+        await _close_writer(writer)
 
     async def __aenter__(self) -> Self:
         return await self.connect()
@@ -349,12 +344,7 @@ class AsyncEventStream:
 
     async def aclose(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+        await _close_writer(writer)
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -364,3 +354,12 @@ class AsyncEventStream:
 
 
 __all__ = ["SYSTEM_SOCKET", "AsyncClient", "AsyncEventStream", "Client", "Event", "EventStream", "resolve_socket", "user_socket"]
+
+
+async def _close_writer(writer: asyncio.StreamWriter | None) -> None:
+    if writer is not None:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass  # the daemon already went away: closed is closed
