@@ -3,7 +3,7 @@
 This is the only module of the daemon that imports dbus-next. Its 0.2.3 quirks are handled here: it drops
 the connection when the socket buffer fills (a signal burst; `_PatientWriter` waits instead), connects
 synchronously in its constructor (probed in a thread first), may leave its socket open after a disconnect
-and leaks the socket of a failed connect (`_close_transport`, which also unregisters the fd from the loop
+and leaks the socket of a failed connect (`close_transport` in sdd_client.dbus_quirks, which also unregisters the fd from the loop
 before closing it), and logs a traceback on the root logger for every refused client call
 (`_QuietClientErrors`).
 
@@ -31,6 +31,7 @@ from dbus_next.aio.message_bus import _MessageWriter
 from dbus_next.constants import PropertyAccess
 from dbus_next.message_bus import BaseMessageBus
 from dbus_next.service import ServiceInterface, dbus_property, signal
+from sdd_client.dbus_quirks import close_transport, probe
 
 from sdd import hub as hub_events
 from sdd.hub import EventHub, Subscription
@@ -279,25 +280,6 @@ class Sdd1Interface(ServiceInterface):  # type: ignore[misc]
         return self._properties().queued_detections
 
 
-def _close_transport(bus: BaseMessageBus) -> None:
-    """Close a connection's socket for good (dbus-next 0.2.3 does not always close it after a disconnect).
-
-    The fd is unregistered from the event loop *before* it is closed: a closed fd that is still registered
-    makes the loop silently ignore the next socket that reuses its number (its reader is never armed),
-    which hangs whatever connection gets that number next.
-    """
-    fd = getattr(bus, "_fd", None)
-    loop = getattr(bus, "_loop", None)
-    if isinstance(fd, int) and fd >= 0 and loop is not None and not loop.is_closed():
-        loop.remove_reader(fd)
-        loop.remove_writer(fd)
-    for attr in ("_stream", "_sock"):
-        obj = getattr(bus, attr, None)
-        if obj is not None:
-            try:
-                obj.close()
-            except OSError:
-                pass
 
 
 class _PatientWriter(_MessageWriter):  # type: ignore[misc]
@@ -337,27 +319,6 @@ class _PatientWriter(_MessageWriter):  # type: ignore[misc]
             self.bus._finalize(e)
 
 
-def _probe(address: str, timeout: float) -> None:
-    """Check (blocking, in a worker thread) that something accepts connections at a D-Bus address."""
-    import socket
-
-    from dbus_next._private.address import parse_address
-
-    error: OSError | None = None
-    for transport, options in parse_address(address):
-        if transport == "unix":
-            target: Any = options["path"] if "path" in options else "\0" + options["abstract"]
-            family = socket.AF_UNIX
-        else:
-            target, family = (options.get("host", ""), int(options["port"])), socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            try:
-                sock.connect(target)
-                return
-            except OSError as e:
-                error = e
-    raise error or ConnectionError(f"no usable transport in {address!r}")
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -371,7 +332,7 @@ def _close_failed_bus(exc: BaseException) -> None:
     while tb is not None:
         obj = tb.tb_frame.f_locals.get("self")
         if isinstance(obj, BaseMessageBus):
-            _close_transport(obj)
+            close_transport(obj)
             return
         tb = tb.tb_next
 
@@ -501,7 +462,7 @@ class BusBridge:
                 log.error("D-Bus bridge task failed", exc_info=task.exception())
         self._tasks = []
         if bus is not None:
-            _close_transport(bus)
+            close_transport(bus)
         self._bus = None
         self._connected.clear()
         if self.state is not BridgeState.DISABLED:
@@ -596,7 +557,7 @@ class BusBridge:
                 self._connected.clear()
                 self._state_changed.set()
                 self._bus = None
-                _close_transport(bus)
+                close_transport(bus)
             if self._stop.is_set():
                 break
             self.state = BridgeState.CONNECTING
@@ -609,7 +570,7 @@ class BusBridge:
         # dbus-next connects its socket synchronously in the constructor: a TCP peer that does not answer,
         # or a unix listener with a full backlog, would freeze the daemon's event loop. Probe in a thread
         # first, so an unreachable bus costs a worker thread, not the loop.
-        await asyncio.to_thread(_probe, self.address, CONNECT_TIMEOUT)
+        await asyncio.to_thread(probe, self.address, CONNECT_TIMEOUT)
         try:
             bus = MessageBus(bus_address=self.address)
         except Exception as e:
@@ -629,7 +590,7 @@ class BusBridge:
                 log.warning("D-Bus: %s is owned by another connection; queued for it (%s)", BUS_NAME, reply.name)
         except BaseException:
             bus.disconnect()
-            _close_transport(bus)
+            close_transport(bus)
             raise
         return bus
 

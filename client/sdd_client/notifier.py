@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sdd_client.dbus_quirks import close_transport, probe
 from sdd_client.notify_rules import Notice, Urgency, escape_markup, notice_for
 
 log = logging.getLogger("sdd_client.notifier")
@@ -68,62 +69,21 @@ class NotifierOptions:
     backoff_max: float = 30.0
 
 
-def _close(bus: Any) -> None:
-    """Disconnect and close the socket (dbus-next 0.2.3 may leave it open after disconnect()). The fd leaves
-    the event loop before it is closed: a closed fd still registered there would make the loop ignore the
-    next connection that reuses its number."""
-    with contextlib.suppress(Exception):
-        bus.disconnect()
-    fd, loop = getattr(bus, "_fd", None), getattr(bus, "_loop", None)
-    if isinstance(fd, int) and fd >= 0 and loop is not None and not loop.is_closed():
-        loop.remove_reader(fd)
-        loop.remove_writer(fd)
-    for attr in ("_stream", "_sock"):
-        obj = getattr(bus, attr, None)
-        if obj is not None:
-            with contextlib.suppress(OSError):
-                obj.close()
 
 
-def _probe(address: str, timeout: float) -> None:
-    """Check (blocking, in a worker thread) that something accepts connections at a D-Bus address: dbus-next
-    connects synchronously in its constructor, and a peer that never answers would freeze the event loop
-    (and with it the SIGTERM handler)."""
-    import socket
-
-    from dbus_next._private.address import parse_address
-
-    error: Exception | None = None
-    for transport, options in parse_address(address):
-        if transport == "unix" and ("path" in options or "abstract" in options):
-            target: Any = options["path"] if "path" in options else "\0" + options["abstract"]
-            family = socket.AF_UNIX
-        elif transport == "tcp" and options.get("port", "").isdigit():
-            target, family = (options.get("host", ""), int(options["port"])), socket.AF_INET
-        else:
-            error = ConnectionError(f"unusable D-Bus transport {transport!r} in {address!r}")
-            continue
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            try:
-                sock.connect(target)
-                return
-            except OSError as e:
-                error = e
-    raise error or ConnectionError(f"no usable transport in {address!r}")
 
 
 async def _connect(address: str) -> Any:
     from dbus_next.aio import MessageBus
 
-    await asyncio.to_thread(_probe, address, CALL_TIMEOUT)
+    await asyncio.to_thread(probe, address, CALL_TIMEOUT)
     bus = MessageBus(bus_address=address)
     # A bus that dies while nobody awaits wait_for_disconnect() must not log "exception never retrieved".
     bus._disconnect_future.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
         await asyncio.wait_for(bus.connect(), CALL_TIMEOUT)
     except BaseException:
-        _close(bus)
+        close_transport(bus)
         raise
     return bus
 
@@ -221,7 +181,7 @@ class Notifier:
         finally:
             await _cancel_all(tasks)
             if self._notify_bus is not None:
-                _close(self._notify_bus)
+                close_transport(self._notify_bus)
                 self._notify_bus = None
 
     # --- signals in ---------------------------------------------------------------------------------------
@@ -256,7 +216,7 @@ class Notifier:
                 self._listening.clear()
                 self._listen_bus = None
                 self._changed.set()
-                _close(bus)
+                close_transport(bus)
 
     async def _subscribe(self) -> Any:
         from dbus_next import MessageType
@@ -291,7 +251,7 @@ class Notifier:
             except ConnectionError:
                 self._owner = None  # the daemon is not running (yet): NameOwnerChanged will tell us
         except BaseException:
-            _close(bus)
+            close_transport(bus)
             raise
         return bus
 
@@ -334,7 +294,7 @@ class Notifier:
                 log.warning("cannot show a notification on %s: %s: %s", self.options.notify_address,
                             type(e).__name__, e)
                 if self._notify_bus is not None:
-                    _close(self._notify_bus)
+                    close_transport(self._notify_bus)
                     self._notify_bus = None
                 await self._sleep(delay)
                 delay = min(delay * 2, self.options.backoff_max)
@@ -348,7 +308,7 @@ class Notifier:
         bus = self._notify_bus
         if bus is None or not bus.connected:
             if bus is not None:
-                _close(bus)
+                close_transport(bus)
             bus = self._notify_bus = await _connect(self.options.notify_address)
             try:
                 caps = await _call(bus, NOTIFY_NAME, NOTIFY_PATH, NOTIFY_NAME, "GetCapabilities")
