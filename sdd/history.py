@@ -1,19 +1,28 @@
 """The history recorder: the engine listener that turns engine events into durable rows.
 
-Every step writes an intent record (status `running`, its attempt and params) before it acts and its outcome
-after. For a step whose action is NOT idempotent the recorder hands the engine an awaitable that resolves only
-once the intent is committed, so after a kill -9 the step is found "in flight" rather than silently run twice.
-Idempotent steps, outcomes and run starts are enqueued without waiting (still in order with every other
-write: anything enqueued before an awaited intent is committed with or before it). A run's final status is
-awaited, so when `handle.wait()` returns the run is recorded complete.
+For a step whose action is NOT idempotent the recorder writes an intent record (status `running`, its
+attempt and params) and hands the engine an awaitable that resolves only once that intent is committed, so
+after a kill -9 the step is found "in flight" rather than silently run twice; its outcome is written after.
+
+Every other step (idempotent actions, composite steps, dry runs, and steps announced with attempt 0 because
+they are skipped or fail before acting) needs no intent on disk: after a crash an idempotent step found
+without a row is simply run again, which is what an intent without an outcome would have led to. So its
+intent is held in memory and written together with its outcome as ONE row (one store write instead of two,
+the hot path of a burst). Only a step still in flight `_INTENT_DELAY` seconds after it started gets its
+`running` row written on its own, so API readers still see long-running steps as running. Outcomes and run
+starts are enqueued without waiting (in order with every other write: anything enqueued before an awaited
+intent is committed with or before it). A run's final status is awaited, so when `handle.wait()` returns the
+run is recorded complete.
 
 `prior_steps(run_id)` reads the recorded steps back as the engine's `PriorStep`s for crash recovery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +31,15 @@ from .engine import PriorStep, StepStatus
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from .store import Store, StoreError
 from .store.codec import RawJSON
-from .store.writes import create_run_op, finish_run_op, record_step_finished_op, record_step_started_op
+from .store.writes import (create_run_op, finish_run_op, record_step_finished_op, record_step_op,
+                          record_step_started_op)
 
 log = logging.getLogger("sdd.history")
 
 _MAX_NOTES = 100_000
+# How long a step whose intent need not be committed before it acts may run before its `running` row is
+# written anyway (for API readers); quicker steps get one row, written with their outcome.
+_INTENT_DELAY = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +62,9 @@ class HistoryRecorder:
         self._dry_runs: set[str] = set()  # their steps act on nothing: no intent needs waiting for
         self._snapshots: dict[int, tuple[Any, RawJSON | None]] = {}
         self._snapshot_cache_size = snapshot_cache_size
+        # Intents not written yet, per run: (phase, step path) → the StepStarted event.
+        self._held: dict[str, dict[tuple[str, str], StepStarted]] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def note_run(self, run_id: str, *, detection_id: str | int | None = None, trigger: str = "detection",
                  uid: int | None = None) -> None:
@@ -69,9 +85,18 @@ class HistoryRecorder:
         if isinstance(event, StepStarted):
             return self._step_started(event)
         if isinstance(event, StepFinished):
-            self.store.submit(record_step_finished_op(event.run_id, event.step_id, event.status, event.phase,
-                                                      event.attempts, event.started_at, event.finished_at,
-                                                      event.result, event.error))
+            held = self._held.get(event.run_id)
+            started = None if held is None else held.pop((event.phase, event.step_id), None)
+            if started is None:
+                op = record_step_finished_op(event.run_id, event.step_id, event.status, event.phase,
+                                             event.attempts, event.started_at, event.finished_at, event.result,
+                                             event.error)
+            else:  # intent and outcome in one row
+                op = record_step_op(event.run_id, event.step_id, event.status, event.phase, started.parent_id,
+                                    started.step_type, started.action, started.idempotent, started.params,
+                                    max(event.attempts or 0, started.attempt or 0), event.started_at,
+                                    event.finished_at, event.result, event.error)
+            self.store.submit(op)
             return None
         if isinstance(event, RunStarted):
             self._run_started(event)
@@ -86,14 +111,51 @@ class HistoryRecorder:
 
     # --- events -----------------------------------------------------------------------------------------------
     def _step_started(self, event: StepStarted) -> Awaitable[Any] | None:
-        op = record_step_started_op(event.run_id, event.step_id, event.phase, event.parent_id, event.step_type,
-                                    event.action, event.attempt, event.idempotent, event.started_at, event.params)
         # attempt 0 announces a step that is skipped or failed before acting: nothing is about to happen.
         if (event.idempotent or event.attempt == 0 or event.step_type not in _ACTING_TYPES
                 or event.run_id in self._dry_runs):
-            self.store.submit(op)
+            held = self._held.get(event.run_id)
+            if held is None:
+                held = self._held[event.run_id] = {}
+            held[(event.phase, event.step_id)] = event  # a retry replaces its earlier attempt
+            if self._flush_timer is None:
+                self._arm_flush()
             return None
-        return self.store.write(op)
+        held = self._held.get(event.run_id)
+        if held:
+            held.pop((event.phase, event.step_id), None)
+        return self.store.write(record_step_started_op(
+            event.run_id, event.step_id, event.phase, event.parent_id, event.step_type, event.action,
+            event.attempt, event.idempotent, event.started_at, event.params))
+
+    def _arm_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to time it on: write the held intents now
+            self._flush(0.0)
+            return
+        self._flush_timer = loop.call_later(_INTENT_DELAY, self._flush, _INTENT_DELAY)
+
+    def _flush(self, age: float) -> None:
+        """Writes the `running` row of held steps that started more than `age` seconds ago."""
+        self._flush_timer = None
+        cutoff = time.time() - age
+        for run_id in list(self._held):
+            held = self._held[run_id]
+            for key in [k for k, ev in held.items() if ev.started_at is None or ev.started_at <= cutoff]:
+                self._write_intent(held.pop(key))
+            if not held:
+                del self._held[run_id]
+        if self._held:
+            self._arm_flush()
+
+    def _write_intent(self, event: StepStarted) -> None:
+        try:
+            self.store.submit(record_step_started_op(
+                event.run_id, event.step_id, event.phase, event.parent_id, event.step_type, event.action,
+                event.attempt, event.idempotent, event.started_at, event.params))
+        except StoreError as exc:
+            log.error("history: cannot record StepStarted of run %s: %s", event.run_id, exc)
 
     def _run_started(self, event: RunStarted) -> None:
         if event.dry_run:
@@ -124,6 +186,10 @@ class HistoryRecorder:
                        "context": result.context}
         self._notes.pop(event.run_id, None)
         self._dry_runs.discard(event.run_id)
+        held = self._held.pop(event.run_id, None)
+        if held:  # a step that never reported its outcome stays visible as it was left: running
+            for started in held.values():
+                self._write_intent(started)
         return self.store.write(finish_run_op(event.run_id, event.status, event.error, event.finished_at, summary))
 
     # --- helpers ----------------------------------------------------------------------------------------------

@@ -138,18 +138,38 @@ class GroupCommitWriter:
     def _run_fast(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]] | None:
         """The common case, without savepoints (they double the cost of a small write). If an operation
         raises, everything is rolled back and None returned — or, alone in its batch, it just fails.
-        Operations are functions of the connection only, so running them a second time is harmless."""
+        Operations are functions of the connection only, so running them a second time is harmless.
+        An operation may carry `sql` and `row` attributes (it is exactly `conn.execute(sql, row)` returning
+        None): consecutive ones with the same `sql` are run with one `executemany`."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         results: list[tuple[_Op, Any, BaseException | None]] = []
-        for op in batch:
+        append = results.append
+        n = len(batch)
+        i = 0
+        while i < n:
+            op = batch[i]
+            fn = op.fn
+            sql = getattr(fn, "sql", None)
             try:
-                results.append((op, op.fn(conn), None))
+                if sql is not None and i + 1 < n and getattr(batch[i + 1].fn, "sql", None) == sql:
+                    # A run of single-statement operations of one kind (step rows): one executemany, same
+                    # order, same effect as running them one by one; each one's result is None.
+                    j = i + 1
+                    while j < n and getattr(batch[j].fn, "sql", None) == sql:
+                        j += 1
+                    conn.executemany(sql, [b.fn.row for b in batch[i:j]])  # type: ignore[attr-defined]
+                    for b in batch[i:j]:
+                        append((b, None, None))
+                    i = j
+                    continue
+                append((op, fn(conn), None))
             except Exception as exc:  # noqa: BLE001 -- any failure fails only its own waiter
                 self._rollback()
-                if len(batch) == 1:
+                if n == 1:
                     return [(op, None, exc)]
                 return None
+            i += 1
         conn.execute("COMMIT")
         return results
 

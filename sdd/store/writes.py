@@ -4,6 +4,8 @@ value fails at once, naming the field) and returns the operation the writer thre
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import sqlite3
@@ -203,6 +205,72 @@ def record_step_finished_op(run_id: str, step_id: str, status: Any, phase: str, 
             "attempts = max(attempts, excluded.attempts), finished_at = excluded.finished_at, "
             "result = excluded.result, error = excluded.error", row)
     return record_step_finished
+
+
+# One encoder, built once: `json.dumps` with options builds a new one per call. Same options as codec.dumps.
+_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=codec._default).encode
+
+
+def _json(value: Any, field: str) -> str | None:
+    """`codec.dumps_lenient` for the small params/results of steps, without its per-call encoder; anything
+    unusual (too large, unserialisable, too deep) goes through codec for its exact handling."""
+    if value is None:
+        return None
+    if type(value) is not codec.RawJSON:
+        try:
+            text = _ENCODE(value)
+        except (TypeError, ValueError, RecursionError):
+            text = None
+        if text is not None and len(text) <= codec.MAX_DATA_JSON:
+            return text
+    return codec.dumps_lenient(value, field)
+
+
+def _txt(value: Any, field: str, limit: int, required: bool = False) -> str | None:
+    """`codec.text` for the common short ASCII identifiers (run ids, step paths, action names): those need no
+    escaping, so only their length is checked here; anything else goes through codec."""
+    if type(value) is str and len(value) <= limit and value.isascii() and "\x00" not in value:
+        return value
+    return codec.text(value, field, required=required, limit=limit)
+
+
+def _time(value: Any, field: str) -> float | None:
+    if type(value) is float and math.isfinite(value):
+        return value
+    return codec.timestamp(value, field)
+
+
+_STEP_ROW_SQL = (
+    "INSERT INTO steps (run_id, phase, step_id, parent_id, step_type, action, status, attempts, idempotent, "
+    "started_at, finished_at, params, result, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+    "parent_id = coalesce(excluded.parent_id, parent_id), step_type = coalesce(excluded.step_type, step_type), "
+    "action = coalesce(excluded.action, action), status = excluded.status, "
+    "attempts = max(attempts, excluded.attempts), idempotent = excluded.idempotent, params = excluded.params, "
+    "finished_at = excluded.finished_at, result = excluded.result, error = excluded.error")
+
+
+def record_step_op(run_id: str, step_id: str, status: Any, phase: str, parent_id: str | None,
+                   step_type: str | None, action: str | None, idempotent: bool, params: Any, attempts: int | None,
+                   started_at: float | None, finished_at: float | None, result: Any,
+                   error: str | None) -> Operation:
+    """A step's intent and outcome as ONE row write, for a step whose intent needed no separate commit (an
+    idempotent step, or one that never acted): what `record_step_started_op` then `record_step_finished_op`
+    would leave, in one upsert."""
+    if phase not in ("run", "rollback"):
+        raise StoreValueError(f"phase: {phase!r:.40} is not run or rollback")
+    finished = _or(_time(finished_at, "finished_at"), time.time())
+    row = (_txt(run_id, "run_id", 256, True), phase, _txt(step_id, "step_id", 4096, True),
+           _txt(parent_id, "parent_id", 4096), _txt(step_type, "step_type", 256), _txt(action, "action", 256),
+           status.value if type(status) is StepStatus else _enum(StepStatus, status, "status"),
+           (attempts if type(attempts) is int and 0 <= attempts < 2**63 else codec.integer(attempts, "attempts"))
+           or 0, 1 if idempotent else 0, _or(_time(started_at, "started_at"), finished), finished,
+           _json(params, "params"), _json(result, "result"), codec.text(error, "error", clip=True))
+
+    def record_step(conn: sqlite3.Connection) -> None:
+        conn.execute(_STEP_ROW_SQL, row)
+    record_step.sql = _STEP_ROW_SQL  # type: ignore[attr-defined]  # lets the writer batch same-kind rows
+    record_step.row = row  # type: ignore[attr-defined]
+    return record_step
 
 
 def finish_run_op(run_id: str, status: Any, error: str | None, finished_at: float | None, result: Any) -> Operation:

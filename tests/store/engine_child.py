@@ -1,5 +1,6 @@
 """Child process for test_durability: runs a workflow on the real engine with the history recorder; its
-non-idempotent step appends to a log, says so on stdout, and then hangs until the process is SIGKILLed."""
+non-idempotent step appends to a log, says so on stdout, and then hangs until the process is SIGKILLed.
+With a third argument `idempotent` the step that hangs is an idempotent one instead."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ WORKFLOW = {"workflow_id": "wf", "name": "crash", "steps": [
 ]}
 
 
-async def main(db: str, log: str) -> None:
+IDEMPOTENT_WORKFLOW = {"workflow_id": "wf", "name": "crash", "steps": [
+    {"step_id": "first", "type": "action", "action": "safe"},
+    {"step_id": "slow", "type": "action", "action": "slow", "params": {"n": 1}},
+]}
+
+
+async def main(db: str, log: str, mode: str = "") -> None:
     store = Store.open(db)
     engine = WorkflowEngine(listeners=[HistoryRecorder(store)])
 
@@ -32,10 +39,18 @@ async def main(db: str, log: str) -> None:
         await asyncio.Event().wait()  # never returns: the parent kills us here
         return "unreachable"
 
+    async def slow(*, context: dict[str, Any], **params: Any) -> str:
+        await store.flush()  # everything before this step is on disk: the crash is mid-step, nothing else
+        print("acting", flush=True)
+        await asyncio.Event().wait()  # never returns: the parent kills us here
+        return "unreachable"
+
     engine.register_action("safe", safe, idempotent=True)
     engine.register_action("unsafe", unsafe, idempotent=False)
-    await engine.execute_workflow(Workflow.from_dict(WORKFLOW), run_id="the-run")
+    engine.register_action("slow", slow, idempotent=True)
+    wf = IDEMPOTENT_WORKFLOW if mode == "idempotent" else WORKFLOW
+    await engine.execute_workflow(Workflow.from_dict(wf), run_id="the-run")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(*sys.argv[1:4]))

@@ -108,3 +108,63 @@ def test_engine_killed_mid_action_resumes_without_repeating_it(db_path: Path, tm
         assert {s["step_id"]: s["status"] for s in run["steps"]} == {"first": "completed", "hook": "interrupted"}
     finally:
         store.close()
+
+
+def test_engine_killed_mid_idempotent_step_runs_it_again_on_resume(db_path: Path, tmp_path: Path) -> None:
+    """kill -9 while an idempotent step runs: its intent need not be on disk (a quick one is written as one
+    row with its outcome); resuming re-runs it — the crash semantics for idempotent steps — and reuses the
+    steps before it. The step ends with exactly one row."""
+    import asyncio
+
+    from sdd.engine import Workflow, WorkflowEngine
+    from sdd.history import HistoryRecorder
+
+    from .engine_child import IDEMPOTENT_WORKFLOW
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    child = subprocess.Popen([sys.executable, "-m", "tests.store.engine_child", str(db_path),
+                              str(tmp_path / "unused.log"), "idempotent"],
+                             stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "acting"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(30)
+
+    async def restart() -> tuple[str, list[str]]:
+        store = Store.open(db_path)
+        try:
+            assert [r["run_id"] for r in store.runs_in_status("running")] == ["the-run"]
+            recorder = HistoryRecorder(store)
+            prior = recorder.prior_steps("the-run")
+            assert prior["first"].status == "completed"
+            # No row (held in memory when killed) or a `running` one (the delayed intent had been written).
+            assert "slow" not in prior or prior["slow"].status == "running"
+            calls: list[str] = []
+
+            async def act(*, context: dict[str, object], **params: object) -> str:
+                calls.append("called")
+                return "again"
+
+            engine = WorkflowEngine(listeners=[recorder])
+            engine.register_action("safe", act, idempotent=True)
+            engine.register_action("slow", act, idempotent=True)
+            result = await engine.execute_workflow(Workflow.from_dict(IDEMPOTENT_WORKFLOW), run_id="the-run",
+                                                   prior=prior)
+            return result.status.value, calls
+        finally:
+            store.close()
+
+    status, calls = asyncio.run(restart())
+    assert status == "completed" and calls == ["called"]  # `first` reused, `slow` run again
+    store = Store.open(db_path)
+    try:
+        run = store.get_run("the-run")
+        assert run is not None and run["status"] == "completed" and run["resumed"] == 1
+        assert [(s["step_id"], s["status"]) for s in run["steps"]] == [("first", "completed"), ("slow", "completed")]
+        assert run["steps"][1]["params"] == {"n": 1} and run["steps"][1]["result"] == "again"
+    finally:
+        store.close()

@@ -149,3 +149,60 @@ async def test_a_closed_store_does_not_break_the_run(db_path: Path) -> None:
     store.close()
     result = await engine.execute_workflow(_workflow(), detection={"type": "m", "file_path": "/x"})
     assert result.status.value == "completed"
+
+
+async def test_an_idempotent_step_is_one_write_holding_its_intent_and_outcome(store: Store) -> None:
+    """Idempotent steps need no intent committed before they act (a crash re-runs them), so a quick one
+    costs one row write carrying what the intent would have said (params, idempotent) and the outcome."""
+    async def safe(*, context: dict[str, Any], **params: Any) -> dict[str, Any]:
+        return {"seen": params["path"]}
+
+    engine = WorkflowEngine(listeners=[HistoryRecorder(store)])
+    engine.register_action("safe", safe, idempotent=True)
+    wf = Workflow.from_dict({"workflow_id": "wf", "name": "one", "steps": [
+        {"step_id": "scan", "type": "action", "action": "safe", "params": {"path": "{{ detection.file_path }}"}},
+        {"step_id": "never", "type": "action", "action": "safe", "condition": "False"}]})
+    await store.flush()
+    before = store.writer_stats().operations
+    result = await engine.execute_workflow(wf, run_id="one", detection={"type": "m", "file_path": "/tmp/x"})
+    assert result.status.value == "completed"
+    # create_run, one row per step (the skipped one too), finish_run: no separate intents.
+    assert store.writer_stats().operations - before == 4
+    steps = {s["step_id"]: s for s in store.steps_of("one")}
+    scan = steps["scan"]
+    assert (scan["status"], scan["attempts"], scan["idempotent"], scan["action"], scan["step_type"]) == \
+        ("completed", 1, True, "safe", "action")
+    assert scan["params"] == {"path": "/tmp/x"} and scan["result"] == {"seen": "/tmp/x"}
+    assert scan["started_at"] is not None and scan["finished_at"] >= scan["started_at"]
+    assert steps["never"]["status"] == "skipped"
+
+
+async def test_a_slow_idempotent_step_shows_as_running_then_finishes_in_the_same_row(store: Store,
+                                                                                     db_path: Path) -> None:
+    import asyncio
+
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(*, context: dict[str, Any], **params: Any) -> str:
+        entered.set()
+        await release.wait()
+        return "done"
+
+    recorder = HistoryRecorder(store)
+    engine = WorkflowEngine(listeners=[recorder])
+    engine.register_action("safe", slow, idempotent=True)
+    wf = Workflow.from_dict({"workflow_id": "wf", "name": "slow", "steps": [
+        {"step_id": "scan", "type": "action", "action": "safe", "params": {"n": 2}}]})
+    handle = engine.start(wf, run_id="slow")
+    await entered.wait()
+    await store.flush()
+    assert _peek_step(db_path, "slow", "scan") is None  # held: a crash now re-runs it, as with an intent
+    recorder._flush(0.0)  # what the timer does for a step still running after the delay
+    await store.flush()
+    assert _peek_step(db_path, "slow", "scan") == ("running", 1)
+    step = store.steps_of("slow")[0]
+    assert step["params"] == {"n": 2} and step["idempotent"] is True
+    release.set()
+    assert (await handle.wait()).status.value == "completed"
+    assert [(s["step_id"], s["status"], s["result"], s["params"]) for s in store.steps_of("slow")] == \
+        [("scan", "completed", "done", {"n": 2})]
