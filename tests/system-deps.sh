@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test-suite drives for real: ClamAV, a dbus-daemon, systemd-analyze,
-# and the Debian packaging tool-chain. Only as root; otherwise the tests that need them skip with a reason.
+# AppArmor's parser, Debian's python3-seccomp and python3-msgpack, and the Debian packaging tool-chain. Only as root; otherwise the tests that need them skip with a reason.
 set -u
 need=()
 command -v clamscan     >/dev/null 2>&1 || need+=(clamav)
@@ -13,6 +13,10 @@ command -v setpriv      >/dev/null 2>&1 || need+=(util-linux)
 command -v dpkg-buildpackage >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v dh >/dev/null 2>&1 || need+=(debhelper dh-python python3-all pybuild-plugin-pyproject)
 command -v lintian      >/dev/null 2>&1 || need+=(lintian)
+command -v apparmor_parser >/dev/null 2>&1 || [ -x /sbin/apparmor_parser ] || need+=(apparmor)
+# Debian's own python3 runs the unit-sandbox test (seccomp) and sddctl as clamav, who cannot read the venv.
+/usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need+=(python3-seccomp)
+/usr/bin/python3 -c 'import msgpack' >/dev/null 2>&1 || need+=(python3-msgpack)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "system-deps: not root, so not installing: ${need[*]} (tests that need them will skip)" >&2
