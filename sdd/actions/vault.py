@@ -360,10 +360,18 @@ class Vault:
                                       retryable=False)
                 try:
                     os.fchown(tfd, meta["uid"], meta["gid"])
-                except PermissionError:
+                except PermissionError as exc:
                     if os.geteuid() == 0:
-                        raise
-                os.fchmod(tfd, meta["mode"])  # after chown, which would clear set-id bits
+                        raise Forbidden(f"{what}: the system refused to give {qid} its owner "
+                                        f"{meta['uid']}:{meta['gid']} ({exc.strerror}); it stays in the vault"
+                                        ) from None
+                try:
+                    os.fchmod(tfd, meta["mode"])  # after chown, which would clear set-id bits
+                except PermissionError as exc:
+                    # The hardened unit forbids creating set-uid/set-gid files (RestrictSUIDSGID=yes).
+                    raise Forbidden(f"{what}: the system refused mode {meta['mode']:04o} for {qid} "
+                                    f"({exc.strerror}); set-uid/set-gid files cannot be restored by the "
+                                    f"hardened service, so it stays in the vault") from None
                 os.utime(tfd, ns=(meta.get("atime_ns", meta["mtime_ns"]), meta["mtime_ns"]))
                 os.fsync(tfd)
             finally:

@@ -269,6 +269,8 @@ def test_every_step_type_works_inside_the_units_sandbox(
         assert not scene["setuid"].exists()
         refused = _sddctl(d, "quarantine", "restore", item["id"])
         assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "set-uid/set-gid files cannot be restored" in refused.stdout + refused.stderr
+        assert "internal" not in refused.stdout + refused.stderr
         assert not scene["setuid"].exists()
         assert not [p for p in scene["setuid"].parent.iterdir() if p.name.startswith(".sdd-restore")]
     finally:
