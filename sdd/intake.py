@@ -1,11 +1,12 @@
 """Spool intake, Maildir rules: watch `new/`, claim files into `cur/`, read and parse them, reject bad ones.
 
 Where a detection enters sdd. The order of operations is what makes it lossless:
-- the watch on `new/` (watchdog, non-recursive, created/moved-to events only) is armed *before* `new/` is
-  scanned, so a file lands either before the scan (the scan sees it) or after the watch (an event);
-- an inotify queue overflow (watchdog only logs it) and a slow timer both trigger a rescan of `new/`;
-- a file is claimed by `link(new/x, cur/x)` + `unlink(new/x)` — not rename, because watchdog holds every
-  moved-out event ~0.5 s (field-notes.md) — and a name found in both directories counts as claimed;
+- the watch on `new/` (inotify read directly, see `_Watch`; non-recursive, created/moved-to events only) is
+  armed *before* `new/` is scanned, so a file lands either before the scan (the scan sees it) or after the
+  watch (an event);
+- an inotify queue overflow and a slow timer both trigger a rescan of `new/`;
+- a file is claimed by `link(new/x, cur/x)` + `unlink(new/x)` — no moved-out event for any watcher to hold
+  back (watchdog held them ~0.5 s, field-notes.md) — and a name found in both directories counts as claimed;
 - it is deleted from `cur/` only after the daemon has committed the detection (`Intake.done`); anything left
   in `cur/` at start-up is delivered again, marked `leftover` so the daemon can de-duplicate by spool name.
 
@@ -16,28 +17,22 @@ Memory stays bounded with any number of files in the spool: at most `max_pending
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import json
 import logging
 import os
 import re
+import select
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from watchdog.events import (
-    DirCreatedEvent,
-    DirMovedEvent,
-    FileCreatedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers.inotify import InotifyObserver
 
 from .logging import kv
 
@@ -46,8 +41,9 @@ log = logging.getLogger(__name__)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 MAX_NESTING = 64  # a detection deeper than this is hostile, and would hurt the engine's renderer
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-_WATCHDOG_LOGGER = "watchdog.observers.inotify_c"
-_WANTED_EVENTS = (FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent)
+# inotify(7): the events that mean "a name appeared in new/", and the queue-overflow marker.
+_IN_MOVED_TO, _IN_CREATE, _IN_Q_OVERFLOW, _IN_ONLYDIR = 0x80, 0x100, 0x4000, 0x01000000
+_IN_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
 
 class SpoolRejection(Exception):
@@ -204,40 +200,78 @@ def read_spool_file(path: str | Path, max_size: int) -> bytes:
 # ---- the watcher and worker ------------------------------------------------------------------------------
 
 
-class _Events(FileSystemEventHandler):
-    def __init__(self, intake: Intake) -> None:
+class _Watch:
+    """inotify on new/ read directly: one thread, one read per up to ~2,000 events, names handed to the
+    intake in bulk. (watchdog's observer costs three threads and, per event, several Python objects and a
+    linear search of its move-grouping queue — most of the intake's CPU in a burst.) An overflow of the
+    kernel's queue is logged and becomes a rescan of new/."""
+
+    def __init__(self, path: str, intake: Intake) -> None:
         self.intake = intake
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        if libc.inotify_add_watch(fd, os.fsencode(path), _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
+        self._fd = fd  # the watch is armed from here on
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sdd-inotify", daemon=True)
+        self._thread.start()
 
-    def dispatch(self, event: FileSystemEvent) -> None:
-        if not isinstance(event, _WANTED_EVENTS):  # watchdog < 4 cannot filter them out for us
-            return
-        path = event.dest_path if isinstance(event, (FileMovedEvent, DirMovedEvent)) else event.src_path
-        self.intake.notify_name(os.path.basename(os.fsdecode(path)))
-
-
-class _OverflowHandler(logging.Handler):
-    """watchdog only *logs* an inotify queue overflow; this turns that log line into a rescan."""
-
-    def __init__(self, intake: Intake) -> None:
-        super().__init__(logging.WARNING)
-        self.intake = intake
-
-    def emit(self, record: logging.LogRecord) -> None:
+    def stop(self) -> None:
+        self._stopping = True
         try:
-            if "overflow" in record.getMessage().lower():
-                self.intake.rescan("inotify queue overflow")
-        except Exception:  # noqa: BLE001 S110 -- a logging handler must never raise into watchdog
+            os.write(self._wake_w, b"x")
+        except OSError:
             pass
 
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            for fd in (self._fd, self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
-class _QuietStop(logging.Filter):
-    """watchdog logs an error when its emitter wakes up after being stopped; at shutdown that is expected."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "called when the thread is inactive" not in record.getMessage()
-
-
-logging.getLogger("watchdog.observers.inotify").addFilter(_QuietStop())
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        unpack, size = _IN_EVENT.unpack_from, _IN_EVENT.size
+        while not self._stopping:
+            try:
+                poller.poll()
+                buf = os.read(self._fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:  # the descriptor is gone: the safety timer's rescans still find files
+                if not self._stopping:
+                    log.error("inotify read failed; relying on periodic rescans", extra=kv(error=exc))
+                return
+            names: list[str] = []
+            overflow = False
+            off, end = 0, len(buf)
+            while off + size <= end:
+                _, mask, _, length = unpack(buf, off)
+                off += size
+                if mask & _IN_Q_OVERFLOW:
+                    overflow = True
+                elif length:
+                    raw = buf[off:off + length]
+                    nul = raw.find(b"\0")
+                    names.append(os.fsdecode(raw if nul < 0 else raw[:nul]))
+                off += length
+            if names:
+                self.intake.notify_names(names)
+            if overflow:
+                log.warning("inotify queue overflow: events were lost; rescanning new/")
+                self.intake.rescan("inotify queue overflow")
 
 
 class Intake:
@@ -257,7 +291,7 @@ class Intake:
         self.max_inflight = max_inflight
         self.max_pending = max_pending
         self.on_first_scan = on_first_scan
-        self._observer_timeout = observer_timeout
+        self._observer_timeout = observer_timeout  # kept for callers; the direct inotify watch needs none
         self._cond = threading.Condition()
         self._pending: dict[str, None] = {}      # names to look at, in arrival order
         self._inflight: set[str] = set()         # claimed into cur/, waiting for done()
@@ -269,23 +303,13 @@ class Intake:
         self._stopping = False
         self._first_scan_done = False
         self._thread: threading.Thread | None = None
-        self._observer: InotifyObserver | None = None
-        self._overflow = _OverflowHandler(self)
+        self._observer: _Watch | None = None
         self.stats = {"claimed": 0, "rejected": 0, "rescans": 0, "overflows": 0}
 
     # -- lifecycle
     def start(self) -> None:
         self.layout.ensure()
-        logging.getLogger(_WATCHDOG_LOGGER).addHandler(self._overflow)
-        observer = InotifyObserver(timeout=self._observer_timeout)
-        try:
-            observer.schedule(_Events(self), str(self.layout.new), recursive=False,
-                              event_filter=list(_WANTED_EVENTS))
-        except TypeError:  # watchdog < 4 (Debian 12 ships 2.2.1) has no event_filter; _Events drops the rest
-            observer.schedule(_Events(self), str(self.layout.new), recursive=False)
-        observer.daemon = True
-        observer.start()  # the watch is armed when start() returns ...
-        self._observer = observer
+        self._observer = _Watch(self._new, self)  # the watch is armed when this returns ...
         with self._cond:  # ... and only then is new/ scanned (after cur/'s leftovers)
             self._rescan_reasons.append("start-up")
         self._thread = threading.Thread(target=self._run, name="sdd-intake", daemon=True)
@@ -298,7 +322,6 @@ class Intake:
             self._cond.notify_all()
         if self._observer is not None:
             self._observer.stop()
-        logging.getLogger(_WATCHDOG_LOGGER).removeHandler(self._overflow)
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._observer is not None:
@@ -319,6 +342,12 @@ class Intake:
     def notify_name(self, name: str) -> None:
         with self._cond:
             self._add_pending(name)
+            self._cond.notify()
+
+    def notify_names(self, names: list[str]) -> None:
+        with self._cond:
+            for name in names:
+                self._add_pending(name)
             self._cond.notify()
 
     def rescan(self, reason: str) -> None:
