@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
         try:
             module = importlib.import_module(f"bench.{area}")
             out[area] = module.run()
-        except Exception as exc:  # one broken benchmark must not hide the others' figures
+        except Exception as exc:  # noqa: BLE001 -- one broken benchmark must not hide the others' figures
             out[area] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"bench: {area} took {time.perf_counter() - start:.1f}s", file=sys.stderr)
     print(json.dumps(out, indent=2, sort_keys=True))

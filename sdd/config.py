@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 SYSTEM_CONFIG = Path("/etc/sdd/sdd.toml")
 SYSTEM_TEMPLATES = Path("/usr/share/sdd/templates")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 # Event names published on the hub (the `event` field of the socket API's subscribe stream).
 DETECTION_RECEIVED = "detection.received"
@@ -29,7 +30,7 @@ LAGGED = "lagged"
 class Subscription:
     """A bounded stream of (event, data) pairs; iterate it, and close it when done."""
 
-    hub: "EventHub"
+    hub: EventHub
     maxsize: int
     events: frozenset[str] | None = None  # None: every event
     _queue: deque[tuple[str, dict[str, Any]]] = field(default_factory=deque)
