@@ -38,7 +38,7 @@ from .matcher import Decision, DedupWindow, Exclusions, MatchResult, match
 from .recovery import recover_runs
 from .scheduler import Scheduler
 from .sdnotify import Notifier, watchdog_interval
-from .store.writes import record_detection_op, set_detection_state_op
+from .store.writes import record_detection_op, record_detections_op, set_detection_state_op
 
 log = logging.getLogger("sdd.daemon")
 
@@ -357,15 +357,28 @@ class Daemon:
     async def _commit(self, claimed: list[Claimed]) -> None:
         store, intake = self.store, self.intake
         assert intake is not None
-        waits: list[Any] = []
-        for c in claimed:
+        results: list[Any] = [None] * len(claimed)
+        ops: list[tuple[int, Any]] = []
+        for i, c in enumerate(claimed):
             try:
-                # The op's future, not a coroutine: a batch of 256 costs no task per detection.
-                waits.append(store.write(record_detection_op(c.detection, c.name, None, "queued", None),
-                                         durable=True))  # fsync before the spool file goes
+                ops.append((i, record_detection_op(c.detection, c.name, None, "queued", None)))
             except Exception as exc:  # noqa: BLE001 -- the store refused the value (checked in this thread)
-                waits.append(_failed(exc))
-        results = await asyncio.gather(*waits, return_exceptions=True)
+                results[i] = exc
+        if ops:
+            # The whole batch as one operation: one future and one wake-up instead of one per detection.
+            # fsync'd (durable) before the spool files go.
+            try:
+                added = await store.write(record_detections_op([op for _, op in ops]), durable=True)
+            except Exception:  # noqa: BLE001 -- one of them failed: nothing committed; one write each
+                waits: list[Any] = []
+                for _, op in ops:
+                    try:
+                        waits.append(store.write(op, durable=True))
+                    except Exception as exc:  # noqa: BLE001 -- e.g. the store is closed
+                        waits.append(_failed(exc))
+                added = await asyncio.gather(*waits, return_exceptions=True)
+            for (i, _), res in zip(ops, added):
+                results[i] = res
         done: list[str] = []
         failed: list[str] = []
         refused: list[tuple[str, str]] = []

@@ -82,6 +82,8 @@ class HistoryRecorder:
             return None
 
     def _record(self, event: EngineEvent) -> Awaitable[Any] | None:
+        if type(event) is StepStarted:  # the event classes are final: exact types, checked most frequent first
+            return self._step_started(event)
         if isinstance(event, StepStarted):
             return self._step_started(event)
         if isinstance(event, StepFinished):

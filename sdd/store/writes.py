@@ -33,6 +33,8 @@ def _or(value: float | None, default: float) -> float:
 
 
 def _enum(kind: type[Enum], value: Any, field: str) -> str:
+    if type(value) is kind:  # the common case: already a member (the engine's and the daemon's statuses)
+        return str(value.value)
     try:
         return str(kind(value).value)
     except ValueError:
@@ -80,7 +82,7 @@ def detection_ref(value: Any) -> int | None:
 # --- detections -------------------------------------------------------------------------------------------------
 def record_detection_op(data: Mapping[str, Any], spool_name: str | None, received_at: float | None,
                         state: Any, note: str | None) -> Operation:
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):  # (an ABC isinstance check is slow)
         raise StoreValueError(f"detection: expected a JSON object, got {type(data).__name__}")
     dtype = data.get("type")
     if not isinstance(dtype, str) or not dtype:
@@ -124,6 +126,15 @@ def record_detection_op(data: Mapping[str, Any], spool_name: str | None, receive
         return AddedDetection(str(new_id), DetectionState(values[8]),
                               None if duplicate_of is None else str(duplicate_of))
     return record_detection
+
+
+def record_detections_op(ops: list[Operation]) -> Operation:
+    """Several `record_detection_op`s as one operation (one future, one wake-up for a whole intake batch);
+    its result is the list of theirs. It fails as a whole if any of them raises — nothing of it is then
+    committed — and the caller falls back to one operation each."""
+    def record_detections(conn: sqlite3.Connection) -> list[AddedDetection]:
+        return [op(conn) for op in ops]
+    return record_detections
 
 
 def set_detection_state_op(detection_id: Any, state: Any, note: str | None) -> Operation:

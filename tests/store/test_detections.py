@@ -159,3 +159,25 @@ async def test_recent_run_finds_the_same_file_and_threat_within_the_window(store
         "WHERE d.file_path IS ? AND d.threat_name IS ? AND r.workflow_id = ? AND r.started_at >= ? "
         "ORDER BY r.started_at DESC LIMIT 1", ("/tmp/x", "T", "wf", 0.0)))
     assert "SCAN" not in plan.replace("SCAN CONSTANT", "")
+
+
+async def test_a_batch_of_detections_is_one_write_and_fails_as_a_whole(store: Store) -> None:
+    """What the daemon's intake commit relies on: one durable write for a whole batch, results in order;
+    if one of them fails nothing of the batch is committed (the daemon then writes them one by one)."""
+    import sqlite3
+
+    from sdd.store.writes import record_detection_op, record_detections_op
+
+    ops = [record_detection_op({"type": "m", "id": f"e{i}"}, f"f{i}", None, "queued", None) for i in range(3)]
+    added = await store.write(record_detections_op(ops), durable=True)
+    assert [a.state for a in added] == [DetectionState.QUEUED] * 3
+    assert [store.get_detection(a.detection_id)["spool_name"] for a in added] == ["f0", "f1", "f2"]  # type: ignore[index]
+
+    def broken(conn: sqlite3.Connection) -> None:
+        raise sqlite3.IntegrityError("boom")
+
+    good = record_detection_op({"type": "m", "id": "e9"}, "f9", None, "queued", None)
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.write(record_detections_op([good, broken]), durable=True)
+    assert store.find_detection("e9") is None
+    assert (await store.write(good, durable=True)).state == DetectionState.QUEUED
