@@ -189,7 +189,19 @@ def read_spool_file(path: str | Path, max_size: int) -> bytes:
             raise SpoolRejection("has other hard links (it may be someone else's file)")
         if st.st_size > max_size:
             raise SpoolRejection(f"too large: {st.st_size} bytes (limit {max_size})")
-        data = os.read(fd, max_size + 1)
+        # Ask for the size fstat gave (+1 to see growth), not for max_size: os.read allocates what it is asked
+        # for, and a 1 MiB buffer per small file (mmap'd, shrunk, unmapped) was most of the intake's CPU.
+        want = min(st.st_size, max_size) + 1
+        data = os.read(fd, want)
+        if len(data) == want and want <= max_size:  # it grew since fstat: read on, up to the limit
+            chunks, total = [data], len(data)
+            while total <= max_size:
+                more = os.read(fd, max_size + 1 - total)
+                if not more:
+                    break
+                chunks.append(more)
+                total += len(more)
+            data = b"".join(chunks)
         if len(data) > max_size:
             raise SpoolRejection(f"too large: more than {max_size} bytes (limit {max_size})")
         return data

@@ -100,8 +100,12 @@ class GroupCommitWriter:
                         self._sleeping = False
                     if not self._queue:
                         return  # closing and drained
-                    n = min(len(self._queue), self.max_batch)
-                    batch = [self._queue.popleft() for _ in range(n)]
+                    queue = self._queue
+                    if len(queue) <= self.max_batch:
+                        batch = list(queue)
+                        queue.clear()
+                    else:
+                        batch = [queue.popleft() for _ in range(self.max_batch)]
                 self._commit(batch)
         except BaseException as exc:  # a bug or a dead disk: fail everyone loudly instead of hanging them
             log.exception("store writer stopped")

@@ -51,3 +51,14 @@ def test_reading_refuses_symlinks_fifos_directories_and_oversize(tmp_path: Path)
         with pytest.raises(SpoolRejection, match=reason):
             read_spool_file(tmp_path / name, 1024)
     assert read_spool_file(tmp_path / "fine", 1024) == b'{"type": "m"}'
+
+
+def test_read_spool_file_reads_exactly_up_to_the_limit(tmp_path: Path) -> None:
+    """It reads by the file's size (not a limit-sized buffer per file): the boundaries stay exact."""
+    (tmp_path / "at").write_bytes(b"x" * 1024)
+    (tmp_path / "over").write_bytes(b"x" * 1025)
+    (tmp_path / "empty").write_bytes(b"")
+    assert read_spool_file(tmp_path / "at", 1024) == b"x" * 1024
+    assert read_spool_file(tmp_path / "empty", 1024) == b""
+    with pytest.raises(SpoolRejection, match="too large"):
+        read_spool_file(tmp_path / "over", 1024)
