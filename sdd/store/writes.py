@@ -218,8 +218,21 @@ def record_step_finished_op(run_id: str, step_id: str, status: Any, phase: str, 
     return record_step_finished
 
 
-# One encoder, built once: `json.dumps` with options builds a new one per call. Same options as codec.dumps.
-_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=codec._default).encode
+# One encoder, built once: `json.dumps` with options builds a new one per call, and `JSONEncoder.encode` a new
+# C encoder per call — most of the cost for the small params/results of steps. Same options as codec.dumps;
+# without a circular-reference table (markers=None) a cycle ends in RecursionError, and `_json` then hands
+# the value to codec, which reports it properly.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:
+    _C_ENCODE = _c_make_encoder(None, codec._default, json.encoder.encode_basestring_ascii, None, ":", ",",
+                                False, False, True)
+
+    def _ENCODE(value: Any) -> str:
+        if type(value) is str:  # the C encoder only takes containers at top level... and strings are common
+            return json.encoder.encode_basestring_ascii(value)
+        return "".join(_C_ENCODE(value, 0))
+else:  # pragma: no cover -- CPython always has the C encoder
+    _ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=codec._default).encode
 
 
 def _json(value: Any, field: str) -> str | None:

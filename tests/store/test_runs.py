@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from sdd.store import Store, StoreValueError
@@ -218,3 +221,24 @@ async def test_ring_continues_in_order_after_a_migration_backfill(db_path) -> No
         assert durations == [0.0] * 13 + [float(d) for d in range(14, 257)]
     finally:
         store.close()
+
+
+def test_step_json_fast_path_matches_codec() -> None:
+    """Step params/results are encoded with a prebuilt encoder; it must store exactly what codec would,
+    and leave what it cannot do (cycles, unserialisable values, huge values) to codec's handling."""
+    import enum
+
+    from sdd.store import codec
+    from sdd.store.writes import _json
+
+    class Colour(str, enum.Enum):
+        RED = "red"
+
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    shared = {"a": 1}
+    values: list[Any] = [{"a": 1, "b": [1, 2.5, None, True, "é\x00", "\ud800"]}, "line\u2028", 7, 2.5, None,
+                         [1, (2, 3)], {"p": Path("/x")}, {"c": Colour.RED}, float("nan"), {1: 2}, {"s": {1}},
+                         b"\xff", [], {}, cycle, [shared, shared], {"x": object()}, "y" * (codec.MAX_DATA_JSON + 1)]
+    for value in values:
+        assert _json(value, "result") == codec.dumps_lenient(value, "result"), value
