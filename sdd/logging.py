@@ -71,5 +71,3 @@ def setup_logging(level: str = "info") -> None:
     handler.setFormatter(LogfmtFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level, logging.INFO))
-    # watchdog is chatty at debug level; its overflow warning is what we listen for.
-    logging.getLogger("watchdog").setLevel(max(logging.INFO, root.level))
