@@ -7,11 +7,13 @@ RUNDIR ?= $(CURDIR)/run
 
 .PHONY: venv install run test test-all test-slow bench lint deb clean system-deps
 
+# Progress goes to stderr, so that `make bench` prints nothing but its JSON on stdout even on a fresh clone.
 $(STAMP): pyproject.toml client/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./client[notifier] -e '.[test,dev]'
-	touch $(STAMP)
+	@echo "creating $(VENV) and installing sdd and sdd-client" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(PY) -m pip install -q --upgrade pip >&2
+	@$(PY) -m pip install -q -e ./client[notifier] -e '.[test,dev]' >&2
+	@touch $(STAMP)
 
 venv install: $(STAMP)
 
