@@ -31,8 +31,13 @@ from .engine import PriorStep, StepStatus
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from .store import Store, StoreError
 from .store.codec import RawJSON
-from .store.writes import (create_run_op, finish_run_op, record_step_finished_op, record_step_op,
-                          record_step_started_op)
+from .store.writes import (
+    create_run_op,
+    finish_run_op,
+    record_step_finished_op,
+    record_step_op,
+    record_step_started_op,
+)
 
 log = logging.getLogger("sdd.history")
 

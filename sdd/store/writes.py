@@ -232,7 +232,10 @@ if _c_make_encoder is not None:
             return json.encoder.encode_basestring_ascii(value)
         return "".join(_C_ENCODE(value, 0))
 else:  # pragma: no cover -- CPython always has the C encoder
-    _ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=codec._default).encode
+    _FALLBACK = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=codec._default)
+
+    def _ENCODE(value: Any) -> str:
+        return _FALLBACK.encode(value)
 
 
 def _json(value: Any, field: str) -> str | None:
