@@ -64,17 +64,7 @@ def test_engine_killed_mid_action_resumes_without_repeating_it(db_path: Path, tm
     from .engine_child import WORKFLOW
 
     log = tmp_path / "effects.log"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    child = subprocess.Popen([sys.executable, "-m", "tests.store.engine_child", str(db_path), str(log)],
-                             stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "acting"
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(30)
+    _kill_engine_child_while_acting(db_path, log)
     assert log.read_text() == "side effect\n"
 
     async def restart() -> tuple[str, list[str]]:
@@ -121,18 +111,7 @@ def test_engine_killed_mid_idempotent_step_runs_it_again_on_resume(db_path: Path
 
     from .engine_child import IDEMPOTENT_WORKFLOW
 
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    child = subprocess.Popen([sys.executable, "-m", "tests.store.engine_child", str(db_path),
-                              str(tmp_path / "unused.log"), "idempotent"],
-                             stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "acting"
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(30)
+    _kill_engine_child_while_acting(db_path, tmp_path / "unused.log", "idempotent")
 
     async def restart() -> tuple[str, list[str]]:
         store = Store.open(db_path)
@@ -168,3 +147,19 @@ def test_engine_killed_mid_idempotent_step_runs_it_again_on_resume(db_path: Path
         assert run["steps"][1]["params"] == {"n": 1} and run["steps"][1]["result"] == "again"
     finally:
         store.close()
+
+
+def _kill_engine_child_while_acting(db_path: Path, log: Path, *mode: str) -> None:
+    """Runs tests/store/engine_child.py and SIGKILLs it once it says its action is under way."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    child = subprocess.Popen([sys.executable, "-m", "tests.store.engine_child", str(db_path), str(log), *mode],
+                             stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "acting"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(30)
