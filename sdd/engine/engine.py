@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,14 @@ from .registry import ActionRegistry, ActionSpec, Handler, discover_entry_points
 from .results import PriorStep, WorkflowResult
 from .runner import Run
 from .statuses import RunStatus
+
+
+def new_run_id() -> str:
+    """32 lowercase hex digits, time-ordered like a UUIDv7: 48 bits of Unix milliseconds, then 80 random bits.
+    Ids of runs started close together sort together, so the history's B-trees (runs, steps) grow at their
+    right edge instead of at random pages: a burst's transactions dirty a few pages, not one per run. 80
+    random bits keep ids unguessable and collisions out of reach (2**40 runs in one millisecond)."""
+    return f"{time.time_ns() // 1_000_000 & 0xFFFFFFFFFFFF:012x}{os.urandom(10).hex()}"
 
 
 class RunHandle:
@@ -148,7 +156,7 @@ class WorkflowEngine:
         ctx = dict(workflow.context)
         if context:
             ctx.update(context)
-        rid = run_id or uuid.uuid4().hex
+        rid = run_id or new_run_id()
         if rid in self.active_runs:
             raise EngineError(f"run {rid!r} is already running")
         run = Run(self, workflow, ctx, detection, rid, dry_run, prior)

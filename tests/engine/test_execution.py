@@ -375,3 +375,20 @@ async def test_run_timeout_message_with_handler_raising_its_own_timeout_error() 
     result = await engine.execute_workflow(wf([{"step_id": "a", "action": "t"}]))
     assert result.status is RunStatus.FAILED
     assert result.step_results["a"].error == "TimeoutError: socket timed out"
+
+
+def test_run_ids_are_32_hex_digits_unique_and_in_time_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """UUIDv7-like: history B-trees grow at their right edge, and ids stay unguessable."""
+    import re
+    import time
+
+    from sdd.engine import new_run_id
+
+    ids = [new_run_id() for _ in range(2000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert len({i[12:] for i in ids}) == len(ids)  # the random part alone differs too
+    now = time.time_ns()
+    monkeypatch.setattr(time, "time_ns", lambda: now + 5_000_000)  # 5 ms later
+    later = new_run_id()
+    assert later > max(ids) and int(later[:12], 16) == (now + 5_000_000) // 1_000_000
