@@ -29,7 +29,7 @@ from typing import Any
 from . import __version__
 from . import hub as events
 from .config import Config, ConfigError, load_config
-from .engine import RunHandle, Workflow, WorkflowEngine
+from .engine import RunHandle, Workflow, WorkflowEngine, new_run_id
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from .hub import EventHub
 from .intake import Claimed, Intake, Rejected, SpoolRejection, parse_detection
@@ -178,7 +178,7 @@ class Daemon:
         self.workflow_errors = [str(i) for i in issues]
         for issue in self.workflow_errors:
             log.error("workflow not loaded", extra=kv(issue=issue))
-        self.recorder = HistoryRecorder(raw_store)
+        self.recorder = HistoryRecorder(raw_store, on_run_recorded=self._run_recorded)
         self.engine = WorkflowEngine(actions, listeners=[self._on_engine_event], workflows=self.workflows,
                                      max_depth=cfg.engine.max_subworkflow_depth)
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
@@ -530,7 +530,7 @@ class Daemon:
         if not started:
             self._set_state(detection_id, "no_match", "no run could be started")
             return
-        # Marked `matched` once every run is recorded (see _on_engine_event): a crash in between leaves it
+        # Marked `matched` once every run is recorded (see _run_recorded): a crash in between leaves it
         # `queued`, and the start-up check above finds its runs instead of starting them twice.
         self._awaiting_start[detection_id] = [len(started), result.note]
 
@@ -593,7 +593,7 @@ class Daemon:
                dry_run: bool = False) -> RunHandle:
         if self.state is DaemonState.STOPPING:
             raise NotAccepting("sdd is stopping")
-        run_id = os.urandom(16).hex()
+        run_id = new_run_id()
         self._expect_run(run_id, detection_id, trigger, uid)
         try:
             handle = self.engine.start(workflow, context, detection=detection, run_id=run_id, dry_run=dry_run)
@@ -637,12 +637,6 @@ class Daemon:
             # The engine knows the detection's own "id"; subscribers want ours (history got it by note_run).
             did = self._run_detection.pop(ev.run_id, None)
             publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id, "detection_id": did})
-            if did is not None and did in self._awaiting_start:
-                waiting = self._awaiting_start[did]
-                waiting[0] -= 1
-                if waiting[0] <= 0:
-                    del self._awaiting_start[did]
-                    self._set_state(did, "matched", waiting[1])
             self._publish_status()
         elif isinstance(ev, RunFinished):
             # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
@@ -654,6 +648,19 @@ class Daemon:
             if self._loop is not None:
                 self._loop.call_soon(self._wake.set)
             self._publish_status()
+
+    def _run_recorded(self, run_id: str, detection_id: str | None) -> None:
+        """The recorder has enqueued a run's row: once every run of a detection has, the detection is marked
+        `matched` (enqueued after those rows, so committed with or after them)."""
+        if detection_id is None:
+            return
+        waiting = self._awaiting_start.get(detection_id)
+        if waiting is None:
+            return
+        waiting[0] -= 1
+        if waiting[0] <= 0:
+            del self._awaiting_start[detection_id]
+            self._set_state(detection_id, "matched", waiting[1])
 
     def _desktop_notification(self, title: str, body: str, urgency: str) -> None:
         self.hub.publish(events.NOTIFICATION, {"title": title, "body": body, "urgency": urgency})

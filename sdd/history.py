@@ -9,7 +9,15 @@ they are skipped or fail before acting) needs no intent on disk: after a crash a
 without a row is simply run again, which is what an intent without an outcome would have led to. So its
 intent is held in memory and written together with its outcome as ONE row (one store write instead of two,
 the hot path of a burst). Only a step still in flight `_INTENT_DELAY` seconds after it started gets its
-`running` row written on its own, so API readers still see long-running steps as running. Outcomes and run
+`running` row written on its own, so API readers still see long-running steps as running.
+
+The same holds one level up for runs started by a detection: such a run's row is held in memory with its
+steps' rows and written whole, already final, with its outcome (one store write instead of three). Its row
+goes out on its own (`running`) first when one of its steps needs a committed intent, or once it has run
+`_INTENT_DELAY` seconds. A crash while it is held leaves no row, and its detection still `queued` (the
+daemon marks a detection `matched` only from `on_run_recorded`, called once the run's row is enqueued), so
+the detection is dispatched again at start-up: exactly what resuming a run of idempotent steps would do.
+Runs started from the API or a schedule, and resumed runs, are written at once. Outcomes and run
 starts are enqueued without waiting (in order with every other write: anything enqueued before an awaited
 intent is committed with or before it). A run's final status is awaited, so when `handle.wait()` returns the
 run is recorded complete.
@@ -23,17 +31,19 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .engine import PriorStep, StepStatus
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from .store import Store, StoreError
 from .store.codec import RawJSON
+from .store.writer import Operation
 from .store.writes import (
     create_run_op,
     finish_run_op,
+    record_finished_run_op,
     record_step_finished_op,
     record_step_op,
     record_step_started_op,
@@ -56,13 +66,29 @@ class RunNote:
     uid: int | None = None            # who asked, for API-started runs
 
 
+@dataclass(slots=True)
+class _HeldRun:
+    """A run whose row is not written yet, and the rows of its finished steps, to be written after it."""
+
+    event: RunStarted
+    detection_id: str | None
+    trigger: str
+    uid: int | None
+    steps: list[Operation] = field(default_factory=list)
+
+
 class HistoryRecorder:
     """`engine = WorkflowEngine(listeners=[HistoryRecorder(store)])`. Call `note_run` before `engine.start`
     to attach the store's detection id, the trigger and the uid to a run (or pre-create the run with
-    `store.create_run(..., status="pending")`; the recorder's upsert keeps those fields)."""
+    `store.create_run(..., status="pending")`; the recorder's upsert keeps those fields).
+    `on_run_recorded(run_id, detection_id)` is called right after a run's row is enqueued (anything the
+    caller enqueues from it is committed with or after that row)."""
 
-    def __init__(self, store: Store, *, snapshot_cache_size: int = 64):
+    def __init__(self, store: Store, *, snapshot_cache_size: int = 64,
+                 on_run_recorded: Callable[[str, str | None], None] | None = None):
         self.store = store
+        self.on_run_recorded = on_run_recorded
+        self._held_runs: dict[str, _HeldRun] = {}
         self._notes: dict[str, RunNote] = {}
         self._dry_runs: set[str] = set()  # their steps act on nothing: no intent needs waiting for
         self._snapshots: dict[int, tuple[Any, RawJSON | None]] = {}
@@ -103,7 +129,11 @@ class HistoryRecorder:
                                     started.step_type, started.action, started.idempotent, started.params,
                                     max(event.attempts or 0, started.attempt or 0), event.started_at,
                                     event.finished_at, event.result, event.error)
-            self.store.submit(op)
+            run = self._held_runs.get(event.run_id)
+            if run is not None:
+                run.steps.append(op)
+            else:
+                self.store.submit(op)
             return None
         if isinstance(event, RunStarted):
             self._run_started(event)
@@ -131,6 +161,8 @@ class HistoryRecorder:
         held = self._held.get(event.run_id)
         if held:
             held.pop((event.phase, event.step_id), None)
+        if event.run_id in self._held_runs:
+            self._release_run(event.run_id)
         return self.store.write(record_step_started_op(
             event.run_id, event.step_id, event.phase, event.parent_id, event.step_type, event.action,
             event.attempt, event.idempotent, event.started_at, event.params))
@@ -147,16 +179,20 @@ class HistoryRecorder:
         """Writes the `running` row of held steps that started more than `age` seconds ago."""
         self._flush_timer = None
         cutoff = time.time() - age
+        for run_id in [r for r, run in self._held_runs.items() if run.event.started_at <= cutoff]:
+            self._release_run(run_id)
         for run_id in list(self._held):
             held = self._held[run_id]
             for key in [k for k, ev in held.items() if ev.started_at is None or ev.started_at <= cutoff]:
                 self._write_intent(held.pop(key))
             if not held:
                 del self._held[run_id]
-        if self._held:
+        if self._held or self._held_runs:
             self._arm_flush()
 
     def _write_intent(self, event: StepStarted) -> None:
+        if event.run_id in self._held_runs:
+            self._release_run(event.run_id)
         try:
             self.store.submit(record_step_started_op(
                 event.run_id, event.step_id, event.phase, event.parent_id, event.step_type, event.action,
@@ -174,15 +210,40 @@ class HistoryRecorder:
         else:
             detection_id = self._detection_by_external_id(event.detection_id)
             trigger, uid = ("detection" if event.detection_id is not None else "api"), None
-        snapshot = self._snapshot(event.workflow)
+        if trigger == "detection" and not event.resumed:
+            self._held_runs[event.run_id] = _HeldRun(event, detection_id, trigger, uid)
+            if self._flush_timer is None:
+                self._arm_flush()
+            return
+        self._write_run(event, detection_id, trigger, uid)
+
+    def _release_run(self, run_id: str) -> None:
+        """Writes a held run's `running` row and its finished steps' rows now (its rows must precede theirs)."""
+        run = self._held_runs.pop(run_id)
+        self._write_run(run.event, run.detection_id, run.trigger, run.uid)
+        for op in run.steps:
+            self.store.submit(op)
+
+    def _write_run(self, event: RunStarted, detection_id: str | None, trigger: str, uid: int | None) -> None:
         try:
-            op = create_run_op(event.run_id, event.workflow_id, detection_id, dict(event.context), snapshot,
-                               "running", trigger, event.started_at, event.dry_run, uid, event.resumed)
-        except StoreError as exc:  # record the run even when its snapshot cannot be stored
-            log.error("run %s: storing without its workflow snapshot: %s", event.run_id, exc)
-            op = create_run_op(event.run_id, event.workflow_id, detection_id, None, None, "running", trigger,
-                               event.started_at, event.dry_run, uid, event.resumed)
-        self.store.submit(op)
+            snapshot = self._snapshot(event.workflow)
+            try:
+                op = create_run_op(event.run_id, event.workflow_id, detection_id, dict(event.context), snapshot,
+                                   "running", trigger, event.started_at, event.dry_run, uid, event.resumed)
+            except StoreError as exc:  # record the run even when its snapshot cannot be stored
+                log.error("run %s: storing without its workflow snapshot: %s", event.run_id, exc)
+                op = create_run_op(event.run_id, event.workflow_id, detection_id, None, None, "running", trigger,
+                                   event.started_at, event.dry_run, uid, event.resumed)
+            self.store.submit(op)
+        finally:
+            self._recorded(event.run_id, detection_id)
+
+    def _recorded(self, run_id: str, detection_id: str | None) -> None:
+        if self.on_run_recorded is not None:
+            try:
+                self.on_run_recorded(run_id, detection_id)
+            except Exception:  # the caller's bug must not lose the history
+                log.exception("on_run_recorded failed for run %s", run_id)
 
     def _run_finished(self, event: RunFinished) -> Awaitable[Any]:
         result = event.result
@@ -196,8 +257,29 @@ class HistoryRecorder:
         held = self._held.pop(event.run_id, None)
         if held:  # a step that never reported its outcome stays visible as it was left: running
             for started in held.values():
-                self._write_intent(started)
+                self._write_intent(started)  # (releases a held run first)
+        run = self._held_runs.pop(event.run_id, None)
+        if run is not None:
+            return self._write_whole_run(run, event, summary)
         return self.store.write(finish_run_op(event.run_id, event.status, event.error, event.finished_at, summary))
+
+    def _write_whole_run(self, run: _HeldRun, event: RunFinished, summary: dict[str, Any] | None) -> Awaitable[Any]:
+        started = run.event
+        try:
+            op = record_finished_run_op(
+                started.run_id, started.workflow_id, run.detection_id, dict(started.context),
+                self._snapshot(started.workflow), run.trigger, started.started_at, started.dry_run, run.uid,
+                run.steps, event.status, event.error, event.finished_at, summary)
+        except StoreError as exc:  # a value the store refuses: the separate writes name it and keep the rest
+            log.error("run %s: cannot record it in one write: %s", started.run_id, exc)
+            self._held_runs[started.run_id] = run
+            self._release_run(started.run_id)
+            return self.store.write(finish_run_op(event.run_id, event.status, event.error, event.finished_at,
+                                                  summary))
+        try:
+            return self.store.write(op)
+        finally:
+            self._recorded(started.run_id, run.detection_id)
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def _detection_by_external_id(self, external_id: Any) -> str | None:

@@ -305,6 +305,7 @@ def finish_run_op(run_id: str, status: Any, error: str | None, finished_at: floa
     if new not in _TERMINAL:
         raise StoreValueError(f"status: {new} is not a final run status")
     rid = codec.text(run_id, "run_id", required=True, limit=256)
+    assert rid is not None
     finished = _or(codec.timestamp(finished_at, "finished_at"), time.time())
     err = codec.text(error, "error", clip=True)
     res = codec.dumps_lenient(result, "result")
@@ -322,21 +323,88 @@ def finish_run_op(run_id: str, status: Any, error: str | None, finished_at: floa
                              f"max({_STAT_COLUMN[old_status]} - 1, 0), {_STAT_COLUMN[new]} = {_STAT_COLUMN[new]} + 1 "
                              "WHERE workflow_id = ?", (workflow_id,))
             return True
-        duration = max(finished - started, 0.0)
-        conn.execute("INSERT INTO workflow_stats (workflow_id) VALUES (?) ON CONFLICT DO NOTHING", (workflow_id,))
-        seq = conn.execute(
-            f"UPDATE workflow_stats SET finished = finished + 1, {_STAT_COLUMN[new]} = {_STAT_COLUMN[new]} + 1, "
-            "duration_sum = duration_sum + ?, duration_n = duration_n + 1, sample_seq = sample_seq + 1, "
-            "last_run_id = iif(coalesce(last_finished_at, 0) <= ?, ?, last_run_id), "
-            "last_status = iif(coalesce(last_finished_at, 0) <= ?, ?, last_status), "
-            "last_started_at = iif(coalesce(last_finished_at, 0) <= ?, ?, last_started_at), "
-            "last_finished_at = max(coalesce(last_finished_at, 0), ?) "
-            "WHERE workflow_id = ? RETURNING sample_seq",
-            (duration, finished, rid, finished, new, finished, started, finished, workflow_id)).fetchone()[0]
-        conn.execute("INSERT OR REPLACE INTO duration_samples (workflow_id, slot, duration) VALUES (?,?,?)",
-                     (workflow_id, (seq - 1) % SAMPLE_SLOTS, duration))
+        _count_finished(conn, rid, workflow_id, new, started, finished)
         return True
     return finish_run
+
+
+def _count_finished(conn: sqlite3.Connection, run_id: str, workflow_id: str, status: str, started: float,
+                    finished: float) -> None:
+    """The per-workflow aggregates of a run reaching its (first) final status."""
+    duration = max(finished - started, 0.0)
+    conn.execute("INSERT INTO workflow_stats (workflow_id) VALUES (?) ON CONFLICT DO NOTHING", (workflow_id,))
+    seq = conn.execute(
+        f"UPDATE workflow_stats SET finished = finished + 1, {_STAT_COLUMN[status]} = {_STAT_COLUMN[status]} + 1, "
+        "duration_sum = duration_sum + ?, duration_n = duration_n + 1, sample_seq = sample_seq + 1, "
+        "last_run_id = iif(coalesce(last_finished_at, 0) <= ?, ?, last_run_id), "
+        "last_status = iif(coalesce(last_finished_at, 0) <= ?, ?, last_status), "
+        "last_started_at = iif(coalesce(last_finished_at, 0) <= ?, ?, last_started_at), "
+        "last_finished_at = max(coalesce(last_finished_at, 0), ?) "
+        "WHERE workflow_id = ? RETURNING sample_seq",
+        (duration, finished, run_id, finished, status, finished, started, finished, workflow_id)).fetchone()[0]
+    conn.execute("INSERT OR REPLACE INTO duration_samples (workflow_id, slot, duration) VALUES (?,?,?)",
+                 (workflow_id, (seq - 1) % SAMPLE_SLOTS, duration))
+
+
+def run_ops(conn: sqlite3.Connection, ops: list[Operation]) -> None:
+    """Runs operations in order; consecutive single-statement ones of one kind (`sql`/`row` attributes, as
+    `record_step_op` makes) with one `executemany`."""
+    i, n = 0, len(ops)
+    while i < n:
+        sql = getattr(ops[i], "sql", None)
+        if sql is None:
+            ops[i](conn)
+            i += 1
+            continue
+        j = i + 1
+        while j < n and getattr(ops[j], "sql", None) == sql:
+            j += 1
+        conn.executemany(sql, [op.row for op in ops[i:j]])  # type: ignore[attr-defined]
+        i = j
+
+
+def _raw(text: str | None) -> codec.RawJSON | None:
+    return None if text is None else codec.RawJSON(text)
+
+
+_FINISHED_RUN_SQL = (
+    "INSERT INTO runs (run_id, workflow_id, status, trigger, context, workflow, started_at, dry_run, uid, resumed, "
+    "finished_at, error, result, detection_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,"
+    "(SELECT id FROM detections WHERE id = ?)) ON CONFLICT (run_id) DO NOTHING")
+
+
+def record_finished_run_op(run_id: str, workflow_id: str, detection_id: Any, context: Any, workflow_snapshot: Any,
+                           trigger: Any, started_at: float | None, dry_run: bool, uid: int | None,
+                           steps: list[Operation], status: Any, error: str | None, finished_at: float | None,
+                           result: Any) -> Operation:
+    """A whole run that was held in memory from start to finish (no intent of it needed a commit before it
+    acted): its row, already final, then its steps' rows, then the aggregates, in ONE operation — what
+    `create_run_op`, the step operations and `finish_run_op` would leave, for one queue entry and three
+    statements fewer. Should the run exist already (pre-created by someone), it takes exactly that path."""
+    new = _enum(RunStatus, status, "status")
+    if new not in _TERMINAL:
+        raise StoreValueError(f"status: {new} is not a final run status")
+    rid = codec.text(run_id, "run_id", required=True, limit=256)
+    wid = codec.text(workflow_id, "workflow_id", required=True, limit=1024)
+    assert rid is not None and wid is not None
+    det = detection_ref(detection_id)
+    started = _or(codec.timestamp(started_at, "started_at"), time.time())
+    finished = _or(codec.timestamp(finished_at, "finished_at"), time.time())
+    row = (rid, wid, new, _enum(RunTrigger, trigger, "trigger"), codec.dumps_lenient(context, "context"),
+           codec.dumps(workflow_snapshot, "workflow_snapshot", truncate=False), started, int(bool(dry_run)),
+           codec.integer(uid, "uid"), 0, finished, codec.text(error, "error", clip=True),
+           codec.dumps_lenient(result, "result"), det)
+
+    def record_finished_run(conn: sqlite3.Connection) -> bool:
+        if conn.execute(_FINISHED_RUN_SQL, row).rowcount == 0:  # it exists: the general path, in order
+            create_run_op(rid, wid, det, _raw(row[4]), _raw(row[5]), "running", row[3], started, dry_run, uid,
+                          False)(conn)
+            run_ops(conn, steps)
+            return finish_run_op(rid, new, row[11], finished, _raw(row[12]))(conn)
+        run_ops(conn, steps)
+        _count_finished(conn, rid, wid, new, started, finished)
+        return True
+    return record_finished_run
 
 
 # --- quarantine, exclusions, false positives, audit --------------------------------------------------------------

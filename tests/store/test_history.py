@@ -206,3 +206,140 @@ async def test_a_slow_idempotent_step_shows_as_running_then_finishes_in_the_same
     assert (await handle.wait()).status.value == "completed"
     assert [(s["step_id"], s["status"], s["result"], s["params"]) for s in store.steps_of("slow")] == \
         [("scan", "completed", "done", {"n": 2})]
+
+
+def _peek_run(db: Path, run_id: str) -> str | None:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else row[0]
+    finally:
+        conn.close()
+
+
+def _blocking_engine(recorder: HistoryRecorder) -> tuple[WorkflowEngine, Any, Any, list[Any]]:
+    """An engine with `safe` (idempotent, waits for `release`) and `unsafe` (records what is on disk)."""
+    import asyncio
+
+    entered, release = asyncio.Event(), asyncio.Event()
+    seen: list[Any] = []
+
+    async def safe(*, context: dict[str, Any], **params: Any) -> str:
+        entered.set()
+        await release.wait()
+        return "scanned"
+
+    async def unsafe(*, context: dict[str, Any], **params: Any) -> str:
+        from sdd.engine import current_step
+        seen.append(current_step().run_id)
+        return "posted"
+
+    engine = WorkflowEngine(listeners=[recorder])
+    engine.register_action("safe", safe, idempotent=True)
+    engine.register_action("unsafe", unsafe, idempotent=False)
+    return engine, entered, release, seen
+
+
+async def test_a_detection_run_is_held_and_written_whole_when_it_finishes(store: Store, db_path: Path) -> None:
+    """A run a detection started, all of whose steps may simply be run again: no row until it ends (a crash
+    leaves its detection queued, so it is dispatched again), then one write with its row already final, its
+    steps and the aggregates; `on_run_recorded` fires once, when that write is enqueued."""
+    recorded: list[tuple[str, str | None]] = []
+    recorder = HistoryRecorder(store, on_run_recorded=lambda rid, did: recorded.append((rid, did)))
+    engine, entered, release, _ = _blocking_engine(recorder)
+    det = await store.add_detection({"type": "malware", "file_path": "/tmp/h"})
+    wf = Workflow.from_dict({"workflow_id": "wf", "name": "held", "steps": [
+        {"step_id": "first", "type": "action", "action": "safe", "params": {"n": 1}},
+        {"step_id": "never", "type": "action", "action": "safe", "condition": "False"}]})
+    recorder.note_run("held", detection_id=det, trigger="detection")
+    await store.flush()
+    before = store.writer_stats().operations
+    handle = engine.start(wf, run_id="held", detection={"type": "malware", "file_path": "/tmp/h"})
+    await entered.wait()
+    await store.flush()
+    assert _peek_run(db_path, "held") is None and _peek_step(db_path, "held", "first") is None
+    assert recorded == []
+    release.set()
+    assert (await handle.wait()).status.value == "completed"
+    assert recorded == [("held", det)]
+    assert store.writer_stats().operations - before == 2  # the whole run, and the flush above
+    run = store.get_run("held")
+    assert run is not None
+    assert (run["status"], run["detection_id"], run["trigger"], run["workflow"]["workflow_id"]) == \
+        ("completed", det, "detection", "wf")
+    assert run["finished_at"] >= run["started_at"] and run["result"]["steps_completed"] == 1
+    assert [(s["step_id"], s["status"], s["result"]) for s in run["steps"]] == \
+        [("first", "completed", "scanned"), ("never", "skipped", None)]
+    stats = store.run_stats("wf")[0]
+    assert (stats["runs"], stats["completed"], stats["last_run"]["run_id"]) == (1, 1, "held")
+
+
+async def test_a_held_run_is_on_disk_before_a_non_idempotent_step_acts(store: Store, db_path: Path) -> None:
+    recorded: list[str] = []
+    recorder = HistoryRecorder(store, on_run_recorded=lambda rid, did: recorded.append(rid))
+    engine, _, release, _ = _blocking_engine(recorder)
+    release.set()
+    on_disk: list[Any] = []
+
+    async def unsafe(*, context: dict[str, Any], **params: Any) -> str:
+        from sdd.engine import current_step
+        rid = current_step().run_id
+        on_disk.append((_peek_run(db_path, rid), _peek_step(db_path, rid, "first"), _peek_step(db_path, rid, "hook"),
+                        list(recorded)))
+        return "posted"
+
+    engine.register_action("unsafe", unsafe, idempotent=False)
+    det = await store.add_detection({"type": "malware"})
+    wf = Workflow.from_dict({"workflow_id": "wf", "name": "mixed", "steps": [
+        {"step_id": "first", "type": "action", "action": "safe"},
+        {"step_id": "hook", "type": "action", "action": "unsafe"}]})
+    recorder.note_run("mixed", detection_id=det, trigger="detection")
+    assert (await engine.execute_workflow(wf, run_id="mixed", detection={"type": "malware"})).status.value == \
+        "completed"
+    # The run's row, the idempotent step before it and the intent were committed before the side effect.
+    assert on_disk == [("running", ("completed", 1), ("running", 1), ["mixed"])]
+    assert recorded == ["mixed"]
+    assert store.get_run("mixed")["status"] == "completed"  # type: ignore[index]
+    assert [s["status"] for s in store.steps_of("mixed")] == ["completed", "completed"]
+    assert store.run_stats("wf")[0]["completed"] == 1
+
+
+async def test_a_long_held_run_shows_as_running_after_the_delay(store: Store, db_path: Path) -> None:
+    recorded: list[str] = []
+    recorder = HistoryRecorder(store, on_run_recorded=lambda rid, did: recorded.append(rid))
+    engine, entered, release, _ = _blocking_engine(recorder)
+    wf = Workflow.from_dict({"workflow_id": "wf", "name": "long", "steps": [
+        {"step_id": "quick", "type": "action", "action": "notify_ok"},
+        {"step_id": "slow", "type": "action", "action": "safe"}]})
+
+    async def notify_ok(*, context: dict[str, Any], **params: Any) -> str:
+        return "ok"
+
+    engine.register_action("notify_ok", notify_ok, idempotent=True)
+    handle = engine.start(wf, run_id="long", detection={"type": "malware", "id": "ext-long"})
+    await entered.wait()
+    recorder._flush(0.0)  # what the timer does for a run still going after the delay
+    await store.flush()
+    assert _peek_run(db_path, "long") == "running" and recorded == ["long"]
+    assert _peek_step(db_path, "long", "quick") == ("completed", 1)
+    assert _peek_step(db_path, "long", "slow") == ("running", 1)
+    release.set()
+    assert (await handle.wait()).status.value == "completed"
+    assert recorded == ["long"]  # announced once
+    assert [(s["step_id"], s["status"]) for s in store.steps_of("long")] == [("quick", "completed"),
+                                                                             ("slow", "completed")]
+    assert store.run_stats("wf")[0]["runs"] == 1
+
+
+async def test_api_and_resumed_runs_are_written_at_once(store: Store, db_path: Path) -> None:
+    recorder = HistoryRecorder(store)
+    engine, entered, release, _ = _blocking_engine(recorder)
+    wf = Workflow.from_dict({"workflow_id": "wf", "name": "api", "steps": [
+        {"step_id": "slow", "type": "action", "action": "safe"}]})
+    recorder.note_run("by-api", trigger="api", uid=1000)
+    handle = engine.start(wf, run_id="by-api")
+    await entered.wait()
+    await store.flush()
+    assert _peek_run(db_path, "by-api") == "running"  # `sddctl run start` then `run show` finds it
+    release.set()
+    assert (await handle.wait()).status.value == "completed"

@@ -242,3 +242,47 @@ def test_step_json_fast_path_matches_codec() -> None:
                          b"\xff", [], {}, cycle, [shared, shared], {"x": object()}, "y" * (codec.MAX_DATA_JSON + 1)]
     for value in values:
         assert _json(value, "result") == codec.dumps_lenient(value, "result"), value
+
+
+def _whole_run(run_id: str, detection_id: Any, status: str = "completed", *, started: float = 100.0,
+               finished: float = 102.5, steps: int = 2) -> Any:
+    from sdd.engine import StepStatus
+    from sdd.store.writes import record_finished_run_op, record_step_op
+    rows = [record_step_op(run_id, f"s{i}", StepStatus.COMPLETED, "run", None, "action", "log", True, {"i": i}, 1,
+                           started, finished, {"ok": i}, None) for i in range(steps)]
+    return record_finished_run_op(run_id, "wf", detection_id, {"k": "v"}, {"workflow_id": "wf"}, "detection",
+                                  started, False, None, rows, status, None, finished, {"steps_completed": steps})
+
+
+async def test_a_whole_run_in_one_write_is_what_create_steps_and_finish_leave(store: Store) -> None:
+    det = await store.add_detection({"type": "malware"})
+    assert await store.write(_whole_run("whole", det)) is True
+    run = store.get_run("whole")
+    assert run is not None
+    assert (run["status"], run["detection_id"], run["trigger"], run["started_at"], run["finished_at"]) == \
+        ("completed", det, "detection", 100.0, 102.5)
+    assert (run["context"], run["workflow"], run["result"], run["resumed"]) == \
+        ({"k": "v"}, {"workflow_id": "wf"}, {"steps_completed": 2}, 0)
+    assert [(s["step_id"], s["params"], s["result"]) for s in run["steps"]] == [("s0", {"i": 0}, {"ok": 0}),
+                                                                                 ("s1", {"i": 1}, {"ok": 1})]
+    stats = store.run_stats("wf")[0]
+    assert (stats["runs"], stats["completed"], stats["mean_duration"], stats["last_run"]["run_id"]) == \
+        (1, 1, 2.5, "whole")
+    # A detection id that is not (or no longer) in the history is dropped, not fatal.
+    assert await store.write(_whole_run("orphan", 999_999, "failed")) is True
+    orphan = store.get_run("orphan")
+    assert orphan is not None and orphan["detection_id"] is None and orphan["status"] == "failed"
+    assert store.run_stats("wf")[0]["failed"] == 1
+
+
+async def test_a_whole_run_over_an_existing_row_takes_the_general_path(store: Store) -> None:
+    """Someone created the run first (pending, with its uid): the one write keeps that row's fields and
+    counts the run once."""
+    await store.create_run("pre", "wf", status="pending", trigger="api", uid=1000, started_at=99.0)
+    assert await store.write(_whole_run("pre", None)) is True
+    run = store.get_run("pre")
+    assert run is not None
+    assert (run["status"], run["uid"], run["trigger"], run["started_at"], len(run["steps"])) == \
+        ("completed", 1000, "api", 99.0, 2)
+    stats = store.run_stats("wf")[0]
+    assert (stats["runs"], stats["completed"], stats["mean_duration"]) == (1, 1, 102.5 - 99.0)
