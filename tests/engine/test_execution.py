@@ -392,3 +392,25 @@ def test_run_ids_are_32_hex_digits_unique_and_in_time_order(monkeypatch: pytest.
     monkeypatch.setattr(time, "time_ns", lambda: now + 5_000_000)  # 5 ms later
     later = new_run_id()
     assert later > max(ids) and int(later[:12], 16) == (now + 5_000_000) // 1_000_000
+
+
+def test_a_forked_child_never_repeats_the_parents_run_id_randomness() -> None:
+    import os
+
+    from sdd.engine import new_run_id
+
+    new_run_id()  # the parent's pool is filled
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child
+        try:
+            os.write(w, new_run_id()[12:].encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        child = os.read(r, 64).decode()
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert len(child) == 20 and child != new_run_id()[12:]
