@@ -1,9 +1,9 @@
 """Spool intake, Maildir rules: watch `new/`, claim files into `cur/`, read and parse them, reject bad ones.
 
 Where a detection enters sdd. The order of operations is what makes it lossless:
-- the watch on `new/` (inotify read directly, see `_Watch`; non-recursive, created/moved-to events only) is
-  armed *before* `new/` is scanned, so a file lands either before the scan (the scan sees it) or after the
-  watch (an event);
+- the watch on `new/` (inotify read directly, see `sdd/inotify.py`; non-recursive, created/moved-to events
+  only) is armed *before* `new/` is scanned, so a file lands either before the scan (the scan sees it) or
+  after the watch (an event);
 - an inotify queue overflow and a slow timer both trigger a rescan of `new/`;
 - a file is claimed by `link(new/x, cur/x)` + `unlink(new/x)` — no moved-out event for any watcher to hold
   back (watchdog held them ~0.5 s, field-notes.md) — and a name found in both directories counts as claimed;
@@ -13,20 +13,15 @@ Where a detection enters sdd. The order of operations is what makes it lossless:
 The file work runs on one worker thread in batches; the event loop only receives parsed batches.
 Memory stays bounded with any number of files in the spool: at most `max_pending` names are remembered
 (beyond that a rescan is scheduled) and at most `max_inflight` claimed files wait for their commit.
+What a spool file must be to be accepted, and the spool's directories, are `sdd/spool.py`'s; their names are
+re-exported here for the modules that import them from the intake.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
-import json
 import logging
 import os
-import re
-import select
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -34,52 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .inotify import NameWatch
 from .logging import kv
+from .spool import MAX_NESTING, SpoolLayout, SpoolRejection, describe_mode, parse_detection, read_spool_file
+
+__all__ = ["MAX_NESTING", "Claimed", "Deliver", "Intake", "Rejected", "SpoolLayout", "SpoolRejection",
+           "parse_detection", "read_spool_file"]
 
 log = logging.getLogger(__name__)
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-MAX_NESTING = 64  # a detection deeper than this is hostile, and would hurt the engine's renderer
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-# inotify(7): the events that mean "a name appeared in new/", and the queue-overflow marker.
-_IN_MOVED_TO, _IN_CREATE, _IN_Q_OVERFLOW, _IN_ONLYDIR = 0x80, 0x100, 0x4000, 0x01000000
-_IN_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
-
-
-class SpoolRejection(Exception):
-    """A spool file that cannot be accepted; the message is the reason written next to it."""
-
-
-@dataclass(frozen=True)
-class SpoolLayout:
-    root: Path
-
-    @property
-    def new(self) -> Path:
-        return self.root / "new"
-
-    @property
-    def cur(self) -> Path:
-        return self.root / "cur"
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
-
-    @property
-    def rejected(self) -> Path:
-        return self.root / "rejected"
-
-    def ensure(self, mode: int = 0o755) -> None:
-        """Creates the spool directories; refuses any of them being a symlink (we never follow one)."""
-        for path in (self.root, self.new, self.cur, self.tmp, self.rejected):
-            try:
-                os.mkdir(path, mode)
-            except FileExistsError:
-                pass
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode):
-                raise OSError(errno.ENOTDIR, f"spool directory {path} is not a directory (symlink?)")
 
 
 @dataclass(frozen=True)
@@ -98,192 +55,6 @@ class Rejected:
 
 
 Deliver = Callable[[list[Claimed], list[Rejected]], None]
-
-
-# ---- pure parsing ----------------------------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _too_deep(obj: Any, limit: int) -> bool:
-    stack = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-    return False
-
-
-def parse_detection(raw: bytes) -> dict[str, Any]:
-    """One UTF-8 JSON object with a non-empty string `type`; raises SpoolRejection saying what is wrong."""
-    if not raw.strip():
-        raise SpoolRejection("empty file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpoolRejection(f"not valid UTF-8 (byte {exc.start})") from None
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise SpoolRejection("invalid JSON: nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        raise SpoolRejection(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except ValueError as exc:
-        raise SpoolRejection(f"invalid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        what = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
-        raise SpoolRejection(f"expected one JSON object, got {what}")
-    kind = obj.get("type")
-    if not isinstance(kind, str) or not kind.strip():
-        raise SpoolRejection("field 'type' is missing or not a non-empty string")
-    ident = obj.get("id")
-    if ident is not None and (isinstance(ident, bool) or not isinstance(ident, (str, int))):
-        raise SpoolRejection("field 'id' must be a string")
-    # Both checks walk the whole value; the cheap C-level tests in front skip them for ordinary detections.
-    if text.count("[") + text.count("{") > MAX_NESTING and _too_deep(obj, MAX_NESTING):
-        raise SpoolRejection(f"JSON nested deeper than {MAX_NESTING} levels")
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
-        try:  # "\ud800" escapes decode to lone surrogates that no UTF-8 store can hold
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise SpoolRejection("invalid Unicode (lone surrogate escape)") from None
-    return obj
-
-
-def _describe(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
-
-
-def read_spool_file(path: str | Path, max_size: int) -> bytes:
-    """Reads a claimed file without following symlinks or opening FIFOs/devices; raises SpoolRejection."""
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise SpoolRejection(f"is {_describe(st.st_mode)}, not a regular file")
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SpoolRejection("is a symbolic link, not a regular file") from None
-        raise
-    try:
-        st = os.fstat(fd)  # the inode actually opened, whatever happened to the name since lstat
-        if not stat.S_ISREG(st.st_mode):
-            raise SpoolRejection(f"is {_describe(st.st_mode)}, not a regular file")
-        if st.st_nlink > 1:
-            raise SpoolRejection("has other hard links (it may be someone else's file)")
-        if st.st_size > max_size:
-            raise SpoolRejection(f"too large: {st.st_size} bytes (limit {max_size})")
-        # Ask for the size fstat gave (+1 to see growth), not for max_size: os.read allocates what it is asked
-        # for, and a 1 MiB buffer per small file (mmap'd, shrunk, unmapped) was most of the intake's CPU.
-        want = min(st.st_size, max_size) + 1
-        data = os.read(fd, want)
-        if len(data) == want and want <= max_size:  # it grew since fstat: read on, up to the limit
-            chunks, total = [data], len(data)
-            while total <= max_size:
-                more = os.read(fd, max_size + 1 - total)
-                if not more:
-                    break
-                chunks.append(more)
-                total += len(more)
-            data = b"".join(chunks)
-        if len(data) > max_size:
-            raise SpoolRejection(f"too large: more than {max_size} bytes (limit {max_size})")
-        return data
-    finally:
-        os.close(fd)
-
-
-# ---- the watcher and worker ------------------------------------------------------------------------------
-
-
-class _Watch:
-    """inotify on new/ read directly: one thread, one read per up to ~2,000 events, names handed to the
-    intake in bulk. (watchdog's observer costs three threads and, per event, several Python objects and a
-    linear search of its move-grouping queue — most of the intake's CPU in a burst.) An overflow of the
-    kernel's queue is logged and becomes a rescan of new/."""
-
-    def __init__(self, path: str, intake: Intake) -> None:
-        self.intake = intake
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        if libc.inotify_add_watch(fd, os.fsencode(path), _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
-        self._fd = fd  # the watch is armed from here on
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="sdd-inotify", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            for fd in (self._fd, self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-
-    def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        unpack, size = _IN_EVENT.unpack_from, _IN_EVENT.size
-        while not self._stopping:
-            try:
-                poller.poll()
-                buf = os.read(self._fd, 65536)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:  # the descriptor is gone: the safety timer's rescans still find files
-                if not self._stopping:
-                    log.error("inotify read failed; relying on periodic rescans", extra=kv(error=exc))
-                return
-            names: list[str] = []
-            overflow = False
-            off, end = 0, len(buf)
-            while off + size <= end:
-                _, mask, _, length = unpack(buf, off)
-                off += size
-                if mask & _IN_Q_OVERFLOW:
-                    overflow = True
-                elif length:
-                    raw = buf[off:off + length]
-                    nul = raw.find(b"\0")
-                    names.append(os.fsdecode(raw if nul < 0 else raw[:nul]))
-                off += length
-            if names:
-                self.intake.notify_names(names)
-            if overflow:
-                log.warning("inotify queue overflow: events were lost; rescanning new/")
-                self.intake.rescan("inotify queue overflow")
 
 
 class Intake:
@@ -315,13 +86,14 @@ class Intake:
         self._stopping = False
         self._first_scan_done = False
         self._thread: threading.Thread | None = None
-        self._observer: _Watch | None = None
+        self._observer: NameWatch | None = None
         self.stats = {"claimed": 0, "rejected": 0, "rescans": 0, "overflows": 0}
 
     # -- lifecycle
     def start(self) -> None:
         self.layout.ensure()
-        self._observer = _Watch(self._new, self)  # the watch is armed when this returns ...
+        # The watch is armed when this returns ...
+        self._observer = NameWatch(self._new, self.notify_names, self._watch_overflowed, self._watch_failed)
         with self._cond:  # ... and only then is new/ scanned (after cur/'s leftovers)
             self._rescan_reasons.append("start-up")
         self._thread = threading.Thread(target=self._run, name="sdd-intake", daemon=True)
@@ -401,6 +173,15 @@ class Intake:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    # -- called on the watch's thread
+    def _watch_overflowed(self) -> None:
+        log.warning("inotify queue overflow: events were lost; rescanning new/")
+        self.rescan("inotify queue overflow")
+
+    def _watch_failed(self, exc: OSError) -> None:
+        # The descriptor is gone: the safety timer's rescans still find files.
+        log.error("inotify read failed; relying on periodic rescans", extra=kv(error=exc))
 
     # -- worker thread
     def _add_pending(self, name: str) -> None:
@@ -575,7 +356,7 @@ class Intake:
                 st = os.lstat(src)
             except FileNotFoundError:
                 return None
-            reason = f"is {_describe(st.st_mode)}" if not stat.S_ISREG(st.st_mode) else f"cannot claim: {exc}"
+            reason = f"is {describe_mode(st.st_mode)}" if not stat.S_ISREG(st.st_mode) else f"cannot claim: {exc}"
             with self._cond:
                 self._inflight.discard(name)
             self._reject(Path(src), name, reason, rejected)
