@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def check_config(config_file: str | None, user: bool) -> int:
     """Prints every problem with the config and the workflows; 0 when there is none."""
-    from .daemon import load_actions, load_workflows
+    from .loading import load_actions, load_workflows
 
     path = config_path(config_file, user)
     try:

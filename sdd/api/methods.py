@@ -68,7 +68,7 @@ def map_exception(exc: BaseException, method_name: str) -> ApiError:
     """The error reply for an exception raised while serving method_name."""
     if isinstance(exc, ApiError):
         return exc
-    from sdd import daemon as daemon_errors  # already loaded: it is the daemon that runs this server
+    from sdd import errors as daemon_errors
     from sdd.engine import errors as engine_errors
     from sdd.store.errors import StoreValueError
 

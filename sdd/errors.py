@@ -1,0 +1,27 @@
+"""What a call into the daemon (the API's and the D-Bus bridge's facade) can fail with; the API maps each
+to its error code."""
+
+from __future__ import annotations
+
+
+class DaemonError(Exception):
+    """A facade call failed; subclasses say how (the API maps them to error codes)."""
+
+
+class UnknownWorkflow(DaemonError, LookupError):
+    pass
+
+
+class UnknownRun(DaemonError, LookupError):
+    pass
+
+
+class InvalidRequest(DaemonError, ValueError):
+    pass
+
+
+class NotAccepting(DaemonError):
+    """The daemon is stopping and starts nothing new."""
+
+
+__all__ = ["DaemonError", "InvalidRequest", "NotAccepting", "UnknownRun", "UnknownWorkflow"]

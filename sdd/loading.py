@@ -1,0 +1,49 @@
+"""Loading the daemon's actions (built-in + entry-point plugins) and workflows from its config: shared by
+the daemon (start-up, reload) and `sdd check-config`. Neither function raises on bad input: every problem is
+returned, named, for the caller to log or print."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import Config
+from .engine import Workflow
+
+
+def load_actions(config: Config, store: Any, notify: Any) -> tuple[Any, list[Any], list[str]]:
+    """(ActionServices, the built-in + plugin ActionSpecs, errors). Never raises: a broken plugin is listed."""
+    from .engine.registry import discover_entry_points
+
+    errors: list[str] = []
+    services, specs = None, []
+    try:
+        from .actions import ActionServices, builtin_actions
+    except ImportError as exc:
+        errors.append(f"built-in actions unavailable: {exc}")
+    else:
+        services = ActionServices(config.actions, config.paths.state, store, notify)
+        specs = list(builtin_actions(services))
+    try:
+        plugins, plugin_errors = discover_entry_points()
+    except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
+        plugins, plugin_errors = [], [f"action plugins: {exc}"]
+    names = {s.name for s in specs}
+    for spec in plugins:
+        if spec.name in names:
+            errors.append(f"action plugin {spec.name!r} ignored: a built-in action has that name")
+        else:
+            specs.append(spec)
+    errors.extend(str(e) for e in plugin_errors)
+    return services, specs, errors
+
+
+def load_workflows(config: Config, actions: Any) -> tuple[dict[str, Workflow], list[str]]:
+    """Every workflow of `paths.workflows` (later dirs override the same id) and every problem found.
+
+    In system mode a file or directory writable by anyone but root is refused: its steps run as root."""
+    from .engine import loader
+
+    require_root = not config.user_mode and os.geteuid() == 0
+    found, issues = loader.load_workflow_dirs(config.paths.workflows, actions, require_root_owned=require_root)
+    return dict(found), [str(i) for i in issues]
