@@ -1,8 +1,11 @@
 """How a workflow *runs*: one `Run` per execution, a tree walk over the steps on one asyncio task.
 
 Sequential steps are awaited directly (no task per step); only `parallel` children and concurrent loop
-items get tasks. Failure policy (`on_failure`), retries, timeouts, cancellation, rollback and resume from
-`prior` are all decided here; what a step *does* is its action's business.
+items get tasks. Failure policy (`on_failure`), retries, timeouts and cancellation are decided here; the
+walk's helpers live beside it: composite steps (`composite.py`), resume from `prior` (`resume.py`),
+rollback (`rollback.py`), one attempt's timeout, error text and retry delay (`attempt.py`), parsed
+expressions (`compilation.py`), the names expressions see (`scope.py`) and the signals that unwind the walk
+(`flow.py`). What a step *does* is its action's business.
 
 Cancellation of a step is delivered to its handler as `asyncio.CancelledError`; a handler that started a
 subprocess must kill it when it sees that (the built-in actions do).
@@ -12,25 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import ActionError, EngineError, ExpressionError, NotFound, StepTimeout, is_retryable
+from .attempt import call_with_timeout, describe, retry_delay
+from .compilation import Compiled, compiled, precompile
+from .errors import ActionError, ExpressionError, NotFound, is_retryable
 from .events import RunFinished, RunStarted, StepFinished, StepStarted
-from .expressions import (
-    Expression,
-    Renderer,
-    compile_expression,
-    compile_template,
-    compile_value,
-    evaluate_condition,
-)
+from .expressions import evaluate_condition
+from .flow import _Abort, _Halt
 from .model import LEAF_TYPES, Workflow, WorkflowStep
 from .registry import _current_step
 from .results import PriorStep, StepResult, WorkflowResult
-from .sandbox import SAFE_MAPPING_TYPES
+from .resume import resume_step
+from .rollback import rollback_run
+from .scope import Scope, StepsView
 from .statuses import RunStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -42,116 +42,11 @@ MAX_LOOP_ITEMS = 10_000
 _EMPTY: Mapping[str, Any] = {}
 _COMPLETED, _FAILED, _SKIPPED = StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED
 _CANCELLED, _INTERRUPTED = StepStatus.CANCELLED, StepStatus.INTERRUPTED
-_REUSABLE = frozenset({"completed", "skipped", "rolled_back"})
 
-
-# ---- control flow signals -------------------------------------------------------------------------------
-
-class _Abort(Exception):
-    """A step failed and its policy stops the enclosing run (or composite step)."""
-
-    def __init__(self, path: str, error: str, rollback: bool = False, status: RunStatus = RunStatus.FAILED):
-        super().__init__(error)
-        self.path, self.error, self.rollback, self.status = path, error, rollback, status
-
-
-class _Halt(Exception):
-    """A condition step with `on_false: stop` ends the run successfully."""
-
-
-# ---- compiled step ---------------------------------------------------------------------------------------
-
-class Compiled:
-    """A step's expressions and templates, parsed once and kept on the step (`step._compiled`)."""
-
-    __slots__ = ("cases", "cond", "items", "items_value", "params", "rollback_params")
-
-    def __init__(self, step: WorkflowStep):
-        self.cond: Expression | None = compile_expression(step.condition) if step.condition else None
-        self.params: Renderer | None = compile_value(step.params)
-        self.rollback_params: Renderer | None = (compile_value(step.rollback_params)
-                                                 if step.rollback_params is not None else None)
-        self.items: Expression | None = None
-        self.items_value: Any = None
-        if isinstance(step.items, str):
-            tpl = compile_template(step.items)
-            self.items = tpl.whole if tpl is not None and tpl.whole is not None else compile_expression(
-                step.items)
-        elif step.items is not None:
-            self.items_value = compile_value(step.items) or step.items
-        self.cases = [(compile_expression(c.condition) if c.condition is not None else None, c)
-                      for c in step.conditions]
-
-
-def precompile(workflow: Workflow) -> Workflow:
-    """Parse every expression and template of `workflow` now (at load time) instead of on first run.
-    Raises ExpressionError; loaded workflows were validated, so that means a workflow built in code."""
-    for _, step in workflow.iter_steps():
-        compiled(step)
-    return workflow
-
-
-def compiled(step: WorkflowStep) -> Compiled:
-    c = step._compiled
-    if c is None:
-        c = step._compiled = Compiled(step)
-    return c
-
-
-# ---- the names expressions see -----------------------------------------------------------------------------
-
-class StepsView(Mapping[str, Any]):
-    """`steps.<id>` in expressions: {status, result, error, attempts} built on demand from the results.
-    Inside a loop item or a composite, ids resolve to the nearest enclosing scope first."""
-
-    __slots__ = ("prefix", "run")
-
-    def __init__(self, run: Run, prefix: str = ""):
-        self.run, self.prefix = run, prefix
-
-    def _find(self, key: str) -> StepResult | None:
-        results = self.run.step_results
-        if self.prefix:
-            sr = results.get(self.prefix + key)
-            if sr is not None:
-                return sr
-        sr = results.get(key)
-        if sr is None:
-            path = self.run.local_ids.get(key)
-            if path is not None:
-                sr = results.get(path)
-        return sr
-
-    def __getitem__(self, key: str) -> Any:
-        sr = self._find(key)
-        if sr is None:
-            raise KeyError(key)
-        return {"status": sr.status.value, "result": sr.result, "error": sr.error, "attempts": sr.attempts}
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.run.step_results)
-
-    def __len__(self) -> int:
-        return len(self.run.step_results)
-
-
-SAFE_MAPPING_TYPES.add(StepsView)
-
-
-class Scope:
-    """What steps at one level share: the names for expressions and the context handlers receive."""
-
-    __slots__ = ("context", "depth", "names", "prefix", "workflow_id")
-
-    def __init__(self, names: dict[str, Any], context: dict[str, Any], prefix: str, depth: int,
-                 workflow_id: str):
-        self.names, self.context, self.prefix, self.depth, self.workflow_id = (
-            names, context, prefix, depth, workflow_id)
-
-
-# ---- the run ---------------------------------------------------------------------------------------------
 
 class Run:
+    """One execution of a workflow: walks its steps, records each one's result and emits the events."""
+
     def __init__(self, engine: WorkflowEngine, workflow: Workflow, context: dict[str, Any],
                  detection: Mapping[str, Any] | None, run_id: str, dry_run: bool,
                  prior: Mapping[str, PriorStep] | None):
@@ -238,7 +133,7 @@ class Run:
                 status, error = RunStatus.FAILED, f"internal engine error: {describe(exc)}"
                 rollback = wf.rollback_on_failure
             if rollback and not self.dry_run:
-                failures = await self.rollback()
+                failures = await rollback_run(self)
                 if status is RunStatus.FAILED:
                     status = RunStatus.ROLLED_BACK if failures == 0 else RunStatus.FAILED
                 if failures:
@@ -338,7 +233,7 @@ class Run:
         spec = self.engine.registry.get(step.action) if step.action else None
         if self.prior is not None:
             prior = self.prior.get(path)
-            if prior is not None and await self.resume(step, path, parent, scope, prior, spec):
+            if prior is not None and await resume_step(self, step, path, parent, scope, prior, spec):
                 return
         names = scope.names
         if c.cond is not None:
@@ -385,13 +280,13 @@ class Run:
                     left = max(deadline - time.monotonic(), 0.0)
                     if timeout is not None and timeout < left:
                         left = timeout
-                    result = await self.call_with_timeout(handler, params, context, left)
+                    result = await call_with_timeout(handler, params, context, left)
                 elif timeout is None:
                     result = handler(**params, context=context)
                     if result is not None and hasattr(result, "__await__"):
                         result = await result
                 else:
-                    result = await self.call_with_timeout(handler, params, context, timeout)
+                    result = await call_with_timeout(handler, params, context, timeout)
             except asyncio.CancelledError:
                 if token is not None:
                     _current_step.reset(token)
@@ -428,142 +323,16 @@ class Run:
             await self.emit(StepFinished(self.run_id, path, _COMPLETED, attempt, started, finished, result, None,
                                          "run"))
 
-    @staticmethod
-    async def call_with_timeout(handler: Any, params: Mapping[str, Any], context: dict[str, Any],
-                                timeout: float) -> Any:
-        try:
-            async with asyncio.timeout(timeout) as cm:
-                result = handler(**params, context=context)
-                if result is not None and hasattr(result, "__await__"):
-                    result = await result
-                return result
-        except TimeoutError:
-            if cm.expired():
-                raise StepTimeout(f"timed out after {timeout:g}s") from None
-            raise
-
-    async def resume(self, step: WorkflowStep, path: str, parent: str | None, scope: Scope, prior: PriorStep,
-                     spec: Any) -> bool:
-        """Apply a recorded outcome; True when the step needs no (re)run."""
-        status = str(prior.status.value if isinstance(prior.status, StepStatus) else prior.status)
-        now = time.time()
-        if status in _REUSABLE:
-            st = _SKIPPED if status == "skipped" else _COMPLETED
-            self.record(path, step, st, prior.result, prior.error, prior.attempts, now, now, "resumed")
-            if st is _COMPLETED:
-                if step.output:
-                    self.context[step.output] = prior.result
-                if step.rollback_action:
-                    self.undo.append((step, path, step.params, prior.result, scope))
-            return True
-        if status == "failed":
-            await self.fail(step, path, parent, now, prior.attempts, prior.error or "failed before the restart")
-            return True
-        if status == "pending":
-            return False
-        # running / interrupted / cancelled: the intent was recorded, the outcome was not.
-        if spec is not None and spec.idempotent:
-            return False
-        mode = self.workflow.on_interrupt
-        if mode == "retry":
-            return False
-        error = "interrupted: the action may or may not have run (not idempotent)"
-        self.record(path, step, _INTERRUPTED, None, error, prior.attempts, now, now)
-        if self.listeners:
-            await self.emit(StepFinished(self.run_id, path, _INTERRUPTED, prior.attempts, now, now, None, error,
-                                         "run"))
-        if mode == "rollback":
-            raise _Abort(path, f"step {path!r} {error}", rollback=True, status=RunStatus.ROLLED_BACK)
-        raise _Abort(path, f"step {path!r} {error}", status=RunStatus.INTERRUPTED)
-
     # -- composite steps
     async def run_composite(self, step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:
         from .composite import run_composite
         await run_composite(self, step, path, parent, scope)
-
-    # -- rollback
-    async def rollback(self) -> int:
-        """Undo completed steps in reverse; every rollback is recorded, a failing one does not stop the rest."""
-        failures = 0
-        registry = self.engine.registry
-        while self.undo:
-            step, path, params, result, scope = self.undo.pop()
-            started = time.time()
-            spec = registry.get(step.rollback_action) if step.rollback_action else None
-            c = compiled(step)
-            error: str | None = None
-            rparams: Any = params
-            try:
-                if c.rollback_params is not None:
-                    rparams = c.rollback_params.fn(scope.names)
-                elif step.rollback_params is not None:
-                    rparams = step.rollback_params
-            except ExpressionError as exc:
-                error = f"rollback params: {exc}"
-            if self.listeners:
-                await self.emit(StepStarted(self.run_id, path, None, step.step_type, step.rollback_action, 1,
-                                            spec.idempotent if spec else False, "rollback", started,
-                                            rparams if error is None else _EMPTY))
-            if error is None and spec is None:
-                error = f"unknown rollback action {step.rollback_action!r}"
-            if error is None and spec is not None:
-                token = _current_step.set((self.run_id, scope.workflow_id, path, 1, f"{self.run_id}:{path}",
-                                           self.detection, self.dry_run, "rollback", result))
-                try:
-                    if step.timeout is None:
-                        ret = spec.handler(**rparams, context=scope.context)
-                        if ret is not None and hasattr(ret, "__await__"):
-                            await ret
-                    else:
-                        await self.call_with_timeout(spec.handler, rparams, scope.context, step.timeout)
-                except asyncio.CancelledError:
-                    error = "rollback cancelled"
-                    self.interrupt = True
-                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                except Exception as exc:  # noqa: BLE001 - a failing rollback must not stop the others
-                    error = describe(exc)
-                finally:
-                    _current_step.reset(token)
-            finished = time.time()
-            sr = self.step_results.get(path)
-            if error is None:
-                status = StepStatus.ROLLED_BACK
-                if sr is not None:
-                    sr.status = StepStatus.ROLLED_BACK
-            else:
-                failures += 1
-                status = _FAILED
-                if sr is not None:
-                    sr.rollback_error = error
-            if self.listeners:
-                await self.emit(StepFinished(self.run_id, path, status, 1, started, finished, None, error,
-                                             "rollback"))
-            if self.interrupt and error == "rollback cancelled":
-                break
-        return failures
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, EngineError):
-        text = str(exc)
-        if isinstance(exc, ActionError) and not isinstance(exc, StepTimeout) and type(exc) is not ActionError:
-            return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        return text or type(exc).__name__
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def retry_delay(step: WorkflowStep, attempt: int) -> float:
-    """Delay before attempt `attempt + 1`: retry_delay x backoff^(attempt-1), capped, +/- jitter."""
-    delay = step.retry_delay * (step.backoff ** (attempt - 1)) if step.retry_delay > 0 else 0.0
-    delay = min(delay, step.max_delay)
-    if delay > 0 and step.jitter > 0:
-        delay *= 1.0 + random.uniform(-step.jitter, step.jitter)
-    return max(delay, 0.0)
 
 
 def not_found(what: str) -> NotFound:
     return NotFound(what)
 
 
-__all__ = ["Compiled", "Run", "Scope", "StepsView", "compiled", "describe", "retry_delay"]
+# Compiled, compiled, precompile, Scope, StepsView, describe and retry_delay moved to their own modules; they
+# are re-exported here because composite, plan, loader, model and the tests import them from the runner.
+__all__ = ["Compiled", "Run", "Scope", "StepsView", "compiled", "describe", "precompile", "retry_delay"]
