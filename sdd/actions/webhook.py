@@ -6,6 +6,9 @@
 - `Idempotency-Key: run_id:step_id` on every call, so a receiver can drop a repeat after a crash.
 - 2xx succeeds; 4xx fails without retry; 5xx, timeouts and network errors are retryable and count
   against the circuit breaker of the URL's host.
+- `https` verifies the certificate and the host name against the system's CAs (OpenSSL's `SSL_CERT_FILE` /
+  `SSL_CERT_DIR` point elsewhere, e.g. at a private CA). A certificate that does not verify fails without
+  retry: retrying cannot fix it, and sending the payload anyway is what an attacker in the middle wants.
 """
 
 from __future__ import annotations
@@ -110,6 +113,9 @@ async def call_webhook(services: ActionServices, *, context: dict[str, Any] | No
     try:
         status, ctype, data = await asyncio.to_thread(
             _request, parts.scheme, parts.hostname, port, method, target, body, headers, timeout)
+    except ssl.SSLCertVerificationError as exc:
+        raise ActionError(f"call_webhook: {method} {parts.hostname}: the TLS certificate was not accepted "
+                          f"({exc.verify_message or exc.reason}); nothing was sent", retryable=False) from exc
     except (OSError, http.client.HTTPException) as exc:
         services.guards.record_failure(breaker, f"{type(exc).__name__}: {exc}")
         raise ActionError(f"call_webhook: {method} {parts.hostname} failed: {type(exc).__name__}: {exc}") from exc

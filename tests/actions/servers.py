@@ -1,11 +1,16 @@
-"""Real servers on 127.0.0.1 for tests: an SMTP inbox (aiosmtpd handler) and an HTTP webhook receiver."""
+"""Real servers on 127.0.0.1 for tests: an SMTP inbox (aiosmtpd handler) and an HTTP(S) webhook receiver,
+with a throw-away certificate authority made by the `openssl` command for the HTTPS one."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Self
 
 
@@ -30,8 +35,33 @@ class Inbox:
         return "250 Message accepted"
 
 
+def make_certificates(directory: Path, names: str = "IP:127.0.0.1") -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key): a CA and a server certificate it signed for the
+    subjectAltName `names`, valid for a day (EC P-256 keys: quick to make)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("the openssl command is needed (tests/system-deps.sh installs it)")
+    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.pem", "server.key", "server.csr",
+                                                           "server.pem"))
+    ext = directory / "server.ext"
+    ext.write_text(f"subjectAltName={names}\nbasicConstraints=critical,CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                   "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for argv in (
+        [openssl, "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=sdd test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [openssl, "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=sdd test server"],
+        [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "1", "-extfile", ext],
+    ):
+        subprocess.run([str(a) for a in argv], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key) to serve HTTPS instead of HTTP."""
         self.requests: list[dict[str, Any]] = []
         self.release = threading.Event()
         server = self
@@ -59,7 +89,13 @@ class Server:
             do_PUT = do_POST
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> Self:

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from sdd.actions import BreakerOpen
 from sdd.engine import ActionError, InvalidParams, RunStatus
 
 from .conftest import Env
-from .servers import Server
+from .servers import Server, make_certificates
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,45 @@ async def test_bad_parameters(env: Env, server: Server, params: dict, message: s
     with pytest.raises(InvalidParams, match=message):
         await env.call("call_webhook", **params)
     assert server.requests == []
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+async def test_https_with_a_trusted_certificate_posts_the_signed_body(
+        env: Env, tls_files: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    ca, cert, key = tls_files
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # OpenSSL's own way to trust a private CA
+    monkeypatch.setenv("SDD_WEBHOOK_SECRET", "tlskey")
+    with Server(tls=(cert, key)) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        out = await env.call("call_webhook", url=server.url + "/hook", payload={"threat": "EICAR"})
+        [req] = server.requests
+    assert out["status"] == 200 and out["url"] == server.url + "/hook" and out["response"] == {"received": True}
+    assert json.loads(req["body"]) == {"threat": "EICAR"}
+    assert req["headers"]["X-Sdd-Signature"] == "sha256=" + hmac.new(b"tlskey", req["body"], "sha256").hexdigest()
+
+
+@pytest.mark.parametrize("case", ["untrusted CA", "wrong host name"])
+async def test_https_refuses_a_certificate_that_does_not_verify_and_sends_nothing(
+        env: Env, tls_files: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        case: str) -> None:
+    _, cert, key = tls_files
+    if case == "untrusted CA":
+        other_ca, _, _ = make_certificates(tmp_path)
+        monkeypatch.setenv("SSL_CERT_FILE", str(other_ca))
+    else:  # from a trusted CA, but for another name than the URL's
+        other_ca, cert, key = make_certificates(tmp_path, names="DNS:elsewhere.example")
+        monkeypatch.setenv("SSL_CERT_FILE", str(other_ca))
+    with Server(tls=(cert, key)) as server:
+        with pytest.raises(ActionError, match="TLS certificate was not accepted") as err:
+            await env.call("call_webhook", url=server.url + "/hook", payload={"secret": "payload"})
+        assert server.requests == []
+    assert err.value.retryable is False
+    assert ("unable to get local issuer" in str(err.value)) if case == "untrusted CA" else \
+        ("IP address mismatch" in str(err.value))
+    # Not a failure of the host: its circuit breaker counts nothing.
+    breakers = env.services.guards.status()["breakers"]
+    assert all(b["consecutive_failures"] == 0 for b in breakers.values()), breakers
