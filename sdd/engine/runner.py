@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .attempt import call_with_timeout, describe, retry_delay
 from .compilation import Compiled, compiled, precompile
-from .errors import ActionError, ExpressionError, NotFound, is_retryable
+from .errors import ActionError, ExpressionError, is_retryable
 from .events import RunFinished, RunStarted, StepFinished, StepStarted
 from .expressions import evaluate_condition
 from .flow import _Abort, _Halt
@@ -327,10 +327,6 @@ class Run:
     async def run_composite(self, step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:
         from .composite import run_composite
         await run_composite(self, step, path, parent, scope)
-
-
-def not_found(what: str) -> NotFound:
-    return NotFound(what)
 
 
 # Compiled, compiled, precompile, Scope, StepsView, describe and retry_delay moved to their own modules; they
