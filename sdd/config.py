@@ -40,6 +40,7 @@ class ApiConfig:
     socket_group: str = "sdd"
     read_groups: tuple[str, ...] = ()
     max_connections: int = 256
+    max_connections_per_uid: int = 32  # one user's clients cannot take every slot (root is exempt)
     idle_timeout: float = 300.0  # seconds a connection may stay silent (subscribers excepted)
 
 
@@ -220,6 +221,8 @@ def parse_config(raw: Mapping[str, Any], *, file: str = "<config>", user: bool =
         socket_group=p.typed(api_raw, "api.socket_group", str, ApiConfig.socket_group),
         read_groups=tuple(p.str_list(api_raw, "api.read_groups", [])),
         max_connections=p.positive_int(api_raw, "api.max_connections", ApiConfig.max_connections),
+        max_connections_per_uid=p.positive_int(api_raw, "api.max_connections_per_uid",
+                                               ApiConfig.max_connections_per_uid),
         idle_timeout=p.positive_number(api_raw, "api.idle_timeout", ApiConfig.idle_timeout),
     )
 

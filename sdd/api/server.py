@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 BACKLOG = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
 SUBSCRIBER_QUEUE = 1000  # events a subscriber may fall behind before it gets `lagged`
 WRITE_BUFFER_HIGH = 64 * 1024  # bytes queued to a slow client before drain() waits (then the hub drops)
+# Connections an unlimited uid (root) may open beyond api.max_connections: however many clients others
+# hold, the administrator can still reach the daemon to see and stop what is going on.
+RESERVED_FOR_ROOT = 8
 
 
 @dataclass(eq=False)
@@ -48,12 +51,15 @@ class ApiServer:
         self.config = daemon.config
         api = self.config.api
         self.max_connections: int = api.max_connections
+        self.max_connections_per_uid: int = api.max_connections_per_uid
+        self.unlimited_uids: frozenset[int] = frozenset({0})  # not held to the per-uid cap; may use the reserve
         self.idle_timeout: float = api.idle_timeout
         self.policy = auth.Policy.from_config(api.socket_group, api.read_groups, self.config.user_mode)
         self._listen_fd = listen_fd
         self._listener: listener.Listener | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[Connection] = set()
+        self._per_uid: dict[int, int] = {}
         self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -111,14 +117,14 @@ class ApiServer:
             log.warning("API: cannot read peer credentials: %s", exc)
             await _close(writer)
             return
-        if self._closing or len(self._connections) >= self.max_connections:
-            await self._send_and_close(writer, protocol.error_reply(
-                protocol.NO_ID, ErrorCode.BUSY,
-                f"too many connections (api.max_connections = {self.max_connections}); try again later"))
+        refusal = self._refusal(peer.uid)
+        if refusal is not None:
+            await self._send_and_close(writer, protocol.error_reply(protocol.NO_ID, ErrorCode.BUSY, refusal))
             return
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         conn = Connection(peer, self.policy.access(peer), writer, task=asyncio.current_task())  # type: ignore[arg-type]
         self._connections.add(conn)
+        self._per_uid[peer.uid] = self._per_uid.get(peer.uid, 0) + 1
         try:
             await self._serve(conn, reader)
         except asyncio.CancelledError:
@@ -129,7 +135,23 @@ class ApiServer:
             log.exception("API: connection from uid %d failed", peer.uid)
         finally:
             self._connections.discard(conn)
+            left = self._per_uid.pop(peer.uid, 1) - 1
+            if left > 0:
+                self._per_uid[peer.uid] = left
             await _close(writer)
+
+    def _refusal(self, uid: int) -> str | None:
+        """Why a new connection from `uid` is refused (`busy`), or None."""
+        if self._closing:
+            return "sdd is stopping; try again later"
+        unlimited = uid in self.unlimited_uids
+        limit = self.max_connections + (RESERVED_FOR_ROOT if unlimited else 0)
+        if len(self._connections) >= limit:
+            return f"too many connections (api.max_connections = {self.max_connections}); try again later"
+        if not unlimited and self._per_uid.get(uid, 0) >= self.max_connections_per_uid:
+            return (f"too many connections from uid {uid} (api.max_connections_per_uid = "
+                    f"{self.max_connections_per_uid}); close some or try again later")
+        return None
 
     async def _serve(self, conn: Connection, reader: asyncio.StreamReader) -> None:
         writer = conn.writer

@@ -205,6 +205,7 @@ async def test_idle_connection_is_closed_but_subscriber_is_not(tmp_path):
 async def test_connections_over_the_cap_get_busy(tmp_path):
     daemon = fake_daemon(tmp_path, max_connections=2)
     srv = ApiServer(daemon)
+    srv.unlimited_uids = frozenset()  # whoever runs the tests is held to the cap, root too
     await srv.start()
     try:
         path = daemon.config.paths.socket
@@ -223,6 +224,64 @@ async def test_connections_over_the_cap_get_busy(tmp_path):
                     await c.close()
                     await asyncio.sleep(0.01)
     finally:
+        await srv.close()
+
+
+async def _open(path, n):
+    clients = []
+    for _ in range(n):
+        c = AsyncClient(path)
+        await c.connect()
+        assert await c.call("ping") == {"pong": True}
+        clients.append(c)
+    return clients
+
+
+async def test_one_user_cannot_take_every_connection(tmp_path):
+    """A local user's runaway clients get `busy` at api.max_connections_per_uid, leaving room for others."""
+    daemon = fake_daemon(tmp_path, max_connections=10, max_connections_per_uid=3)
+    srv = ApiServer(daemon)
+    srv.unlimited_uids = frozenset()
+    await srv.start()
+    path = daemon.config.paths.socket
+    clients = await _open(path, 3)
+    try:
+        with pytest.raises(ApiError) as err:
+            async with AsyncClient(path) as extra:
+                await extra.call("ping")
+        assert err.value.code == "busy"
+        assert f"too many connections from uid {os.geteuid()} (api.max_connections_per_uid = 3)" in str(err.value)
+        assert srv.connection_count == 3
+        await clients.pop().close()
+        for _ in range(200):  # the server notices the close on its own time
+            if srv.connection_count == 2:
+                break
+            await asyncio.sleep(0.01)
+        clients += await _open(path, 1)  # room again for this user
+    finally:
+        for c in clients:
+            await c.close()
+        await srv.close()
+
+
+async def test_root_gets_in_beyond_the_caps(tmp_path):
+    """However many connections others hold, an unlimited uid (root) has a reserve of its own."""
+    from sdd.api.server import RESERVED_FOR_ROOT
+
+    daemon = fake_daemon(tmp_path, max_connections=2, max_connections_per_uid=1)
+    srv = ApiServer(daemon)
+    srv.unlimited_uids = frozenset({os.geteuid()})
+    await srv.start()
+    path = daemon.config.paths.socket
+    clients = await _open(path, 2 + RESERVED_FOR_ROOT)  # past both the per-uid and the total cap
+    try:
+        with pytest.raises(ApiError) as err:
+            async with AsyncClient(path) as extra:
+                await extra.call("ping")
+        assert err.value.code == "busy" and "api.max_connections = 2" in str(err.value)
+    finally:
+        for c in clients:
+            await c.close()
         await srv.close()
 
 

@@ -100,3 +100,12 @@ def test_config_path_resolution_order(tmp_path: Path, monkeypatch: pytest.Monkey
     assert config_path(None, user=False) == Path("/etc/sdd/sdd.toml")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert config_path(None, user=True) == tmp_path / "sdd" / "sdd.toml"
+
+
+def test_connection_caps_are_positive_integers() -> None:
+    assert parse_config({}).api.max_connections_per_uid == 32
+    assert parse_config({"api": {"max_connections_per_uid": 4}}).api.max_connections_per_uid == 4
+    with pytest.raises(ConfigError, match="api.max_connections_per_uid"):
+        parse_config({"api": {"max_connections_per_uid": 0}})
+    with pytest.raises(ConfigError, match="api.max_connections_per_uid: expected int, got str"):
+        parse_config({"api": {"max_connections_per_uid": "lots"}})
