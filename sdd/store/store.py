@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import reads, writes
-from .errors import SchemaError, StoreClosed
+from . import ledger, reads, writes
+from .errors import SchemaError, StoreClosed, StoreValueError
 from .records import AddedDetection, DetectionState, Page, RunTrigger, WriterStats
 from .schema import SCHEMA_VERSION, connect, migrate, prepare_path
 from .writer import GroupCommitWriter, Operation
@@ -193,40 +193,40 @@ class Store:
         """Record a quarantined file. Keys: id (generated if absent), sha256, original_path (required), size,
         uid, gid, mode, mtime, detection_id, run_id, threat_name, quarantined_at; any other key is kept in
         `extra`. Returns the id."""
-        qid, op = writes.put_quarantine_op(meta)
+        qid, op = ledger.put_quarantine_op(meta)
         await self._writer.write(op)
         return qid
 
     async def mark_restored(self, qid: str, restored_at: float | None = None,
                             restored_to: str | None = None) -> bool:
-        return await self._writer.write(writes.mark_restored_op(qid, restored_at, restored_to))
+        return await self._writer.write(ledger.mark_restored_op(qid, restored_at, restored_to))
 
     async def add_exclusion(self, kind: str, value: str, reason: str | None = None, actor: Any = None) -> bool:
         """Exclude a sha256 or a path (and everything under it). Writes its own audit record. True if new."""
-        return await self._writer.write(writes.add_exclusion_op(kind, value, reason, actor))
+        return await self._writer.write(ledger.add_exclusion_op(kind, value, reason, actor))
 
     async def remove_exclusion(self, kind: str, value: str, actor: Any = None) -> bool:
         """Writes its own audit record. True if it existed."""
-        return await self._writer.write(writes.remove_exclusion_op(kind, value, actor))
+        return await self._writer.write(ledger.remove_exclusion_op(kind, value, actor))
 
     async def log_false_positive(self, detection_id: str | int | None = None, *, run_id: str | None = None,
                                  sha256: str | None = None, file_path: str | None = None,
                                  threat_name: str | None = None, reason: str | None = None, actor: Any = None,
                                  details: Any = None) -> int:
-        return await self._writer.write(writes.log_false_positive_op(detection_id, run_id, sha256, file_path,
+        return await self._writer.write(ledger.log_false_positive_op(detection_id, run_id, sha256, file_path,
                                                                      threat_name, reason, actor, details))
 
     async def audit(self, actor: Any, action: str, target: str | None = None, detection_id: str | int | None = None,
                     run_id: str | None = None, outcome: str = "ok", details: Any = None) -> None:
         """One audit record. `actor`: a uid (int → "uid:N"), "detection:ID", "run:ID" or None ("sdd")."""
-        await self._writer.write(writes.audit_op(actor, action, target, detection_id, run_id, outcome, details))
+        await self._writer.write(ledger.audit_op(actor, action, target, detection_id, run_id, outcome, details))
 
     async def purge(self, retention_days: float, *, now: float | None = None, chunk: int = 2000) -> dict[str, int]:
         """Delete finished runs (with their steps) and settled detections older than `retention_days`, in
         chunks of `chunk` rows per transaction so other writers interleave. Running runs, queued detections,
         quarantine records, exclusions, false positives and the audit log are kept."""
         if isinstance(retention_days, bool) or not isinstance(retention_days, (int, float)) or retention_days < 0:
-            raise writes.StoreValueError("retention_days: expected a number >= 0")
+            raise StoreValueError("retention_days: expected a number >= 0")
         cutoff = (time.time() if now is None else now) - retention_days * 86400.0
         totals = {"runs": 0, "detections": 0}
         for key, make in (("runs", writes.purge_runs_chunk_op), ("detections", writes.purge_detections_chunk_op)):

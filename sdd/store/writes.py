@@ -1,82 +1,29 @@
-"""The SQL of every write. Each `*_op` validates and encodes its arguments in the caller's thread (so a bad
-value fails at once, naming the field) and returns the operation the writer thread runs inside the batch.
+"""The SQL of the history's writes: detections, runs, steps, and their retention purge. Each `*_op` validates
+and encodes its arguments in the caller's thread (so a bad value fails at once, naming the field) and returns
+the operation the writer thread runs inside the batch. Quarantine, exclusions, false positives and the audit
+trail are `ledger.py`'s; the value checks both use are `values.py`'s.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import sqlite3
 import time
-import uuid
 from collections.abc import Mapping
-from enum import Enum
 from typing import Any
 
 from ..engine.statuses import RunStatus, StepStatus
 from . import codec
 from .errors import StoreValueError
-from .records import AddedDetection, DetectionState, ExclusionKind, RunTrigger
+from .records import AddedDetection, DetectionState, RunTrigger
 from .schema import SAMPLE_SLOTS
+from .values import SHA256, detection_ref, enum_value, or_default
 from .writer import Operation
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _TERMINAL = {s.value for s in RunStatus if s.terminal}
 _STAT_COLUMN = {"completed": "completed", "failed": "failed", "rolled_back": "rolled_back",
                 "cancelled": "cancelled", "interrupted": "interrupted"}
-
-
-def _or(value: float | None, default: float) -> float:
-    return default if value is None else value
-
-
-def _enum(kind: type[Enum], value: Any, field: str) -> str:
-    if type(value) is kind:  # the common case: already a member (the engine's and the daemon's statuses)
-        return str(value.value)
-    try:
-        return str(kind(value).value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in kind)
-        raise StoreValueError(f"{field}: {value!r:.60} is not one of {allowed}") from None
-
-
-def sha256_value(value: Any, field: str = "sha256") -> str:
-    if not isinstance(value, str) or not _SHA256.fullmatch(value.lower()):
-        raise StoreValueError(f"{field}: expected 64 hexadecimal digits")
-    return value.lower()
-
-
-def path_value(value: Any, field: str) -> str:
-    """An absolute path in canonical spelling (no '.', '..' or doubled or trailing slashes)."""
-    text = codec.text(value, field, required=True)
-    assert text is not None
-    if not text.startswith("/"):
-        raise StoreValueError(f"{field}: expected an absolute path")
-    norm = os.path.normpath(text)
-    return "/" + norm.lstrip("/") if norm.startswith("//") else norm
-
-
-def actor_value(actor: Any) -> str:
-    """uids become "uid:N"; strings ("detection:ID", "run:ID", "sdd") are kept."""
-    if isinstance(actor, int) and not isinstance(actor, bool):
-        return f"uid:{actor}"
-    if actor is None:
-        return "sdd"
-    value = codec.text(actor, "actor", required=True, limit=256)
-    assert value is not None
-    return value
-
-
-def detection_ref(value: Any) -> int | None:
-    """A detection id for a foreign-key column; ids that are not ours (an external id) become NULL."""
-    if value is None:
-        return None
-    try:
-        return codec.row_id(value, "detection_id")
-    except StoreValueError:
-        return None
 
 
 # --- detections -------------------------------------------------------------------------------------------------
@@ -91,14 +38,14 @@ def record_detection_op(data: Mapping[str, Any], spool_name: str | None, receive
     external = codec.text(ext, "detection.id", limit=1024) if isinstance(ext, (str, int)) and \
         not isinstance(ext, bool) else None
     sha = data.get("sha256")
-    sha = sha.lower() if isinstance(sha, str) and _SHA256.fullmatch(sha.lower()) else None
+    sha = sha.lower() if isinstance(sha, str) and SHA256.fullmatch(sha.lower()) else None
     raw = codec.dumps(dict(data), "detection", limit=codec.MAX_RAW_JSON, truncate=False)
     row = (external, codec.text(dtype, "detection.type", limit=1024),
            codec.opt_text(data.get("severity"), "detection.severity"),
            codec.opt_text(data.get("file_path"), "detection.file_path"),
            codec.opt_text(data.get("threat_name"), "detection.threat_name"), sha, raw,
-           _or(codec.timestamp(received_at, "received_at"), time.time()),
-           _enum(DetectionState, state, "state"), codec.text(note, "note", clip=True),
+           or_default(codec.timestamp(received_at, "received_at"), time.time()),
+           enum_value(DetectionState, state, "state"), codec.text(note, "note", clip=True),
            codec.text(spool_name, "spool_name"))
 
     def record_detection(conn: sqlite3.Connection) -> AddedDetection:
@@ -138,7 +85,7 @@ def record_detections_op(ops: list[Operation]) -> Operation:
 
 
 def set_detection_state_op(detection_id: Any, state: Any, note: str | None) -> Operation:
-    args = (_enum(DetectionState, state, "state"), codec.text(note, "note", clip=True), time.time(),
+    args = (enum_value(DetectionState, state, "state"), codec.text(note, "note", clip=True), time.time(),
             codec.row_id(detection_id, "detection_id"))
 
     def set_detection_state(conn: sqlite3.Connection) -> bool:
@@ -155,9 +102,9 @@ def create_run_op(run_id: str, workflow_id: str, detection_id: Any, context: Any
     rid = codec.text(run_id, "run_id", required=True, limit=256)
     det = detection_ref(detection_id)
     row = (rid, codec.text(workflow_id, "workflow_id", required=True, limit=1024),
-           _enum(RunStatus, status, "status"), _enum(RunTrigger, trigger, "trigger"),
+           enum_value(RunStatus, status, "status"), enum_value(RunTrigger, trigger, "trigger"),
            codec.dumps_lenient(context, "context"), codec.dumps(workflow_snapshot, "workflow_snapshot", truncate=False),
-           _or(codec.timestamp(started_at, "started_at"), time.time()), int(bool(dry_run)),
+           or_default(codec.timestamp(started_at, "started_at"), time.time()), int(bool(dry_run)),
            codec.integer(uid, "uid"), int(bool(resumed)))
 
     def create_run(conn: sqlite3.Connection) -> None:
@@ -186,7 +133,7 @@ def record_step_started_op(run_id: str, step_id: str, phase: str, parent_id: str
            codec.text(step_id, "step_id", required=True, limit=4096), codec.text(parent_id, "parent_id", limit=4096),
            codec.text(step_type, "step_type", limit=256), codec.text(action, "action", limit=256),
            1 if attempt is None else codec.integer(attempt, "attempt"), int(bool(idempotent)),
-           _or(codec.timestamp(started_at, "started_at"), time.time()), codec.dumps_lenient(params, "params"))
+           or_default(codec.timestamp(started_at, "started_at"), time.time()), codec.dumps_lenient(params, "params"))
 
     def record_step_started(conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -202,10 +149,10 @@ def record_step_finished_op(run_id: str, step_id: str, status: Any, phase: str, 
                             error: str | None) -> Operation:
     if phase not in ("run", "rollback"):
         raise StoreValueError(f"phase: {phase!r:.40} is not run or rollback")
-    finished = _or(codec.timestamp(finished_at, "finished_at"), time.time())
+    finished = or_default(codec.timestamp(finished_at, "finished_at"), time.time())
     row = (codec.text(run_id, "run_id", required=True, limit=256), phase,
-           codec.text(step_id, "step_id", required=True, limit=4096), _enum(StepStatus, status, "status"),
-           codec.integer(attempts, "attempts") or 0, _or(codec.timestamp(started_at, "started_at"), finished),
+           codec.text(step_id, "step_id", required=True, limit=4096), enum_value(StepStatus, status, "status"),
+           codec.integer(attempts, "attempts") or 0, or_default(codec.timestamp(started_at, "started_at"), finished),
            finished, codec.dumps_lenient(result, "result"), codec.text(error, "error", clip=True))
 
     def record_step_finished(conn: sqlite3.Connection) -> None:
@@ -285,12 +232,12 @@ def record_step_op(run_id: str, step_id: str, status: Any, phase: str, parent_id
     would leave, in one upsert."""
     if phase not in ("run", "rollback"):
         raise StoreValueError(f"phase: {phase!r:.40} is not run or rollback")
-    finished = _or(_time(finished_at, "finished_at"), time.time())
+    finished = or_default(_time(finished_at, "finished_at"), time.time())
     row = (_txt(run_id, "run_id", 256, True), phase, _txt(step_id, "step_id", 4096, True),
            _txt(parent_id, "parent_id", 4096), _txt(step_type, "step_type", 256), _txt(action, "action", 256),
-           status.value if type(status) is StepStatus else _enum(StepStatus, status, "status"),
+           status.value if type(status) is StepStatus else enum_value(StepStatus, status, "status"),
            (attempts if type(attempts) is int and 0 <= attempts < 2**63 else codec.integer(attempts, "attempts"))
-           or 0, 1 if idempotent else 0, _or(_time(started_at, "started_at"), finished), finished,
+           or 0, 1 if idempotent else 0, or_default(_time(started_at, "started_at"), finished), finished,
            _json(params, "params"), _json(result, "result"), codec.text(error, "error", clip=True))
 
     def record_step(conn: sqlite3.Connection) -> None:
@@ -301,12 +248,12 @@ def record_step_op(run_id: str, step_id: str, status: Any, phase: str, parent_id
 
 
 def finish_run_op(run_id: str, status: Any, error: str | None, finished_at: float | None, result: Any) -> Operation:
-    new = _enum(RunStatus, status, "status")
+    new = enum_value(RunStatus, status, "status")
     if new not in _TERMINAL:
         raise StoreValueError(f"status: {new} is not a final run status")
     rid = codec.text(run_id, "run_id", required=True, limit=256)
     assert rid is not None
-    finished = _or(codec.timestamp(finished_at, "finished_at"), time.time())
+    finished = or_default(codec.timestamp(finished_at, "finished_at"), time.time())
     err = codec.text(error, "error", clip=True)
     res = codec.dumps_lenient(result, "result")
 
@@ -381,16 +328,16 @@ def record_finished_run_op(run_id: str, workflow_id: str, detection_id: Any, con
     acted): its row, already final, then its steps' rows, then the aggregates, in ONE operation — what
     `create_run_op`, the step operations and `finish_run_op` would leave, for one queue entry and three
     statements fewer. Should the run exist already (pre-created by someone), it takes exactly that path."""
-    new = _enum(RunStatus, status, "status")
+    new = enum_value(RunStatus, status, "status")
     if new not in _TERMINAL:
         raise StoreValueError(f"status: {new} is not a final run status")
     rid = codec.text(run_id, "run_id", required=True, limit=256)
     wid = codec.text(workflow_id, "workflow_id", required=True, limit=1024)
     assert rid is not None and wid is not None
     det = detection_ref(detection_id)
-    started = _or(codec.timestamp(started_at, "started_at"), time.time())
-    finished = _or(codec.timestamp(finished_at, "finished_at"), time.time())
-    row = (rid, wid, new, _enum(RunTrigger, trigger, "trigger"), codec.dumps_lenient(context, "context"),
+    started = or_default(codec.timestamp(started_at, "started_at"), time.time())
+    finished = or_default(codec.timestamp(finished_at, "finished_at"), time.time())
+    row = (rid, wid, new, enum_value(RunTrigger, trigger, "trigger"), codec.dumps_lenient(context, "context"),
            codec.dumps(workflow_snapshot, "workflow_snapshot", truncate=False), started, int(bool(dry_run)),
            codec.integer(uid, "uid"), 0, finished, codec.text(error, "error", clip=True),
            codec.dumps_lenient(result, "result"), det)
@@ -405,120 +352,6 @@ def record_finished_run_op(run_id: str, workflow_id: str, detection_id: Any, con
         _count_finished(conn, rid, wid, new, started, finished)
         return True
     return record_finished_run
-
-
-# --- quarantine, exclusions, false positives, audit --------------------------------------------------------------
-_QUARANTINE_COLUMNS = ("id", "sha256", "size", "original_path", "uid", "gid", "mode", "mtime", "detection_id",
-                       "run_id", "threat_name", "quarantined_at")
-
-
-def put_quarantine_op(meta: Mapping[str, Any]) -> tuple[str, Operation]:
-    if not isinstance(meta, Mapping):
-        raise StoreValueError("quarantine meta: expected a mapping")
-    qid = codec.text(meta.get("id") or uuid.uuid4().hex, "id", limit=256)
-    assert qid is not None
-    extra = {k: v for k, v in meta.items() if k not in _QUARANTINE_COLUMNS}
-    row = (qid, sha256_value(meta.get("sha256")), codec.integer(meta.get("size"), "size"),
-           codec.text(meta.get("original_path"), "original_path", required=True, limit=8192),
-           codec.integer(meta.get("uid"), "uid"), codec.integer(meta.get("gid"), "gid"),
-           codec.integer(meta.get("mode"), "mode"), codec.timestamp(meta.get("mtime"), "mtime"),
-           codec.text(meta.get("detection_id"), "detection_id", limit=256),
-           codec.text(meta.get("run_id"), "run_id", limit=256), codec.text(meta.get("threat_name"), "threat_name"),
-           _or(codec.timestamp(meta.get("quarantined_at"), "quarantined_at"), time.time()),
-           codec.dumps(extra or None, "extra"))
-
-    def put_quarantine(conn: sqlite3.Connection) -> str:
-        known = conn.execute("SELECT original_path FROM quarantine WHERE id = ?", (qid,)).fetchone()
-        if known is not None and known[0] != row[3]:
-            raise StoreValueError(f"quarantine id {qid!r} already names another file ({known[0]!r})")
-        # An upsert: the vault gives the same file the same id, so quarantining it again (an idempotent re-run,
-        # or a second infection after a restore) must land on the same row — and a restored item that is back in
-        # the vault is no longer restored. A plain re-run keeps the first quarantine time.
-        conn.execute("INSERT INTO quarantine (id, sha256, size, original_path, uid, gid, mode, mtime, detection_id, "
-                     "run_id, threat_name, quarantined_at, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                     "ON CONFLICT(id) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
-                     "uid = excluded.uid, gid = excluded.gid, mode = excluded.mode, mtime = excluded.mtime, "
-                     "detection_id = excluded.detection_id, run_id = excluded.run_id, "
-                     "threat_name = excluded.threat_name, extra = excluded.extra, "
-                     "quarantined_at = CASE WHEN quarantine.restored_at IS NULL THEN quarantine.quarantined_at "
-                     "ELSE excluded.quarantined_at END, restored_at = NULL, restored_to = NULL", row)
-        return qid
-    return qid, put_quarantine
-
-
-def mark_restored_op(qid: str, restored_at: float | None, restored_to: str | None) -> Operation:
-    args = (_or(codec.timestamp(restored_at, "restored_at"), time.time()),
-            codec.text(restored_to, "restored_to", limit=8192), codec.text(qid, "qid", required=True, limit=256))
-
-    def mark_restored(conn: sqlite3.Connection) -> bool:
-        return conn.execute("UPDATE quarantine SET restored_at = ?, restored_to = ? WHERE id = ?",
-                            args).rowcount > 0
-    return mark_restored
-
-
-def exclusion_value(kind: Any, value: Any) -> tuple[str, str]:
-    k = _enum(ExclusionKind, kind, "kind")
-    return k, (sha256_value(value, "value") if k == "sha256" else path_value(value, "value"))
-
-
-def _audit_row(actor: Any, action: str, target: Any, detection_id: Any, run_id: Any, outcome: str,
-               details: Any) -> tuple[Any, ...]:
-    return (time.time(), actor_value(actor), codec.text(action, "action", required=True, limit=256),
-            codec.text(target, "target", limit=8192),
-            None if detection_id is None else codec.text(str(detection_id), "detection_id", limit=256),
-            codec.text(run_id, "run_id", limit=256), codec.text(outcome, "outcome", required=True, limit=256),
-            codec.dumps(details, "details"))
-
-
-_AUDIT_SQL = ("INSERT INTO audit (time, actor, action, target, detection_id, run_id, outcome, details) "
-              "VALUES (?,?,?,?,?,?,?,?)")
-
-
-def add_exclusion_op(kind: Any, value: Any, reason: str | None, actor: Any) -> Operation:
-    k, v = exclusion_value(kind, value)
-    row = (k, v, codec.text(reason, "reason"), actor_value(actor), time.time())
-    audit = _audit_row(actor, "exclusion.add", f"{k}:{v}", None, None, "ok", {"reason": reason})
-
-    def add_exclusion(conn: sqlite3.Connection) -> bool:
-        added = conn.execute("INSERT INTO exclusions (kind, value, reason, actor, created_at) VALUES (?,?,?,?,?) "
-                             "ON CONFLICT DO NOTHING", row).rowcount > 0
-        conn.execute(_AUDIT_SQL, audit[:6] + ("ok" if added else "exists",) + audit[7:])
-        return added
-    return add_exclusion
-
-
-def remove_exclusion_op(kind: Any, value: Any, actor: Any) -> Operation:
-    k, v = exclusion_value(kind, value)
-    audit = _audit_row(actor, "exclusion.remove", f"{k}:{v}", None, None, "ok", None)
-
-    def remove_exclusion(conn: sqlite3.Connection) -> bool:
-        removed = conn.execute("DELETE FROM exclusions WHERE kind = ? AND value = ?", (k, v)).rowcount > 0
-        conn.execute(_AUDIT_SQL, audit[:6] + ("ok" if removed else "absent",) + audit[7:])
-        return removed
-    return remove_exclusion
-
-
-def log_false_positive_op(detection_id: Any, run_id: Any, sha256: Any, file_path: Any, threat_name: Any,
-                          reason: Any, actor: Any, details: Any) -> Operation:
-    row = (None if detection_id is None else codec.text(str(detection_id), "detection_id", limit=256),
-           codec.text(run_id, "run_id", limit=256), None if sha256 is None else sha256_value(sha256),
-           codec.text(file_path, "file_path", limit=8192), codec.text(threat_name, "threat_name"),
-           codec.text(reason, "reason"), actor_value(actor), time.time(), codec.dumps(details, "details"))
-
-    def log_false_positive(conn: sqlite3.Connection) -> int:
-        return int(conn.execute(
-            "INSERT INTO false_positives (detection_id, run_id, sha256, file_path, threat_name, reason, actor, "
-            "created_at, details) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id", row).fetchone()[0])
-    return log_false_positive
-
-
-def audit_op(actor: Any, action: str, target: Any, detection_id: Any, run_id: Any, outcome: str,
-             details: Any) -> Operation:
-    row = _audit_row(actor, action, target, detection_id, run_id, outcome, details)
-
-    def audit(conn: sqlite3.Connection) -> None:
-        conn.execute(_AUDIT_SQL, row)
-    return audit
 
 
 # --- retention ---------------------------------------------------------------------------------------------------
@@ -553,3 +386,9 @@ def purge_detections_chunk_op(cutoff: float, chunk: int) -> Operation:
             "(SELECT 1 FROM runs WHERE runs.detection_id = detections.id) ORDER BY received_at LIMIT ?)",
             (cutoff, chunk)).rowcount
     return purge_detections
+
+
+
+__all__ = ["create_run_op", "finish_run_op", "purge_detections_chunk_op", "purge_runs_chunk_op", "record_detection_op",
+           "record_detections_op", "record_finished_run_op", "record_step_finished_op", "record_step_op",
+           "record_step_started_op", "run_ops", "set_detection_state_op"]
