@@ -161,11 +161,16 @@ class HistoryRecorder:
         held = self._held.get(event.run_id)
         if held:
             held.pop((event.phase, event.step_id), None)
-        if event.run_id in self._held_runs:
-            self._release_run(event.run_id)
-        return self.store.write(record_step_started_op(
-            event.run_id, event.step_id, event.phase, event.parent_id, event.step_type, event.action,
-            event.attempt, event.idempotent, event.started_at, event.params))
+        try:
+            if event.run_id in self._held_runs:
+                self._release_run(event.run_id)
+            return self.store.write(record_step_started_op(
+                event.run_id, event.step_id, event.phase, event.parent_id, event.step_type, event.action,
+                event.attempt, event.idempotent, event.started_at, event.params))
+        except StoreError as exc:
+            # No intent can go on disk, so the side effect must not happen: the engine, awaiting this, fails
+            # the attempt (retryably) before acting.
+            return _failed(exc)
 
     def _arm_flush(self) -> None:
         try:
@@ -220,9 +225,12 @@ class HistoryRecorder:
     def _release_run(self, run_id: str) -> None:
         """Writes a held run's `running` row and its finished steps' rows now (its rows must precede theirs)."""
         run = self._held_runs.pop(run_id)
-        self._write_run(run.event, run.detection_id, run.trigger, run.uid)
-        for op in run.steps:
-            self.store.submit(op)
+        try:  # (also called from the flush timer, where nobody would catch it)
+            self._write_run(run.event, run.detection_id, run.trigger, run.uid)
+            for op in run.steps:
+                self.store.submit(op)
+        except StoreError as exc:
+            log.error("history: cannot record run %s: %s", run_id, exc)
 
     def _write_run(self, event: RunStarted, detection_id: str | None, trigger: str, uid: int | None) -> None:
         try:
@@ -306,6 +314,10 @@ class HistoryRecorder:
             self._snapshots.pop(next(iter(self._snapshots)))
         self._snapshots[key] = (workflow, snap)
         return snap
+
+
+async def _failed(exc: BaseException) -> Any:
+    raise exc
 
 
 # Step types that run a handler with side effects; composite steps (loop, parallel, branch, workflow,
