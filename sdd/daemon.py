@@ -27,7 +27,7 @@ from .errors import DaemonError, InvalidRequest, NotAccepting, UnknownRun, Unkno
 from .facade import DaemonFacade, DaemonState
 from .hub import EventHub
 from .intake import Intake
-from .loading import load_actions, load_workflows
+from .loading import freeze_long_lived, load_actions, load_workflows
 from .logging import kv
 from .recovery import recover_runs
 from .scheduler import Scheduler
@@ -140,6 +140,7 @@ class Daemon(DaemonFacade):
         if interval:
             self.spawn(self._watchdog_loop(interval), "watchdog")
         self.spawn(self._purge_loop(), "retention")
+        freeze_long_lived()
         self.state = DaemonState.RUNNING
         self.notifier.ready(self._status_line())
         self.publish_status()

