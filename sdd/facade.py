@@ -17,10 +17,11 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .engine import Workflow, WorkflowEngine
 from .errors import DaemonError, InvalidRequest, NotAccepting, UnknownRun, UnknownWorkflow
-from .intake import Intake, SpoolRejection, parse_detection
+from .intake import Intake
 from .loading import freeze_long_lived, load_workflows
 from .logging import kv, setup_logging
 from .sdnotify import Notifier
+from .spool import SpoolRejection, parse_detection
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher

@@ -31,10 +31,9 @@ from typing import Any
 
 from .inotify import NameWatch
 from .logging import kv
-from .spool import MAX_NESTING, SpoolLayout, SpoolRejection, describe_mode, parse_detection, read_spool_file
+from .spool import SpoolLayout, SpoolRejection, describe_mode, parse_detection, read_spool_file
 
-__all__ = ["MAX_NESTING", "Claimed", "Deliver", "Intake", "Rejected", "SpoolLayout", "SpoolRejection",
-           "parse_detection", "read_spool_file"]
+__all__ = ["Claimed", "Deliver", "Intake", "Rejected"]
 
 log = logging.getLogger(__name__)
 
