@@ -13,16 +13,20 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .attempt import describe
+from .compilation import compiled
 from .errors import ExpressionError
 from .events import StepFinished, StepStarted
 from .expressions import evaluate, evaluate_condition
+from .flow import _Abort, _Halt
 from .model import WorkflowStep
-from .runner import MAX_LOOP_ITEMS, Scope, StepsView, _Abort, _Halt, compiled, describe
+from .scope import Scope, StepsView
 from .statuses import RunStatus, StepStatus
 
 if TYPE_CHECKING:
     from .runner import Run
 
+MAX_LOOP_ITEMS = 10_000
 _EMPTY: Mapping[str, Any] = {}
 
 

@@ -17,10 +17,12 @@ from typing import Any
 
 import yaml
 
+from .compilation import precompile
 from .errors import ValidationIssue, WorkflowValidationError
+from .issues import Marks, format_path
 from .model import Workflow, build_workflow
-from .runner import precompile
-from .validation import Marks, collect_issues, find_cycles, format_path
+from .semantic_check import find_cycles
+from .validation import collect_issues
 
 MAX_FILE_SIZE = 1 << 20
 MAX_NODES = 100_000
@@ -256,7 +258,7 @@ def load_workflow_dirs(dirs: Iterable[str | Path], actions: Any = None, *, requi
 def _check_references(found: dict[str, Workflow], refs: dict[str, list[tuple[str, tuple[Any, ...]]]],
                       marks_of: dict[str, Marks]) -> list[ValidationIssue]:
     """Unknown sub-workflows and cycles across the set; offending workflows are removed from `found`."""
-    from .validation import did_you_mean
+    from .issues import did_you_mean
     issues: list[ValidationIssue] = []
     bad: set[str] = set()
     for wid, wf_refs in refs.items():

@@ -193,7 +193,7 @@ class Workflow:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> Workflow:
-        from .runner import precompile
+        from .compilation import precompile
         from .validation import validate_workflow_dict
         validate_workflow_dict(data, source=source)
         return precompile(build_workflow(data, source=source))

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .compilation import compiled
 from .errors import ExpressionError
 from .expressions import evaluate, evaluate_condition
 from .model import LEAF_TYPES, Workflow, WorkflowStep
-from .runner import compiled
 
 if TYPE_CHECKING:
     from .engine import WorkflowEngine

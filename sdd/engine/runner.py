@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .attempt import call_with_timeout, describe, retry_delay
-from .compilation import Compiled, compiled, precompile
+from .compilation import compiled
 from .errors import ActionError, ExpressionError, is_retryable
 from .events import RunFinished, RunStarted, StepFinished, StepStarted
 from .expressions import evaluate_condition
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_LOOP_ITEMS = 10_000
 _EMPTY: Mapping[str, Any] = {}
 _COMPLETED, _FAILED, _SKIPPED = StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED
 _CANCELLED, _INTERRUPTED = StepStatus.CANCELLED, StepStatus.INTERRUPTED
@@ -329,6 +328,4 @@ class Run:
         await run_composite(self, step, path, parent, scope)
 
 
-# Compiled, compiled, precompile, Scope, StepsView, describe and retry_delay moved to their own modules; they
-# are re-exported here because composite, plan, loader, model and the tests import them from the runner.
-__all__ = ["Compiled", "Run", "Scope", "StepsView", "compiled", "describe", "precompile", "retry_delay"]
+__all__ = ["Run"]

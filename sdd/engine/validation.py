@@ -16,9 +16,9 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from .errors import ValidationIssue, WorkflowValidationError
-from .issues import Marks, Path_, _Collector, _type_name, did_you_mean, format_path
-from .schema_check import _schema_issues, schema
-from .semantic_check import _Semantics, _trigger, find_cycles
+from .issues import Marks, Path_, _Collector, _type_name
+from .schema_check import _schema_issues
+from .semantic_check import _Semantics, _trigger
 
 
 def collect_issues(data: Any, source: str = "", marks: Marks | None = None,
@@ -57,7 +57,4 @@ def validate_step_dict(data: Any, actions: Collection[str] | None = None) -> Non
         raise WorkflowValidationError(c.issues)
 
 
-# Marks, format_path, did_you_mean, schema and find_cycles moved to issues, schema_check and semantic_check;
-# re-exported here because loader, model and the tests import them from validation.
-__all__ = ["Marks", "collect_issues", "did_you_mean", "find_cycles", "format_path", "schema",
-           "validate_step_dict", "validate_workflow_dict"]
+__all__ = ["collect_issues", "validate_step_dict", "validate_workflow_dict"]

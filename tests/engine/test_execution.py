@@ -19,7 +19,7 @@ from sdd.engine import (
     WorkflowStep,
     current_step,
 )
-from sdd.engine.runner import retry_delay
+from sdd.engine.attempt import retry_delay
 
 from .conftest import Recorder, wf
 

@@ -17,7 +17,7 @@ from sdd.engine import (
     load_workflow_dirs,
     validate_text,
 )
-from sdd.engine.validation import schema
+from sdd.engine.schema_check import schema
 
 ACTIONS = ["quarantine_file", "restore_file", "send_notification", "kill_process"]
 
