@@ -23,7 +23,6 @@ from .config import Config
 from .dispatch import Dispatcher, WatchedStore
 from .engine import Workflow, WorkflowEngine
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
-from .errors import DaemonError, InvalidRequest, NotAccepting, UnknownRun, UnknownWorkflow
 from .facade import DaemonFacade, DaemonState
 from .hub import EventHub
 from .intake import Intake
@@ -345,6 +344,4 @@ class Daemon(DaemonFacade):
         self._notify_status()
 
 
-# The facade's errors, importable from here as before the split.
-__all__ = ["Daemon", "DaemonError", "DaemonState", "InvalidRequest", "NotAccepting", "UnknownRun",
-           "UnknownWorkflow"]
+__all__ = ["Daemon", "DaemonState"]
