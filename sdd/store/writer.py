@@ -22,7 +22,7 @@ import logging
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,32 +148,16 @@ class GroupCommitWriter:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         results: list[tuple[_Op, Any, BaseException | None]] = []
-        append = results.append
-        n = len(batch)
-        i = 0
-        while i < n:
-            op = batch[i]
-            fn = op.fn
-            sql = getattr(fn, "sql", None)
+        fns = [op.fn for op in batch]
+        for i, j in statement_runs(fns):
             try:
-                if sql is not None and i + 1 < n and getattr(batch[i + 1].fn, "sql", None) == sql:
-                    # A run of single-statement operations of one kind (step rows): one executemany, same
-                    # order, same effect as running them one by one; each one's result is None.
-                    j = i + 1
-                    while j < n and getattr(batch[j].fn, "sql", None) == sql:
-                        j += 1
-                    conn.executemany(sql, [b.fn.row for b in batch[i:j]])  # type: ignore[attr-defined]
-                    for b in batch[i:j]:
-                        append((b, None, None))
-                    i = j
-                    continue
-                append((op, fn(conn), None))
+                result = run_slice(conn, fns, i, j)
             except Exception as exc:  # noqa: BLE001 -- any failure fails only its own waiter
                 self._rollback()
-                if n == 1:
-                    return [(op, None, exc)]
+                if len(batch) == 1:
+                    return [(batch[0], None, exc)]
                 return None
-            i += 1
+            results.extend((op, result, None) for op in batch[i:j])
         conn.execute("COMMIT")
         return results
 
@@ -240,6 +224,29 @@ class GroupCommitWriter:
             self._thread.join(timeout)
 
 
+def statement_runs(fns: Sequence[Operation]) -> Iterator[tuple[int, int]]:
+    """Splits `fns` into consecutive slices `fns[i:j]`: either one operation, or two or more single-statement
+    operations of one kind — `sql` and `row` attributes, each exactly `conn.execute(sql, row)` returning None
+    (as `record_step_op` makes) — which `run_slice` runs with one `executemany`, same order, same effect."""
+    i, n = 0, len(fns)
+    while i < n:
+        sql = getattr(fns[i], "sql", None)
+        j = i + 1
+        if sql is not None:
+            while j < n and getattr(fns[j], "sql", None) == sql:
+                j += 1
+        yield i, j
+        i = j
+
+
+def run_slice(conn: sqlite3.Connection, fns: Sequence[Operation], i: int, j: int) -> Any:
+    """Runs one slice from `statement_runs`; its result (None for an executemany)."""
+    if j - i == 1:
+        return fns[i](conn)
+    conn.executemany(fns[i].sql, [fn.row for fn in fns[i:j]])  # type: ignore[attr-defined]
+    return None
+
+
 def _settle(items: list[tuple[Any, Any, BaseException | None]]) -> None:
     for future, result, exc in items:
         if future.done():
@@ -250,4 +257,4 @@ def _settle(items: list[tuple[Any, Any, BaseException | None]]) -> None:
             future.set_exception(exc)
 
 
-__all__ = ["GroupCommitWriter", "Operation"]
+__all__ = ["GroupCommitWriter", "Operation", "run_slice", "statement_runs"]

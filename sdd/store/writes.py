@@ -19,7 +19,7 @@ from .errors import StoreValueError
 from .records import AddedDetection, DetectionState, RunTrigger
 from .schema import SAMPLE_SLOTS
 from .values import SHA256, detection_ref, enum_value, or_default
-from .writer import Operation
+from .writer import Operation, run_slice, statement_runs
 
 _TERMINAL = {s.value for s in RunStatus if s.terminal}
 _STAT_COLUMN = {"completed": "completed", "failed": "failed", "rolled_back": "rolled_back",
@@ -294,20 +294,9 @@ def _count_finished(conn: sqlite3.Connection, run_id: str, workflow_id: str, sta
 
 
 def run_ops(conn: sqlite3.Connection, ops: list[Operation]) -> None:
-    """Runs operations in order; consecutive single-statement ones of one kind (`sql`/`row` attributes, as
-    `record_step_op` makes) with one `executemany`."""
-    i, n = 0, len(ops)
-    while i < n:
-        sql = getattr(ops[i], "sql", None)
-        if sql is None:
-            ops[i](conn)
-            i += 1
-            continue
-        j = i + 1
-        while j < n and getattr(ops[j], "sql", None) == sql:
-            j += 1
-        conn.executemany(sql, [op.row for op in ops[i:j]])  # type: ignore[attr-defined]
-        i = j
+    """Runs operations in order, consecutive step rows with one `executemany` (as the writer does)."""
+    for i, j in statement_runs(ops):
+        run_slice(conn, ops, i, j)
 
 
 def _raw(text: str | None) -> codec.RawJSON | None:
