@@ -79,8 +79,8 @@ def _follow(ctx: Ctx, client: Client, event: Event, run_id: str) -> str | None:
 
 
 def _settled_run(client: Client, run_id: str, deadline: float = 10.0) -> dict[str, Any]:
-    """The run as stored; the daemon publishes run.finished before its history write is committed, so poll
-    briefly until the stored status is final."""
+    """The run as stored. The daemon publishes run.finished after the final status is committed; the short
+    poll covers a daemon that lost events (`lagged`) or an older one that published first."""
     end = time.monotonic() + deadline
     while True:
         run = client.call("runs.get", run_id=run_id)

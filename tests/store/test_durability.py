@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sdd.store import Store
 
@@ -56,39 +57,14 @@ def test_committed_writes_survive_sigkill(db_path: Path) -> None:
 def test_engine_killed_mid_action_resumes_without_repeating_it(db_path: Path, tmp_path: Path) -> None:
     """kill -9 while a non-idempotent action runs: its intent is on disk, and resuming the run from the
     recorded steps marks it interrupted instead of running the side effect a second time."""
-    import asyncio
-
-    from sdd.engine import Workflow, WorkflowEngine
-    from sdd.history import HistoryRecorder
-
     from .engine_child import WORKFLOW
 
     log = tmp_path / "effects.log"
     _kill_engine_child_while_acting(db_path, log)
     assert log.read_text() == "side effect\n"
 
-    async def restart() -> tuple[str, list[str]]:
-        store = Store.open(db_path)
-        try:
-            assert [r["run_id"] for r in store.runs_in_status("running")] == ["the-run"]
-            recorder = HistoryRecorder(store)
-            prior = recorder.prior_steps("the-run")
-            assert prior["first"].status == "completed" and prior["hook"].status == "running"
-            calls: list[str] = []
-
-            async def act(*, context: dict[str, object], **params: object) -> str:
-                calls.append("called")
-                return "again"
-
-            engine = WorkflowEngine(listeners=[recorder])
-            engine.register_action("safe", act, idempotent=True)
-            engine.register_action("unsafe", act, idempotent=False)
-            result = await engine.execute_workflow(Workflow.from_dict(WORKFLOW), run_id="the-run", prior=prior)
-            return result.status.value, calls
-        finally:
-            store.close()
-
-    status, calls = asyncio.run(restart())
+    status, calls, prior = _resume(db_path, WORKFLOW, {"safe": True, "unsafe": False})
+    assert prior["first"].status == "completed" and prior["hook"].status == "running"
     assert status == "interrupted" and calls == []
     assert log.read_text() == "side effect\n"
     store = Store.open(db_path)
@@ -104,40 +80,14 @@ def test_engine_killed_mid_idempotent_step_runs_it_again_on_resume(db_path: Path
     """kill -9 while an idempotent step runs: its intent need not be on disk (a quick one is written as one
     row with its outcome); resuming re-runs it — the crash semantics for idempotent steps — and reuses the
     steps before it. The step ends with exactly one row."""
-    import asyncio
-
-    from sdd.engine import Workflow, WorkflowEngine
-    from sdd.history import HistoryRecorder
-
     from .engine_child import IDEMPOTENT_WORKFLOW
 
     _kill_engine_child_while_acting(db_path, tmp_path / "unused.log", "idempotent")
 
-    async def restart() -> tuple[str, list[str]]:
-        store = Store.open(db_path)
-        try:
-            assert [r["run_id"] for r in store.runs_in_status("running")] == ["the-run"]
-            recorder = HistoryRecorder(store)
-            prior = recorder.prior_steps("the-run")
-            assert prior["first"].status == "completed"
-            # No row (held in memory when killed) or a `running` one (the delayed intent had been written).
-            assert "slow" not in prior or prior["slow"].status == "running"
-            calls: list[str] = []
-
-            async def act(*, context: dict[str, object], **params: object) -> str:
-                calls.append("called")
-                return "again"
-
-            engine = WorkflowEngine(listeners=[recorder])
-            engine.register_action("safe", act, idempotent=True)
-            engine.register_action("slow", act, idempotent=True)
-            result = await engine.execute_workflow(Workflow.from_dict(IDEMPOTENT_WORKFLOW), run_id="the-run",
-                                                   prior=prior)
-            return result.status.value, calls
-        finally:
-            store.close()
-
-    status, calls = asyncio.run(restart())
+    status, calls, prior = _resume(db_path, IDEMPOTENT_WORKFLOW, {"safe": True, "slow": True})
+    assert prior["first"].status == "completed"
+    # No row (held in memory when killed) or a `running` one (the delayed intent had been written).
+    assert "slow" not in prior or prior["slow"].status == "running"
     assert status == "completed" and calls == ["called"]  # `first` reused, `slow` run again
     store = Store.open(db_path)
     try:
@@ -147,6 +97,37 @@ def test_engine_killed_mid_idempotent_step_runs_it_again_on_resume(db_path: Path
         assert run["steps"][1]["params"] == {"n": 1} and run["steps"][1]["result"] == "again"
     finally:
         store.close()
+
+
+def _resume(db_path: Path, workflow: dict[str, Any], actions: dict[str, bool]) -> tuple[str, list[str], Any]:
+    """What the daemon does at start-up with the run the kill left `running`: resume it from its recorded
+    steps with actions (name → idempotent) that count their calls. (status, calls, the recorded steps)."""
+    import asyncio
+
+    from sdd.engine import Workflow, WorkflowEngine
+    from sdd.history import HistoryRecorder
+
+    async def restart() -> tuple[str, list[str], Any]:
+        store = Store.open(db_path)
+        try:
+            assert [r["run_id"] for r in store.runs_in_status("running")] == ["the-run"]
+            recorder = HistoryRecorder(store)
+            prior = recorder.prior_steps("the-run")
+            calls: list[str] = []
+
+            async def act(*, context: dict[str, object], **params: object) -> str:
+                calls.append("called")
+                return "again"
+
+            engine = WorkflowEngine(listeners=[recorder])
+            for name, idempotent in actions.items():
+                engine.register_action(name, act, idempotent=idempotent)
+            result = await engine.execute_workflow(Workflow.from_dict(workflow), run_id="the-run", prior=prior)
+            return result.status.value, calls, prior
+        finally:
+            store.close()
+
+    return asyncio.run(restart())
 
 
 def _kill_engine_child_while_acting(db_path: Path, log: Path, *mode: str) -> None:
