@@ -10,10 +10,18 @@ Crash safety of a quarantine: blob written, fsync'd and its SHA-256 re-checked f
 written → only then the original unlinked (relative to its pinned parent, after checking it is still the
 same inode). A re-run after a crash at any point ends in the same state with the same id, because the id
 is derived from the content hash and the original path.
+
+Cancellation safety: everything before the commit point (copying, verifying) checks an `Abort` between
+chunks and, when stopped, removes its scratch copy; the scratch copy of a path has one fixed name, so the
+vault never holds more than one per file. After the commit point (rename, metadata, unlink) the work is
+short and completes. The metadata also records what later actions must check: the file's inode (dev, ino),
+which `kill_process` matches against processes after the file has left, and its directory's inode and owner,
+which `restore_file` compares before it puts the file back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -25,8 +33,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .abortable import Abort
 from .errors import ActionError, Conflict, Forbidden, NotFound
-from .safepath import Parent, lstat_at, open_dir_nofollow, open_parent, open_regular, unlink_same
+from .safepath import (
+    Parent,
+    describe_type,
+    lstat_at,
+    open_dir_nofollow,
+    open_parent,
+    open_regular,
+    unlink_same,
+)
 
 MAGIC = b"SDDQ\x01\x00\x00\x00"
 KEY_LEN = 32
@@ -161,18 +178,22 @@ class Vault:
             os.close(vfd)
 
     def find(self, original_path: str, state: str | None = "quarantined",
-             hints: tuple[str, ...] = ()) -> dict[str, Any] | None:
-        """The newest item from `original_path` (in `state`); `hints` are ids to try first (the database
-        index), so the whole vault is only read when the index does not know the answer."""
+             hints: tuple[str, ...] = (), run_id: str | None = None) -> dict[str, Any] | None:
+        """The newest item from `original_path` (in `state`, quarantined by `run_id` when given); `hints`
+        are ids to try first (the database index), so the whole vault is only read when the index does not
+        know the answer."""
+        def wanted(meta: dict[str, Any]) -> bool:
+            return (meta.get("original_path") == original_path and (state is None or meta.get("state") == state)
+                    and (run_id is None or meta.get("run_id") == run_id))
         for qid in hints:
             try:
                 meta = self.read_meta(qid)
             except (NotFound, ActionError, ValueError):
                 continue
-            if meta.get("original_path") == original_path and (state is None or meta.get("state") == state):
+            if wanted(meta):
                 return meta
         for meta in self.items():
-            if meta.get("original_path") == original_path and (state is None or meta.get("state") == state):
+            if wanted(meta):
                 return meta
         return None
 
@@ -189,12 +210,14 @@ class Vault:
     # -- quarantine ----------------------------------------------------------------------------------
     def quarantine(self, path: str, *, detection_id: str | None = None, threat_name: str | None = None,
                    run_id: str | None = None, hints: tuple[str, ...] = (),
-                   before_act: Callable[[], None] | None = None) -> tuple[dict[str, Any], bool]:
+                   before_act: Callable[[], None] | None = None,
+                   abort: Abort | None = None) -> tuple[dict[str, Any], bool]:
         """Move the regular file at `path` (already checked: absolute, normalised, inside the roots) into
         the vault. Returns (metadata, already): `already` when it had been quarantined by an earlier call.
         `before_act` (the rate limit) runs once the file is known to be quarantinable, before anything
-        changes, so refused paths do not use up the budget."""
+        changes, so refused paths do not use up the budget. `abort` stops it before its commit point."""
         what = "quarantine_file"
+        abort = abort or Abort()
         with open_parent(path, what=what) as parent:
             if lstat_at(parent) is None:
                 earlier = self.find(path, hints=hints)
@@ -205,7 +228,7 @@ class Vault:
             try:
                 if before_act is not None:
                     before_act()
-                return self._quarantine_fd(parent, fd, fst, detection_id, threat_name, run_id), False
+                return self._quarantine_fd(parent, fd, fst, detection_id, threat_name, run_id, abort), False
             finally:
                 os.close(fd)
 
@@ -221,37 +244,56 @@ class Vault:
                 except FileNotFoundError:
                     pass
 
+    @staticmethod
+    def scratch_name(original_path: str) -> str:
+        """The one scratch name a path's copy is written under: a retry, or the next attempt after a crash,
+        replaces the earlier scratch copy instead of adding a second one."""
+        digest = hashlib.sha256(original_path.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return f".tmp-q-{digest}.bin"
+
+    def _copy(self, vfd: int, tmp: str, parent: Parent, fd: int, fst: os.stat_result,
+              abort: Abort) -> tuple[str, int]:
+        """Write the neutralised copy under `tmp` and verify it from disk; returns (sha256, size)."""
+        what = "quarantine_file"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=vfd)  # a scratch copy left by a crash: ours (the caller holds the path's lock)
+        bfd = os.open(tmp, _NEW, 0o600, dir_fd=vfd)
+        try:
+            key = secrets.token_bytes(KEY_LEN)
+            _write_all(bfd, MAGIC + key)
+            xor, digest, size = _Xor(key), hashlib.sha256(), 0
+            for chunk in _read_chunks(fd):
+                abort.check()
+                digest.update(chunk)
+                size += len(chunk)
+                _write_all(bfd, xor(chunk))
+            abort.check()
+            os.fsync(bfd)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns) != (fst.st_size, fst.st_mtime_ns) or size != fst.st_size:
+                raise ActionError(f"{what}: {parent.path} changed while being copied; left in place")
+            sha = digest.hexdigest()
+            # Check what reached the disk, not what we meant to write, before the original goes.
+            check = hashlib.sha256()
+            for chunk in _decoded(bfd):
+                abort.check()
+                check.update(chunk)
+            if check.hexdigest() != sha:
+                raise ActionError(f"{what}: the vault copy of {parent.path} does not verify; left in place")
+            return sha, size
+        finally:
+            os.close(bfd)
+
     def _quarantine_fd(self, parent: Parent, fd: int, fst: os.stat_result, detection_id: str | None,
-                       threat_name: str | None, run_id: str | None) -> dict[str, Any]:
+                       threat_name: str | None, run_id: str | None, abort: Abort) -> dict[str, Any]:
         what = "quarantine_file"
         vfd = self._open()
         self._sweep(vfd)
-        tmp = f".tmp-{secrets.token_hex(8)}.bin"
+        tmp = self.scratch_name(parent.path)
         try:
-            bfd = os.open(tmp, _NEW, 0o600, dir_fd=vfd)
-            try:
-                key = secrets.token_bytes(KEY_LEN)
-                _write_all(bfd, MAGIC + key)
-                xor, digest, size = _Xor(key), hashlib.sha256(), 0
-                for chunk in _read_chunks(fd):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    _write_all(bfd, xor(chunk))
-                os.fsync(bfd)
-                after = os.fstat(fd)
-                if (after.st_size, after.st_mtime_ns) != (fst.st_size, fst.st_mtime_ns) or size != fst.st_size:
-                    raise ActionError(f"{what}: {parent.path} changed while being copied; left in place")
-                sha = digest.hexdigest()
-                # Check what reached the disk, not what we meant to write, before the original goes.
-                check = hashlib.sha256()
-                for chunk in _decoded(bfd):
-                    check.update(chunk)
-                if check.hexdigest() != sha:
-                    raise ActionError(f"{what}: the vault copy of {parent.path} does not verify; left in place")
-            finally:
-                os.close(bfd)
+            sha, size = self._copy(vfd, tmp, parent, fd, fst, abort)
             qid = quarantine_id(sha, parent.path)
-            os.rename(tmp, f"{qid}.bin", src_dir_fd=vfd, dst_dir_fd=vfd)
+            pst = os.fstat(parent.fd)
             meta = {
                 "format": 1, "quarantine_id": qid, "sha256": sha, "size": size,
                 "original_path": parent.path, "uid": fst.st_uid, "gid": fst.st_gid,
@@ -259,27 +301,58 @@ class Vault:
                 "atime_ns": fst.st_atime_ns, "nlink": fst.st_nlink, "detection_id": detection_id,
                 "threat_name": threat_name, "run_id": run_id, "quarantined_at": time.time(),
                 "state": "quarantined", "blob": f"{qid}.bin",
+                # The file as the kernel knows it, for kill_process once the name is gone.
+                "dev": fst.st_dev, "ino": fst.st_ino,
+                # The directory it came from, which restore_file must find again.
+                "parent": {"dev": pst.st_dev, "ino": pst.st_ino, "uid": pst.st_uid, "gid": pst.st_gid},
             }
+            try:
+                previous: dict[str, Any] | None = self._read_meta(vfd, qid)
+            except (NotFound, ActionError, ValueError):
+                previous = None
+            abort.commit()  # the point of no return: from here on the quarantine completes or is undone
+            os.rename(tmp, f"{qid}.bin", src_dir_fd=vfd, dst_dir_fd=vfd)
             self._write_json(vfd, f"{qid}.json", meta)
-            unlink_same(parent, fst, what)
+            try:
+                unlink_same(parent, fst, what)
+            except BaseException:
+                self._undo(vfd, qid, previous)  # the original stays: so must nothing of it in the vault
+                raise
             return meta
         finally:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=vfd)
-            except FileNotFoundError:
-                pass
             os.close(vfd)
 
+    def _undo(self, vfd: int, qid: str, previous: dict[str, Any] | None) -> None:
+        """Take back an item whose original could not be removed: put back the record it replaced (a file
+        quarantined, restored and quarantined again has one id), else remove blob and record."""
+        if previous is not None:
+            self._write_json(vfd, f"{qid}.json", previous)
+            return
+        for name in (f"{qid}.json", f"{qid}.bin"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=vfd)
+        os.fsync(vfd)
+
     # -- restore -------------------------------------------------------------------------------------
-    def restore(self, qid: str, *, on_conflict: str = "fail") -> tuple[dict[str, Any], bool]:
-        """Recreate the item at its original path; never clobbers. Returns (metadata, already)."""
+    def restore(self, qid: str, *, on_conflict: str = "fail", force: bool = False,
+                abort: Abort | None = None) -> tuple[dict[str, Any], bool]:
+        """Recreate the item at its original path. Returns (metadata, already).
+
+        An existing file there is kept (`fail`), restored beside (`rename`) or replaced (`overwrite`). The
+        directory must be the one the file left — same inode, same owner — unless `force`: a directory
+        deleted and re-created by someone else must not receive another user's file."""
         what = "restore_file"
+        if on_conflict not in ON_CONFLICT:
+            raise ValueError(f"on_conflict must be one of {ON_CONFLICT}, got {on_conflict!r}")
+        abort = abort or Abort()
         meta = self.read_meta(qid)
         path = meta["original_path"]
         with open_parent(path, what=what) as parent:
             target = parent.name
             st = lstat_at(parent)
-            if st is not None and self._same_content(parent, parent.name, meta):
+            if st is not None and self._same_content(parent, parent.name, meta, abort):
                 # Already there, byte-identical: a repeat, or a crash after the link but before the
                 # metadata said so. Either way the restore is done.
                 if meta.get("state") != "restored" or meta.get("restored_path") != path:
@@ -288,20 +361,34 @@ class Vault:
             if meta.get("state") == "restored":
                 done = meta.get("restored_path") or path
                 if os.path.dirname(done) == os.path.dirname(path) and self._same_content(
-                        parent, os.path.basename(done), meta):
+                        parent, os.path.basename(done), meta, abort):
                     return meta, True
+            changed = directory_changes(parent, meta)
+            if changed and not force:
+                raise Forbidden(f"{what}: {os.path.dirname(path) or '/'} is not the directory {qid} was "
+                                f"quarantined from ({'; '.join(changed)}); not restoring into it without force")
+            replace = False
             if st is not None:
-                if on_conflict != "rename":
+                if on_conflict == "fail":
                     raise Conflict(f"{what}: {path} already exists; not overwritten "
-                                   f"(use on_conflict: rename to restore beside it)")
-                target = self._free_name(parent, f"{parent.name}.restored-{qid[:8]}")
-            self._write_restored(parent, target, qid, meta)
+                                   f"(on_conflict: rename restores beside it, overwrite replaces it)")
+                if on_conflict == "rename":
+                    target = self._free_name(parent, f"{parent.name}.restored-{qid[:8]}")
+                elif not stat.S_ISREG(st.st_mode):
+                    raise Conflict(f"{what}: {path} exists and is {describe_type(st.st_mode)}; only a regular "
+                                   f"file is overwritten")
+                else:
+                    replace = True
+            replaced = self._write_restored(parent, target, qid, meta, replace, abort)
         restored_path = os.path.join(os.path.dirname(path), target)
+        extra: dict[str, Any] = {"replaced": replaced}
+        if changed:
+            extra["forced_directory"] = changed
         meta = self.set_state(qid, state="restored", restored_at=time.time(), restored_path=restored_path)
-        return meta, False
+        return {**meta, **extra}, False
 
     @staticmethod
-    def _same_content(parent: Parent, name: str, meta: dict[str, Any]) -> bool:
+    def _same_content(parent: Parent, name: str, meta: dict[str, Any], abort: Abort | None = None) -> bool:
         try:
             if not stat.S_ISREG(os.stat(name, dir_fd=parent.fd, follow_symlinks=False).st_mode):
                 return False  # never open a FIFO or device just to compare it
@@ -309,12 +396,10 @@ class Vault:
         except OSError:
             return False
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode) or fst.st_size != meta.get("size", fst.st_size):
                 return False
-            digest = hashlib.sha256()
-            for chunk in _read_chunks(fd):
-                digest.update(chunk)
-            return digest.hexdigest() == meta["sha256"]
+            return _sha256_fd(fd, abort) == meta["sha256"]
         finally:
             os.close(fd)
 
@@ -328,7 +413,11 @@ class Vault:
                 return name
         raise Conflict(f"restore_file: no free name beside {parent.path}")
 
-    def _write_restored(self, parent: Parent, target: str, qid: str, meta: dict[str, Any]) -> None:
+    def _write_restored(self, parent: Parent, target: str, qid: str, meta: dict[str, Any], replace: bool,
+                        abort: Abort) -> dict[str, Any] | None:
+        """Decode into a scratch file beside the target, verify, give it its owner, mode and times, then
+        place it: `link()` (never replaces a name) or, with `replace`, `rename()` over the existing file.
+        Returns what was replaced (its SHA-256 and size as read just before), or None."""
         what = "restore_file"
         tmp = f".sdd-restore-{qid[:16]}.tmp"
         stale = lstat_at(Parent(parent.fd, tmp, ""))
@@ -346,50 +435,100 @@ class Vault:
         finally:
             os.close(vfd)
         placed = False
+        old_fd = -1
         try:
             tfd = os.open(tmp, _NEW, 0o600, dir_fd=parent.fd)
             try:
                 for chunk in _decoded(bfd):
+                    abort.check()
                     _write_all(tfd, chunk)
                 os.fsync(tfd)
-                check = hashlib.sha256()
-                for chunk in _read_chunks(tfd):
-                    check.update(chunk)
-                if check.hexdigest() != meta["sha256"]:
+                if _sha256_fd(tfd, abort) != meta["sha256"]:
                     raise ActionError(f"{what}: restored bytes of {qid} do not match SHA-256 {meta['sha256']}",
                                       retryable=False)
-                try:
-                    os.fchown(tfd, meta["uid"], meta["gid"])
-                except PermissionError as exc:
-                    if os.geteuid() == 0:
-                        raise Forbidden(f"{what}: the system refused to give {qid} its owner "
-                                        f"{meta['uid']}:{meta['gid']} ({exc.strerror}); it stays in the vault"
-                                        ) from None
-                try:
-                    os.fchmod(tfd, meta["mode"])  # after chown, which would clear set-id bits
-                except PermissionError as exc:
-                    # The hardened unit forbids creating set-uid/set-gid files (RestrictSUIDSGID=yes).
-                    raise Forbidden(f"{what}: the system refused mode {meta['mode']:04o} for {qid} "
-                                    f"({exc.strerror}); set-uid/set-gid files cannot be restored by the "
-                                    f"hardened service, so it stays in the vault") from None
-                os.utime(tfd, ns=(meta.get("atime_ns", meta["mtime_ns"]), meta["mtime_ns"]))
+                _give_back(tfd, qid, meta)
                 os.fsync(tfd)
             finally:
                 os.close(tfd)
-            try:
-                # link() never replaces an existing name: the no-clobber guarantee, atomically.
-                os.link(tmp, target, src_dir_fd=parent.fd, dst_dir_fd=parent.fd, follow_symlinks=False)
-            except FileExistsError:
-                raise Conflict(f"{what}: {os.path.join(os.path.dirname(parent.path), target)} appeared "
-                               f"while restoring; not overwritten") from None
+            replaced: dict[str, Any] | None = None
+            nlink = 0
+            if replace:
+                try:
+                    old_fd, fst = open_regular(Parent(parent.fd, target, parent.path), what)
+                except NotFound:
+                    replace = False  # gone meanwhile: nothing to replace, and link() still never clobbers
+                else:
+                    nlink = fst.st_nlink
+                    replaced = {"sha256": _sha256_fd(old_fd, abort), "size": fst.st_size, "uid": fst.st_uid}
+            abort.commit()
+            if replace:
+                os.rename(tmp, target, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+                if replaced is not None and os.fstat(old_fd).st_nlink >= nlink:
+                    replaced["changed_meanwhile"] = True  # the name held another file by the time it was replaced
+            else:
+                try:
+                    # link() never replaces an existing name: the no-clobber guarantee, atomically.
+                    os.link(tmp, target, src_dir_fd=parent.fd, dst_dir_fd=parent.fd, follow_symlinks=False)
+                except FileExistsError:
+                    raise Conflict(f"{what}: {os.path.join(os.path.dirname(parent.path), target)} appeared "
+                                   f"while restoring; not overwritten") from None
+                os.unlink(tmp, dir_fd=parent.fd)
             placed = True
-            os.unlink(tmp, dir_fd=parent.fd)
             os.fsync(parent.fd)
+            return replaced
         finally:
             os.close(bfd)
+            if old_fd >= 0:
+                os.close(old_fd)
             if not placed:
                 try:
                     os.unlink(tmp, dir_fd=parent.fd)
                 except OSError as exc:
                     if exc.errno != errno.ENOENT:
                         raise
+
+
+ON_CONFLICT = ("fail", "rename", "overwrite")
+
+
+def directory_changes(parent: Parent, meta: dict[str, Any]) -> list[str]:
+    """How the open directory differs from the one recorded at quarantine (empty: the same, or nothing
+    was recorded because the item predates the record)."""
+    rec = meta.get("parent")
+    if not isinstance(rec, dict):
+        return []
+    st = os.fstat(parent.fd)
+    out = []
+    if (st.st_dev, st.st_ino) != (rec.get("dev"), rec.get("ino")):
+        out.append("it was deleted and re-created since (another inode)")
+    if st.st_uid != rec.get("uid"):
+        out.append(f"its owner is uid {st.st_uid}, was uid {rec.get('uid')}")
+    return out
+
+
+def _sha256_fd(fd: int, abort: Abort | None = None) -> str:
+    digest = hashlib.sha256()
+    for chunk in _read_chunks(fd):
+        if abort is not None:
+            abort.check()
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _give_back(fd: int, qid: str, meta: dict[str, Any]) -> None:
+    """The restored file's owner, mode and times, as recorded."""
+    what = "restore_file"
+    try:
+        os.fchown(fd, meta["uid"], meta["gid"])
+    except PermissionError as exc:
+        if os.geteuid() == 0:
+            raise Forbidden(f"{what}: the system refused to give {qid} its owner "
+                            f"{meta['uid']}:{meta['gid']} ({exc.strerror}); it stays in the vault") from None
+    try:
+        os.fchmod(fd, meta["mode"])  # after chown, which would clear set-id bits
+    except PermissionError as exc:
+        # The hardened unit forbids creating set-uid/set-gid files (RestrictSUIDSGID=yes).
+        raise Forbidden(f"{what}: the system refused mode {meta['mode']:04o} for {qid} "
+                        f"({exc.strerror}); set-uid/set-gid files cannot be restored by the "
+                        f"hardened service, so it stays in the vault") from None
+    os.utime(fd, ns=(meta.get("atime_ns", meta["mtime_ns"]), meta["mtime_ns"]))
