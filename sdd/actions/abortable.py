@@ -73,10 +73,11 @@ async def settle(awaitable: Awaitable[T]) -> tuple[T, bool]:
             cancelled = True
 
 
-async def run_abortable(work: Callable[[Abort], T]) -> Outcome[T]:
+async def run_abortable(work: Callable[[Abort], T], abort: Abort | None = None) -> Outcome[T]:
     """Run `work(abort)` in a thread. Cancelled before its commit point: the work is stopped, its thread
-    has ended and the cancellation is re-raised. Cancelled after it: the result, with `cancelled=True`."""
-    abort = Abort()
+    has ended and the cancellation is re-raised. Cancelled after it: the result, with `cancelled=True`.
+    `abort` may be shared by several calls that make up one piece of work (it is then stopped for all)."""
+    abort = abort or Abort()
     fut = asyncio.ensure_future(asyncio.to_thread(work, abort))
     try:
         return Outcome(await asyncio.shield(fut), False)

@@ -9,8 +9,10 @@ somewhere else. The caller gets the parent directory as a file descriptor and ac
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from typing import Self
 
@@ -161,3 +163,16 @@ def not_root_owned(path: str) -> str | None:
         if st.st_mode & 0o022:
             return f"{walked} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
+
+
+_FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long)
+
+
+def generation(fd: int) -> int | None:
+    """The inode's generation number (ext4, xfs, btrfs): a deleted inode's number can be given to a new file or
+    directory, its generation changes. None where the filesystem has none (tmpfs)."""
+    try:
+        raw = fcntl.ioctl(fd, _FS_IOC_GETVERSION, bytes(8))
+    except OSError:
+        return None
+    return int(struct.unpack_from("=I", raw)[0])

@@ -38,6 +38,7 @@ from .errors import ActionError, Conflict, Forbidden, NotFound
 from .safepath import (
     Parent,
     describe_type,
+    generation,
     lstat_at,
     open_dir_nofollow,
     open_parent,
@@ -304,7 +305,8 @@ class Vault:
                 # The file as the kernel knows it, for kill_process once the name is gone.
                 "dev": fst.st_dev, "ino": fst.st_ino,
                 # The directory it came from, which restore_file must find again.
-                "parent": {"dev": pst.st_dev, "ino": pst.st_ino, "uid": pst.st_uid, "gid": pst.st_gid},
+                "parent": {"dev": pst.st_dev, "ino": pst.st_ino, "uid": pst.st_uid, "gid": pst.st_gid,
+                           "generation": generation(parent.fd)},
             }
             try:
                 previous: dict[str, Any] | None = self._read_meta(vfd, qid)
@@ -499,7 +501,10 @@ def directory_changes(parent: Parent, meta: dict[str, Any]) -> list[str]:
         return []
     st = os.fstat(parent.fd)
     out = []
-    if (st.st_dev, st.st_ino) != (rec.get("dev"), rec.get("ino")):
+    gen, was = generation(parent.fd), rec.get("generation")
+    # A re-created directory may get the freed inode number back; its generation is new.
+    if (st.st_dev, st.st_ino) != (rec.get("dev"), rec.get("ino")) or (gen is not None and was is not None
+                                                                      and gen != was):
         out.append("it was deleted and re-created since (another inode)")
     if st.st_uid != rec.get("uid"):
         out.append(f"its owner is uid {st.st_uid}, was uid {rec.get('uid')}")
