@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from sdd.engine import ActionError, Forbidden, InvalidParams, NotFound
@@ -229,3 +230,13 @@ async def test_scanning_a_symlink_is_refused(env: Env) -> None:
     os.symlink(env.outside, env.root / "link")
     with pytest.raises(Forbidden, match="symbolic link"):
         await env.call("run_scan", path=str(env.root / "link"))
+
+
+async def test_a_scan_that_outlives_its_timeout_is_stopped(env: Env) -> None:
+    (env.root / "x.bin").write_bytes(b"x")
+    marker = env.tmp / "scanner.pid"
+    code = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    env.configure(scanner=(sys.executable, "-c", code))
+    with pytest.raises(ActionError, match="timed out"):
+        await env.call("run_scan", path=str(env.root), timeout=1)
+    assert not psutil.pid_exists(int(marker.read_text())), "the scanner outlived its step"
