@@ -19,7 +19,7 @@ import pytest
 
 from sdd.actions import abortable
 from sdd.actions import vault as vault_module
-from sdd.engine import RunStatus, Workflow
+from sdd.engine import Conflict, RunStatus, Workflow
 from sdd.store import Store
 from tests.support.daemon import DaemonProcess
 
@@ -257,3 +257,25 @@ def test_daemon_shutdown_mid_quarantine_ends_done_and_recorded_or_not_done(tmp_p
         assert d.count("SELECT count(*) FROM runs WHERE status = 'interrupted'") == 1
     finally:
         d.close()
+
+
+async def test_a_file_replaced_at_the_last_moment_stays_and_the_vault_takes_nothing(
+        senv: Env, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = senv.root / "evil.exe"
+    path.write_bytes(b"evil")
+    first = await senv.call("quarantine_file", file_path=str(path))
+    await senv.call("restore_file", quarantine_id=first["quarantine_id"])
+    real = vault_module.unlink_same
+
+    def swapped(parent: Any, st: Any, what: str) -> None:
+        os.rename(path, senv.root / "moved-away")
+        path.write_bytes(b"someone else's file")  # the name now holds another file: it must not be removed
+        real(parent, st, what)
+    monkeypatch.setattr(vault_module, "unlink_same", swapped)
+    with pytest.raises(Conflict, match="replaced"):
+        await senv.call("quarantine_file", file_path=str(path))
+    assert path.read_bytes() == b"someone else's file"
+    # The earlier record of the same item is back as it was (restored), and nothing new was added.
+    [item] = vault_module.Vault(senv.vault).items()
+    assert item["quarantine_id"] == first["quarantine_id"] and item["state"] == "restored"
+    assert sorted(senv.vault_items()) == sorted([f"{first['quarantine_id']}.bin", f"{first['quarantine_id']}.json"])

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from sdd.actions import RateLimited, Vault
-from sdd.config import RateLimit
+from sdd.config import ConfigError, RateLimit, parse_config
 from sdd.engine import Conflict, Forbidden, InvalidParams, NotFound, RunStatus, Workflow
 
 from .conftest import Env
@@ -433,3 +433,12 @@ async def test_genuinely_reused_pid_is_refused(kenv: Env, area: Path, procs: Pro
     finally:
         new.kill()
         new.wait()
+
+
+def test_protected_processes_are_executable_paths_never_names() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"actions": {"protected_processes": ["sshd", "/usr/sbin/sshd"]}})
+    assert any("actions.protected_processes" in e and "absolute" in e for e in info.value.errors)
+    config = parse_config({"actions": {"protected_processes": ["/usr/sbin//sshd"]}})
+    assert config.actions.protected_processes == ("/usr/sbin/sshd",)
+    assert all(p.startswith("/") for p in parse_config({}).actions.protected_processes)
