@@ -20,9 +20,10 @@ from . import runinfo
 from .abortable import Abort, run_abortable, settle
 from .errors import ActionError, Forbidden, InvalidParams, NotFound
 from .params import Params, under_roots
+from .restoring import ON_CONFLICT, restore
 from .safepath import lstat_at, open_parent, open_regular, unlink_same
 from .services import ActionServices
-from .vault import ON_CONFLICT, QID_RE, Vault
+from .vault import QID_RE, Vault
 
 log = logging.getLogger("sdd.actions")
 
@@ -157,7 +158,7 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
 
 
 def _restore(vault: Vault, qid: str, abort: Abort, **kw: Any) -> tuple[dict[str, Any], bool]:
-    return vault.restore(qid, abort=abort, **kw)
+    return restore(vault, qid, abort=abort, **kw)
 
 
 async def _record_restore(services: ActionServices, qid: str, meta: dict[str, Any], already: bool,
