@@ -113,9 +113,11 @@ def clamd_at(env: Env) -> Iterator[Any]:
     if binary is None:
         pytest.skip("clamd not installed (make system-deps installs it as root)")
     started: list[subprocess.Popen[bytes]] = []
+    dirs: list[Path] = []
 
     def start(db: Path) -> Path:
         run = Path(tempfile.mkdtemp(prefix="sdd-clamd-", dir="/tmp"))  # a unix socket path: 108 bytes at most
+        dirs.append(run)
         sock, conf = run / "clamd.sock", run / "clamd.conf"
         conf.write_text(f"Foreground yes\nLocalSocket {sock}\nDatabaseDirectory {db}\nLogFile {run / 'log'}\n")
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -134,6 +136,8 @@ def clamd_at(env: Env) -> Iterator[Any]:
     for proc in started:
         proc.terminate()
         proc.wait(10)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
