@@ -13,12 +13,14 @@ the step has not ended while its thread runs, a retry never runs beside an earli
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("sdd.actions")
 
 
 class Aborted(Exception):
@@ -61,7 +63,8 @@ class Outcome(Generic[T]):
 
 async def settle(awaitable: Awaitable[T]) -> tuple[T, bool]:
     """Await `awaitable` to its end even when this task is cancelled meanwhile (the cancellation is absorbed
-    and reported as the second item), so what was started is finished and recorded, not abandoned."""
+    and reported as the second item), so what was started is finished and recorded, not abandoned. If it
+    then fails, the cancellation wins: a failure must not look retryable to a run that was stopped."""
     fut = asyncio.ensure_future(awaitable)
     cancelled = False
     while True:
@@ -71,6 +74,24 @@ async def settle(awaitable: Awaitable[T]) -> tuple[T, bool]:
             if fut.cancelled():
                 raise
             cancelled = True
+        except Exception as exc:
+            if cancelled:
+                log.warning("failed while its step was being cancelled: %s", exc)
+                raise asyncio.CancelledError from exc
+            raise
+
+
+async def record(awaitable: Awaitable[T], cancelled: bool) -> T:
+    """Record an act that has happened (`settle`); when its step was already cancelled (`cancelled`), a
+    failure to record ends the step cancelled, as a cancellation absorbed meanwhile does."""
+    try:
+        value, _ = await settle(awaitable)
+    except Exception as exc:
+        if cancelled:
+            log.warning("could not record an act finished while its step was cancelled: %s", exc)
+            raise asyncio.CancelledError from exc
+        raise
+    return value
 
 
 async def run_abortable(work: Callable[[Abort], T], abort: Abort | None = None) -> Outcome[T]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import runinfo
-from .abortable import Abort, run_abortable, settle
+from .abortable import Abort, record, run_abortable
 from .errors import ActionError, Forbidden, InvalidParams, NotFound
 from .params import Params, under_roots
 from .restoring import ON_CONFLICT, restore
@@ -82,7 +82,8 @@ async def quarantine_file(services: ActionServices, *, context: dict[str, Any] |
             _quarantine, vault, path, detection_id=detection_id, threat_name=threat, run_id=run_id, hints=hints,
             before_act=lambda: services.guards.acquire("quarantine_file")))
     meta, already = done.value
-    await settle(_record_quarantine(services, meta, already, path, detection_id, run_id, done.cancelled))
+    await record(_record_quarantine(services, meta, already, path, detection_id, run_id, done.cancelled),
+                 done.cancelled)
     return _result(meta, already)
 
 
@@ -147,7 +148,7 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
     async with services.lock(meta["original_path"]):
         done = await run_abortable(functools.partial(_restore, vault, qid, on_conflict=on_conflict, force=force))
     meta, already = done.value
-    await settle(_record_restore(services, qid, meta, already, on_conflict, done.cancelled))
+    await record(_record_restore(services, qid, meta, already, on_conflict, done.cancelled), done.cancelled)
     out = {"quarantine_id": qid, "restored_path": meta["restored_path"], "original_path": meta["original_path"],
            "sha256": meta["sha256"], "size": meta["size"], "already_restored": already}
     if not already:
@@ -197,8 +198,8 @@ async def delete_file(services: ActionServices, *, context: dict[str, Any] | Non
         details: dict[str, Any] = {"sha256": result["sha256"]}
         if done.cancelled:
             details["completed_while_cancelled"] = True
-        await settle(services.audit("delete_file", path, "deleted", details, runinfo.text(det.get("id"), 256),
-                                    run_id))
+        await record(services.audit("delete_file", path, "deleted", details, runinfo.text(det.get("id"), 256),
+                                    run_id), done.cancelled)
     return result
 
 

@@ -279,3 +279,22 @@ async def test_a_file_replaced_at_the_last_moment_stays_and_the_vault_takes_noth
     [item] = vault_module.Vault(senv.vault).items()
     assert item["quarantine_id"] == first["quarantine_id"] and item["state"] == "restored"
     assert sorted(senv.vault_items()) == sorted([f"{first['quarantine_id']}.bin", f"{first['quarantine_id']}.json"])
+
+
+async def test_a_failure_to_record_after_a_cancel_does_not_make_the_stopped_run_retry(
+        senv: Env, store: Store, held_after_commit: tuple[threading.Event, threading.Event, threading.Event]) -> None:
+    reached, release, asked = held_after_commit
+    path = senv.root / "evil.exe"
+    path.write_bytes(b"evil" * 1000)
+    handle = senv.engine().start(workflow("quarantine_file", {"file_path": str(path)}, max_retries=3,
+                                          retry_delay=0.01))
+    assert await asyncio.to_thread(reached.wait, 30)
+    handle.cancel()
+    assert await asyncio.to_thread(asked.wait, 30)
+    store.close()  # the index cannot be written any more
+    release.set()
+    result = await handle.wait()
+    step = result.step_results["s"]
+    assert result.status is RunStatus.CANCELLED and step.status.value == "cancelled" and step.attempts == 1
+    [item] = vault_module.Vault(senv.vault).items()  # done: the vault has it, and a re-run will index it
+    assert item["original_path"] == str(path) and not path.exists()
