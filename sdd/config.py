@@ -89,8 +89,11 @@ class ActionsConfig:
     scanner: tuple[str, ...] = ("clamdscan",)
     updater: tuple[str, ...] = ("freshclam",)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    # Executable paths (resolved), never names: a process's name is its own choice (docs/security.md).
     protected_processes: tuple[str, ...] = (
-        "systemd", "init", "sshd", "dbus-daemon", "dbus-broker", "journald", "systemd-journald", "login",
+        "/usr/lib/systemd/systemd", "/usr/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-logind",
+        "/usr/lib/systemd/systemd-udevd", "/usr/sbin/sshd", "/usr/bin/dbus-daemon", "/usr/bin/dbus-broker",
+        "/usr/bin/dbus-broker-launch", "/usr/bin/login", "/usr/sbin/agetty", "/usr/sbin/cron", "/usr/sbin/clamd",
     )
     # Guards: destructive actions per window, and circuit breakers per integration.
     rate_limits: Mapping[str, RateLimit] = field(
@@ -276,7 +279,8 @@ def parse_config(raw: Mapping[str, Any], *, file: str = "<config>", user: bool =
         scanner=tuple(p.argv(act_raw, "actions.scanner", dflt.scanner)),
         updater=tuple(p.argv(act_raw, "actions.updater", dflt.updater)),
         smtp=smtp,
-        protected_processes=tuple(p.str_list(act_raw, "actions.protected_processes", dflt.protected_processes)),
+        protected_processes=tuple(str(x) for x in p.path_list(act_raw, "actions.protected_processes",
+                                                               dflt.protected_processes)),
         rate_limits=rate_limits,
         breaker_failures=p.positive_int(act_raw, "actions.breaker_failures", dflt.breaker_failures),
         breaker_reset=p.positive_number(act_raw, "actions.breaker_reset", dflt.breaker_reset),

@@ -150,12 +150,14 @@ class DaemonFacade:
         await self._audit(uid, "runs.cancel", run_id, None, run_id, "cancelled" if ok else "already finished", {})
         return ok
 
-    async def restore_quarantine(self, qid: str, on_conflict: str = "fail", uid: int | None = None) -> dict[str, Any]:
+    async def restore_quarantine(self, qid: str, on_conflict: str = "fail", uid: int | None = None, *,
+                                 force: bool = False) -> dict[str, Any]:
         spec = self.engine.registry.get("restore_file")
         if spec is None:
             raise DaemonError("restore_file action is not available")
-        result = await spec.handler(quarantine_id=qid, on_conflict=on_conflict, context={})
-        await self._audit(uid, "quarantine.restore", qid, None, None, "restored", {"on_conflict": on_conflict})
+        result = await spec.handler(quarantine_id=qid, on_conflict=on_conflict, force=force, context={})
+        await self._audit(uid, "quarantine.restore", qid, None, None, "restored",
+                          {"on_conflict": on_conflict, "force": force})
         return result if isinstance(result, dict) else {"result": result}
 
     async def reload(self, uid: int | None = None) -> dict[str, Any]:

@@ -234,11 +234,12 @@ def _size(n: Any) -> str:
 
 
 def cmd_quarantine_restore(ctx: Ctx) -> int:
-    result = ctx.call("quarantine.restore", id=ctx.args.quarantine_id, on_conflict=ctx.args.on_conflict)
+    extra = {"force": True} if ctx.args.force else {}
+    result = ctx.call("quarantine.restore", id=ctx.args.quarantine_id, on_conflict=ctx.args.on_conflict, **extra)
     if ctx.as_json:
         ctx.emit_json(result)
     else:
-        to = result.get("restored_to") or result.get("path") or result.get("original_path")
+        to = result.get("restored_path") or result.get("restored_to") or result.get("original_path")
         ctx.print(f"Restored {safe(ctx.args.quarantine_id)}" + (f" to {safe(to)}" if to else "") + ".")
     return 0
 

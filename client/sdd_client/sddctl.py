@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("quarantine_id", metavar="ID")
     p.add_argument("--on-conflict", choices=("fail", "rename", "overwrite"), default="fail",
                    help="when something exists at the original path (default: fail)")
+    p.add_argument("--force", action="store_true",
+                   help="restore even into a directory re-created or re-owned since the quarantine (root only)")
     add("reload", "re-read the workflows (like systemctl reload)")
     p = add("watch", "follow live events until Ctrl-C")
     p.add_argument("--event", dest="events", action="append", metavar="NAME",

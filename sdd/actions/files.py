@@ -17,8 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import runinfo
+from .abortable import Abort, record, run_abortable
 from .errors import ActionError, Forbidden, InvalidParams, NotFound
 from .params import Params, under_roots
+from .restoring import ON_CONFLICT, restore
 from .safepath import lstat_at, open_parent, open_regular, unlink_same
 from .services import ActionServices
 from .vault import QID_RE, Vault
@@ -36,9 +38,10 @@ def _checked_path(p: Params, services: ActionServices, name: str = "file_path") 
 
 
 def _result(meta: dict[str, Any], already: bool) -> dict[str, Any]:
+    # dev/ino: the file as the kernel knows it, which kill_process matches once the name is gone.
     return {"quarantine_id": meta["quarantine_id"], "sha256": meta["sha256"],
             "original_path": meta["original_path"], "size": meta["size"],
-            "already_quarantined": already}
+            "dev": meta.get("dev"), "ino": meta.get("ino"), "already_quarantined": already}
 
 
 async def _index(services: ActionServices, meta: dict[str, Any]) -> None:
@@ -72,20 +75,33 @@ async def quarantine_file(services: ActionServices, *, context: dict[str, Any] |
     vault = Vault(services.vault_dir)
     run_id, _, _ = runinfo.ids()
     async with services.lock(path):
-        hints = await asyncio.to_thread(_hints, services, path)
-        meta, already = await asyncio.to_thread(
-            functools.partial(vault.quarantine, path, detection_id=detection_id, threat_name=threat,
-                              run_id=run_id, hints=hints,
-                              before_act=lambda: services.guards.acquire("quarantine_file")))
-    await _index(services, meta)
-    if not already:
-        await services.audit("quarantine_file", path, "quarantined",
-                             {"quarantine_id": meta["quarantine_id"], "sha256": meta["sha256"]},
-                             detection_id, run_id)
+        hints = await asyncio.to_thread(index_hints, services, path)
+        # Cancelled before its commit point, the copy stops and leaves nothing; after it, the quarantine
+        # completes and is recorded here all the same (the engine then carries the cancellation on).
+        done = await run_abortable(functools.partial(
+            _quarantine, vault, path, detection_id=detection_id, threat_name=threat, run_id=run_id, hints=hints,
+            before_act=lambda: services.guards.acquire("quarantine_file")))
+    meta, already = done.value
+    await record(_record_quarantine(services, meta, already, path, detection_id, run_id, done.cancelled),
+                 done.cancelled)
     return _result(meta, already)
 
 
-def _hints(services: ActionServices, path: str) -> tuple[str, ...]:
+def _quarantine(vault: Vault, path: str, abort: Abort, **kw: Any) -> tuple[dict[str, Any], bool]:
+    return vault.quarantine(path, abort=abort, **kw)
+
+
+async def _record_quarantine(services: ActionServices, meta: dict[str, Any], already: bool, path: str,
+                             detection_id: str | None, run_id: str | None, cancelled: bool) -> None:
+    await _index(services, meta)
+    if not already:
+        details: dict[str, Any] = {"quarantine_id": meta["quarantine_id"], "sha256": meta["sha256"]}
+        if cancelled:
+            details["completed_while_cancelled"] = True
+        await services.audit("quarantine_file", path, "quarantined", details, detection_id, run_id)
+
+
+def index_hints(services: ActionServices, path: str) -> tuple[str, ...]:
     """Ids the database knows for `path`, newest first (a hint: the vault has the final word)."""
     if services.store is None:
         return ()
@@ -98,9 +114,10 @@ def _hints(services: ActionServices, path: str) -> tuple[str, ...]:
 
 async def restore_file(services: ActionServices, *, context: dict[str, Any] | None = None,
                        **params: Any) -> dict[str, Any]:
-    p = Params("restore_file", params, {"quarantine_id", "file_path", "on_conflict", "quarantine_dir",
+    p = Params("restore_file", params, {"quarantine_id", "file_path", "on_conflict", "force", "quarantine_dir",
                                         "detection_id", "threat_name"})
-    on_conflict = p.string("on_conflict", default="fail", choices=("fail", "rename")) or "fail"
+    on_conflict = p.string("on_conflict", default="fail", choices=ON_CONFLICT) or "fail"
+    force = p.boolean("force")
     qid = p.string("quarantine_id", max_len=64)
     info = runinfo.step()
     if qid is None and info is not None and info.phase == "rollback" and isinstance(info.step_result, dict):
@@ -116,7 +133,7 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
             raise Forbidden(f"restore_file: {meta['original_path']} is outside the allowed roots")
     elif p.present("file_path"):
         path = _checked_path(p, services)
-        hints = await asyncio.to_thread(_hints, services, path)
+        hints = await asyncio.to_thread(index_hints, services, path)
         found = (await asyncio.to_thread(vault.find, path, "quarantined", hints)
                  or await asyncio.to_thread(vault.find, path, None, hints))
         if found is None:
@@ -129,18 +146,41 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
         return {"dry_run": True, "would": f"restore {qid} to {meta['original_path']}",
                 "quarantine_id": qid, "original_path": meta["original_path"]}
     async with services.lock(meta["original_path"]):
-        meta, already = await asyncio.to_thread(vault.restore, qid, on_conflict=on_conflict)
+        done = await run_abortable(functools.partial(_restore, vault, qid, on_conflict=on_conflict, force=force))
+    meta, already = done.value
+    await record(_record_restore(services, qid, meta, already, on_conflict, done.cancelled), done.cancelled)
+    out = {"quarantine_id": qid, "restored_path": meta["restored_path"], "original_path": meta["original_path"],
+           "sha256": meta["sha256"], "size": meta["size"], "already_restored": already}
+    if not already:
+        out["replaced"] = meta.get("replaced")
+        if meta.get("forced_directory"):
+            out["forced_directory"] = meta["forced_directory"]
+    return out
+
+
+def _restore(vault: Vault, qid: str, abort: Abort, **kw: Any) -> tuple[dict[str, Any], bool]:
+    return restore(vault, qid, abort=abort, **kw)
+
+
+async def _record_restore(services: ActionServices, qid: str, meta: dict[str, Any], already: bool,
+                          on_conflict: str, cancelled: bool) -> None:
     if services.store is not None:
         try:
             await services.store.mark_restored(qid, meta.get("restored_at"), meta.get("restored_path"))
         except Exception as exc:
             raise ActionError(f"restored {qid} but could not mark it in the database: {exc}") from exc
+    if already:
+        return
     run_id, _, _ = runinfo.ids()
-    if not already:
-        await services.audit("restore_file", meta["restored_path"], "restored",
-                             {"quarantine_id": qid, "sha256": meta["sha256"]}, meta.get("detection_id"), run_id)
-    return {"quarantine_id": qid, "restored_path": meta["restored_path"], "original_path": meta["original_path"],
-            "sha256": meta["sha256"], "size": meta["size"], "already_restored": already}
+    details: dict[str, Any] = {"quarantine_id": qid, "sha256": meta["sha256"], "on_conflict": on_conflict}
+    if meta.get("replaced") is not None:
+        details["replaced"] = meta["replaced"]
+    if meta.get("forced_directory"):
+        details["forced_directory"] = meta["forced_directory"]
+    if cancelled:
+        details["completed_while_cancelled"] = True
+    await services.audit("restore_file", meta["restored_path"], "restored", details, meta.get("detection_id"),
+                         run_id)
 
 
 async def delete_file(services: ActionServices, *, context: dict[str, Any] | None = None,
@@ -150,16 +190,20 @@ async def delete_file(services: ActionServices, *, context: dict[str, Any] | Non
     if runinfo.dry_run():
         return {"dry_run": True, "would": f"delete {path}", "irreversible": True, "file_path": path}
     async with services.lock(path):
-        result = await asyncio.to_thread(_delete, path, lambda: services.guards.acquire("delete_file"))
+        done = await run_abortable(functools.partial(_delete, path, lambda: services.guards.acquire("delete_file")))
+    result = done.value
     if result["deleted"]:
         run_id, _, _ = runinfo.ids()
         det = runinfo.detection(context)
-        await services.audit("delete_file", path, "deleted", {"sha256": result["sha256"]},
-                             runinfo.text(det.get("id"), 256), run_id)
+        details: dict[str, Any] = {"sha256": result["sha256"]}
+        if done.cancelled:
+            details["completed_while_cancelled"] = True
+        await record(services.audit("delete_file", path, "deleted", details, runinfo.text(det.get("id"), 256),
+                                    run_id), done.cancelled)
     return result
 
 
-def _delete(path: str, before_act: Callable[[], None]) -> dict[str, Any]:
+def _delete(path: str, before_act: Callable[[], None], abort: Abort) -> dict[str, Any]:
     what = "delete_file"
     with open_parent(path, what=what) as parent:
         if lstat_at(parent) is None:
@@ -170,7 +214,9 @@ def _delete(path: str, before_act: Callable[[], None]) -> dict[str, Any]:
             before_act()  # the rate limit, once the file is known to be deletable
             digest = hashlib.sha256()
             while chunk := os.read(fd, 1 << 20):
+                abort.check()
                 digest.update(chunk)
+            abort.commit()
             unlink_same(parent, fst, what)
         finally:
             os.close(fd)

@@ -9,8 +9,10 @@ somewhere else. The caller gets the parent directory as a file descriptor and ac
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from typing import Self
 
@@ -140,3 +142,37 @@ def unlink_same(parent: Parent, expected: os.stat_result, what: str) -> None:
     except PermissionError:
         raise Forbidden(f"{what}: permission denied removing {parent.path}") from None
     os.fsync(parent.fd)
+
+
+def not_root_owned(path: str) -> str | None:
+    """Why `path` (absolute, already resolved) is not root's alone: a component that is a symlink, not owned
+    by root, or writable by group or others. None when every component from `/` is root's."""
+    walked = "/"
+    parts = [p for p in path.split("/") if p]
+    for i in range(len(parts) + 1):
+        if i:
+            walked = "/" + "/".join(parts[:i])
+        try:
+            st = os.lstat(walked)
+        except OSError as exc:
+            return f"{walked}: {exc.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            return f"{walked} is a symbolic link"
+        if st.st_uid != 0:
+            return f"{walked} is owned by uid {st.st_uid}, not root"
+        if st.st_mode & 0o022:
+            return f"{walked} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+_FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long)
+
+
+def generation(fd: int) -> int | None:
+    """The inode's generation number (ext4, xfs, btrfs): a deleted inode's number can be given to a new file or
+    directory, its generation changes. None where the filesystem has none (tmpfs)."""
+    try:
+        raw = fcntl.ioctl(fd, _FS_IOC_GETVERSION, bytes(8))
+    except OSError:
+        return None
+    return int(struct.unpack_from("=I", raw)[0])

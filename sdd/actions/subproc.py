@@ -89,14 +89,14 @@ def _killpg(pid: int, sig: int) -> None:
 async def run_argv(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
                    stdin: bytes | None = None, cwd: str = "/", head_limit: int = 1 << 20,
                    tail_limit: int = 16 * 1024, on_stdout_line: Callable[[str], None] | None = None,
-                   what: str = "program") -> Completed:
+                   what: str = "program", pass_fds: Sequence[int] = ()) -> Completed:
     """Run `argv` to completion within `timeout` seconds; on timeout or cancellation the whole process
-    group gets SIGTERM, then SIGKILL after a short grace."""
+    group gets SIGTERM, then SIGKILL after a short grace. `pass_fds` are inherited under the same numbers."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True, pass_fds=tuple(pass_fds))
     except FileNotFoundError:
         raise NotFound(f"{what}: {argv[0]} not found") from None
     except PermissionError:

@@ -10,11 +10,18 @@ Crash safety of a quarantine: blob written, fsync'd and its SHA-256 re-checked f
 written → only then the original unlinked (relative to its pinned parent, after checking it is still the
 same inode). A re-run after a crash at any point ends in the same state with the same id, because the id
 is derived from the content hash and the original path.
+
+Cancellation safety: everything before the commit point (copying, verifying) checks an `Abort` between
+chunks and, when stopped, removes its scratch copy; the scratch copy of a path has one fixed name, so the
+vault never holds more than one per file. After the commit point (rename, metadata, unlink) the work is
+short and completes. The metadata also records what later actions must check: the file's inode (dev, ino),
+which `kill_process` matches against processes after the file has left, and its directory's inode and owner,
+which `restore_file` compares before it puts the file back.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
 import json
 import os
@@ -25,8 +32,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .errors import ActionError, Conflict, Forbidden, NotFound
-from .safepath import Parent, lstat_at, open_dir_nofollow, open_parent, open_regular, unlink_same
+from .abortable import Abort
+from .errors import ActionError, Forbidden, NotFound
+from .safepath import (
+    Parent,
+    generation,
+    lstat_at,
+    open_dir_nofollow,
+    open_parent,
+    open_regular,
+    unlink_same,
+)
 
 MAGIC = b"SDDQ\x01\x00\x00\x00"
 KEY_LEN = 32
@@ -34,7 +50,7 @@ HEADER_LEN = len(MAGIC) + KEY_LEN
 CHUNK = 1 << 20  # a multiple of KEY_LEN, so the keystream stays aligned across chunks
 QID_RE = re.compile(r"[0-9a-f]{32}")
 STALE_TMP_SECONDS = 3600.0
-_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def quarantine_id(sha256: str, original_path: str) -> str:
@@ -55,13 +71,13 @@ class _Xor:
         return (int.from_bytes(data, "little") ^ int.from_bytes(ks, "little")).to_bytes(n, "little")
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
-def _read_chunks(fd: int, offset: int = 0) -> Iterator[bytes]:
+def read_chunks(fd: int, offset: int = 0) -> Iterator[bytes]:
     while True:
         data = os.pread(fd, CHUNK, offset)
         if not data:
@@ -70,12 +86,12 @@ def _read_chunks(fd: int, offset: int = 0) -> Iterator[bytes]:
         yield data
 
 
-def _decoded(fd: int) -> Iterator[bytes]:
+def decoded(fd: int) -> Iterator[bytes]:
     header = os.pread(fd, HEADER_LEN, 0)
     if len(header) != HEADER_LEN or not header.startswith(MAGIC):
         raise ActionError("vault blob has no valid header; it is damaged", retryable=False)
     xor = _Xor(header[len(MAGIC):])
-    for chunk in _read_chunks(fd, HEADER_LEN):
+    for chunk in read_chunks(fd, HEADER_LEN):
         yield xor(chunk)
 
 
@@ -106,9 +122,9 @@ class Vault:
 
     def _write_json(self, vfd: int, name: str, data: dict[str, Any]) -> None:
         tmp = f".tmp-{secrets.token_hex(8)}.json"
-        fd = os.open(tmp, _NEW, 0o600, dir_fd=vfd)
+        fd = os.open(tmp, NEW_FILE, 0o600, dir_fd=vfd)
         try:
-            _write_all(fd, json.dumps(data, indent=1, sort_keys=True).encode())
+            write_all(fd, json.dumps(data, indent=1, sort_keys=True).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -161,18 +177,22 @@ class Vault:
             os.close(vfd)
 
     def find(self, original_path: str, state: str | None = "quarantined",
-             hints: tuple[str, ...] = ()) -> dict[str, Any] | None:
-        """The newest item from `original_path` (in `state`); `hints` are ids to try first (the database
-        index), so the whole vault is only read when the index does not know the answer."""
+             hints: tuple[str, ...] = (), run_id: str | None = None) -> dict[str, Any] | None:
+        """The newest item from `original_path` (in `state`, quarantined by `run_id` when given); `hints`
+        are ids to try first (the database index), so the whole vault is only read when the index does not
+        know the answer."""
+        def wanted(meta: dict[str, Any]) -> bool:
+            return (meta.get("original_path") == original_path and (state is None or meta.get("state") == state)
+                    and (run_id is None or meta.get("run_id") == run_id))
         for qid in hints:
             try:
                 meta = self.read_meta(qid)
             except (NotFound, ActionError, ValueError):
                 continue
-            if meta.get("original_path") == original_path and (state is None or meta.get("state") == state):
+            if wanted(meta):
                 return meta
         for meta in self.items():
-            if meta.get("original_path") == original_path and (state is None or meta.get("state") == state):
+            if wanted(meta):
                 return meta
         return None
 
@@ -189,12 +209,14 @@ class Vault:
     # -- quarantine ----------------------------------------------------------------------------------
     def quarantine(self, path: str, *, detection_id: str | None = None, threat_name: str | None = None,
                    run_id: str | None = None, hints: tuple[str, ...] = (),
-                   before_act: Callable[[], None] | None = None) -> tuple[dict[str, Any], bool]:
+                   before_act: Callable[[], None] | None = None,
+                   abort: Abort | None = None) -> tuple[dict[str, Any], bool]:
         """Move the regular file at `path` (already checked: absolute, normalised, inside the roots) into
         the vault. Returns (metadata, already): `already` when it had been quarantined by an earlier call.
         `before_act` (the rate limit) runs once the file is known to be quarantinable, before anything
-        changes, so refused paths do not use up the budget."""
+        changes, so refused paths do not use up the budget. `abort` stops it before its commit point."""
         what = "quarantine_file"
+        abort = abort or Abort()
         with open_parent(path, what=what) as parent:
             if lstat_at(parent) is None:
                 earlier = self.find(path, hints=hints)
@@ -205,7 +227,7 @@ class Vault:
             try:
                 if before_act is not None:
                     before_act()
-                return self._quarantine_fd(parent, fd, fst, detection_id, threat_name, run_id), False
+                return self._quarantine_fd(parent, fd, fst, detection_id, threat_name, run_id, abort), False
             finally:
                 os.close(fd)
 
@@ -221,37 +243,56 @@ class Vault:
                 except FileNotFoundError:
                     pass
 
+    @staticmethod
+    def scratch_name(original_path: str) -> str:
+        """The one scratch name a path's copy is written under: a retry, or the next attempt after a crash,
+        replaces the earlier scratch copy instead of adding a second one."""
+        digest = hashlib.sha256(original_path.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return f".tmp-q-{digest}.bin"
+
+    def _copy(self, vfd: int, tmp: str, parent: Parent, fd: int, fst: os.stat_result,
+              abort: Abort) -> tuple[str, int]:
+        """Write the neutralised copy under `tmp` and verify it from disk; returns (sha256, size)."""
+        what = "quarantine_file"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=vfd)  # a scratch copy left by a crash: ours (the caller holds the path's lock)
+        bfd = os.open(tmp, NEW_FILE, 0o600, dir_fd=vfd)
+        try:
+            key = secrets.token_bytes(KEY_LEN)
+            write_all(bfd, MAGIC + key)
+            xor, digest, size = _Xor(key), hashlib.sha256(), 0
+            for chunk in read_chunks(fd):
+                abort.check()
+                digest.update(chunk)
+                size += len(chunk)
+                write_all(bfd, xor(chunk))
+            abort.check()
+            os.fsync(bfd)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns) != (fst.st_size, fst.st_mtime_ns) or size != fst.st_size:
+                raise ActionError(f"{what}: {parent.path} changed while being copied; left in place")
+            sha = digest.hexdigest()
+            # Check what reached the disk, not what we meant to write, before the original goes.
+            check = hashlib.sha256()
+            for chunk in decoded(bfd):
+                abort.check()
+                check.update(chunk)
+            if check.hexdigest() != sha:
+                raise ActionError(f"{what}: the vault copy of {parent.path} does not verify; left in place")
+            return sha, size
+        finally:
+            os.close(bfd)
+
     def _quarantine_fd(self, parent: Parent, fd: int, fst: os.stat_result, detection_id: str | None,
-                       threat_name: str | None, run_id: str | None) -> dict[str, Any]:
+                       threat_name: str | None, run_id: str | None, abort: Abort) -> dict[str, Any]:
         what = "quarantine_file"
         vfd = self._open()
         self._sweep(vfd)
-        tmp = f".tmp-{secrets.token_hex(8)}.bin"
+        tmp = self.scratch_name(parent.path)
         try:
-            bfd = os.open(tmp, _NEW, 0o600, dir_fd=vfd)
-            try:
-                key = secrets.token_bytes(KEY_LEN)
-                _write_all(bfd, MAGIC + key)
-                xor, digest, size = _Xor(key), hashlib.sha256(), 0
-                for chunk in _read_chunks(fd):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    _write_all(bfd, xor(chunk))
-                os.fsync(bfd)
-                after = os.fstat(fd)
-                if (after.st_size, after.st_mtime_ns) != (fst.st_size, fst.st_mtime_ns) or size != fst.st_size:
-                    raise ActionError(f"{what}: {parent.path} changed while being copied; left in place")
-                sha = digest.hexdigest()
-                # Check what reached the disk, not what we meant to write, before the original goes.
-                check = hashlib.sha256()
-                for chunk in _decoded(bfd):
-                    check.update(chunk)
-                if check.hexdigest() != sha:
-                    raise ActionError(f"{what}: the vault copy of {parent.path} does not verify; left in place")
-            finally:
-                os.close(bfd)
+            sha, size = self._copy(vfd, tmp, parent, fd, fst, abort)
             qid = quarantine_id(sha, parent.path)
-            os.rename(tmp, f"{qid}.bin", src_dir_fd=vfd, dst_dir_fd=vfd)
+            pst = os.fstat(parent.fd)
             meta = {
                 "format": 1, "quarantine_id": qid, "sha256": sha, "size": size,
                 "original_path": parent.path, "uid": fst.st_uid, "gid": fst.st_gid,
@@ -259,137 +300,58 @@ class Vault:
                 "atime_ns": fst.st_atime_ns, "nlink": fst.st_nlink, "detection_id": detection_id,
                 "threat_name": threat_name, "run_id": run_id, "quarantined_at": time.time(),
                 "state": "quarantined", "blob": f"{qid}.bin",
+                # The file as the kernel knows it, for kill_process once the name is gone.
+                "dev": fst.st_dev, "ino": fst.st_ino,
+                # The directory it came from, which restore_file must find again.
+                "parent": {"dev": pst.st_dev, "ino": pst.st_ino, "uid": pst.st_uid, "gid": pst.st_gid,
+                           "generation": generation(parent.fd)},
             }
+            try:
+                previous: dict[str, Any] | None = self._read_meta(vfd, qid)
+            except (NotFound, ActionError, ValueError):
+                previous = None
+            abort.commit()  # the point of no return: from here on the quarantine completes or is undone
+            os.rename(tmp, f"{qid}.bin", src_dir_fd=vfd, dst_dir_fd=vfd)
             self._write_json(vfd, f"{qid}.json", meta)
-            unlink_same(parent, fst, what)
+            try:
+                unlink_same(parent, fst, what)
+            except BaseException:
+                self._undo(vfd, qid, previous)  # the original stays: so must nothing of it in the vault
+                raise
             return meta
         finally:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=vfd)
-            except FileNotFoundError:
-                pass
             os.close(vfd)
 
-    # -- restore -------------------------------------------------------------------------------------
-    def restore(self, qid: str, *, on_conflict: str = "fail") -> tuple[dict[str, Any], bool]:
-        """Recreate the item at its original path; never clobbers. Returns (metadata, already)."""
-        what = "restore_file"
-        meta = self.read_meta(qid)
-        path = meta["original_path"]
-        with open_parent(path, what=what) as parent:
-            target = parent.name
-            st = lstat_at(parent)
-            if st is not None and self._same_content(parent, parent.name, meta):
-                # Already there, byte-identical: a repeat, or a crash after the link but before the
-                # metadata said so. Either way the restore is done.
-                if meta.get("state") != "restored" or meta.get("restored_path") != path:
-                    meta = self.set_state(qid, state="restored", restored_at=time.time(), restored_path=path)
-                return meta, True
-            if meta.get("state") == "restored":
-                done = meta.get("restored_path") or path
-                if os.path.dirname(done) == os.path.dirname(path) and self._same_content(
-                        parent, os.path.basename(done), meta):
-                    return meta, True
-            if st is not None:
-                if on_conflict != "rename":
-                    raise Conflict(f"{what}: {path} already exists; not overwritten "
-                                   f"(use on_conflict: rename to restore beside it)")
-                target = self._free_name(parent, f"{parent.name}.restored-{qid[:8]}")
-            self._write_restored(parent, target, qid, meta)
-        restored_path = os.path.join(os.path.dirname(path), target)
-        meta = self.set_state(qid, state="restored", restored_at=time.time(), restored_path=restored_path)
-        return meta, False
+    def _undo(self, vfd: int, qid: str, previous: dict[str, Any] | None) -> None:
+        """Take back an item whose original could not be removed: put back the record it replaced (a file
+        quarantined, restored and quarantined again has one id), else remove blob and record."""
+        if previous is not None:
+            self._write_json(vfd, f"{qid}.json", previous)
+            return
+        for name in (f"{qid}.json", f"{qid}.bin"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=vfd)
+        os.fsync(vfd)
 
-    @staticmethod
-    def _same_content(parent: Parent, name: str, meta: dict[str, Any]) -> bool:
-        try:
-            if not stat.S_ISREG(os.stat(name, dir_fd=parent.fd, follow_symlinks=False).st_mode):
-                return False  # never open a FIFO or device just to compare it
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent.fd)
-        except OSError:
-            return False
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return False
-            digest = hashlib.sha256()
-            for chunk in _read_chunks(fd):
-                digest.update(chunk)
-            return digest.hexdigest() == meta["sha256"]
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _free_name(parent: Parent, base: str) -> str:
-        for n in range(1, 1000):
-            name = base if n == 1 else f"{base}-{n}"
-            try:
-                os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return name
-        raise Conflict(f"restore_file: no free name beside {parent.path}")
-
-    def _write_restored(self, parent: Parent, target: str, qid: str, meta: dict[str, Any]) -> None:
-        what = "restore_file"
-        tmp = f".sdd-restore-{qid[:16]}.tmp"
-        stale = lstat_at(Parent(parent.fd, tmp, ""))
-        if stale is not None:
-            if stat.S_ISREG(stale.st_mode) and stale.st_uid == os.geteuid() and stale.st_nlink == 1:
-                os.unlink(tmp, dir_fd=parent.fd)  # ours, left by a crash
-            else:
-                tmp = f".sdd-restore-{secrets.token_hex(8)}.tmp"
+    # -- restore (restoring.py) ----------------------------------------------------------------------
+    def open_blob(self, qid: str, meta: dict[str, Any]) -> int:
+        """The item's blob, opened read-only (the caller closes it)."""
         vfd = self._open()
         try:
             try:
-                bfd = os.open(meta["blob"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=vfd)
+                return os.open(meta["blob"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=vfd)
             except FileNotFoundError:
-                raise NotFound(f"{what}: the vault blob of {qid} is missing") from None
+                raise NotFound(f"restore_file: the vault blob of {qid} is missing") from None
         finally:
             os.close(vfd)
-        placed = False
-        try:
-            tfd = os.open(tmp, _NEW, 0o600, dir_fd=parent.fd)
-            try:
-                for chunk in _decoded(bfd):
-                    _write_all(tfd, chunk)
-                os.fsync(tfd)
-                check = hashlib.sha256()
-                for chunk in _read_chunks(tfd):
-                    check.update(chunk)
-                if check.hexdigest() != meta["sha256"]:
-                    raise ActionError(f"{what}: restored bytes of {qid} do not match SHA-256 {meta['sha256']}",
-                                      retryable=False)
-                try:
-                    os.fchown(tfd, meta["uid"], meta["gid"])
-                except PermissionError as exc:
-                    if os.geteuid() == 0:
-                        raise Forbidden(f"{what}: the system refused to give {qid} its owner "
-                                        f"{meta['uid']}:{meta['gid']} ({exc.strerror}); it stays in the vault"
-                                        ) from None
-                try:
-                    os.fchmod(tfd, meta["mode"])  # after chown, which would clear set-id bits
-                except PermissionError as exc:
-                    # The hardened unit forbids creating set-uid/set-gid files (RestrictSUIDSGID=yes).
-                    raise Forbidden(f"{what}: the system refused mode {meta['mode']:04o} for {qid} "
-                                    f"({exc.strerror}); set-uid/set-gid files cannot be restored by the "
-                                    f"hardened service, so it stays in the vault") from None
-                os.utime(tfd, ns=(meta.get("atime_ns", meta["mtime_ns"]), meta["mtime_ns"]))
-                os.fsync(tfd)
-            finally:
-                os.close(tfd)
-            try:
-                # link() never replaces an existing name: the no-clobber guarantee, atomically.
-                os.link(tmp, target, src_dir_fd=parent.fd, dst_dir_fd=parent.fd, follow_symlinks=False)
-            except FileExistsError:
-                raise Conflict(f"{what}: {os.path.join(os.path.dirname(parent.path), target)} appeared "
-                               f"while restoring; not overwritten") from None
-            placed = True
-            os.unlink(tmp, dir_fd=parent.fd)
-            os.fsync(parent.fd)
-        finally:
-            os.close(bfd)
-            if not placed:
-                try:
-                    os.unlink(tmp, dir_fd=parent.fd)
-                except OSError as exc:
-                    if exc.errno != errno.ENOENT:
-                        raise
+
+
+def sha256_fd(fd: int, abort: Abort | None = None) -> str:
+    digest = hashlib.sha256()
+    for chunk in read_chunks(fd):
+        if abort is not None:
+            abort.check()
+        digest.update(chunk)
+    return digest.hexdigest()

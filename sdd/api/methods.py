@@ -275,10 +275,14 @@ async def detections_submit(call: Call, p: Params) -> Any:
 async def quarantine_restore(call: Call, p: Params) -> Any:
     qid = p.required_string("id", aliases=("quarantine_id",))
     on_conflict = p.string("on_conflict", default="fail", choices=ON_CONFLICT) or "fail"
+    force = p.boolean("force")
     p.done()
+    if force and call.peer.uid != 0:
+        # Restoring into a directory that is no longer the one the file left is root's decision alone.
+        raise Forbidden("quarantine.restore: params.force: only root may force a restore")
     if call.daemon.store.get_quarantine(qid) is None:
         raise NotFound(f"quarantine.restore: no quarantine entry {qid!r}")
-    return await call.daemon.restore_quarantine(qid, on_conflict, call.peer.uid)
+    return await call.daemon.restore_quarantine(qid, on_conflict, call.peer.uid, force=force)
 
 
 @method("reload")

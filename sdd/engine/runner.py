@@ -321,6 +321,11 @@ class Run:
         if listeners:
             await self.emit(StepFinished(self.run_id, path, _COMPLETED, attempt, started, finished, result, None,
                                          "run"))
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The handler finished an act it could not abandon (past its commit point) although the run was
+            # cancelled meanwhile; its result is recorded above, and the cancellation goes on from here.
+            raise asyncio.CancelledError
 
     # -- composite steps
     async def run_composite(self, step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:

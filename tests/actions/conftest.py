@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ import pytest
 from sdd.actions import ActionServices, builtin_actions
 from sdd.config import ActionsConfig
 from sdd.engine import Workflow, WorkflowEngine
+
+from .procs import procs  # noqa: F401  (fixture)
 
 
 def snapshot(path: Path) -> dict[str, tuple[int, int, bytes | str]]:
@@ -73,3 +78,14 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
     return Env(tmp_path)
+
+
+@pytest.fixture
+def area() -> Iterator[Path]:
+    """An allowed root other users can reach (pytest's tmp_path is root's alone)."""
+    base = Path(tempfile.mkdtemp(prefix="sdd-act-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sdd.actions import RateLimited, Vault
+from sdd.actions import RateLimited, Vault, restoring
 from sdd.actions.safepath import open_parent, open_regular, unlink_same
 from sdd.config import RateLimit
 from sdd.engine import Conflict, Forbidden, InvalidParams, NotFound
@@ -114,7 +114,8 @@ async def test_restore_is_idempotent(env: Env) -> None:
 @pytest.mark.parametrize("params, error", [
     ({"quarantine_id": "../../etc/passwd"}, InvalidParams), ({"quarantine_id": "0" * 32}, NotFound),
     ({"quarantine_id": 5}, InvalidParams), ({}, InvalidParams), ({"file_path": "x"}, InvalidParams),
-    ({"quarantine_id": "0" * 32, "on_conflict": "overwrite"}, InvalidParams)])
+    ({"quarantine_id": "0" * 32, "on_conflict": "clobber"}, InvalidParams),
+    ({"quarantine_id": "0" * 32, "force": "yes"}, InvalidParams)])
 async def test_restore_refuses_bad_parameters(env: Env, params: dict, error: type) -> None:
     before = snapshot(env.tmp)
     with pytest.raises(error):
@@ -301,14 +302,14 @@ async def test_symlink_swapped_in_mid_restore_does_not_redirect_it(env: Env,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = make(env, "d/evil.exe")
     qid = (await env.call("quarantine_file", file_path=str(path)))["quarantine_id"]
-    real_write = Vault._write_restored
+    real_write = restoring.write_restored
 
-    def swap_then_write(self, parent, target, qid_, meta):  # type: ignore[no-untyped-def]
+    def swap_then_write(vault, parent, target, qid_, meta, *rest):  # type: ignore[no-untyped-def]
         os.rename(env.root / "d", env.root / "d-moved")
         os.symlink(env.outside, env.root / "d")
-        return real_write(self, parent, target, qid_, meta)
+        return real_write(vault, parent, target, qid_, meta, *rest)
 
-    monkeypatch.setattr(Vault, "_write_restored", swap_then_write)
+    monkeypatch.setattr(restoring, "write_restored", swap_then_write)
     await env.call("restore_file", quarantine_id=qid)
     assert os.listdir(env.outside) == []
     assert (env.root / "d-moved" / "evil.exe").read_bytes() == CONTENT

@@ -22,7 +22,7 @@ from .conftest import Env, snapshot
 
 KEYS = {
     "quarantine_file": ["file_path", "quarantine_dir", "threat_name", "detection_id"],
-    "restore_file": ["quarantine_id", "file_path", "on_conflict"],
+    "restore_file": ["quarantine_id", "file_path", "on_conflict", "force"],
     "delete_file": ["file_path"],
     "send_notification": ["message", "title", "urgency", "recipient"],
     "run_scan": ["path", "scan_type", "timeout"],
@@ -33,7 +33,8 @@ KEYS = {
     "add_exclusion": ["sha256", "path", "reason"],
     "remove_exclusion": ["sha256", "path"],
     "log_false_positive": ["detection_id", "file_path", "sha256", "reason"],
-    "kill_process": ["process_id", "process_start_time", "include_children", "timeout"],
+    "kill_process": ["process_id", "process_start_time", "include_children", "timeout", "file_path",
+                     "quarantine_id", "trust_process_id"],
 }
 
 leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
@@ -21,13 +22,14 @@ import asyncio, json, sys
 from pathlib import Path
 from sdd.actions import ActionServices, builtin_actions
 from sdd.config import ActionsConfig
-root, state, target, pid = sys.argv[1:5]
+root, state, target, pid, started = sys.argv[1:6]
 services = ActionServices(ActionsConfig(allowed_roots=(Path(root),), user_mode=True), Path(state))
 actions = {s.name: s.handler for s in builtin_actions(services)}
 async def main():
     out = {}
     for name, params in (("quarantine_file", {"file_path": target}), ("delete_file", {"file_path": target}),
-                         ("kill_process", {"process_id": int(pid)})):
+                         ("kill_process", {"process_id": int(pid), "trust_process_id": True,
+                                           "process_start_time": float(started)})):
         try:
             out[name] = {"ok": await actions[name](**params, context={})}
         except Exception as exc:
@@ -61,7 +63,8 @@ def test_unprivileged_user_gets_forbidden_and_nothing_changes(area: Path) -> Non
     try:
         result = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", SCRIPT,
-             str(root), str(state), str(target), str(victim.pid)],
+             str(root), str(state), str(target), str(victim.pid),
+             repr(psutil.Process(victim.pid).create_time())],
             check=False, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         out = json.loads(result.stdout)

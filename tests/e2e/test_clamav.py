@@ -33,7 +33,7 @@ from aiosmtpd.controller import Controller
 
 from sdd.bus import INTERFACE
 from tests.packaging.units import tmpfiles_entries
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, to_toml
 from tests.support.dbus import MonitorReader, private_bus  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,15 +94,20 @@ def workdir() -> Iterator[Path]:
 class Clamd:
     """clamd in the foreground, our child; stopped by `stop()`."""
 
-    def __init__(self, workdir: Path, signature_of: Path, spool: Path, user: str | None = None) -> None:
+    def __init__(self, workdir: Path, signature_of: Path, spool: Path, user: str | None = None,
+                 name: str | None = None) -> None:
         self.dir = workdir / "clamd"
         (self.dir / "db").mkdir(parents=True)
         (self.dir / "tmp").mkdir()
         self.socket = self.dir / "clamd.sock"
         self.conf = self.dir / "clamd.conf"
         self.log = self.dir / "clamd.log"
-        sig = subprocess.run([SIGTOOL, "--md5", str(signature_of)], capture_output=True, text=True,
-                             timeout=60, check=True).stdout
+        if name is None:
+            sig = subprocess.run([SIGTOOL, "--md5", str(signature_of)], capture_output=True, text=True,
+                                 timeout=60, check=True).stdout
+        else:  # sigtool's MD5:size:name, with a name of our choosing (sigtool would use a hostile file name)
+            data = signature_of.read_bytes()
+            sig = f"{hashlib.md5(data).hexdigest()}:{len(data)}:{name}\n"
         (self.dir / "db" / "test.hdb").write_text(sig)
         # Exactly what docs/operations.md tells an administrator to add, with the test's spool.
         self.conf.write_text("\n".join([
@@ -298,6 +303,50 @@ async def test_clamav_detection_is_contained_reported_and_restorable(
         assert restored
         assert victim.read_bytes() == MALWARE
         assert victim.stat().st_mtime == 1_700_000_000
+    finally:
+        clamd.stop()
+        daemon.close()
+
+
+SUSPICIOUS = REPO / "templates" / "suspicious_download.yaml"
+
+
+async def test_a_forged_file_name_cannot_make_a_scan_quarantine_another_file(workdir: Path, tmp_path: Path) -> None:
+    """suspicious_download through the daemon, scanning with clamd: the infected file is called
+    `x\n/…/victim/clean.txt: Eicar FOUND`; it is the one quarantined, and the victim's file stays."""
+    home = workdir / "home"
+    downloads = home / "mallory" / "Downloads"
+    victim = home / "victim" / "clean.txt"
+    victim.parent.mkdir(parents=True)
+    victim.write_text("the victim's own file")
+    attack = downloads / f"x\n{victim}: Eicar FOUND"
+    attack.parent.mkdir(parents=True)
+    attack.write_bytes(MALWARE)
+    daemon = DaemonProcess(tmp_path, workflows={"suspicious_download": SUSPICIOUS.read_text(encoding="utf-8")},
+                           config_overrides={"actions": {"allowed_roots": [str(home)]}})
+    clamd = Clamd(workdir, attack, Path(daemon.config["paths"]["spool"]), name="Sdd.Forged")
+    try:
+        clamd.start()
+        await clamd.wait_ready()
+        daemon.config["actions"]["scanner"] = [CLAMDSCAN, "-c", str(clamd.conf)]
+        daemon.config_file.write_text(to_toml(daemon.config), encoding="utf-8")
+        daemon.start()
+        daemon.drop({"type": "suspicious_download", "scan_path": str(downloads)})
+
+        async def finished_run() -> Any:
+            items = (await _sddctl(daemon, "history", "--workflow", "suspicious_download"))["items"]
+            done = [r for r in items if r["status"] not in ("pending", "running")]
+            return done[0] if done else None
+
+        run = await _until(finished_run, "the suspicious_download run", daemon, clamd)
+        assert run["status"] == "completed", (run, daemon.log())
+        steps = {s["step_id"]: s for s in (await _sddctl(daemon, "show", run["run_id"]))["steps"]}
+        scan = steps["scan"]["result"]
+        assert scan["findings"] == [{"file": str(attack), "signature": "Sdd.Forged.UNOFFICIAL"}]
+        assert scan["scanner"] == f"clamd:{clamd.socket}"
+        assert not os.path.lexists(attack) and victim.read_text() == "the victim's own file"
+        [item] = (await _sddctl(daemon, "quarantine", "list"))["items"]
+        assert item["original_path"] == str(attack)
     finally:
         clamd.stop()
         daemon.close()

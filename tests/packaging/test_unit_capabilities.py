@@ -49,7 +49,7 @@ steps:
     on_failure: continue
   - step_id: kill
     action: kill_process
-    params: {process_id: "{{ detection.process_id }}", timeout: 5}
+    params: {process_id: "{{ detection.process_id }}", trust_process_id: true, timeout: 5}
     on_failure: continue
     max_retries: 0
 """

@@ -80,7 +80,7 @@ steps:
     params: {file_path: "{{ detection.other_file }}"}
   - step_id: kill
     action: kill_process
-    params: {process_id: "{{ detection.process_id }}", timeout: 5}
+    params: {process_id: "{{ detection.process_id }}", trust_process_id: true, timeout: 5}
   - step_id: report
     action: generate_report
     params: {report_type: incident, format: both}

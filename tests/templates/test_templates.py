@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from email import message_from_bytes
@@ -89,6 +90,25 @@ def spawn(procs: list[subprocess.Popen], code: str = "import time; time.sleep(12
     return p
 
 
+def run_file(procs: list[subprocess.Popen], path: Path, *args: str) -> subprocess.Popen:
+    """`path` becomes an executable (a copy of sleep) and a process runs it; returns once the kernel shows it."""
+    shutil.copy(os.path.realpath(shutil.which("sleep") or "/bin/sleep"), path)
+    os.chmod(path, 0o755)
+    p = subprocess.Popen([str(path), *(args or ("300",))], stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    want = os.stat(path)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            st = os.stat(f"/proc/{p.pid}/exe")
+            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                return p
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{path} did not start"
+        time.sleep(0.01)  # poll interval of a deadline-bounded wait for the exec
+
+
 async def wait_dead(pid: int) -> bool:
     deadline = asyncio.get_running_loop().time() + 10
     while asyncio.get_running_loop().time() < deadline:
@@ -123,18 +143,19 @@ def test_every_template_loads_without_warnings_or_issues() -> None:
 async def test_critical_threat_response(rig: Rig, procs: list) -> None:
     victim = rig.root / "Downloads" / "invoice.exe"
     victim.parent.mkdir()
-    victim.write_bytes(b"evil payload")
-    p = spawn(procs)
+    runner = run_file(procs, victim)  # the process running the detected file
+    claimed = spawn(procs)            # the process the detection names: a claim, nothing links it to the file
     detection = {"id": "det-1", "type": "malware", "severity": "critical", "file_path": str(victim),
-                 "threat_name": "Win.Trojan.Agent", "process_id": p.pid,
-                 "process_start_time": psutil.Process(p.pid).create_time()}
+                 "threat_name": "Win.Trojan.Agent", "process_id": claimed.pid,
+                 "process_start_time": psutil.Process(claimed.pid).create_time()}
     result = await rig.run("critical_threat_response",
                            {"notify": "soc@localhost", "webhook_url": rig.webhook.url + "/siem"}, detection)
     assert result.status is RunStatus.COMPLETED, result.error
     assert not victim.exists()
     [item] = Vault(rig.vault).items()
     assert item["original_path"] == str(victim) and item["threat_name"] == "Win.Trojan.Agent"
-    assert p.wait(timeout=10) == -15
+    assert runner.wait(timeout=10) == -15 and claimed.poll() is None
+    assert result.step_results["kill"].result["terminated"] == [runner.pid]
     report = result.step_results["report"].result
     assert Path(report["html_path"]).exists() and report["quarantine_ids"] == [item["quarantine_id"]]
     assert rig.notes and rig.notes[0][2] == "critical" and item["quarantine_id"] in rig.notes[0][1]
@@ -223,14 +244,14 @@ async def test_false_positive_handling_by_path(rig: Rig) -> None:
 
 
 async def test_ransomware_containment(rig: Rig, procs: list) -> None:
-    code = ("import subprocess, sys, time; "
-            "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']) for _ in range(2)]; "
-            "print(' '.join(str(k.pid) for k in kids), flush=True); time.sleep(120)")
-    p = spawn(procs, code)
-    assert p.stdout is not None
-    kids = [int(x) for x in p.stdout.readline().split()]
     payload = rig.root / "crypt0r.exe"
     payload.write_bytes(b"ransomware")
+    code = (f"import subprocess, sys, time; f = open({str(payload)!r}, 'rb'); "
+            "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']) for _ in range(2)]; "
+            "print(' '.join(str(k.pid) for k in kids), flush=True); time.sleep(120)")
+    p = spawn(procs, code)  # holds the payload open, so it is the payload's process
+    assert p.stdout is not None
+    kids = [int(x) for x in p.stdout.readline().split()]
     notes = [rig.root / "docs" / f"README_{i}.txt" for i in range(5)]
     notes[0].parent.mkdir()
     for i, n in enumerate(notes):
@@ -300,9 +321,7 @@ async def test_low_severity_notify_touches_nothing(rig: Rig, procs: list) -> Non
 async def test_critical_threat_response_run_by_hand_with_context(rig: Rig, procs: list) -> None:
     # The original engine's way: the target in the workflow context, no detection.
     victim = rig.root / "malware.exe"
-    victim.write_bytes(b"evil")
-    p = spawn(procs)
-    result = await rig.run("critical_threat_response",
-                           {"file_path": str(victim), "process_id": str(p.pid), "notify": None})
+    p = run_file(procs, victim)
+    result = await rig.run("critical_threat_response", {"file_path": str(victim), "notify": None})
     assert result.status is RunStatus.COMPLETED, result.error
     assert not victim.exists() and p.wait(timeout=10) == -15
