@@ -24,6 +24,7 @@ from .dispatch import Dispatcher, WatchedStore
 from .engine import Workflow, WorkflowEngine
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from .facade import DaemonFacade, DaemonState
+from .fleet import Fleet
 from .hub import EventHub
 from .intake import Intake
 from .loading import freeze_long_lived, load_actions, load_workflows
@@ -67,6 +68,7 @@ class Daemon(DaemonFacade):
         self._status_last = ""
         self._status_timer: asyncio.TimerHandle | None = None
         self.dispatcher = Dispatcher(self)
+        self.fleet = Fleet(config, __version__)
         self.stats = {"received": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "no_match": 0,
                       "runs_started": 0, "runs_finished": 0}
 
@@ -95,6 +97,7 @@ class Daemon(DaemonFacade):
 
         raw_store = Store.open(cfg.database)
         self.store = WatchedStore(raw_store)
+        await self.fleet.attach(raw_store, self.spawn)  # before anything is recorded: all of it is exported
         self.services, actions, action_errors = load_actions(cfg, self.store, self._desktop_notification)
         self._action_specs = actions
         for err in action_errors:
@@ -135,6 +138,8 @@ class Daemon(DaemonFacade):
         await self._first_scan.wait()
         self.scheduler = Scheduler(self.dispatcher.launch_scheduled)
         self.scheduler.update(self.workflows)
+        await self.fleet.start(self.spawn, submit=self.submit_detection, paused=lambda: self.dispatcher.paused,
+                               publish=self.hub.publish)
         interval = watchdog_interval()
         if interval:
             self.spawn(self._watchdog_loop(interval), "watchdog")
@@ -155,6 +160,7 @@ class Daemon(DaemonFacade):
         self.publish_status()
         if self.scheduler is not None:
             self.scheduler.stop()
+        await self.fleet.stop_intake()
         if self.intake is not None:
             await asyncio.to_thread(self.intake.stop)
         # Batches the intake handed over before it stopped are committed, so their files can go.
@@ -174,6 +180,10 @@ class Daemon(DaemonFacade):
         log.info("stopped")
 
     async def _close_resources(self) -> None:
+        try:
+            await self.fleet.close()
+        except Exception as exc:  # noqa: BLE001 -- must not stop the shutdown
+            log.warning("fleet parts did not stop cleanly", extra=kv(error=exc))
         for name, component, method in (("API", self.api, "close"), ("D-Bus", self.bus, "stop")):
             if component is not None:
                 try:

@@ -162,8 +162,8 @@ class Dispatcher:
             return
         if not added.replayed:
             self.queued += 1
-        if did in self._ready_ids:
-            return
+        if did in self._ready_ids or did in self._in_progress:
+            return  # (a replay — a NATS message delivered again — of one on its way to its runs)
         if len(self._ready) < READY_WINDOW and not self._backlog:
             self._ready.append((did, detection))
             self._ready_ids.add(did)

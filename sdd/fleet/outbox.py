@@ -1,0 +1,279 @@
+"""Delivering the outbox: one drain per sink, reading undelivered events in order and moving the sink's cursor
+only once the sink has them (a JetStream ack, a written and fdatasync'd file).
+
+A drain never slows intake: the history's writes only append to the outbox table (store/outbox.py); the drain
+runs as its own task, wakes when the writer committed events (a wake-up coalesced across commits), and when its
+sink is down it backs off and retries, while the outbox grows up to its bound. Delivery is at least once from
+here; the NATS stream's duplicate window (`Nats-Msg-Id` = `metadata.uid`) and the file sink's check of its
+last line make it exactly once at the far end across crashes.
+
+Also here: the JSON-lines file sink (`[export] ocsf_file`), with size rotation (NAME → NAME.1 → … NAME.N).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from ..logging import kv
+
+log = logging.getLogger("sdd.fleet")
+
+Row = tuple[int, str, str, float]  # (seq, uid, event JSON, created_at) as the store hands them out
+
+
+class SinkError(Exception):
+    """The sink could not take a batch (nothing of it is counted delivered)."""
+
+
+class Sink(Protocol):
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def deliver(self, rows: Sequence[Row]) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class OutboxStore(Protocol):
+    def outbox_pending(self, sink: str, limit: int = 500) -> list[Row]: ...
+
+    def outbox_delivered(self, sink: str, seq: int) -> Awaitable[int]: ...
+
+
+class Drain:
+    """Moves one sink's events out of the outbox, in order, forever (until `stop()`)."""
+
+    def __init__(self, store: OutboxStore, sink: Sink, *, batch: int = 500, backoff_initial: float = 0.5,
+                 backoff_max: float = 15.0, on_delivered: Callable[[str, Sequence[Row]], None] | None = None) -> None:
+        self.store = store
+        self.sink = sink
+        self.batch = batch
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.on_delivered = on_delivered
+        self.state = "starting"
+        self.last_error = ""
+        self.delivered = 0
+        self.failures = 0
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_pending = threading.Event()  # coalesces wake-ups from the writer thread
+        self._stopping = False
+        self._open = False
+
+    def wake_threadsafe(self) -> None:
+        """From any thread (the store's writer, after a commit that added events)."""
+        loop = self._loop
+        if loop is None or self._wake_pending.is_set():
+            return
+        self._wake_pending.set()
+        try:
+            loop.call_soon_threadsafe(self._woken)
+        except RuntimeError:  # the loop is closed
+            pass
+
+    def _woken(self) -> None:
+        self._wake_pending.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        delay = self.backoff_initial
+        while not self._stopping:
+            try:
+                if not self._open:
+                    await self.sink.open()
+                    self._open = True
+                    self.state = "up"
+                    log.info("export sink connected", extra=kv(sink=self.sink.name, **self.sink.info()))
+                moved = await self.drain_once()
+                delay = self.backoff_initial
+                if not moved:
+                    await self._wake.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- a sink's failure is retried, never fatal
+                self.failures += 1
+                message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SinkError) else str(exc)
+                if self.state != "down" or message != self.last_error:
+                    log.warning("export sink unavailable; events wait in the outbox",
+                                extra=kv(sink=self.sink.name, error=message, retry_in=round(delay, 2)))
+                self.state, self.last_error = "down", message
+                if isinstance(exc, SinkError) and getattr(exc, "reopen", False):
+                    await self._close_sink()
+                await self._sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+
+    async def drain_once(self) -> int:
+        """Deliver what is pending now; the number of events moved (0 when there was nothing)."""
+        moved = 0
+        while not self._stopping:
+            self._wake.clear()  # before reading: a commit after this read wakes the next wait
+            rows = self.store.outbox_pending(self.sink.name, self.batch)
+            if not rows:
+                return moved
+            await self.sink.deliver(rows)
+            await self.store.outbox_delivered(self.sink.name, rows[-1][0])
+            if self.state != "up":
+                log.info("export sink delivering again", extra=kv(sink=self.sink.name))
+                self.state = "up"
+            self.delivered += len(rows)
+            moved += len(rows)
+            if self.on_delivered is not None:
+                self.on_delivered(self.sink.name, rows)
+        return moved
+
+    async def _sleep(self, delay: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopped_event(), delay)
+        except TimeoutError:
+            pass
+
+    async def _stopped_event(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+
+    async def flush(self, timeout: float) -> None:
+        """One last delivery of what is pending (at shutdown), bounded by `timeout`."""
+        if not self._open or self.state != "up":
+            return
+        try:
+            await asyncio.wait_for(self.drain_once(), timeout)
+        except Exception as exc:  # noqa: BLE001 -- what is left is delivered at the next start
+            log.info("export sink: events left for the next start", extra=kv(sink=self.sink.name, error=exc))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        await self._close_sink()
+
+    async def _close_sink(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                await self.sink.close()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("export sink close failed", extra=kv(sink=self.sink.name, error=exc))
+
+    def info(self) -> dict[str, Any]:
+        return {"state": self.state, "delivered": self.delivered, "failures": self.failures,
+                "last_error": self.last_error, **self.sink.info()}
+
+
+class FileSink:
+    """`[export] ocsf_file`: one OCSF event per line, appended; rotated by size (for Vector, Fluent Bit, Wazuh's
+    `localfile`). A batch counts as delivered once written and fdatasync'd. At start the last line's
+    `metadata.uid` is read back, so a batch written just before a crash is not written twice."""
+
+    name = "file"
+
+    def __init__(self, path: str, max_bytes: int, keep: int = 5) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._fd: int | None = None
+        self._size = 0
+        self._last_uid: str | None = None
+        self.rotations = 0
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, mode=0o750, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise SinkError(f"{self.path}: cannot open: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise SinkError(f"{self.path}: not a regular file")
+        self._fd, self._size = fd, st.st_size
+        self._last_uid = _last_uid(self.path, st.st_size)
+
+    async def deliver(self, rows: Sequence[Row]) -> None:
+        if self._last_uid is not None:
+            uids = [r[1] for r in rows]
+            if self._last_uid in uids:  # written before a crash, not yet counted delivered
+                rows = rows[uids.index(self._last_uid) + 1:]
+            self._last_uid = None
+        if rows:
+            await asyncio.to_thread(self._write, "".join(r[2] + "\n" for r in rows).encode("utf-8"))
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise SinkError(f"{self.path}: not open")
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise SinkError(f"{self.path}: write failed: {exc.strerror}") from None
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
+        for i in range(self.keep - 1, 0, -1):
+            try:
+                os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+            except FileNotFoundError:
+                pass
+        os.replace(self.path, f"{self.path}.1")
+        self.rotations += 1
+        self._open()
+
+    async def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def info(self) -> dict[str, Any]:
+        return {"path": self.path, "bytes": self._size, "rotations": self.rotations}
+
+
+def _last_uid(path: str, size: int) -> str | None:
+    """`metadata.uid` of the file's last complete line, if it is one of our events."""
+    if size == 0:
+        return None
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+    except OSError:
+        return None
+    lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+    try:
+        event = json.loads(lines[-1])
+        uid = event["metadata"]["uid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return uid if isinstance(uid, str) else None
+
+
+def lag_ms(rows: Sequence[Row], now: float | None = None) -> list[float]:
+    """How long each delivered event waited in the outbox (for the bench and the metrics)."""
+    t = time.time() if now is None else now
+    return [(t - r[3]) * 1000.0 for r in rows]
+
+
+__all__ = ["Drain", "FileSink", "Row", "Sink", "SinkError", "lag_ms"]
