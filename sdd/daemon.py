@@ -25,10 +25,11 @@ from .engine import Workflow, WorkflowEngine
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from .facade import DaemonFacade, DaemonState
 from .fleet import Fleet
+from .fleet.ocsf import guard_refusal
 from .hub import EventHub
 from .intake import Intake
 from .loading import freeze_long_lived, load_actions, load_workflows
-from .logging import kv
+from .logging import LogEvent, kv
 from .recovery import recover_runs
 from .scheduler import Scheduler
 from .sdnotify import Notifier, watchdog_interval
@@ -294,6 +295,8 @@ class Daemon(DaemonFacade):
 
     def _publish_engine_event(self, ev: EngineEvent) -> None:
         publish = self.hub.publish
+        if type(ev) is StepFinished and ev.status == "failed":
+            self._log_step_failed(ev)
         if isinstance(ev, (StepStarted, StepFinished)) and not self.hub.subscriber_count:
             return  # ten per run: not worth building for nobody
         if isinstance(ev, StepStarted):
@@ -309,6 +312,9 @@ class Daemon(DaemonFacade):
         elif isinstance(ev, RunFinished):
             # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
             self.stats["runs_finished"] += 1
+            log.info("run finished", extra=kv(event=LogEvent.RUN_FINISHED, run_id=ev.run_id, workflow=ev.workflow_id,
+                                              status=str(ev.status), seconds=round(ev.finished_at - ev.started_at, 3),
+                                              error=ev.error))
             publish(events.RUN_FINISHED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
                                           "status": str(ev.status), "seconds": max(0.0, ev.finished_at - ev.started_at),
                                           "error": ev.error})
@@ -316,6 +322,15 @@ class Daemon(DaemonFacade):
             if self._loop is not None:
                 self._loop.call_soon(self.dispatcher.wake.set)
             self.publish_status()
+
+    def _log_step_failed(self, ev: StepFinished) -> None:
+        fields = {"run_id": ev.run_id, "step": ev.step_id, "phase": ev.phase, "attempts": ev.attempts,
+                  "error": ev.error}
+        guard = guard_refusal(ev.error)
+        if guard:
+            log.warning("guard refused", extra=kv(event=LogEvent.GUARD_REFUSED, guard=guard, **fields))
+        else:
+            log.warning("step failed", extra=kv(event=LogEvent.STEP_FAILED, status="failed", **fields))
 
     def _desktop_notification(self, title: str, body: str, urgency: str) -> None:
         self.hub.publish(events.NOTIFICATION, {"title": title, "body": body, "urgency": urgency})

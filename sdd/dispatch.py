@@ -26,7 +26,7 @@ from . import hub as events
 from .engine import RunHandle, Workflow, new_run_id
 from .errors import NotAccepting
 from .intake import Claimed, Rejected
-from .logging import kv
+from .logging import LogEvent, kv
 from .matcher import Decision, DedupWindow, Exclusions, MatchResult, match
 from .store.writes import record_detection_op, record_detections_op, set_detection_state_op
 
@@ -158,6 +158,9 @@ class Dispatcher:
             self.d.hub.publish(events.DETECTION_RECEIVED, {
                 "detection_id": did, "type": detection.get("type"), "severity": _str(detection.get("severity")),
                 "file_path": _str(detection.get("file_path"))})
+            log.info("detection accepted", extra=kv(event=LogEvent.DETECTION_ACCEPTED, detection=did,
+                                                    type=detection.get("type"), severity=detection.get("severity"),
+                                                    file_path=detection.get("file_path")))
         if state != "queued":
             return
         if not added.replayed:

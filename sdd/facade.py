@@ -205,7 +205,7 @@ class DaemonFacade:
         self.config = replace(old, engine=new.engine, intake=new.intake, logging=new.logging)
         self.dispatcher.dedup.window = new.engine.dedup_window
         if new.logging != old.logging:
-            setup_logging(new.logging.level)
+            setup_logging(new.logging.level, new.logging.target)
         if self.intake is not None:
             self.intake.max_file_size = new.intake.max_file_size
             self.intake.rescan_interval = new.intake.rescan_interval
