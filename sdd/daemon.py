@@ -111,6 +111,7 @@ class Daemon(DaemonFacade):
         self.engine = WorkflowEngine(actions, listeners=[self._on_engine_event], workflows=self.workflows,
                                      max_depth=cfg.engine.max_subworkflow_depth)
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
+        self.fleet.observe(self.engine, self.dispatcher, self.spawn)
 
         report = await recover_runs(self.store, self.engine, self.recorder.prior_steps,
                                     before_start=self.dispatcher.expect_run)

@@ -105,7 +105,7 @@ class DaemonFacade:
         }
 
     async def submit_detection(self, data: Mapping[str, Any], uid: int | None = None, *,
-                               spool_name: str | None = None) -> dict[str, Any]:
+                               spool_name: str | None = None, source: str = "api") -> dict[str, Any]:
         """A detection from the API (or pushed over NATS) rather than the spool: same checks, same path.
         `spool_name` names where it came from, as a spool file's name does, so the same message delivered
         again is recognised as a replay (`AddedDetection.replayed`) and runs once."""
@@ -121,7 +121,7 @@ class DaemonFacade:
             added = await self.store.record_detection(detection, spool_name=spool_name)
         except ValueError as exc:
             raise InvalidRequest(f"detection: {exc}") from None
-        self.dispatcher.accepted(added, detection)
+        self.dispatcher.accepted(added, detection, source)
         await self._audit(uid, "detections.submit", detection.get("file_path"), str(added.detection_id), None,
                           "accepted", {"type": detection.get("type")})
         self.dispatcher.update_pause()

@@ -50,7 +50,8 @@ class NatsIntake:
         self.last_error = ""
         self._stopping = False
         self._sub: Any = None
-        self.on_outcome: Callable[[str], None] | None = None  # (outcome) for the metrics
+        self.on_rejected: Callable[[], None] | None = None  # for the metrics (accepted ones are counted by the
+        # dispatcher, where every source is)
 
     async def run(self) -> None:
         delay = 0.5
@@ -113,7 +114,7 @@ class NatsIntake:
             if len(data) > self.max_size:
                 raise SpoolRejection(f"message larger than {self.max_size} bytes")
             detection = parse_detection(data)
-            result = await self.submit(detection, None, spool_name=name)
+            result = await self.submit(detection, None, spool_name=name, source="nats")
         except (SpoolRejection, InvalidRequest) as exc:
             await self._reject(msg, name, str(exc))
             return "rejected"
@@ -128,8 +129,6 @@ class NatsIntake:
         await msg.ack()
         outcome = "duplicate" if result.get("duplicate_of") else "accepted"
         self.counts[outcome] += 1
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
         return outcome
 
     async def _reject(self, msg: Any, name: str, reason: str) -> None:
@@ -140,8 +139,8 @@ class NatsIntake:
             log.error("nats intake: cannot record a rejection", extra=kv(name=name, error=exc))
         self.publish(events.DETECTION_REJECTED, {"name": name, "reason": reason})
         self.counts["rejected"] += 1
-        if self.on_outcome is not None:
-            self.on_outcome("rejected")
+        if self.on_rejected is not None:
+            self.on_rejected()
         await msg.term()  # never redelivered
 
     async def stop(self) -> None:

@@ -67,7 +67,34 @@ class Fleet:
         for drain in self.drains:
             drain.wake_threadsafe()
 
-    # --- intake and metrics ------------------------------------------------------------------------------------
+    # --- metrics ----------------------------------------------------------------------------------------------
+    def observe(self, engine: Any, dispatcher: Any, spawn: Spawn) -> None:
+        """Once the engine exists and before any run: the metrics count from here (seeded from runs.stats)."""
+        mc = self.config.metrics
+        if not (mc.listen or mc.textfile):
+            return
+        from .metrics import Metrics
+
+        def gauges() -> dict[str, Any]:
+            status = self.status()
+            return {"active_runs": len(engine.active_runs), "queued_detections": dispatcher.queued,
+                    "outbox": {name: s["depth"] for name, s in status["sinks"].items()},
+                    "dropped": status["dropped"]}
+        try:
+            metrics = Metrics(mc, version=self.version, spool_new=str(self.config.paths.spool / "new"),
+                              store=self._store, gauges=gauges)
+            metrics.seed_runs()
+            metrics.start()
+        except Exception as exc:  # noqa: BLE001 -- the daemon runs without metrics rather than not at all
+            log.error("metrics not available", extra=kv(error=exc, listen=mc.listen))
+            return
+        self.metrics = metrics
+        engine.add_listener(metrics.on_engine_event)
+        dispatcher.on_detection = metrics.detection
+        if mc.textfile:
+            spawn(metrics.textfile_loop(), "metrics-textfile")
+
+    # --- intake ------------------------------------------------------------------------------------------------
     async def start(self, spawn: Spawn, *, submit: Callable[..., Awaitable[Any]], paused: Callable[[], bool],
                     publish: Callable[[str, dict[str, Any]], None]) -> None:
         """Once the daemon dispatches: the pushed-detection intake."""
@@ -80,6 +107,9 @@ class Fleet:
                                      credentials=nats_in.credentials, client_name=f"sdd intake {self.host}",
                                      submit=submit, paused=paused, publish=publish, store=self._store,
                                      max_size=self.config.intake.max_file_size)
+            metrics = self.metrics
+            if metrics is not None:
+                self.intake.on_rejected = lambda: metrics.detection("nats", "rejected")
             spawn(self.intake.run(), "intake-nats")
 
     async def stop_intake(self) -> None:

@@ -4,6 +4,8 @@ exactly once across sdd crashes and NATS restarts; an unreachable NATS never slo
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -113,6 +115,10 @@ def test_nats_down_never_slows_intake_and_events_wait_until_it_returns(tmp_path:
         assert time.monotonic() - t0 < 20  # runs went on without the sink
         status = export_status(d)["sinks"]["nats"]
         assert status["depth"] == 20 and status["state"] in ("down", "starting")
+        d.wait_for(lambda: export_status(d)["sinks"]["nats"]["state"] == "down", 30)
+        shown = subprocess.run([str(Path(sys.executable).parent / "sddctl"), "--socket", str(d.socket), "status"],
+                               capture_output=True, text=True, check=True, timeout=30).stdout
+        assert "Export" in shown and "nats 20 waiting (down: " in shown
         with server:
             add_stream(server.url, "SDD", ["sdd.events.>"])
             wait_delivered(d)
