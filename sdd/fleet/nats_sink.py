@@ -58,8 +58,8 @@ class NatsSink:
             try:
                 await asyncio.wait_for(self.link.connected.wait(), self.ack_timeout)
             except TimeoutError:
-                raise SinkError(f"NATS {self.link.url} unreachable: {self.link.last_error or 'disconnected'}") \
-                    from None
+                raise SinkError(f"NATS {self.link.url} unreachable: {self.link.last_error or 'disconnected'}",
+                                until=self.link.connected) from None
         js, subject, stream = self._js, self.subject, self.stream
         futures = []
         try:

@@ -30,7 +30,12 @@ Row = tuple[int, str, str, float]  # (seq, uid, event JSON, created_at) as the s
 
 
 class SinkError(Exception):
-    """The sink could not take a batch (nothing of it is counted delivered)."""
+    """The sink could not take a batch (nothing of it is counted delivered). `until`: an event set when the
+    sink is worth trying again (a connection back up), so the retry does not wait out its back-off."""
+
+    def __init__(self, message: str, *, until: asyncio.Event | None = None) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 class Sink(Protocol):
@@ -110,10 +115,13 @@ class Drain:
                     log.warning("export sink unavailable; events wait in the outbox",
                                 extra=kv(sink=self.sink.name, error=message, retry_in=round(delay, 2)))
                 self.state, self.last_error = "down", message
-                if isinstance(exc, SinkError) and getattr(exc, "reopen", False):
-                    await self._close_sink()
-                await self._sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
+                until = exc.until if isinstance(exc, SinkError) else None
+                if until is not None:  # down until something says otherwise: retry as soon as it does
+                    await self._sleep_until(until, self.backoff_max)
+                    delay = self.backoff_initial
+                else:
+                    await self._sleep(delay)
+                    delay = min(delay * 2, self.backoff_max)
 
     async def drain_once(self) -> int:
         """Deliver what is pending now; the number of events moved (0 when there was nothing)."""
@@ -139,6 +147,14 @@ class Drain:
             await asyncio.wait_for(self._stopped_event(), delay)
         except TimeoutError:
             pass
+
+    async def _sleep_until(self, event: asyncio.Event, timeout: float) -> None:
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopped_event())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _stopped_event(self) -> None:
         while not self._stopping:
