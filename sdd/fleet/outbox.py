@@ -51,19 +51,24 @@ class Sink(Protocol):
 
 
 class OutboxStore(Protocol):
-    def outbox_pending(self, sink: str, limit: int = 500) -> list[Row]: ...
+    def outbox_pending(self, sink: str, limit: int = 500, after: int = 0) -> list[Row]: ...
 
-    def outbox_delivered(self, sink: str, seq: int) -> Awaitable[int]: ...
+    def outbox_mark_delivered(self, sink: str, seq: int) -> None: ...
+
+    def flush(self) -> Awaitable[None]: ...
 
 
 class Drain:
     """Moves one sink's events out of the outbox, in order, forever (until `stop()`)."""
 
-    def __init__(self, store: OutboxStore, sink: Sink, *, batch: int = 500, backoff_initial: float = 0.5,
+    def __init__(self, store: OutboxStore, sink: Sink, *, batch: int = 1000, coalesce: float = 0.002,
+                 backoff_initial: float = 0.5,
                  backoff_max: float = 15.0, on_delivered: Callable[[str, Sequence[Row]], None] | None = None) -> None:
         self.store = store
         self.sink = sink
         self.batch = batch
+        self.coalesce = coalesce
+        self._after = 0  # the last seq the sink has: its cursor in the database follows without being awaited
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.on_delivered = on_delivered
@@ -106,6 +111,8 @@ class Drain:
                 delay = self.backoff_initial
                 if not moved:
                     await self._wake.wait()
+                    # A commit wakes us; the next ones are close behind: one batch for them all.
+                    await asyncio.sleep(self.coalesce)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 -- a sink's failure is retried, never fatal
@@ -128,11 +135,13 @@ class Drain:
         moved = 0
         while not self._stopping:
             self._wake.clear()  # before reading: a commit after this read wakes the next wait
-            rows = self.store.outbox_pending(self.sink.name, self.batch)
+            rows = self.store.outbox_pending(self.sink.name, self.batch, self._after)
             if not rows:
                 return moved
             await self.sink.deliver(rows)
-            await self.store.outbox_delivered(self.sink.name, rows[-1][0])
+            # Not awaited: a crash before this commits sends the batch again, which the far end deduplicates.
+            self._after = rows[-1][0]
+            self.store.outbox_mark_delivered(self.sink.name, self._after)
             if self.state != "up":
                 log.info("export sink delivering again", extra=kv(sink=self.sink.name))
                 self.state = "up"
@@ -167,6 +176,7 @@ class Drain:
             return
         try:
             await asyncio.wait_for(self.drain_once(), timeout)
+            await self.store.flush()
         except Exception as exc:  # noqa: BLE001 -- what is left is delivered at the next start
             log.info("export sink: events left for the next start", extra=kv(sink=self.sink.name, error=exc))
 

@@ -20,6 +20,7 @@ same id and is stored once while it waits (`INSERT OR IGNORE`), and deduplicated
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -107,7 +108,12 @@ class Outbox:
     _drops_unlogged: int = 0
 
     def uid(self, key: str) -> str:
-        return str(uuid.uuid5(self.instance, key))
+        """UUIDv5(instance, key) — what `str(uuid.uuid5(...))` gives, without its objects (a hot path)."""
+        h = bytearray(hashlib.sha1(self.instance.bytes + key.encode("utf-8", "surrogatepass")).digest()[:16])
+        h[6] = (h[6] & 0x0F) | 0x50
+        h[8] = (h[8] & 0x3F) | 0x80
+        x = h.hex()
+        return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 class StoreConnection(sqlite3.Connection):
@@ -271,11 +277,12 @@ def _load(text: Any) -> Any:
 
 
 # --- what the sinks use -------------------------------------------------------------------------------------
-def pending(conn: sqlite3.Connection, sink: str, limit: int) -> list[tuple[int, str, str, float]]:
-    """Up to `limit` events not yet delivered to `sink`, oldest first: (seq, uid, event JSON, created_at)."""
+def pending(conn: sqlite3.Connection, sink: str, limit: int, after: int = 0) -> list[tuple[int, str, str, float]]:
+    """Up to `limit` events not yet delivered to `sink` (nor up to `after`), oldest first:
+    (seq, uid, event JSON, created_at)."""
     return conn.execute(
-        "SELECT seq, uid, event, created_at FROM outbox WHERE seq > (SELECT delivered FROM outbox_sinks "
-        "WHERE sink = ?) ORDER BY seq LIMIT ?", (sink, limit)).fetchall()
+        "SELECT seq, uid, event, created_at FROM outbox WHERE seq > max(?, (SELECT delivered FROM outbox_sinks "
+        "WHERE sink = ?)) ORDER BY seq LIMIT ?", (after, sink, limit)).fetchall()
 
 
 def delivered_op(sink: str, seq: int) -> Callable[[sqlite3.Connection], int]:

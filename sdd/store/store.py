@@ -250,9 +250,13 @@ class Store:
                 outbox.enable(conn, mapper, sinks, max_events, on_commit)
         await self._writer.write(enable_outbox)
 
-    def outbox_pending(self, sink: str, limit: int = 500) -> list[tuple[int, str, str, float]]:
-        """Events not yet delivered to `sink`, oldest first: (seq, uid, event JSON, created_at)."""
-        return outbox.pending(self._read(), sink, limit)
+    def outbox_pending(self, sink: str, limit: int = 500, after: int = 0) -> list[tuple[int, str, str, float]]:
+        """Events not yet delivered to `sink` (nor up to `after`), oldest first: (seq, uid, event JSON, created_at)."""
+        return outbox.pending(self._read(), sink, limit, after)
+
+    def outbox_mark_delivered(self, sink: str, seq: int) -> None:
+        """`outbox_delivered` without waiting for the commit (in order with every other write)."""
+        self._writer.submit(outbox.delivered_op(sink, seq))
 
     async def outbox_delivered(self, sink: str, seq: int) -> int:
         """`sink` has every event up to `seq`; returns how many rows every sink now had (and are gone)."""

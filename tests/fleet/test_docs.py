@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
+
+import pytest
 
 from sdd.config import parse_config
 from tests.support.nats import require_nats
@@ -35,10 +39,11 @@ def test_the_documented_config_block_is_valid() -> None:
     assert config.export.ocsf_file_max_bytes == 104857600
 
 
+@pytest.mark.timeout(300)
 def test_the_fleet_recipe_runs_as_written(tmp_path: Path) -> None:
     require_nats()
     [recipe] = [b for b in blocks("sh") if b.startswith("# The fleet recipe")]
-    fleet = tmp_path / "fleet"
+    fleet = Path(tempfile.mkdtemp(prefix="sddf-", dir="/tmp")) / "fleet"  # AF_UNIX paths: ~100 bytes at most
     nats_port, metrics_port = free_port(), free_port()
     script = (recipe.replace("FLEET=/tmp/sdd-fleet", f"FLEET={fleet}")
               .replace("4222", str(nats_port)).replace("9788", str(metrics_port)))
@@ -47,16 +52,17 @@ def test_the_fleet_recipe_runs_as_written(tmp_path: Path) -> None:
                             env={k: v for k, v in os.environ.items() if not k.startswith(("SDD_", "NATS_"))})
     try:
         out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0, out
+        lines = [line.split("\t") for line in out.splitlines() if line.count("\t") == 3]
+        assert sorted((host, what, status) for host, what, status, _ in lines) == [
+            ("host-a", "Detection Finding: Create", "New"), ("host-a", "File Remediation Activity: Isolate", "Success"),
+            ("host-b", "Detection Finding: Create", "New"), ("host-b", "File Remediation Activity: Isolate", "Success")]
+        assert 'sdd_runs_total{status="completed",workflow="contain"} 1.0' in out
+        assert "file 0 waiting (up), nats 0 waiting (up)" in out
+        assert f"   2 {fleet}/host-a/events.ocsf.jsonl" in out and f"   2 {fleet}/host-b/events.ocsf.jsonl" in out
+        assert not (fleet / "host-b" / "files" / "report.pdf.exe").exists()  # quarantined: the pushed detection
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 0, out
-    lines = [line.split("\t") for line in out.splitlines() if line.count("\t") == 3]
-    assert sorted((host, what, status) for host, what, status, _ in lines) == [
-        ("host-a", "Detection Finding: Create", "New"), ("host-a", "File Remediation Activity: Isolate", "Success"),
-        ("host-b", "Detection Finding: Create", "New"), ("host-b", "File Remediation Activity: Isolate", "Success")]
-    assert 'sdd_runs_total{status="completed",workflow="contain"} 1.0' in out
-    assert "file 0 waiting (up), nats 0 waiting (up)" in out
-    assert f"   2 {fleet}/host-a/events.ocsf.jsonl" in out and f"   2 {fleet}/host-b/events.ocsf.jsonl" in out
-    assert not (fleet / "host-b" / "files" / "report.pdf.exe").exists()  # quarantined on the pushed detection
+        shutil.rmtree(fleet.parent, ignore_errors=True)
