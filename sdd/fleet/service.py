@@ -19,7 +19,7 @@ from ..config import Config
 from ..logging import kv
 from .nats_link import expand, hostname
 from .ocsf import OcsfMapper
-from .outbox import Drain, FileSink, Sink
+from .outbox import Drain, DrainThread, FileSink, Sink
 
 log = logging.getLogger("sdd.fleet")
 
@@ -35,6 +35,7 @@ class Fleet:
         self.intake: Any = None
         self.metrics: Any = None
         self._store: Any = None
+        self._threads: list[DrainThread] = []
 
     # --- export ---------------------------------------------------------------------------------------------
     def make_sinks(self) -> list[Sink]:
@@ -58,8 +59,9 @@ class Fleet:
         mapper = OcsfMapper(self.host, self.version) if sinks else None
         await store.enable_outbox(mapper, tuple(s.name for s in sinks), self.config.export.outbox_max_events,
                                   on_commit=self._wake_drains)
-        for drain in self.drains:
-            spawn(drain.run(), f"export-{drain.sink.name}")
+        self._threads = [DrainThread(d) for d in self.drains]
+        for thread in self._threads:
+            thread.start()
         if sinks:
             log.info("exporting OCSF events", extra=kv(sinks=",".join(s.name for s in sinks), host=self.host))
 
@@ -124,10 +126,8 @@ class Fleet:
                 await self._store.flush()
             except Exception as exc:  # noqa: BLE001 -- the store may be gone already
                 log.debug("store flush before the last delivery failed", extra=kv(error=exc))
-        if self.drains:
-            await asyncio.gather(*(d.flush(flush_timeout) for d in self.drains), return_exceptions=True)
-        for drain in self.drains:
-            await drain.stop()
+        threads, self._threads = self._threads, []
+        await asyncio.gather(*(t.stop(flush_timeout) for t in threads), return_exceptions=True)
         if self.metrics is not None:
             self.metrics.stop()
 

@@ -130,6 +130,7 @@ def test_a_missing_stream_is_reported_and_retried(tmp_path: Path, nats_server: N
                       config_overrides=export_config(nats_server.url), env={"SDD_HOSTNAME": "h"})
     with d:
         d.drop({"type": "malware", "file_path": "/tmp/x"})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM outbox") == 1, 30)  # recorded, waiting
         d.wait_for(lambda: "does not exist" in export_status(d)["sinks"]["nats"]["last_error"], 30)
         add_stream(nats_server.url, "SDD", ["sdd.events.>"])
         wait_delivered(d)
