@@ -63,6 +63,7 @@ class IntakeConfig:
     max_file_size: int = 1024 * 1024
     rescan_interval: float = 30.0  # slow safety rescan of new/, seconds
     max_queued: int = 1000  # detections waiting in the database before claiming slows down
+    nats: NatsIntakeConfig | None = None  # [intake.nats]: detections pushed from the centre; None = off
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,40 @@ class ActionsConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
+    target: str = "auto"  # "auto" (the journal when started by systemd) | "journal" | "stderr"
+
+
+@dataclass(frozen=True)
+class NatsExportConfig:
+    url: str = "nats://127.0.0.1:4222"
+    stream: str = "SDD"
+    subject: str = "sdd.events.{host}"  # {host}: the machine's hostname
+    credentials: str = ""  # a NATS .creds file; "" = none
+
+
+@dataclass(frozen=True)
+class NatsIntakeConfig:
+    url: str = "nats://127.0.0.1:4222"
+    stream: str = "SDD_DETECTIONS"
+    subject: str = "sdd.detections.{host}"
+    durable: str = "sdd-{host}"
+    credentials: str = ""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    ocsf_file: str = ""  # JSON lines of OCSF events; "" = off
+    ocsf_file_max_bytes: int = 104857600  # rotate past this size
+    ocsf_file_keep: int = 5  # rotated files kept (NAME.1 ... NAME.N)
+    outbox_max_events: int = 200000  # undelivered events kept; past it new ones are dropped (and counted)
+    nats: NatsExportConfig | None = None  # [export.nats]; None = off
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = ""  # "127.0.0.1:9788"; "" = off
+    textfile: str = ""  # node_exporter textfile collector path (*.prom); "" = off
+    textfile_interval: float = 15.0  # seconds between textfile writes
 
 
 @dataclass(frozen=True)
@@ -123,6 +158,8 @@ class Config:
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     user_mode: bool = False
     source: Path | None = None  # the file it was read from, None for built-in defaults
 
@@ -207,7 +244,8 @@ def parse_config(raw: Mapping[str, Any], *, file: str = "<config>", user: bool =
                  source: Path | None = None) -> Config:
     errors: list[str] = []
     p = _Parser(file, errors)
-    sections = p.table(raw, "", {"paths", "api", "dbus", "engine", "intake", "actions", "logging"})
+    sections = p.table(raw, "", {"paths", "api", "dbus", "engine", "intake", "actions", "logging", "export",
+                                 "metrics"})
     defaults = default_paths(user)
 
     paths_raw = p.table(sections.get("paths", {}), "paths", {"spool", "state", "socket", "workflows"})
@@ -248,6 +286,7 @@ def parse_config(raw: Mapping[str, Any], *, file: str = "<config>", user: bool =
         max_file_size=p.positive_int(in_raw, "intake.max_file_size", IntakeConfig.max_file_size),
         rescan_interval=p.positive_number(in_raw, "intake.rescan_interval", IntakeConfig.rescan_interval),
         max_queued=p.positive_int(in_raw, "intake.max_queued", IntakeConfig.max_queued),
+        nats=_nats_intake(p, in_raw),
     )
 
     act_keys = _field_names(ActionsConfig) - {"user_mode"}
@@ -288,15 +327,85 @@ def parse_config(raw: Mapping[str, Any], *, file: str = "<config>", user: bool =
         user_mode=user,
     )
 
-    log_raw = p.table(sections.get("logging", {}), "logging", {"level"})
+    log_raw = p.table(sections.get("logging", {}), "logging", {"level", "target"})
     level = p.typed(log_raw, "logging.level", str, "info")
     if level not in ("debug", "info", "warning", "error"):
         errors.append(f"{file}: logging.level: expected one of debug, info, warning, error, got {level!r}")
+    target = p.choice(log_raw, "logging.target", ("auto", "journal", "stderr"), "auto")
+    export, metrics = _fleet(p, sections)
 
     if errors:
         raise ConfigError(errors)
     return Config(paths=paths, api=api, dbus=dbus, engine=engine, intake=intake, actions=actions,
-                  logging=LoggingConfig(level=level), user_mode=user, source=source)
+                  logging=LoggingConfig(level=level, target=target), export=export, metrics=metrics,
+                  user_mode=user, source=source)
+
+
+# --- fleet: [export], [export.nats], [intake.nats], [metrics] ---------------------------------------------------
+def _fleet(p: _Parser, sections: Mapping[str, Any]) -> tuple[ExportConfig, MetricsConfig]:
+    ex_raw = p.table(sections.get("export", {}), "export", _field_names(ExportConfig))
+    d = ExportConfig()
+    ocsf_file = p.typed(ex_raw, "export.ocsf_file", str, "")
+    if ocsf_file and not os.path.isabs(ocsf_file):
+        p.err("export.ocsf_file", f"must be an absolute path or \"\", got {ocsf_file!r}")
+        ocsf_file = ""
+    nats = None
+    if "nats" in ex_raw:
+        n_raw = p.table(ex_raw["nats"], "export.nats", _field_names(NatsExportConfig))
+        n = NatsExportConfig()
+        nats = NatsExportConfig(url=p.nats_url(n_raw, "export.nats.url", n.url),
+                                stream=p.nats_name(n_raw, "export.nats.stream", n.stream),
+                                subject=p.nats_subject(n_raw, "export.nats.subject", n.subject),
+                                credentials=p.optional_path(n_raw, "export.nats.credentials"))
+    export = ExportConfig(
+        ocsf_file=os.path.normpath(ocsf_file) if ocsf_file else "",
+        ocsf_file_max_bytes=p.positive_int(ex_raw, "export.ocsf_file_max_bytes", d.ocsf_file_max_bytes),
+        ocsf_file_keep=p.positive_int(ex_raw, "export.ocsf_file_keep", d.ocsf_file_keep),
+        outbox_max_events=p.positive_int(ex_raw, "export.outbox_max_events", d.outbox_max_events),
+        nats=nats)
+    m_raw = p.table(sections.get("metrics", {}), "metrics", _field_names(MetricsConfig))
+    listen = p.typed(m_raw, "metrics.listen", str, "")
+    if listen and _host_port(listen) is None:
+        p.err("metrics.listen", f"expected \"HOST:PORT\" (such as \"127.0.0.1:9788\") or \"\", got {listen!r}")
+        listen = ""
+    textfile = p.typed(m_raw, "metrics.textfile", str, "")
+    if textfile and (not os.path.isabs(textfile) or not textfile.endswith(".prom")):
+        p.err("metrics.textfile", f"must be an absolute path ending in .prom (node_exporter reads only those), "
+                                  f"got {textfile!r}")
+        textfile = ""
+    metrics = MetricsConfig(listen=listen, textfile=os.path.normpath(textfile) if textfile else "",
+                            textfile_interval=p.positive_number(m_raw, "metrics.textfile_interval",
+                                                                MetricsConfig.textfile_interval))
+    return export, metrics
+
+
+def _nats_intake(p: _Parser, in_raw: Mapping[str, Any]) -> NatsIntakeConfig | None:
+    if "nats" not in in_raw:
+        return None
+    raw = p.table(in_raw["nats"], "intake.nats", _field_names(NatsIntakeConfig))
+    d = NatsIntakeConfig()
+    return NatsIntakeConfig(url=p.nats_url(raw, "intake.nats.url", d.url),
+                            stream=p.nats_name(raw, "intake.nats.stream", d.stream),
+                            subject=p.nats_subject(raw, "intake.nats.subject", d.subject),
+                            durable=p.nats_name(raw, "intake.nats.durable", d.durable),
+                            credentials=p.optional_path(raw, "intake.nats.credentials"))
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    """"HOST:PORT" or "[V6]:PORT" → (host, port); None when malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return (host, int(port)) if host and not any(c.isspace() for c in host) else None
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """`[metrics] listen` as (host, port); the config checked it already."""
+    parsed = _host_port(text)
+    if parsed is None:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    return parsed
 
 
 def _field_names(cls: type) -> set[str]:
@@ -399,6 +508,47 @@ class _Parser:
             return value
         self.err(key, f"expected a program name or a non-empty argv list, got {value!r}")
         return list(default)
+
+    def choice(self, raw: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.typed(raw, key, str, default)
+        if value not in choices:
+            self.err(key, f"expected one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value
+
+    def optional_path(self, raw: Mapping[str, Any], key: str) -> str:
+        value = self.typed(raw, key, str, "")
+        if value and not os.path.isabs(value):
+            self.err(key, f"must be an absolute path or \"\", got {value!r}")
+            return ""
+        return value
+
+    def nats_url(self, raw: Mapping[str, Any], key: str, default: str) -> str:
+        value = self.typed(raw, key, str, default)
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("nats", "tls") or not rest or any(c.isspace() for c in value):
+            self.err(key, f"expected a URL such as \"nats://127.0.0.1:4222\", got {value!r}")
+            return default
+        return value
+
+    def nats_name(self, raw: Mapping[str, Any], key: str, default: str) -> str:
+        # Stream and consumer names: no dots, wildcards, spaces or path separators (the server refuses them).
+        value = self.typed(raw, key, str, default)
+        bare = value.replace("{host}", "h")
+        if not bare or len(value) > 200 or not all(c.isalnum() or c in "-_" for c in bare):
+            self.err(key, f"expected a name of letters, digits, '-' and '_' (may contain {{host}}), got {value!r}")
+            return default
+        return value
+
+    def nats_subject(self, raw: Mapping[str, Any], key: str, default: str) -> str:
+        value = self.typed(raw, key, str, default)
+        tokens = value.replace("{host}", "h").split(".")
+        if len(value) > 256 or not all(t and t not in ("*", ">") and all(c.isprintable() and not c.isspace()
+                                                                           and c not in "*>" for c in t)
+                                       for t in tokens):
+            self.err(key, f"expected a subject without wildcards such as \"sdd.events.{{host}}\", got {value!r}")
+            return default
+        return value
 
     def mode(self, raw: Mapping[str, Any], key: str, default: str) -> str:
         value = self.typed(raw, key, str, default)

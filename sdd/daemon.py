@@ -24,10 +24,12 @@ from .dispatch import Dispatcher, WatchedStore
 from .engine import Workflow, WorkflowEngine
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from .facade import DaemonFacade, DaemonState
+from .fleet import Fleet
+from .fleet.ocsf import guard_refusal
 from .hub import EventHub
 from .intake import Intake
 from .loading import freeze_long_lived, load_actions, load_workflows
-from .logging import kv
+from .logging import LogEvent, kv
 from .recovery import recover_runs
 from .scheduler import Scheduler
 from .sdnotify import Notifier, watchdog_interval
@@ -67,6 +69,7 @@ class Daemon(DaemonFacade):
         self._status_last = ""
         self._status_timer: asyncio.TimerHandle | None = None
         self.dispatcher = Dispatcher(self)
+        self.fleet = Fleet(config, __version__)
         self.stats = {"received": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "no_match": 0,
                       "runs_started": 0, "runs_finished": 0}
 
@@ -95,6 +98,7 @@ class Daemon(DaemonFacade):
 
         raw_store = Store.open(cfg.database)
         self.store = WatchedStore(raw_store)
+        await self.fleet.attach(raw_store, self.spawn)  # before anything is recorded: all of it is exported
         self.services, actions, action_errors = load_actions(cfg, self.store, self._desktop_notification)
         self._action_specs = actions
         for err in action_errors:
@@ -107,6 +111,7 @@ class Daemon(DaemonFacade):
         self.engine = WorkflowEngine(actions, listeners=[self._on_engine_event], workflows=self.workflows,
                                      max_depth=cfg.engine.max_subworkflow_depth)
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
+        self.fleet.observe(self.engine, self.dispatcher, self.spawn)
 
         report = await recover_runs(self.store, self.engine, self.recorder.prior_steps,
                                     before_start=self.dispatcher.expect_run)
@@ -135,6 +140,8 @@ class Daemon(DaemonFacade):
         await self._first_scan.wait()
         self.scheduler = Scheduler(self.dispatcher.launch_scheduled)
         self.scheduler.update(self.workflows)
+        await self.fleet.start(self.spawn, submit=self.submit_detection, paused=lambda: self.dispatcher.paused,
+                               publish=self.hub.publish)
         interval = watchdog_interval()
         if interval:
             self.spawn(self._watchdog_loop(interval), "watchdog")
@@ -155,6 +162,7 @@ class Daemon(DaemonFacade):
         self.publish_status()
         if self.scheduler is not None:
             self.scheduler.stop()
+        await self.fleet.stop_intake()
         if self.intake is not None:
             await asyncio.to_thread(self.intake.stop)
         # Batches the intake handed over before it stopped are committed, so their files can go.
@@ -174,6 +182,10 @@ class Daemon(DaemonFacade):
         log.info("stopped")
 
     async def _close_resources(self) -> None:
+        try:
+            await self.fleet.close()
+        except Exception as exc:  # noqa: BLE001 -- must not stop the shutdown
+            log.warning("fleet parts did not stop cleanly", extra=kv(error=exc))
         for name, component, method in (("API", self.api, "close"), ("D-Bus", self.bus, "stop")):
             if component is not None:
                 try:
@@ -284,6 +296,8 @@ class Daemon(DaemonFacade):
 
     def _publish_engine_event(self, ev: EngineEvent) -> None:
         publish = self.hub.publish
+        if type(ev) is StepFinished and ev.status == "failed":
+            self._log_step_failed(ev)
         if isinstance(ev, (StepStarted, StepFinished)) and not self.hub.subscriber_count:
             return  # ten per run: not worth building for nobody
         if isinstance(ev, StepStarted):
@@ -299,6 +313,9 @@ class Daemon(DaemonFacade):
         elif isinstance(ev, RunFinished):
             # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
             self.stats["runs_finished"] += 1
+            log.info("run finished", extra=kv(event=LogEvent.RUN_FINISHED, run_id=ev.run_id, workflow=ev.workflow_id,
+                                              status=str(ev.status), seconds=round(ev.finished_at - ev.started_at, 3),
+                                              error=ev.error))
             publish(events.RUN_FINISHED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
                                           "status": str(ev.status), "seconds": max(0.0, ev.finished_at - ev.started_at),
                                           "error": ev.error})
@@ -306,6 +323,15 @@ class Daemon(DaemonFacade):
             if self._loop is not None:
                 self._loop.call_soon(self.dispatcher.wake.set)
             self.publish_status()
+
+    def _log_step_failed(self, ev: StepFinished) -> None:
+        fields = {"run_id": ev.run_id, "step": ev.step_id, "phase": ev.phase, "attempts": ev.attempts,
+                  "error": ev.error}
+        guard = guard_refusal(ev.error)
+        if guard:
+            log.warning("guard refused", extra=kv(event=LogEvent.GUARD_REFUSED, guard=guard, **fields))
+        else:
+            log.warning("step failed", extra=kv(event=LogEvent.STEP_FAILED, status="failed", **fields))
 
     def _desktop_notification(self, title: str, body: str, urgency: str) -> None:
         self.hub.publish(events.NOTIFICATION, {"title": title, "body": body, "urgency": urgency})

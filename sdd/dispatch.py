@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from . import hub as events
 from .engine import RunHandle, Workflow, new_run_id
 from .errors import NotAccepting
 from .intake import Claimed, Rejected
-from .logging import kv
+from .logging import LogEvent, kv
 from .matcher import Decision, DedupWindow, Exclusions, MatchResult, match
 from .store.writes import record_detection_op, record_detections_op, set_detection_state_op
 
@@ -81,6 +81,7 @@ class Dispatcher:
         # Dispatched, but the state write not yet committed: the database still says `queued`, so a
         # refill from it must not dispatch them again.
         self._in_progress: set[str] = set()
+        self.on_detection: Callable[[str, str], None] | None = None  # (source, outcome), for the metrics
 
     def deliver(self, claimed: list[Claimed], rejected: list[Rejected]) -> None:
         """Called on the intake thread."""
@@ -88,6 +89,8 @@ class Dispatcher:
 
     def _on_batch(self, claimed: list[Claimed], rejected: list[Rejected]) -> None:
         for r in rejected:
+            if self.on_detection is not None:
+                self.on_detection("spool", "rejected")
             self.d.stats["rejected"] += 1
             self.d.hub.publish(events.DETECTION_REJECTED, {"name": r.name, "reason": r.reason})
         if claimed:
@@ -144,26 +147,33 @@ class Dispatcher:
         self.wake.set()
         self.d.publish_status()
 
-    def accepted(self, added: Any, detection: dict[str, Any]) -> None:
+    def accepted(self, added: Any, detection: dict[str, Any], source: str = "spool") -> None:
         state = str(added.state)
         did = str(added.detection_id)
         if added.replayed and state != "queued":
             return  # committed before a crash and already dealt with
         if added.duplicate_of is not None and state == "duplicate":
+            if self.on_detection is not None:
+                self.on_detection(source, "duplicate")
             self.d.stats["duplicates"] += 1
             self.d.hub.publish(events.DETECTION_DUPLICATE, {"detection_id": did, "of": str(added.duplicate_of)})
             return
         if not added.replayed:
+            if self.on_detection is not None:
+                self.on_detection(source, "accepted")
             self.d.stats["received"] += 1
             self.d.hub.publish(events.DETECTION_RECEIVED, {
                 "detection_id": did, "type": detection.get("type"), "severity": _str(detection.get("severity")),
                 "file_path": _str(detection.get("file_path"))})
+            log.info("detection accepted", extra=kv(event=LogEvent.DETECTION_ACCEPTED, detection=did,
+                                                    type=detection.get("type"), severity=detection.get("severity"),
+                                                    file_path=detection.get("file_path")))
         if state != "queued":
             return
         if not added.replayed:
             self.queued += 1
-        if did in self._ready_ids:
-            return
+        if did in self._ready_ids or did in self._in_progress:
+            return  # (a replay — a NATS message delivered again — of one on its way to its runs)
         if len(self._ready) < READY_WINDOW and not self._backlog:
             self._ready.append((did, detection))
             self._ready_ids.add(did)

@@ -25,6 +25,7 @@ from .spool import SpoolRejection, parse_detection
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
+    from .fleet import Fleet
     from .scheduler import Scheduler
 
 log = logging.getLogger("sdd.daemon")
@@ -54,6 +55,7 @@ class DaemonFacade:
     workflows: dict[str, Workflow]
     workflow_errors: list[str]
     stats: dict[str, int]
+    fleet: Fleet
     started_at: float
     _started_mono: float
     _action_specs: list[Any]
@@ -99,10 +101,14 @@ class DaemonFacade:
             "intake": {"paused": self.dispatcher.paused, **(self.intake.stats if self.intake else {})},
             "user_mode": self.config.user_mode,
             "stats": dict(self.stats),
+            "export": self.fleet.status(),
         }
 
-    async def submit_detection(self, data: Mapping[str, Any], uid: int | None = None) -> dict[str, Any]:
-        """A detection from the API rather than the spool: same checks, same path."""
+    async def submit_detection(self, data: Mapping[str, Any], uid: int | None = None, *,
+                               spool_name: str | None = None, source: str = "api") -> dict[str, Any]:
+        """A detection from the API (or pushed over NATS) rather than the spool: same checks, same path.
+        `spool_name` names where it came from, as a spool file's name does, so the same message delivered
+        again is recognised as a replay (`AddedDetection.replayed`) and runs once."""
         if self.stopping:
             raise NotAccepting("sdd is stopping")
         try:
@@ -112,10 +118,10 @@ class DaemonFacade:
         except SpoolRejection as exc:
             raise InvalidRequest(f"detection: {exc}") from None
         try:
-            added = await self.store.record_detection(detection, spool_name=None)
+            added = await self.store.record_detection(detection, spool_name=spool_name)
         except ValueError as exc:
             raise InvalidRequest(f"detection: {exc}") from None
-        self.dispatcher.accepted(added, detection)
+        self.dispatcher.accepted(added, detection, source)
         await self._audit(uid, "detections.submit", detection.get("file_path"), str(added.detection_id), None,
                           "accepted", {"type": detection.get("type")})
         self.dispatcher.update_pause()
@@ -201,7 +207,7 @@ class DaemonFacade:
         self.config = replace(old, engine=new.engine, intake=new.intake, logging=new.logging)
         self.dispatcher.dedup.window = new.engine.dedup_window
         if new.logging != old.logging:
-            setup_logging(new.logging.level)
+            setup_logging(new.logging.level, new.logging.target)
         if self.intake is not None:
             self.intake.max_file_size = new.intake.max_file_size
             self.intake.rescan_interval = new.intake.rescan_interval

@@ -12,10 +12,23 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class LogEvent(StrEnum):
+    """The kinds of record a fleet watches for: `kv(event=LogEvent.RUN_FINISHED, ...)`. Each has a fixed journal
+    MESSAGE_ID (`sdd/fleet/journal.py`), so `journalctl MESSAGE_ID=...` finds them on every host."""
+
+    DETECTION_ACCEPTED = "detection.accepted"
+    RUN_FINISHED = "run.finished"
+    STEP_FAILED = "step.failed"
+    QUARANTINED = "quarantined"
+    RESTORED = "restored"
+    GUARD_REFUSED = "guard.refused"
 
 
 def kv(**fields: Any) -> dict[str, Mapping[str, Any]]:
@@ -60,14 +73,33 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "info") -> None:
-    """Routes every logger to one stderr handler with the logfmt formatter (idempotent)."""
+def setup_logging(level: str = "info", target: str = "auto") -> None:
+    """Routes every logger to one handler (idempotent): journald's native protocol when `target` is "journal",
+    or "auto" and stderr is the journal stream systemd gave us; else logfmt lines on stderr."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_sdd", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+            handler.close()
+    handler = _journal_handler(target) or logging.StreamHandler(sys.stderr)
+    if isinstance(handler, logging.StreamHandler):
+        handler.setFormatter(LogfmtFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
     handler._sdd = True  # type: ignore[attr-defined]
-    handler.setFormatter(LogfmtFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level, logging.INFO))
+
+
+def _journal_handler(target: str) -> logging.Handler | None:
+    if target == "stderr":
+        return None
+    from .fleet import journal
+
+    path = os.environ.get("SDD_JOURNAL_SOCKET") or journal.JOURNAL_SOCKET  # (tests bind their own socket)
+    if target == "auto" and not journal.connected_to_journal():
+        return None
+    if not os.path.exists(path):
+        if target == "journal":
+            print(f"sdd: logging.target is \"journal\" but {path} does not exist; logging to stderr",
+                  file=sys.stderr)
+        return None
+    return journal.JournalHandler(path)

@@ -59,7 +59,7 @@ def run_daemon(config: Config, config_file: str | None) -> int:
     from .daemon import Daemon
     from .logging import setup_logging
 
-    setup_logging(config.logging.level)
+    setup_logging(config.logging.level, config.logging.target)
     # `kill -USR2 PID` prints every thread's stack to stderr: how to see what a stuck daemon is doing.
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     daemon = Daemon(config, config_path=config_file)

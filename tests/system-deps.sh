@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test-suite drives for real: ClamAV, a dbus-daemon, systemd-analyze,
-# AppArmor's parser, openssl, Debian's python3-seccomp and python3-msgpack, and the Debian packaging tool-chain. Only as root; otherwise the tests that need them skip with a reason.
+# AppArmor's parser, openssl, nats-server, Debian's python3-seccomp and python3-msgpack, and the Debian packaging tool-chain. Only as root; otherwise the tests that need them skip with a reason.
 set -u
 need=()
 command -v clamscan     >/dev/null 2>&1 || need+=(clamav)
@@ -14,6 +14,7 @@ command -v dpkg-buildpackage >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v dh >/dev/null 2>&1 || need+=(debhelper dh-python python3-all pybuild-plugin-pyproject)
 command -v lintian      >/dev/null 2>&1 || need+=(lintian)
 command -v openssl      >/dev/null 2>&1 || need+=(openssl)   # a throw-away CA for the HTTPS webhook tests
+command -v nats-server  >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)  # fleet: JetStream
 command -v apparmor_parser >/dev/null 2>&1 || [ -x /sbin/apparmor_parser ] || need+=(apparmor)
 # Debian's own python3 runs the unit-sandbox test (seccomp) and sddctl as clamav, who cannot read the venv.
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need+=(python3-seccomp)

@@ -31,6 +31,24 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 # -- status and workflows -------------------------------------------------------------------------------------
 
 
+def _export_lines(ctx: Ctx, export: Any) -> list[tuple[str, str]]:
+    """`Export: nats 0 waiting (up), file 12 waiting (down: ...)` — the outbox depth per sink."""
+    if not isinstance(export, dict) or not isinstance(export.get("sinks"), dict) or not export["sinks"]:
+        return []
+    parts = []
+    for name, sink in export["sinks"].items():
+        sink = sink if isinstance(sink, dict) else {}
+        state = safe(sink.get("state"))
+        text = f"{safe(name)} {safe(sink.get('depth'))} waiting ({state}"
+        if state != "up" and sink.get("last_error"):
+            text += f": {safe(sink.get('last_error'), 120)}"
+        parts.append(ctx.style.paint(text + ")", "" if state == "up" else "yellow"))
+    out = [("Export", ", ".join(parts))]
+    if export.get("dropped"):
+        out.append(("Dropped", ctx.style.paint(f"{safe(export['dropped'])} events (the outbox was full)", "red")))
+    return out
+
+
 def cmd_status(ctx: Ctx) -> int:
     status = ctx.call("status")
     if ctx.as_json:
@@ -66,6 +84,7 @@ def cmd_status(ctx: Ctx) -> int:
         pairs.append(("D-Bus", "off" if spec == "none" else
                       f"{safe(spec)} bus, " + ("connected" if bus.get("connected") else ctx.style.paint(
                           "disconnected", "yellow"))))
+    pairs.extend(_export_lines(ctx, status.get("export")))
     for key, label in (("socket", "Socket"), ("spool", "Spool"), ("database", "Database")):
         if status.get(key):
             pairs.append((label, safe(status[key])))

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from sdd.config import ActionsConfig
+from sdd.logging import LogEvent, kv
 
 from .guards import Guards
 from .runlog import RunLog
 
 log = logging.getLogger("sdd.actions")
+_LOG_EVENTS = {"quarantine_file": LogEvent.QUARANTINED, "restore_file": LogEvent.RESTORED}
 
 NotifyFn = Callable[[str, str, str], None]
 
@@ -80,7 +82,12 @@ class ActionServices:
     async def audit(self, action: str, target: str, outcome: str, details: dict[str, Any],
                     detection_id: str | None = None, run_id: str | None = None) -> None:
         """One audit row per destructive act; an audit failure is logged, never undoes the act."""
-        log.info("%s %s: %s %s", action, target, outcome, details)
+        event = _LOG_EVENTS.get(action)
+        if event is not None:
+            log.info(f"{action}: {outcome}", extra=kv(event=event, action=action, target=target, outcome=outcome,
+                                                      run_id=run_id, detection=detection_id, **details))
+        else:
+            log.info("%s %s: %s %s", action, target, outcome, details)
         if self.store is None:
             return
         try:

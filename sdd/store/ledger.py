@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from . import codec
+from . import codec, outbox
 from .errors import StoreValueError
 from .records import ExclusionKind
 from .values import actor_value, enum_value, or_default, path_value, sha256_value
@@ -50,6 +50,7 @@ def put_quarantine_op(meta: Mapping[str, Any]) -> tuple[str, Operation]:
                      "threat_name = excluded.threat_name, extra = excluded.extra, "
                      "quarantined_at = CASE WHEN quarantine.restored_at IS NULL THEN quarantine.quarantined_at "
                      "ELSE excluded.quarantined_at END, restored_at = NULL, restored_to = NULL", row)
+        outbox.quarantine_put(conn, qid)
         return qid
     return qid, put_quarantine
 
@@ -59,8 +60,11 @@ def mark_restored_op(qid: str, restored_at: float | None, restored_to: str | Non
             codec.text(restored_to, "restored_to", limit=8192), codec.text(qid, "qid", required=True, limit=256))
 
     def mark_restored(conn: sqlite3.Connection) -> bool:
-        return conn.execute("UPDATE quarantine SET restored_at = ?, restored_to = ? WHERE id = ?",
+        done = conn.execute("UPDATE quarantine SET restored_at = ?, restored_to = ? WHERE id = ?",
                             args).rowcount > 0
+        if done:
+            outbox.quarantine_restored(conn, args[2])  # type: ignore[arg-type]
+        return done
     return mark_restored
 
 

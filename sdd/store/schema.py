@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from . import outbox
 from .errors import SchemaError, UnsafePath
 
 # --- version 1: the tables every part of the daemon writes ------------------------------------------------
@@ -215,7 +216,9 @@ def rebuild_stats(conn: sqlite3.Connection) -> None:
     _script(STATS_BACKFILL)(conn)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2 + STATS_BACKFILL)]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2 + STATS_BACKFILL),
+                                                          # version 3: the export outbox (outbox.py)
+                                                          _script(outbox.SCHEMA)]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -274,7 +277,8 @@ def prepare_path(path: Path) -> Path:
 
 def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
     """Open a connection with the store's pragmas. Autocommit mode: transactions are explicit BEGINs."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0,
+                           factory=outbox.StoreConnection)
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = NORMAL")

@@ -12,11 +12,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import ledger, reads, writes
+from . import ledger, outbox, reads, writes
 from .errors import SchemaError, StoreClosed, StoreValueError
 from .records import AddedDetection, DetectionState, Page, RunTrigger, WriterStats
 from .schema import SCHEMA_VERSION, connect, migrate, prepare_path
@@ -236,6 +236,35 @@ class Store:
                 if n < chunk:
                     break
         return totals
+
+    # --- the export outbox (outbox.py) ------------------------------------------------------------------------
+    async def enable_outbox(self, mapper: outbox.EventMapper | None, sinks: tuple[str, ...], max_events: int,
+                            on_commit: Callable[[], None] | None = None) -> None:
+        """From now on, history writes add their events for `sinks` (none, or no mapper: exporting is off and
+        what waited is let go). `on_commit` is called on the writer thread after a commit that added events."""
+        def enable_outbox(conn: sqlite3.Connection) -> None:
+            assert isinstance(conn, outbox.StoreConnection)
+            if mapper is None or not sinks:
+                outbox.disable(conn)
+            else:
+                outbox.enable(conn, mapper, sinks, max_events, on_commit)
+        await self._writer.write(enable_outbox)
+
+    def outbox_pending(self, sink: str, limit: int = 500, after: int = 0) -> list[tuple[int, str, str, float]]:
+        """Events not yet delivered to `sink` (nor up to `after`), oldest first: (seq, uid, event JSON, created_at)."""
+        return outbox.pending(self._read(), sink, limit, after)
+
+    def outbox_mark_delivered(self, sink: str, seq: int) -> None:
+        """`outbox_delivered` without waiting for the commit (in order with every other write)."""
+        self._writer.submit(outbox.delivered_op(sink, seq))
+
+    async def outbox_delivered(self, sink: str, seq: int) -> int:
+        """`sink` has every event up to `seq`; returns how many rows every sink now had (and are gone)."""
+        return await self._writer.write(outbox.delivered_op(sink, seq))
+
+    def outbox_depths(self) -> dict[str, Any]:
+        """{"sinks": {sink: events waiting}, "dropped": events dropped because the outbox was full}."""
+        return outbox.depths(self._read())
 
     # --- reads (synchronous) --------------------------------------------------------------------------------------
     def get_detection(self, detection_id: str | int) -> dict[str, Any] | None:

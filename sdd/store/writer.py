@@ -138,6 +138,9 @@ class GroupCommitWriter:
         self.failed_operations += sum(1 for _, _, e in outcomes if e is not None)
         self.largest_batch = max(self.largest_batch, len(batch))
         self._resolve(outcomes)
+        after = getattr(self._conn, "after_commit", None)  # the outbox wakes its sinks (outbox.py)
+        if after is not None:
+            after()
 
     def _run_fast(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]] | None:
         """The common case, without savepoints (they double the cost of a small write). If an operation

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..engine.statuses import RunStatus, StepStatus
-from . import codec
+from . import codec, outbox
 from .errors import StoreValueError
 from .records import AddedDetection, DetectionState, RunTrigger
 from .schema import SAMPLE_SLOTS
@@ -70,6 +70,7 @@ def record_detection_op(data: Mapping[str, Any], spool_name: str | None, receive
             "INSERT INTO detections (external_id, type, severity, file_path, threat_name, sha256, raw, "
             "received_at, state, note, spool_name, duplicate_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (*values, duplicate_of)).fetchone()[0]
+        outbox.detection_added(conn, new_id, data, values[7], duplicate_of)  # type: ignore[arg-type]
         return AddedDetection(str(new_id), DetectionState(values[8]),
                               None if duplicate_of is None else str(duplicate_of))
     return record_detection
@@ -162,6 +163,7 @@ def record_step_finished_op(run_id: str, step_id: str, status: Any, phase: str, 
             "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET status = excluded.status, "
             "attempts = max(attempts, excluded.attempts), finished_at = excluded.finished_at, "
             "result = excluded.result, error = excluded.error", row)
+        outbox.steps_recorded(conn, row[0], (phase, row[2]))  # type: ignore[arg-type]
     return record_step_finished
 
 
@@ -242,8 +244,12 @@ def record_step_op(run_id: str, step_id: str, status: Any, phase: str, parent_id
 
     def record_step(conn: sqlite3.Connection) -> None:
         conn.execute(_STEP_ROW_SQL, row)
-    record_step.sql = _STEP_ROW_SQL  # type: ignore[attr-defined]  # lets the writer batch same-kind rows
-    record_step.row = row  # type: ignore[attr-defined]
+        if exported:
+            outbox.steps_recorded(conn, row[0], (phase, row[2]))  # type: ignore[arg-type]
+    exported = action in outbox.STEP_ACTIONS  # may become an event: run as itself, not in an executemany
+    if not exported:
+        record_step.sql = _STEP_ROW_SQL  # type: ignore[attr-defined]  # lets the writer batch same-kind rows
+        record_step.row = row  # type: ignore[attr-defined]
     return record_step
 
 

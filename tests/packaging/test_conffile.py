@@ -12,7 +12,9 @@ from sdd.config import (
     ApiConfig,
     Config,
     EngineConfig,
+    ExportConfig,
     IntakeConfig,
+    MetricsConfig,
     PathsConfig,
     load_config,
     parse_config,
@@ -43,10 +45,12 @@ def test_every_key_the_daemon_accepts_is_documented() -> None:
         "api": {f.name for f in dataclasses.fields(ApiConfig)},
         "dbus": {"bus"},
         "engine": {f.name for f in dataclasses.fields(EngineConfig)},
-        "intake": {f.name for f in dataclasses.fields(IntakeConfig)},
+        "intake": {f.name for f in dataclasses.fields(IntakeConfig)} - {"nats"},  # a table: present = on
         # smtp and rate_limits are tables of their own; user_mode comes from --user, not the file.
         "actions": {f.name for f in dataclasses.fields(ActionsConfig)} - {"user_mode"},
-        "logging": {"level"},
+        "logging": {"level", "target"},
+        "export": {f.name for f in dataclasses.fields(ExportConfig)} - {"nats"},
+        "metrics": {f.name for f in dataclasses.fields(MetricsConfig)},
     }
     assert set(raw) == set(expected) == {f.name for f in dataclasses.fields(Config)} - {"user_mode", "source"}
     for section, keys in expected.items():
