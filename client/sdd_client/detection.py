@@ -66,6 +66,8 @@ def _matches_type(value: Any, kind: str) -> bool:
 
 def _stored_length(text: str) -> int:
     """The length the store counts (sdd/store/codec.py): NUL as `\\x00`, a lone surrogate as `\\udcXX`."""
+    if text.isascii() and "\x00" not in text:
+        return len(text)
     extra = 3 * text.count("\x00")
     try:
         text.encode("utf-8")
@@ -114,7 +116,7 @@ class Schema:
         return out
 
     def _validate(self, node: dict[str, Any], value: Any, field: str, out: list[str]) -> None:
-        name = f"field '{field}'" if field else "the detection"
+        name = _Name(field)
         if "$ref" in node:
             self._validate(self.resolve(node["$ref"]), value, field, out)
         for sub in node.get("allOf", ()):
@@ -151,6 +153,18 @@ class Schema:
                 self._validate(node["items"], item, f"{field}[{i}]", out)
 
 
+class _Name:
+    """How an error names the field; made into text only when there is an error (the common case has none)."""
+
+    __slots__ = ("field",)
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __format__(self, spec: str) -> str:
+        return f"field '{self.field}'" if self.field else "the detection"
+
+
 def _join(field: str, key: str) -> str:
     return f"{field}.{key}" if field else key
 
@@ -179,10 +193,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)  # json.loads would build one per call
+
+
 def parse_json(text: str) -> Any:
     """Strict JSON (no NaN or Infinity); raises ValueError whose message says what is wrong and where."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _decoder.decode(text)
     except RecursionError:
         raise ValueError("invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:
@@ -242,9 +259,11 @@ def _problems(value: Any, strict: bool, deep: bool, surrogates: bool) -> list[st
     return out
 
 
-def problems(value: Any, *, strict: bool = False) -> list[str]:
-    """What keeps a parsed detection out of the daemon (or, `strict`, out of the typed profile)."""
-    return _problems(value, strict, deep=True, surrogates=True)
+def problems(value: Any, *, strict: bool = False, deep: bool = True, surrogates: bool = True) -> list[str]:
+    """What keeps a parsed detection out of the daemon (or, `strict`, out of the typed profile). A caller
+    that knows the value cannot nest too deeply, or holds no lone surrogate (its encoding succeeded), may
+    skip those walks."""
+    return _problems(value, strict, deep, surrogates)
 
 
 def check(raw: bytes, *, strict: bool = False, max_size: int = MAX_FILE_SIZE) -> tuple[Any, list[str]]:

@@ -53,8 +53,11 @@ def identify(pid: int, event_time: float | None, claimed_start: float | None = N
     producers that count boot time in whole seconds) and whose executable is `exe` when given, is the one.
     """
     try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
-            stat = fh.read()
+        fd = os.open(f"/proc/{int(pid)}/stat", os.O_RDONLY | os.O_CLOEXEC)  # no buffered file: one per alert
+        try:
+            stat = os.read(fd, 4096)
+        finally:
+            os.close(fd)
         ticks = int(stat[stat.rindex(b")") + 2:].split()[19])
         if exe is not None:
             try:

@@ -121,7 +121,7 @@ def test_errors_name_the_field() -> None:
     assert errors == ["the detection: invalid Unicode (lone surrogate U+D800, not a file-name byte)"]
     strict = detection.problems({"type": "m", "process_id": "42", "file_path": "rel", "severity": "urgent",
                                  "detected_at": "yesterday"}, strict=True)
-    assert strict == ["field 'severity': 'urgent' is not one of critical, high, medium, low",
+    assert strict == ["field 'severity': 'urgent' is not one of critical, high, medium, low, info",
                       "field 'file_path': 'rel' is not an absolute path (without NUL)",
                       "field 'process_id': expected an integer, got a string",
                       "field 'detected_at': 'yesterday' is not an ISO 8601 time such as 2026-11-25T10:00:00Z"]

@@ -15,11 +15,23 @@ pid, so a replayed alert is a duplicate.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
+try:  # hashlib's own BLAKE2, without hashlib loading OpenSSL first (milliseconds of start-up)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b
+
 from .. import procstat
-from .outcome import BadLine, Detection, Rejected, absolute_path, clean_text, parse_json_line
+from .outcome import (
+    BadLine,
+    Detection,
+    Rejected,
+    absolute_path,
+    clean_text,
+    may_hold_surrogates,
+    parse_json_line,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,7 +85,10 @@ class FalcoAdapter:
             event = parse_json_line(line)
         except BadLine as exc:
             return [Rejected((lineno,), str(exc))]
-        return [self.map(lineno, event)]
+        out = self.map(lineno, event)
+        if isinstance(out, Detection) and not may_hold_surrogates(line):
+            out.original = ("falco", line)  # the alert byte for byte
+        return [out]
 
     def end(self) -> Iterable[Outcome]:
         return ()
@@ -120,7 +135,7 @@ class FalcoAdapter:
         elif fields is not None:
             warnings.append("'output_fields' is not an object: no process or file mapped")
         key = "\n".join((when, host or "", rule, "" if pid is None else str(pid)))
-        detection["id"] = "falco:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        detection["id"] = "falco:" + blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         detection["falco"] = event
         return Detection((lineno,), detection, warnings)
 

@@ -21,6 +21,7 @@ import signal
 import sys
 
 from .. import detection, spoolfile
+from ..errors import ClientError
 from .lines import LineReader
 from .outcome import Detection, Ignored, Rejected, where
 
@@ -68,16 +69,20 @@ class Ingest:
             if isinstance(outcome, Detection):
                 for warning in outcome.warnings:
                     self.report(outcome.lines, f"warning: {warning}")
-                problems = detection.problems(outcome.detection)
+                try:  # refuses lone surrogates that are no file-name bytes, and anything over 1 MiB
+                    data = outcome.encode()
+                except ClientError as exc:
+                    self.rejected += 1
+                    self.report(outcome.lines, str(exc))
+                    continue
+                # The rest of what the daemon checks; the nesting walk only when the text could nest that deep.
+                deep = data.count(b"[") + data.count(b"{") > detection.MAX_NESTING
+                problems = detection.problems(outcome.detection, deep=deep, surrogates=False)
                 if problems:
                     self.rejected += 1
                     self.report(outcome.lines, "; ".join(problems))
                     continue
-                try:
-                    pending.append((outcome, spoolfile.encode_detection(outcome.detection)))
-                except spoolfile.ClientError as exc:
-                    self.rejected += 1
-                    self.report(outcome.lines, str(exc))
+                pending.append((outcome, data))
             elif isinstance(outcome, Rejected):
                 self.rejected += 1
                 self.report(outcome.lines, outcome.reason)

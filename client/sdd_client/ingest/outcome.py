@@ -5,6 +5,7 @@ account for each of them (the property tests check it)."""
 from __future__ import annotations
 
 from ..detection import parse_json
+from ..spoolfile import MAX_DETECTION, SubmitError, encode_detection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -17,12 +18,29 @@ class Outcome:
 
 
 class Detection(Outcome):
-    __slots__ = ("detection", "warnings")
+    """A detection to write. `original` = (key, bytes): the producer's event exactly as it arrived, which
+    `encode` puts under that key byte for byte instead of encoding `detection[key]` again (cheaper, and
+    lossless); only for an event whose text holds no escape that could be a lone surrogate."""
 
-    def __init__(self, lines: tuple[int, ...], detection: dict[str, Any], warnings: list[str] | None = None):
+    __slots__ = ("detection", "original", "warnings")
+
+    def __init__(self, lines: tuple[int, ...], detection: dict[str, Any], warnings: list[str] | None = None,
+                 original: tuple[str, bytes] | None = None) -> None:
         self.lines = lines
         self.detection = detection
         self.warnings = warnings or []
+        self.original = original
+
+    def encode(self) -> bytes:
+        """The spool file's bytes; raises ClientError as spoolfile.encode_detection does."""
+        if self.original is None:
+            return encode_detection(self.detection)
+        key, raw = self.original
+        head = encode_detection({k: v for k, v in self.detection.items() if k != key})
+        data = b"".join((head[:-1], b',"', key.encode(), b'":', raw, b"}"))
+        if len(data) > MAX_DETECTION:
+            raise SubmitError(f"detection is {len(data)} bytes; the spool accepts at most {MAX_DETECTION}")
+        return data
 
 
 class Rejected(Outcome):
@@ -53,6 +71,10 @@ class BadLine(ValueError):
     """A line that is not what its format says; the message says why."""
 
 
+def may_hold_surrogates(line: bytes) -> bool:
+    return b"\\ud" in line or b"\\uD" in line
+
+
 def parse_json_line(line: bytes) -> Any:
     """One line as JSON: strict UTF-8, no NaN/Infinity; raises BadLine naming the problem."""
     try:
@@ -79,4 +101,4 @@ def absolute_path(value: Any) -> str | None:
 
 
 __all__ = ["BadLine", "Detection", "Ignored", "Outcome", "Rejected", "absolute_path", "clean_text",
-           "parse_json_line", "where"]
+           "may_hold_surrogates", "parse_json_line", "where"]
