@@ -4,6 +4,8 @@ contract's mapping, and hostile lines — truncated JSON, a 10 MB line, non-UTF-
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ import pytest
 from sdd_client.ingest.falco import FalcoAdapter, iso_epoch
 from sdd_client.ingest.outcome import Detection, Rejected
 
-from tests.ingest.conftest import run_ingest, spool_detections
+from tests.ingest.conftest import SDD_INGEST, run_ingest, spool_detections
 
 
 def alert(**overrides: Any) -> dict[str, Any]:
@@ -211,3 +213,31 @@ def test_a_detection_too_big_for_the_spool_is_rejected_not_truncated(spool: Path
     r = run_ingest("falco", line(event), spool)
     assert r.returncode == 1 and "the spool accepts at most 1048576" in r.stderr
     assert spool_detections(spool) == []
+
+
+def _wait_for_files(spool: Path, n: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(spool / "new")) < n:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, f"no {n} detections in the spool"
+        time.sleep(0.01)  # poll interval of a deadline-bounded wait on the spool
+
+
+def test_keep_alive_each_alert_is_in_the_spool_before_the_next_arrives(spool: Path) -> None:
+    # Falco's program_output with keep_alive: one process, one alert at a time, the pipe never closed.
+    proc = subprocess.Popen([SDD_INGEST, "--format", "falco", "--spool", str(spool)], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    try:
+        for i in range(3):
+            proc.stdin.write(line(alert(rule=f"R{i}")))
+            proc.stdin.flush()
+            _wait_for_files(spool, i + 1, proc)
+        proc.send_signal(signal.SIGTERM)  # Falco restarting: what was read is written, the summary printed
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and err.decode().endswith("3 lines: 3 detections written\n")
+    assert [d["threat_name"] for d in spool_detections(spool)] == ["R0", "R1", "R2"]

@@ -291,3 +291,14 @@ def test_clamd_logs_the_hook_failing_on_an_unwritable_spool(hook: Path, clamd_di
     finally:
         clamd.stop()
     assert "sdd-virusevent: spool directory" in clamd.log() and "does not exist" in clamd.log()
+
+
+def test_sddctl_submit_clamav_also_keeps_non_utf8_names(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path / "spool")
+    name = b"/tmp/caf\xe9 \xff.exe"
+    r = subprocess.run([SDDCTL, "submit", "--clamav", "--spool", str(spool)], capture_output=True, timeout=60,
+                       env={b"CLAM_VIRUSEVENT_FILENAME": name, b"CLAM_VIRUSEVENT_VIRUSNAME": b"V",
+                            b"PATH": b"/usr/bin:/bin"}, check=False)
+    assert r.returncode == 0, r.stderr
+    _, d = only_detection(spool)
+    assert os.fsencode(d["file_path"]) == name
