@@ -140,6 +140,7 @@ class SpoolWriter:
         self._new = self._open_dir("new")
         self._host = _hostname()
         self._pid = os.getpid()
+        self._random = os.urandom(4).hex()
         self._serial = 0
         self._syncfs: Callable[[int], int] | None = None
 
@@ -167,8 +168,10 @@ class SpoolWriter:
         self.close()
 
     def _name(self) -> str:
+        # Unique without a syscall per file: time, pid, a serial, and random bits drawn once per writer (a
+        # name left in tmp/ by a dead process with the same pid and serial is skipped by O_EXCL).
         self._serial += 1
-        return f"{time.time_ns()}.{self._pid}_{self._serial}{os.urandom(4).hex()}.{self._host}.json"
+        return f"{time.time_ns()}.{self._pid}_{self._serial}{self._random}.{self._host}.json"
 
     def _create(self, data: bytes) -> tuple[str, int]:
         """A new file in tmp/ holding `data`, still open; raises SubmitError."""
