@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUNDIR ?= $(CURDIR)/run
 
-.PHONY: venv install run test test-all test-slow bench lint deb clean system-deps
+.PHONY: venv install run test test-all test-slow bench lint deb clean system-deps hook
 
 # Progress goes to stderr, so that `make bench` prints nothing but its JSON on stdout even on a fresh clone.
 $(STAMP): pyproject.toml client/pyproject.toml
@@ -17,6 +17,19 @@ $(STAMP): pyproject.toml client/pyproject.toml
 
 venv install: $(STAMP)
 
+# The ClamAV VirusEvent hook (hook/sdd-virusevent.c), a small C program: clamd waits for it on every
+# detection. CFLAGS/LDFLAGS from the environment (dpkg-buildflags in the Debian build) come last.
+CC          ?= cc
+HOOK        := build/sdd-virusevent
+HOOK_CFLAGS := -std=c11 -O2 -Wall -Wextra -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
+HOOK_LDFLAGS := -pie -Wl,-z,relro,-z,now
+
+hook: $(HOOK)
+
+$(HOOK): hook/sdd-virusevent.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(HOOK_CFLAGS) $(CFLAGS) -o $@ $< $(HOOK_LDFLAGS) $(LDFLAGS)
+
 # Debian packages the tests use (ClamAV, dbus-daemon, systemd-analyze); only when root, else tests skip.
 system-deps:
 	@bash tests/system-deps.sh
@@ -27,7 +40,7 @@ run: $(STAMP)
 	@sed -e 's|@RUNDIR@|$(RUNDIR)|g' -e 's|@TEMPLATES@|$(CURDIR)/templates|g' examples/user.toml > $(RUNDIR)/sdd.toml
 	$(VENV)/bin/sdd --user --config $(RUNDIR)/sdd.toml
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps hook
 	$(VENV)/bin/pytest -q -m "not slow"
 
 # The slow end-to-end tests (Debian package build and install); .ci/run runs these too.

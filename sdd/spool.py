@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdd_client.detection import parse_json, too_deep
+
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_NOT_A_NAME_BYTE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 MAX_NESTING = 64  # a detection deeper than this is hostile, and would hurt the engine's renderer
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
@@ -62,23 +65,6 @@ class SpoolLayout:
                 raise OSError(errno.ENOTDIR, f"spool directory {path} is not a directory (symlink?)")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _too_deep(obj: Any, limit: int) -> bool:
-    stack = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-    return False
-
-
 def parse_detection(raw: bytes) -> dict[str, Any]:
     """One UTF-8 JSON object with a non-empty string `type`; raises SpoolRejection saying what is wrong."""
     if not raw.strip():
@@ -88,13 +74,9 @@ def parse_detection(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise SpoolRejection(f"not valid UTF-8 (byte {exc.start})") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise SpoolRejection("invalid JSON: nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        raise SpoolRejection(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        obj = parse_json(text)  # the client's rule, so `sddctl validate-detection` says the same
     except ValueError as exc:
-        raise SpoolRejection(f"invalid JSON: {exc}") from None
+        raise SpoolRejection(str(exc)) from None
     if not isinstance(obj, dict):
         what = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
         raise SpoolRejection(f"expected one JSON object, got {what}")
@@ -105,13 +87,14 @@ def parse_detection(raw: bytes) -> dict[str, Any]:
     if ident is not None and (isinstance(ident, bool) or not isinstance(ident, (str, int))):
         raise SpoolRejection("field 'id' must be a string")
     # Both checks walk the whole value; the cheap C-level tests in front skip them for ordinary detections.
-    if text.count("[") + text.count("{") > MAX_NESTING and _too_deep(obj, MAX_NESTING):
+    if text.count("[") + text.count("{") > MAX_NESTING and too_deep(obj, MAX_NESTING):
         raise SpoolRejection(f"JSON nested deeper than {MAX_NESTING} levels")
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
-        try:  # "\ud800" escapes decode to lone surrogates that no UTF-8 store can hold
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise SpoolRejection("invalid Unicode (lone surrogate escape)") from None
+    # "\ud800" escapes decode to lone surrogates, which are no text. U+DC80..U+DCFF are the exception: they are
+    # the bytes of a file name that is not UTF-8 (surrogateescape, as the ClamAV hook writes them), which
+    # os.fsencode maps back to the very same bytes, and the store keeps them escaped.
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and \
+            _NOT_A_NAME_BYTE.search(json.dumps(obj, ensure_ascii=False)):
+        raise SpoolRejection("invalid Unicode (lone surrogate escape)")
     return obj
 
 

@@ -15,6 +15,8 @@ command -v dh >/dev/null 2>&1 || need+=(debhelper dh-python python3-all pybuild-
 command -v lintian      >/dev/null 2>&1 || need+=(lintian)
 command -v openssl      >/dev/null 2>&1 || need+=(openssl)   # a throw-away CA for the HTTPS webhook tests
 command -v nats-server  >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)  # fleet: JetStream
+command -v yara         >/dev/null 2>&1 || need+=(yara)      # real YARA output for sdd-ingest --format yara
+command -v cc           >/dev/null 2>&1 || need+=(gcc libc6-dev)  # builds the ClamAV hook (make hook)
 command -v apparmor_parser >/dev/null 2>&1 || [ -x /sbin/apparmor_parser ] || need+=(apparmor)
 # Debian's own python3 runs the unit-sandbox test (seccomp) and sddctl as clamav, who cannot read the venv.
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need+=(python3-seccomp)

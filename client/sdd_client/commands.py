@@ -19,6 +19,7 @@ from .client import Event
 from .errors import DaemonUnreachable
 from .output import Style, duration, relative_time, safe, table
 from .run_commands import cmd_cancel, cmd_history, cmd_run, cmd_show, cmd_stats
+from .validate_detection import cmd_validate_detection
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -313,6 +314,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "validate": cmd_validate, "run": cmd_run, "history": cmd_history, "show": cmd_show, "stats": cmd_stats,
     "cancel": cmd_cancel, "submit": cmd_submit, "quarantine-list": cmd_quarantine_list,
     "quarantine-restore": cmd_quarantine_restore, "reload": cmd_reload, "watch": cmd_watch,
+    "validate-detection": cmd_validate_detection,
 }
 
 __all__ = ["COMMANDS", "run"]

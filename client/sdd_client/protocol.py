@@ -62,7 +62,22 @@ _packer_options = {"use_bin_type": True, "default": _default, "datetime": False}
 
 def pack_payload(message: Mapping[str, Any]) -> bytes:
     """The msgpack bytes of one message (no length prefix)."""
-    return msgpack.packb(message, **_packer_options)
+    try:
+        return msgpack.packb(message, **_packer_options)
+    except UnicodeEncodeError:
+        # A file name that is not UTF-8 lives in the daemon as surrogateescape'd text (U+DC80..U+DCFF);
+        # msgpack strings are UTF-8, so on the wire its bytes are shown escaped (`\udcff`), as on D-Bus.
+        return msgpack.packb(_escape_surrogates(message), **_packer_options)
+
+
+def _escape_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, Mapping):
+        return {_escape_surrogates(k): _escape_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_surrogates(v) for v in value]
+    return value
 
 
 def encode(message: Mapping[str, Any], max_size: int = MAX_FRAME) -> bytes:

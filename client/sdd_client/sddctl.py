@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import commands
+from . import commands, validate_detection
 from .errors import ApiError, ClientError, DaemonUnreachable
 
 RUN_STATUSES = ("pending", "running", "completed", "failed", "rolled_back", "cancelled", "interrupted")
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id", metavar="ID")
     p = add("validate", "check workflow files with the daemon's validator")
     p.add_argument("files", metavar="FILE", nargs="+")
+    validate_detection.add_arguments(add("validate-detection", "check detection files against the spool schema"))
     p = add("run", "start a workflow")
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

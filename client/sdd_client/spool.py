@@ -1,40 +1,25 @@
 """Writing detections into the daemon's spool, as `sddctl submit` (and ClamAV's `VirusEvent`) does.
 
-Maildir rules: the file is written and fsynced under `SPOOL/tmp/` with a unique name, then `rename(2)`d into
-`SPOOL/new/`, so the daemon never sees half a detection. The spool is found by `--spool`, else
-`$SDD_SPOOL`, else `paths.spool` of the config file (`--config`, else `$SDD_CONFIG`, else /etc/sdd/sdd.toml
-when it exists), else /var/spool/sdd. clamd runs `VirusEvent` with an empty environment, so every fallback
-must work without one. This module reads the TOML itself: the client never imports the daemon.
+The writing itself, the spool's resolution (`--spool`, `$SDD_SPOOL`, `paths.spool` of the config file,
+/var/spool/sdd) and the encoding rules live in `spoolfile.py`, which `sdd-ingest` shares; this module gives
+them the `Path`-based interface sddctl uses, and builds the ClamAV detection. clamd runs `VirusEvent` with an
+empty environment, so every fallback must work without one. The client never imports the daemon.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import socket
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ClientError
+from . import procstat, spoolfile
+from .spoolfile import MAX_DETECTION, SubmitError, UsageError, encode_detection
 
-DEFAULT_SPOOL = Path("/var/spool/sdd")
-SYSTEM_CONFIG = Path("/etc/sdd/sdd.toml")
-MAX_DETECTION = 1024 * 1024  # the daemon rejects bigger spool files
-
-
-class SubmitError(ClientError):
-    """The detection cannot be written (bad data, no spool, permissions)."""
-
-
-class UsageError(ClientError):
-    """The caller asked for something impossible (missing variable, bad option)."""
-
-    exit_code = 2
+DEFAULT_SPOOL = Path(spoolfile.DEFAULT_SPOOL)
+SYSTEM_CONFIG = Path(spoolfile.SYSTEM_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -45,39 +30,7 @@ class Submitted:
 
 def resolve_spool(explicit: str | None = None, config: str | None = None,
                   environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    if explicit:
-        return Path(explicit)
-    if env.get("SDD_SPOOL"):
-        return Path(env["SDD_SPOOL"])
-    config_file = Path(config) if config else Path(env["SDD_CONFIG"]) if env.get("SDD_CONFIG") else None
-    if config_file is None and SYSTEM_CONFIG.is_file():
-        config_file = SYSTEM_CONFIG
-    if config_file is not None:
-        spool = _spool_from_config(config_file, required=bool(config or env.get("SDD_CONFIG")))
-        if spool is not None:
-            return spool
-    return DEFAULT_SPOOL
-
-
-def _spool_from_config(path: Path, required: bool) -> Path | None:
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if required:
-            raise UsageError(f"config file {path} does not exist") from None
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read config file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: invalid TOML: {exc}") from None
-    paths = raw.get("paths", {})
-    spool = paths.get("spool") if isinstance(paths, dict) else None
-    if spool is None:
-        return None
-    if not isinstance(spool, str) or not os.path.isabs(spool):
-        raise UsageError(f"{path}: paths.spool must be an absolute path, got {spool!r}")
-    return Path(spool)
+    return Path(spoolfile.resolve_spool(explicit, config, environ, system_config=str(SYSTEM_CONFIG)))
 
 
 def clamav_detection(environ: Mapping[str, str] | None = None, severity: str = "high") -> dict[str, Any]:
@@ -92,6 +45,7 @@ def clamav_detection(environ: Mapping[str, str] | None = None, severity: str = "
         "file_path": env["CLAM_VIRUSEVENT_FILENAME"],
         "threat_name": env["CLAM_VIRUSEVENT_VIRUSNAME"],
         "scanner": "clamav",
+        "source": "clamav",
         "detected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -99,79 +53,23 @@ def clamav_detection(environ: Mapping[str, str] | None = None, severity: str = "
 def process_start_time(pid: int) -> float:
     """Epoch seconds the process started (what psutil's create_time() gives), from /proc."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        # The command name may contain spaces and parentheses: fields start after the last ')'.
-        fields = stat[stat.rindex(")") + 2:].split()
-        start_ticks = int(fields[19])
-        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                     if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration) as exc:
+        return procstat.start_time(pid)
+    except (OSError, ValueError, IndexError) as exc:
         raise SubmitError(f"cannot read the start time of process {pid}: {exc}") from None
-    return btime + start_ticks / os.sysconf("SC_CLK_TCK")
-
-
-def encode_detection(detection: Mapping[str, Any]) -> bytes:
-    kind = detection.get("type")
-    if not isinstance(kind, str) or not kind.strip():
-        raise UsageError("a detection needs a non-empty 'type' (--type)")
-    data = json.dumps(detection, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if len(data) > MAX_DETECTION:
-        raise SubmitError(f"detection is {len(data)} bytes; the spool accepts at most {MAX_DETECTION}")
-    return data
 
 
 def write_detection(spool: Path, detection: Mapping[str, Any]) -> Submitted:
-    """Writes one detection atomically: tmp/NAME (fsynced), then rename into new/NAME."""
+    """Writes one detection atomically and durably (see spoolfile.py): tmp/NAME, then new/NAME."""
     data = encode_detection(detection)
-    tmp_dir, new_dir = spool / "tmp", spool / "new"
-    for d in (tmp_dir, new_dir):
-        if not d.is_dir():
-            raise SubmitError(f"spool directory {d} does not exist (is sdd installed, is the spool right?)")
-    name = f"{time.time_ns()}.{os.getpid()}_{secrets.token_hex(6)}.{_hostname()}.json"
-    tmp_path = tmp_dir / name
-    try:
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-    except OSError as exc:
-        raise SubmitError(f"cannot create {tmp_path}: {exc.strerror}") from None
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp_path, new_dir / name)
-    except OSError as exc:
-        try:
-            os.unlink(tmp_path)
-        except OSError:
-            pass
-        raise SubmitError(f"cannot write the detection into {spool}: {exc.strerror or exc}") from None
-    _fsync_dir(new_dir)
-    return Submitted(new_dir / name, spool)
-
-
-def _hostname() -> str:
-    # Maildir names must not contain '/' or ':'; keep them short and plain.
-    return "".join(c for c in socket.gethostname() if c.isalnum() or c in "-_")[:32] or "host"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with spoolfile.SpoolWriter(os.fspath(spool)) as writer:
+        name = writer.write_one(data)
+    return Submitted(Path(spool) / "new" / name, Path(spool))
 
 
 __all__ = [
     "DEFAULT_SPOOL",
+    "MAX_DETECTION",
+    "SYSTEM_CONFIG",
     "SubmitError",
     "Submitted",
     "UsageError",

@@ -26,9 +26,12 @@ def _blocks() -> list[str]:
 
 def test_the_virusevent_line_is_the_one_the_end_to_end_test_uses() -> None:
     [block] = [b for b in _blocks() if "VirusEvent" in b]
-    assert "echo 'VirusEvent /usr/bin/sddctl submit --clamav' >> /etc/clamav/clamd.conf" in block
-    e2e = (REPO / "tests" / "e2e" / "test_clamav.py").read_text(encoding="utf-8")
-    assert 'f"VirusEvent {SDDCTL} submit --clamav --spool {spool}"' in e2e
+    assert "echo 'VirusEvent /usr/libexec/sdd/sdd-virusevent' >> /etc/clamav/clamd.conf" in block
+    # The packaged hook is the one `make hook` builds; tests/ingest/test_hook.py runs it under real clamd.
+    e2e = (REPO / "tests" / "ingest" / "test_hook.py").read_text(encoding="utf-8")
+    assert 'f"{hook} --spool {d.spool}"' in e2e
+    assert "install -D -m 0755 build/sdd-virusevent debian/sdd-client/usr/libexec/sdd/sdd-virusevent" in (
+        REPO / "packaging" / "debian" / "rules").read_text(encoding="utf-8")
 
 
 @pytest.mark.skipif(CLAMSCAN is None or SIGTOOL is None, reason="ClamAV is not installed (clamav package)")
@@ -73,7 +76,7 @@ def test_the_apparmor_lines_compile_into_clamds_profile(tmp_path: Path) -> None:
     match = re.search(r"printf '%s\\n' ((?:'[^']*' ?)+) >> /etc/apparmor.d/local/usr.sbin.clamd", block)
     assert match, block
     rules = re.findall(r"'([^']*)'", match.group(1))
-    assert rules == ["/{usr/,}bin/dash ix,", "/usr/bin/sddctl Ux,"]
+    assert rules == ["/{usr/,}bin/dash ix,", "/usr/libexec/sdd/sdd-virusevent Ux,"]
     local = tmp_path / "local-usr.sbin.clamd"
     local.write_text("".join(f"{r}\n" for r in rules))
     profile = tmp_path / "usr.sbin.clamd"

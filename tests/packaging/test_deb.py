@@ -119,7 +119,8 @@ def installed(debs: dict[str, Path]) -> Iterator[dict[str, Path]]:
 
 
 def test_installed_files_are_in_place(installed: dict[str, Path]) -> None:
-    for path in ("/usr/bin/sdd", "/usr/bin/sddctl", "/usr/bin/sdd-notifier"):
+    for path in ("/usr/bin/sdd", "/usr/bin/sddctl", "/usr/bin/sdd-notifier", "/usr/bin/sdd-ingest",
+                 "/usr/libexec/sdd/sdd-virusevent"):
         assert os.access(path, os.X_OK), path
     for path in ("/lib/systemd/system/sdd.service", "/lib/systemd/system/sdd.socket",
                  "/usr/lib/sysusers.d/sdd.conf", "/usr/lib/tmpfiles.d/sdd.conf", "/etc/sdd/sdd.toml",
