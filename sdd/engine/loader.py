@@ -95,13 +95,47 @@ def _marks(node: yaml.Node, source: str) -> tuple[Marks, list[ValidationIssue]]:
     return Marks(values, keys), issues
 
 
+class _Composer(yaml.SafeLoader):
+    """SafeLoader that notices an alias used inside the value it names (`a: &x [*x]`): such a document is a
+    value that contains itself, which nothing downstream (schema, semantic checks, the runner) can walk."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self._open: list[tuple[str, yaml.Mark]] = []            # anchors whose value is being composed
+        self.recursive: tuple[str, yaml.Mark, yaml.Mark] | None = None   # (anchor, alias mark, anchor mark)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if self.recursive is None:
+                for anchor, mark in self._open:
+                    if anchor == event.anchor:
+                        self.recursive = (anchor, event.start_mark, mark)
+                        break
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is None:
+            return super().compose_node(parent, index)
+        self._open.append((anchor, event.start_mark))
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.pop()
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, Marks, list[ValidationIssue]]:
     """(data, marks, issues) of one YAML document, never raising for bad input."""
-    loader = yaml.SafeLoader(text)
+    loader = _Composer(text)
     try:
         node = loader.get_single_node()
+        if loader.recursive is not None:
+            anchor, at, defined = loader.recursive
+            return None, Marks(), [ValidationIssue(
+                source, at.line + 1, at.column + 1, "",
+                f"the alias *{anchor} is used inside the value it names (anchored &{anchor} on line "
+                f"{defined.line + 1}): a value may not contain itself")]
         if node is None:
-            return None, Marks(), [ValidationIssue(source, 1, 1, "", "the file is empty")]
+            return None, Marks(), [ValidationIssue(source, 1, 1, "", "empty workflow file")]
         if _expanded_size(node) > MAX_NODES:
             return None, Marks(), [ValidationIssue(source, 1, 1, "",
                                                    f"the document is too large (more than {MAX_NODES} "

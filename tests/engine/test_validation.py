@@ -147,7 +147,7 @@ def test_yaml_syntax_errors_and_non_mappings() -> None:
     assert issues_of("workflow_id: [\n")[0].startswith("wf.yaml:2:1: YAML syntax error")
     assert issues_of("- 1\n") == [("wf.yaml:1:1: a workflow file must hold a mapping (workflow_id, steps, ...), "
                                   "not a list")]
-    assert issues_of("") == ["wf.yaml:1:1: the file is empty"]
+    assert issues_of("") == ["wf.yaml:1:1: empty workflow file"]
     assert "duplicate key 'steps'" in issues_of("workflow_id: a\nsteps: []\nsteps: []\n")[0]
 
 
@@ -157,6 +157,43 @@ def test_yaml_alias_bomb_is_refused_quickly() -> None:
         lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
     found = issues_of("\n".join(lines) + "\nworkflow_id: x\nsteps: []\n")
     assert found and "too large" in found[0]
+
+
+def test_a_yaml_alias_that_contains_itself_is_an_issue_naming_file_and_line() -> None:
+    found = issues_of("""\
+        workflow_id: x
+        steps: &all
+          - step_id: loop
+            type: loop
+            items: [1]
+            steps: *all
+        """)
+    assert found == [("wf.yaml:6:12: the alias *all is used inside the value it names (anchored &all on "
+                     "line 2): a value may not contain itself")]
+    assert issues_of("a: &x {b: [1, {c: *x}]}\n")[0].startswith("wf.yaml:1:19: the alias *x is used inside")
+
+
+def test_a_yaml_alias_used_beside_its_anchor_is_fine() -> None:
+    found = issues_of("""\
+        workflow_id: x
+        context: {a: &one [1, 2], b: *one}
+        steps: [{step_id: s, action: kill_process, params: {process_id: 1}}]
+        """)
+    assert found == []
+
+
+def test_recursive_alias_fails_load_workflow_dirs_with_an_issue_not_an_exception(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("workflow_id: bad\nsteps: &s [{step_id: a, type: parallel, steps: *s}]\n")
+    (tmp_path / "good.yaml").write_text("workflow_id: good\nsteps: [{step_id: a, action: kill_process}]\n")
+    found, issues = load_workflow_dirs([tmp_path], ACTIONS)
+    assert list(found) == ["good"]
+    assert [str(i) for i in issues] == [(f"{tmp_path / 'bad.yaml'}:2:48: the alias *s is used inside the value "
+                                        "it names (anchored &s on line 2): a value may not contain itself")]
+
+
+def test_params_given_as_a_string_get_one_message() -> None:
+    found = issues_of("workflow_id: a\nsteps:\n  - {step_id: q, action: kill_process, params: 'pid=1'}\n")
+    assert found == ["wf.yaml:3:48: steps[0].params must be a mapping, not a string ('pid=1')"]
 
 
 def test_load_workflow_raises_with_all_issues(tmp_path: Path) -> None:
