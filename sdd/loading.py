@@ -44,7 +44,7 @@ def load_workflows(config: Config, actions: Any) -> tuple[dict[str, Workflow], l
     """Every workflow of `paths.workflows` (later dirs override the same id) and every problem found.
 
     In system mode a file or directory writable by anyone but root is refused: its steps run as root."""
-    from .engine import loader
+    from .engine.specs import loader
 
     require_root = not config.user_mode and os.geteuid() == 0
     found, issues = loader.load_workflow_dirs(config.paths.workflows, actions, require_root_owned=require_root)

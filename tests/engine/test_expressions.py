@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sdd.engine import ExpressionError
 from sdd.engine.expressions import check_syntax, compile_template, evaluate, evaluate_condition, render
-from sdd.engine.sandbox import MAX_SIZE
+from sdd.engine.expressions.sandbox import MAX_SIZE
 
 NAMES = {
     "context": {"threats_found": 2, "files": ["/a", "/b"], "get": "data wins", "nested": {"x": {"y": 1}}},

@@ -17,7 +17,7 @@ from sdd.engine import (
     load_workflow_dirs,
     validate_text,
 )
-from sdd.engine.schema_check import schema
+from sdd.engine.specs.schema_check import schema
 
 ACTIONS = ["quarantine_file", "restore_file", "send_notification", "kill_process"]
 
@@ -209,7 +209,7 @@ def test_load_workflow_raises_with_all_issues(tmp_path: Path) -> None:
 def test_published_schema_is_a_valid_json_schema() -> None:
     cls = jsonschema.validators.validator_for(schema())
     cls.check_schema(schema())
-    shipped = Path(__file__).resolve().parents[2] / "sdd" / "engine" / "workflow.schema.json"
+    shipped = Path(__file__).resolve().parents[2] / "sdd" / "engine" / "specs" / "workflow.schema.json"
     assert json.loads(shipped.read_text()) == schema()
 
 

@@ -1,6 +1,6 @@
-"""The restricted evaluator behind `expressions.py`: simpleeval with our node set, operators that refuse
+"""The restricted evaluator behind `language.py`: simpleeval with our node set, operators that refuse
 to build huge values, a short list of pure functions, and read-only methods on exact builtin types only.
-Nothing here knows about workflows; `expressions.py` parses, caches and bounds the text first.
+Nothing here knows about workflows; `language.py` parses, caches and bounds the text first.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from simpleeval import EvalWithCompoundTypes, safe_lshift, safe_rshift
 
-from .errors import ExpressionError
+from ..errors import ExpressionError
 
 MAX_SIZE = 100_000                # characters/items of any string or sequence an expression builds
 MAX_POWER_BITS = 4096             # an integer power may not exceed this many bits

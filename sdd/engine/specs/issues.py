@@ -9,7 +9,7 @@ import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import ValidationIssue
+from ..errors import ValidationIssue
 
 Path_ = tuple[Any, ...]
 

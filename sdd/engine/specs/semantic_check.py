@@ -9,10 +9,10 @@ import ast
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from .errors import ExpressionError
-from .expressions import compile_expression, template_expressions
+from ..errors import ExpressionError
+from ..expressions import compile_expression, template_expressions
 from .issues import Path_, _Collector, did_you_mean, format_path
-from .model import LEAF_TYPES, STEP_TYPES, TYPE_ACTIONS
+from .vocabulary import LEAF_TYPES, STEP_TYPES, TYPE_ACTIONS
 
 # Keys that only mean something on some step types.
 _TYPE_KEYS = {

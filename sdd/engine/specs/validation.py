@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from .errors import ValidationIssue, WorkflowValidationError
+from ..errors import ValidationIssue, WorkflowValidationError
 from .issues import Marks, Path_, _Collector, _type_name
 from .schema_check import _schema_issues
 from .semantic_check import _Semantics, _trigger
