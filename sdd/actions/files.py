@@ -56,7 +56,7 @@ async def _index(services: ActionServices, meta: dict[str, Any]) -> None:
 
 async def quarantine_file(services: ActionServices, *, context: dict[str, Any] | None = None,
                           **params: Any) -> dict[str, Any]:
-    p = Params("quarantine_file", params, {"file_path", "quarantine_dir", "detection_id", "threat_name"})
+    p = Params("quarantine_file", params)
     path = _checked_path(p, services)
     if p.present("quarantine_dir"):
         # Accepted for the original engine's workflows; the vault's place is configuration, never
@@ -98,8 +98,7 @@ def _hints(services: ActionServices, path: str) -> tuple[str, ...]:
 
 async def restore_file(services: ActionServices, *, context: dict[str, Any] | None = None,
                        **params: Any) -> dict[str, Any]:
-    p = Params("restore_file", params, {"quarantine_id", "file_path", "on_conflict", "quarantine_dir",
-                                        "detection_id", "threat_name"})
+    p = Params("restore_file", params)
     on_conflict = p.string("on_conflict", default="fail", choices=("fail", "rename")) or "fail"
     qid = p.string("quarantine_id", max_len=64)
     info = runinfo.step()
@@ -145,7 +144,7 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
 
 async def delete_file(services: ActionServices, *, context: dict[str, Any] | None = None,
                       **params: Any) -> dict[str, Any]:
-    p = Params("delete_file", params, {"file_path"})
+    p = Params("delete_file", params)
     path = _checked_path(p, services)
     if runinfo.dry_run():
         return {"dry_run": True, "would": f"delete {path}", "irreversible": True, "file_path": path}

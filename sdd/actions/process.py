@@ -147,7 +147,7 @@ def _tree(proc: psutil.Process, include_children: bool) -> list[psutil.Process]:
 
 async def kill_process(services: ActionServices, *, context: dict[str, Any] | None = None,
                        **params: Any) -> dict[str, Any]:
-    p = Params("kill_process", params, {"process_id", "process_start_time", "include_children", "timeout"})
+    p = Params("kill_process", params)
     pid = p.integer("process_id", required=True, minimum=1, maximum=2**22)
     assert pid is not None
     expected = p.number("process_start_time", minimum=0.0)

@@ -40,6 +40,8 @@ from .specs import (
     validate_text,
 )
 from .specs.params import ParamSpec
+from .specs.schema_check import workflow_schema
+from .specs.trust import path_problem
 from .statuses import Phase, RunStatus, StepStatus
 
 __all__ = [
@@ -90,6 +92,8 @@ __all__ = [
     "load_workflow",
     "load_workflow_dirs",
     "new_run_id",
+    "path_problem",
     "render",
     "validate_text",
+    "workflow_schema",
 ]

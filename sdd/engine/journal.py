@@ -99,28 +99,27 @@ class RunState:
         spec = self.registry.get(step.action) if step.action else None
         return spec.idempotent if spec is not None else False
 
-    async def skip(self, step: WorkflowStep, path: str, parent: str | None, reason: str,
-                   result: Any = None) -> None:
+    async def skip(self, step: WorkflowStep, path: str, parent: str | None, reason: str) -> None:
         now = time.time()
-        self.record(path, step, _SKIPPED, result, None, 0, now, now, reason)
+        self.record(path, step, _SKIPPED, None, None, 0, now, now, reason)
         if self.listeners:
             await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, 0,
                                         self.idempotent(step), _RUN, now, EMPTY, self.labels))
-            await self.emit(StepFinished(self.run_id, path, _SKIPPED, 0, now, now, result, None, _RUN,
+            await self.emit(StepFinished(self.run_id, path, _SKIPPED, 0, now, now, None, None, _RUN,
                                          self.labels))
 
     async def fail(self, step: WorkflowStep, path: str, parent: str | None, started: float, attempts: int,
-                   error: str, result: Any = None, child_rollback: bool = False, announce: bool = False) -> None:
+                   error: str, child_rollback: bool = False, announce: bool = False) -> None:
         """Record a failed step and apply its on_failure policy (raise _Abort, or carry on)."""
         now = time.time()
         status = failed_status(step)
-        self.record(path, step, status, result, error, attempts, started, now,
+        self.record(path, step, status, None, error, attempts, started, now,
                     "failed, skipped by on_failure: skip" if step.on_failure == OnFailure.SKIP else None)
         if self.listeners:
             if announce:
                 await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, 0,
                                             self.idempotent(step), _RUN, started, EMPTY, self.labels))
-            await self.emit(StepFinished(self.run_id, path, status, attempts, started, now, result, error, _RUN,
+            await self.emit(StepFinished(self.run_id, path, status, attempts, started, now, None, error, _RUN,
                                          self.labels))
         if carries_on(step):
             return

@@ -14,7 +14,7 @@ import itertools
 import os
 import re
 import stat
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ from ..errors import ValidationIssue, WorkflowValidationError
 from .compilation import precompile
 from .issues import Marks, did_you_mean, format_path
 from .model import BranchCase, Schedule, Trigger, Workflow, WorkflowStep
+from .params import Catalogue, catalogue
 from .parsing import parse_yaml
 from .semantic_check import find_cycles
+from .trust import path_problem
 from .validation import collect_issues, validate_step_dict, validate_workflow_dict
 from .vocabulary import DEFAULT_ON_FAILURE, OnFalse, OnInterrupt, StepType
 
@@ -31,21 +33,7 @@ MAX_FILE_SIZE = 1 << 20
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def _action_names(actions: Any) -> Collection[str] | None:
-    if actions is None:
-        return None
-    registry = getattr(actions, "registry", None)      # a WorkflowEngine
-    if registry is not None:
-        actions = registry
-    names = getattr(actions, "names", None)            # an ActionRegistry
-    if callable(names):
-        return names()
-    if isinstance(actions, Mapping):
-        return frozenset(actions)
-    return frozenset(getattr(a, "name", a) for a in actions)
-
-
-def _check_text(text: str, source: str, actions: Collection[str] | None
+def _check_text(text: str, source: str, actions: Catalogue | None
                 ) -> tuple[Any, Marks, list[ValidationIssue], list[tuple[str, tuple[Any, ...]]]]:
     data, marks, issues = parse_yaml(text, source)
     if data is None and issues:
@@ -59,14 +47,14 @@ def validate_text(yaml_text: str, name: str = "<text>", actions: Any = None) -> 
     """Every issue of a workflow given as text (empty when valid); for `workflows.validate`."""
     if len(yaml_text) > MAX_FILE_SIZE:
         return [ValidationIssue(name, None, None, "", f"larger than {MAX_FILE_SIZE} bytes")]
-    return _check_text(yaml_text, name, _action_names(actions))[2]
+    return _check_text(yaml_text, name, catalogue(actions))[2]
 
 
 def load_text(yaml_text: str, name: str = "<text>", actions: Any = None) -> Workflow:
     """The workflow in `yaml_text`, or WorkflowValidationError with every issue."""
     if len(yaml_text) > MAX_FILE_SIZE:
         raise WorkflowValidationError([ValidationIssue(name, None, None, "", f"larger than {MAX_FILE_SIZE} bytes")])
-    data, _, issues, _ = _check_text(yaml_text, name, _action_names(actions))
+    data, _, issues, _ = _check_text(yaml_text, name, catalogue(actions))
     if issues:
         raise WorkflowValidationError(issues)
     return precompile(build_workflow(data, source=name))
@@ -121,7 +109,7 @@ def load_workflow(path: str | Path, actions: Any = None) -> Workflow:
         text = _read(Path(path), require_root_owned=False)
     except _Refused as exc:
         raise WorkflowValidationError([ValidationIssue(source, None, None, "", str(exc))]) from None
-    data, _, issues, _subs = _check_text(text, source, _action_names(actions))
+    data, _, issues, _subs = _check_text(text, source, catalogue(actions))
     if issues:
         raise WorkflowValidationError(issues)
     return precompile(build_workflow(data, source=source))
@@ -132,8 +120,10 @@ def load_workflow_dirs(dirs: Iterable[str | Path], actions: Any = None, *, requi
     """Every valid workflow in `dirs` (later dirs override the same workflow_id) and every issue found.
 
     A workflow whose sub-workflows are unknown or form a cycle is left out and reported. With
-    `require_root_owned`, a file or directory that anyone but root could write is refused."""
-    names = _action_names(actions)
+    `require_root_owned` (system mode), a directory is refused unless it and every directory above it,
+    symlinks resolved, is root's and writable by no one else (`trust.path_problem`), and so is a file that
+    anyone but root could write."""
+    names = catalogue(actions)
     found: dict[str, Workflow] = {}
     refs: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
     marks_of: dict[str, Marks] = {}
@@ -148,7 +138,7 @@ def load_workflow_dirs(dirs: Iterable[str | Path], actions: Any = None, *, requi
             issues.append(ValidationIssue(str(directory), None, None, "", "not a directory"))
             continue
         if require_root_owned:
-            reason = _unsafe_owner(dst)
+            reason = path_problem(directory.absolute())
             if reason:
                 issues.append(ValidationIssue(str(directory), None, None, "",
                                               f"directory refused: {reason} (its workflows would run as root)"))

@@ -75,6 +75,25 @@ def param_specs(table: Mapping[str, ParamSpec | Mapping[str, Any]] | None) -> di
     return {str(name): ParamSpec.from_value(value) for name, value in table.items()}
 
 
+# What validation knows of the actions: name → declared parameters (None: undeclared, not checked).
+Catalogue = Mapping[str, Mapping[str, ParamSpec] | None]
+
+
+def catalogue(actions: Any) -> Catalogue | None:
+    """What validation knows of `actions`: a WorkflowEngine, an ActionRegistry, ActionSpecs (an iterable, or a
+    mapping by name), plain names (then only the names are known), or None (nothing is checked)."""
+    if actions is None:
+        return None
+    actions = getattr(actions, "registry", actions)          # a WorkflowEngine
+    declarations = getattr(actions, "declarations", None)    # an ActionRegistry
+    if callable(declarations):
+        return declarations()
+    if isinstance(actions, Mapping):   # by name: ActionSpecs, or declarations already (a Catalogue)
+        return {str(name): spec.params if hasattr(spec, "params")
+                else param_specs(spec) if isinstance(spec, Mapping) else None for name, spec in actions.items()}
+    return {str(getattr(a, "name", a)): getattr(a, "params", None) for a in actions}
+
+
 def _templated(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
 
@@ -160,4 +179,4 @@ def params_schema(declared: Mapping[str, ParamSpec]) -> dict[str, Any]:
     return schema
 
 
-__all__ = ["PARAM_TYPES", "ParamSpec", "literal_problem", "param_problems", "param_specs", "params_schema"]
+__all__ = ["PARAM_TYPES", "Catalogue", "ParamSpec", "catalogue", "literal_problem", "param_problems", "param_specs", "params_schema"]
