@@ -237,15 +237,20 @@ class WorkflowEngine:
         rid = run_id or new_run_id()
         if rid in self.active_runs:
             raise EngineError(f"run {rid!r} is already running")
-        run = Run(self.env(), workflow, ctx, detection, rid, dry_run, prior, _frozen_labels(labels))
-        task = asyncio.get_running_loop().create_task(run.main())
+        run = Run(self.env(), workflow, ctx, detection, rid, dry_run, prior,
+                  NO_LABELS if labels is None else _frozen_labels(labels))
+        task = asyncio.get_running_loop().create_task(run.main(), name=rid)
         handle = RunHandle(rid, task, run)
         self.active_runs[rid] = handle
-        task.add_done_callback(lambda _task: self._finished(rid, handle))
+        task.add_done_callback(self._finished)
         return handle
 
-    def _finished(self, run_id: str, handle: RunHandle) -> None:
-        if self.active_runs.get(run_id) is handle:
+    def _finished(self, task: asyncio.Task[WorkflowResult]) -> None:
+        """A run's task is done (finished, failed inside the engine, or cancelled before it began): it is no
+        longer active. The task is named by its run id."""
+        run_id = task.get_name()
+        handle = self.active_runs.get(run_id)
+        if handle is not None and handle.task is task:
             del self.active_runs[run_id]
 
     async def execute_workflow(self, workflow: Workflow, context: Mapping[str, Any] | None = None, *,

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from .attempt import describe, invoke, retry_delay
 from .composite import run_composite
@@ -148,89 +149,100 @@ class Run(RunState):
 
     # -- walking steps
     async def run_steps(self, steps: list[WorkflowStep], scope: Scope, parent: str | None = None) -> None:
+        """Run `steps` in order. A leaf step (action, notification, script, webhook) is run right here, its
+        attempts included: each coroutine frame between the walk and the handler costs on every step, and
+        a step is the hot path. Composite steps are `composite.py`'s."""
         prefix = scope.prefix
         for step in steps:
-            if step.step_type in LEAF_TYPES:
-                await self.run_leaf(step, prefix + step.step_id, parent, scope)
-            else:
-                await run_composite(self, step, prefix + step.step_id, parent, scope)
-
-    # -- leaf steps (action, notification, script, webhook)
-    async def run_leaf(self, step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:
-        c = step._compiled
-        if c is None:
-            try:
-                c = compiled(step)
-            except ExpressionError as exc:
-                return await self.fail(step, path, parent, time.time(), 0, str(exc), announce=True)
-        spec = self.registry.get(step.action) if step.action else None
-        if self.prior is not None:
-            prior = self.prior.get(path)
-            if prior is not None and await resume_step(self, step, path, parent, scope, prior, spec):
-                return
-        names = scope.names
-        try:
-            if not condition_holds(c.cond, names):
-                return await self.skip(step, path, parent, "condition is false")
-        except ExpressionError as exc:
-            return await self.fail(step, path, parent, time.time(), 0, f"condition: {exc}", announce=True)
-        try:
-            params = render_params(step, c, names)
-        except ExpressionError as exc:
-            return await self.fail(step, path, parent, time.time(), 0, f"params: {exc}", announce=True)
-        if spec is None:
-            return await self.fail(step, path, parent, time.time(), 0,
-                                   f"unknown action {step.action!r}", announce=True)
-        # The attempts, in this same coroutine: a step is on the hot path, one frame fewer is measurable.
-        handler = spec.handler
-        listeners = self.listeners
-        started = time.time()
-        attempt = 0
-        context = scope.context
-        timeout = step.timeout
-        deadline = None if step.total_timeout is None else time.monotonic() + step.total_timeout
-        while True:
-            attempt += 1
-            try:
-                if listeners:
-                    await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, attempt,
-                                                spec.idempotent, _RUN, time.time(), params, self.labels),
-                                    strict=not spec.idempotent)
-                limit = timeout
-                if deadline is not None:
-                    left = max(deadline - time.monotonic(), 0.0)
-                    limit = left if timeout is None or left < timeout else timeout
-                result = await invoke(handler, params, context, limit, self.step_info(scope, path, attempt))
-            except asyncio.CancelledError:
-                await self.cancelled(step, path, started, attempt)
-                raise
-            except Exception as exc:  # noqa: BLE001 - any handler failure is the step's failure
-                error = describe(exc)
-                if deadline is not None and time.monotonic() >= deadline:
-                    return await self.fail(step, path, parent, started, attempt,
-                                           f"step timed out after {step.total_timeout:g}s "
-                                           f"({attempt} attempt(s); last: {error})")
-                if attempt > step.effective_retries or not is_retryable(exc):
-                    return await self.fail(step, path, parent, started, attempt, error)
-                delay = retry_delay(step, attempt)
-                if deadline is not None:
-                    delay = min(delay, max(deadline - time.monotonic(), 0.0))
+            path = prefix + step.step_id
+            if step.step_type not in LEAF_TYPES:
+                await run_composite(self, step, path, parent, scope)
+                continue
+            c = step._compiled
+            if c is None:
                 try:
-                    await asyncio.sleep(delay)
+                    c = compiled(step)
+                except ExpressionError as exc:
+                    await self.fail(step, path, parent, time.time(), 0, str(exc), announce=True)
+                    continue
+            spec = self.registry.get(step.action) if step.action else None
+            if self.prior is not None:
+                prior = self.prior.get(path)
+                if prior is not None and await resume_step(self, step, path, parent, scope, prior, spec):
+                    continue
+            names = scope.names
+            # The `is not None` tests only save a call on the hot path; the rules are the helpers'.
+            if c.cond is not None:
+                try:
+                    holds = condition_holds(c.cond, names)
+                except ExpressionError as exc:
+                    await self.fail(step, path, parent, time.time(), 0, f"condition: {exc}", announce=True)
+                    continue
+                if not holds:
+                    await self.skip(step, path, parent, "condition is false")
+                    continue
+            params: Mapping[str, Any] = step.params
+            if c.params is not None:
+                try:
+                    params = render_params(step, c, names)
+                except ExpressionError as exc:
+                    await self.fail(step, path, parent, time.time(), 0, f"params: {exc}", announce=True)
+                    continue
+            if spec is None:
+                await self.fail(step, path, parent, time.time(), 0, f"unknown action {step.action!r}",
+                                announce=True)
+                continue
+            handler, idempotent, timeout = spec.handler, spec.idempotent, step.timeout
+            deadline = None if step.total_timeout is None else time.monotonic() + step.total_timeout
+            started = time.time()
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    if self.listeners:
+                        await self.emit(StepStarted(self.run_id, path, parent, step.step_type, step.action, attempt,
+                                                    idempotent, _RUN, time.time(), params, self.labels),
+                                        strict=not idempotent)
+                    limit = timeout
+                    if deadline is not None:
+                        left = max(deadline - time.monotonic(), 0.0)
+                        limit = left if timeout is None or left < timeout else timeout
+                    result = await invoke(handler, params, scope.context, limit,
+                                          self.step_info(scope, path, attempt))
                 except asyncio.CancelledError:
                     await self.cancelled(step, path, started, attempt)
                     raise
+                except Exception as exc:  # noqa: BLE001 - any handler failure is the step's failure
+                    failure: str | None = describe(exc)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        failure = (f"step timed out after {step.total_timeout:g}s ({attempt} attempt(s); "
+                                   f"last: {failure})")
+                        break
+                    if attempt > step.effective_retries or not is_retryable(exc):
+                        break
+                    delay = retry_delay(step, attempt)
+                    if deadline is not None:
+                        delay = min(delay, max(deadline - time.monotonic(), 0.0))
+                    try:
+                        await asyncio.sleep(delay)
+                    except asyncio.CancelledError:
+                        await self.cancelled(step, path, started, attempt)
+                        raise
+                    continue
+                failure = None
+                break
+            if failure is not None:
+                await self.fail(step, path, parent, started, attempt, failure)
                 continue
-            break
-        finished = time.time()
-        self.record(path, step, _COMPLETED, result, None, attempt, started, finished)
-        if step.output:
-            self.context[step.output] = result
-        if step.rollback_action:
-            self.undo.append((step, path, params, result, scope))
-        if listeners:
-            await self.emit(StepFinished(self.run_id, path, _COMPLETED, attempt, started, finished, result, None,
-                                         _RUN, self.labels))
+            finished = time.time()
+            self.record(path, step, _COMPLETED, result, None, attempt, started, finished)
+            if step.output:
+                self.context[step.output] = result
+            if step.rollback_action:
+                self.undo.append((step, path, params, result, scope))
+            if self.listeners:
+                await self.emit(StepFinished(self.run_id, path, _COMPLETED, attempt, started, finished, result,
+                                             None, _RUN, self.labels))
 
 
 __all__ = ["Run"]
