@@ -15,7 +15,7 @@ failure would keep from running as "not reached: ...". Each entry: `step_id` (th
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .env import RunEnv
@@ -50,17 +50,29 @@ _MAX_SCAN = 64
 _CONDITION_FALSE = "condition is false"
 
 
-class _Unknown:
-    """An earlier step's result or output: not known before the run. Reading into it fails, and so does
-    rendering it into text, so whatever depends on it is reported as undecided."""
+class _Unknown(Mapping[str, Any]):
+    """An earlier step's result or output: not known before the run. Reading into it, asking its length or
+    truth, and rendering it into text all fail with an ExpressionError, so whatever depends on it is
+    reported as undecided; only `is None` / `is not None` can be answered (it is not None: the plan assumes
+    the step completes)."""
 
     __slots__ = ()
+    _WHY = "it uses an earlier step's result, not known before the run"
+
+    def __getitem__(self, key: str) -> Any:
+        raise ExpressionError(self._WHY)
+
+    def __iter__(self) -> Iterator[str]:
+        raise ExpressionError(self._WHY)
+
+    def __len__(self) -> int:
+        raise ExpressionError(self._WHY)
 
     def __repr__(self) -> str:
         return "<not known before the run>"
 
     def __str__(self) -> str:
-        raise ExpressionError("an earlier step's result is not known before the run")
+        raise ExpressionError(self._WHY)
 
 
 UNKNOWN = _Unknown()
@@ -200,7 +212,7 @@ class Planner:
             exprs = [compile_expression(t) for t in template_expressions(step.params)]
             return self.unsure(step, path, parent, "params", exc, exprs)
         if _holds_unknown(params):
-            self.entry(step, path, parent, None, "params depend on the run: an earlier step's result")
+            self.entry(step, path, parent, None, f"params cannot be decided before the run: {_Unknown._WHY}")
             return _GO_ON, ""
         spec = self.env.registry.get(step.action) if step.action else None
         if spec is None:
@@ -240,7 +252,7 @@ class Planner:
                                                             for t in template_expressions(step.items)]
             return self.unsure(step, path, parent, "items", exc, exprs)
         if _holds_unknown(value):
-            self.entry(step, path, parent, None, "items cannot be known before the run: an earlier step's result")
+            self.entry(step, path, parent, None, f"items cannot be decided before the run: {_Unknown._WHY}")
             return _GO_ON, ""
         try:
             items = as_items(value)

@@ -131,8 +131,10 @@ def test_what_depends_on_an_earlier_result_is_undecided_not_a_failure(rec: Recor
     by_id = {p["step_id"]: p for p in plan}
     assert [by_id[s]["would_run"] for s in "abcdef"] == [True, None, None, None, None, True]
     assert by_id["b"]["reason"].startswith("params cannot be decided before the run")
-    assert by_id["d"]["reason"] == "params depend on the run: an earlier step's result"
-    assert by_id["e"]["reason"] == "items cannot be known before the run: an earlier step's result"
+    why = "it uses an earlier step's result, not known before the run"
+    assert by_id["b"]["reason"] == f"params cannot be decided before the run: {why}"
+    assert by_id["d"]["reason"] == f"params cannot be decided before the run: {why}"
+    assert by_id["e"]["reason"] == f"items cannot be decided before the run: {why}"
 
 
 def test_a_stopping_check_ends_the_plan_and_the_rest_is_not_reached(rec: Recorder) -> None:
