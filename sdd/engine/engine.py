@@ -5,6 +5,7 @@ runs (`RunHandle`). The walk itself is in `runner.py`, the plan (and dry run) in
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -242,16 +243,10 @@ class WorkflowEngine:
         task = asyncio.get_running_loop().create_task(run.main(), name=rid)
         handle = RunHandle(rid, task, run)
         self.active_runs[rid] = handle
-        task.add_done_callback(self._finished)
+        # Done (finished, failed inside the engine, or cancelled before it began): no longer active. The
+        # callback is called with the task, which becomes pop's unused default: no Python frame per run.
+        task.add_done_callback(functools.partial(self.active_runs.pop, rid))
         return handle
-
-    def _finished(self, task: asyncio.Task[WorkflowResult]) -> None:
-        """A run's task is done (finished, failed inside the engine, or cancelled before it began): it is no
-        longer active. The task is named by its run id."""
-        run_id = task.get_name()
-        handle = self.active_runs.get(run_id)
-        if handle is not None and handle.task is task:
-            del self.active_runs[run_id]
 
     async def execute_workflow(self, workflow: Workflow, context: Mapping[str, Any] | None = None, *,
                                detection: Mapping[str, Any] | None = None, run_id: str | None = None,
