@@ -141,7 +141,7 @@ def _floor(root: Path, n: int = 3000) -> dict[str, Any]:
 
     from sdd.config import parse_config
     from sdd.engine import WorkflowEngine
-    from sdd.engine.loader import load_workflow
+    from sdd.engine.specs.loader import load_workflow
     from sdd.history import HistoryRecorder
     from sdd.loading import load_actions
     from sdd.store import Store

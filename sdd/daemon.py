@@ -108,7 +108,9 @@ class Daemon(DaemonFacade):
         for issue in self.workflow_errors:
             log.error("workflow not loaded", extra=kv(issue=issue))
         self.recorder = HistoryRecorder(raw_store, on_run_recorded=self.dispatcher.run_recorded)
+        # template_dirs=(): in the daemon a sub-workflow comes only from the configured (checked) workflow dirs.
         self.engine = WorkflowEngine(actions, listeners=[self._on_engine_event], workflows=self.workflows,
+                                     template_dirs=(),
                                      max_depth=cfg.engine.max_subworkflow_depth)
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
         self.fleet.observe(self.engine, self.dispatcher, self.spawn)

@@ -37,14 +37,28 @@ def load_actions(config: Config, store: Any, notify: Any) -> tuple[Any, list[Any
         else:
             specs.append(spec)
     errors.extend(str(e) for e in plugin_errors)
+    errors.extend(scripts_dir_problems(config))
     return services, specs, errors
+
+
+def scripts_dir_problems(config: Config) -> list[str]:
+    """In system mode, `[actions] scripts_dir` (when it exists) must be root's all the way from / and
+    writable by no one else, or run_script would run what a user can change; run_script checks again."""
+    from .engine import path_problem
+
+    directory = config.actions.scripts_dir
+    if config.user_mode or os.geteuid() != 0 or not os.path.lexists(directory):
+        return []
+    reason = path_problem(os.path.abspath(directory))
+    return [f"{config.source or 'config'}: actions.scripts_dir refused: {reason} (its scripts would run as root)"
+            ] if reason else []
 
 
 def load_workflows(config: Config, actions: Any) -> tuple[dict[str, Workflow], list[str]]:
     """Every workflow of `paths.workflows` (later dirs override the same id) and every problem found.
 
     In system mode a file or directory writable by anyone but root is refused: its steps run as root."""
-    from .engine import loader
+    from .engine.specs import loader
 
     require_root = not config.user_mode and os.geteuid() == 0
     found, issues = loader.load_workflow_dirs(config.paths.workflows, actions, require_root_owned=require_root)

@@ -1,6 +1,7 @@
 """The table of built-in actions: name, handler, idempotent/destructive flags (docs/internals.md lists
-them; docs/actions.md documents each). `builtin_actions(services)` binds every handler to one
-`ActionServices` and returns the `ActionSpec`s the engine registers."""
+them; docs/actions.md documents each), with each one's parameters from `declarations.py`.
+`builtin_actions(services)` binds every handler to one `ActionServices` and returns the `ActionSpec`s the
+engine registers."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sdd.engine.registry import ActionSpec
+from sdd.engine import ActionSpec
+from sdd.engine.specs.params import param_specs
 
+from .declarations import DECLARATIONS
 from .exclusions import add_exclusion, log_false_positive, remove_exclusion
 from .files import delete_file, quarantine_file, restore_file
 from .notify import send_notification
@@ -50,5 +53,5 @@ def _bind(impl: Impl, services: ActionServices) -> Impl:
 def builtin_actions(services: ActionServices) -> list[ActionSpec]:
     """Every built-in action bound to `services`, ready for `WorkflowEngine(actions=...)`."""
     return [ActionSpec(name=name, handler=_bind(impl, services), idempotent=idem, destructive=destr,
-                       description=desc)
+                       description=desc, params=param_specs(DECLARATIONS[name]))
             for name, impl, idem, destr, desc in BUILTINS]

@@ -36,7 +36,7 @@ def _actor(p: Params) -> str:
 
 async def add_exclusion(services: ActionServices, *, context: dict[str, Any] | None = None,
                         **params: Any) -> dict[str, Any]:
-    p = Params("add_exclusion", params, {"sha256", "path", "file_path", "reason", "actor"})
+    p = Params("add_exclusion", params)
     targets = _targets(p)
     reason = p.string("reason", default="", max_len=4096) or ""
     actor = _actor(p)
@@ -56,7 +56,7 @@ async def add_exclusion(services: ActionServices, *, context: dict[str, Any] | N
 
 async def remove_exclusion(services: ActionServices, *, context: dict[str, Any] | None = None,
                            **params: Any) -> dict[str, Any]:
-    p = Params("remove_exclusion", params, {"sha256", "path", "file_path", "actor"})
+    p = Params("remove_exclusion", params)
     targets = _targets(p)
     actor = _actor(p)
     if runinfo.dry_run():
@@ -78,8 +78,7 @@ async def remove_exclusion(services: ActionServices, *, context: dict[str, Any] 
 
 async def log_false_positive(services: ActionServices, *, context: dict[str, Any] | None = None,
                              **params: Any) -> dict[str, Any]:
-    p = Params("log_false_positive", params, {"detection_id", "file_path", "sha256", "threat_name",
-                                              "reason", "reported_by", "quarantine_id"})
+    p = Params("log_false_positive", params)
     det = runinfo.detection(context)
     record = {
         "detection_id": p.string("detection_id", max_len=256) or runinfo.text(det.get("id"), 256),

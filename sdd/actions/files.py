@@ -59,7 +59,7 @@ async def _index(services: ActionServices, meta: dict[str, Any]) -> None:
 
 async def quarantine_file(services: ActionServices, *, context: dict[str, Any] | None = None,
                           **params: Any) -> dict[str, Any]:
-    p = Params("quarantine_file", params, {"file_path", "quarantine_dir", "detection_id", "threat_name"})
+    p = Params("quarantine_file", params)
     path = _checked_path(p, services)
     if p.present("quarantine_dir"):
         # Accepted for the original engine's workflows; the vault's place is configuration, never
@@ -114,8 +114,7 @@ def index_hints(services: ActionServices, path: str) -> tuple[str, ...]:
 
 async def restore_file(services: ActionServices, *, context: dict[str, Any] | None = None,
                        **params: Any) -> dict[str, Any]:
-    p = Params("restore_file", params, {"quarantine_id", "file_path", "on_conflict", "force", "quarantine_dir",
-                                        "detection_id", "threat_name"})
+    p = Params("restore_file", params)
     on_conflict = p.string("on_conflict", default="fail", choices=ON_CONFLICT) or "fail"
     force = p.boolean("force")
     qid = p.string("quarantine_id", max_len=64)
@@ -185,7 +184,7 @@ async def _record_restore(services: ActionServices, qid: str, meta: dict[str, An
 
 async def delete_file(services: ActionServices, *, context: dict[str, Any] | None = None,
                       **params: Any) -> dict[str, Any]:
-    p = Params("delete_file", params, {"file_path"})
+    p = Params("delete_file", params)
     path = _checked_path(p, services)
     if runinfo.dry_run():
         return {"dry_run": True, "would": f"delete {path}", "irreversible": True, "file_path": path}

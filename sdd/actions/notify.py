@@ -123,7 +123,7 @@ async def _email(services: ActionServices, title: str, body: str, recipients: li
 
 async def send_notification(services: ActionServices, *, context: dict[str, Any] | None = None,
                             **params: Any) -> dict[str, Any]:
-    p = Params("send_notification", params, {"message", "recipient", "title", "urgency", "channel"})
+    p = Params("send_notification", params)
     body = _clean(p.req_string("message", max_len=1 << 20), 64 * 1024)
     title = _clean(p.string("title", default="sdd", max_len=4096) or "sdd", 200).replace("\n", " ").strip()
     urgency = p.string("urgency", default="normal", choices=URGENCIES) or "normal"

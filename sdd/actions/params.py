@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .declarations import DECLARATIONS
 from .errors import InvalidParams
 
 MAX_PATH = 4096
@@ -24,15 +25,22 @@ def _kind(value: object) -> str:
 
 
 class Params:
-    """The parameters of one action call; remembers which were read so unknown ones can be refused."""
+    """The parameters of one action call, checked against the action's declaration (`declarations.py`, the
+    same table the workflow loader checks against): unknown names are refused, required ones must be given.
+    The typed accessors below check each value as it is read."""
 
-    def __init__(self, action: str, raw: Mapping[str, Any], accepted: Iterable[str]) -> None:
+    def __init__(self, action: str, raw: Mapping[str, Any]) -> None:
         self.action = action
         self.raw = dict(raw)
-        unknown = sorted(set(self.raw) - set(accepted))
+        declared = DECLARATIONS.get(action, {})
+        names = set(declared)
+        unknown = sorted(set(self.raw) - names)
         if unknown:
             raise InvalidParams(
-                f"{action}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")
+                f"{action}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(names))}")
+        for name, spec in declared.items():
+            if spec.get("required") and self.raw.get(name) is None:
+                raise self.fail(name, "is required")
 
     def fail(self, name: str, message: str) -> InvalidParams:
         return InvalidParams(f"{self.action}: parameter {name!r}: {message}")

@@ -44,8 +44,6 @@ START_TIME_TOLERANCE = 0.5 / os.sysconf("SC_CLK_TCK")
 FIRST_USER_UID = 1000
 TRUST_HINT = ("a detection's process_id is a claim; set trust_process_id: true on the step for a producer "
               "that identifies processes itself")
-ACCEPTED = {"process_id", "process_start_time", "file_path", "quarantine_id", "trust_process_id",
-            "include_children", "timeout"}
 
 
 class _Never:
@@ -295,7 +293,7 @@ async def _wait_gone(targets: list[Pinned], timeout: float) -> list[Pinned]:
 
 async def kill_process(services: ActionServices, *, context: dict[str, Any] | None = None,
                        **params: Any) -> dict[str, Any]:
-    p = Params("kill_process", params, ACCEPTED)
+    p = Params("kill_process", params)
     pid = p.integer("process_id", minimum=1, maximum=2**22)
     file_path = p.abs_path("file_path", required=False)
     qid = p.string("quarantine_id", max_len=64)

@@ -167,7 +167,7 @@ def _write(directory: str, name: str, data: bytes) -> str:
 
 async def generate_report(services: ActionServices, *, context: dict[str, Any] | None = None,
                           **params: Any) -> dict[str, Any]:
-    p = Params("generate_report", params, {"report_type", "format", "steps", "include_context"})
+    p = Params("generate_report", params)
     report_type = p.string("report_type", default="incident", max_len=64) or "incident"
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", report_type):
         raise p.fail("report_type", "use letters, digits, '_' and '-' only")

@@ -271,7 +271,7 @@ def scanner_argv(configured: tuple[str, ...]) -> list[str]:
 
 async def run_scan(services: ActionServices, *, context: dict[str, Any] | None = None,
                    **params: Any) -> dict[str, Any]:
-    p = Params("run_scan", params, {"path", "scan_type", "timeout"})
+    p = Params("run_scan", params)
     path = p.abs_path("path")
     assert path is not None
     scan_type = p.string("scan_type", default="full", choices=SCAN_TYPES)
@@ -308,7 +308,7 @@ async def run_scan(services: ActionServices, *, context: dict[str, Any] | None =
 
 async def update_definitions(services: ActionServices, *, context: dict[str, Any] | None = None,
                              **params: Any) -> dict[str, Any]:
-    p = Params("update_definitions", params, {"timeout"})
+    p = Params("update_definitions", params)
     timeout = p.number("timeout", default=600.0, minimum=1.0, maximum=7200.0)
     assert timeout is not None
     argv = list(services.config.updater)

@@ -1,8 +1,10 @@
 """`run_script`: run an executable from `scripts_dir` — and only from there — with an argv list.
 
 The script's resolved path must lie inside the resolved `scripts_dir`, be a regular executable file, and
-(in system mode) it and every directory above it must be root-owned and not writable by group or others:
-otherwise a non-root user could change what root runs. Detection values reach the script only as argv
+it, `scripts_dir` as configured and every directory above them (symlinks resolved, see
+`sdd.engine.path_problem`) must be root-owned and not writable by group or others: otherwise a non-root
+user could change what root runs. In user mode the user may own them too, and sticky directories such as
+/tmp are allowed on the way. Detection values reach the script only as argv
 items, environment variables (names from the workflow, never from the detection) or JSON on stdin.
 The environment is minimal plus `SDD_IDEMPOTENCY_KEY`, `SDD_RUN_ID`, `SDD_STEP_ID`, `SDD_WORKFLOW_ID`.
 
@@ -18,6 +20,8 @@ import os
 import re
 import stat
 from typing import Any
+
+from sdd.engine import path_problem
 
 from . import runinfo
 from .errors import ActionError, Forbidden, NotFound
@@ -47,26 +51,20 @@ def resolve_script(services: ActionServices, name: str) -> str:
         raise Forbidden(f"run_script: {real} is not a regular file")
     if not st.st_mode & 0o111:
         raise Forbidden(f"run_script: {real} is not executable")
-    owners = {0} if not services.config.user_mode else {0, os.geteuid()}
-    path = real
-    while True:
-        st = os.stat(path)
-        if st.st_uid not in owners:
-            raise Forbidden(f"run_script: {path} is owned by uid {st.st_uid}; only root may own a script or "
-                            f"the directories above it")
-        sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and path != real
-        # A root-owned sticky directory (/tmp) lets others add names but not replace root's.
-        if st.st_mode & 0o022 and not sticky_dir:
-            raise Forbidden(f"run_script: {path} is writable by group or others; a non-root user could "
-                            f"change what runs")
-        if path == "/":
-            return real
-        path = os.path.dirname(path)
+    user_mode = services.config.user_mode
+    owners = {0} if not user_mode else {0, os.geteuid()}
+    # The configured scripts_dir as written (its symlinks, and where they sit) and the script itself.
+    for checked in (os.path.abspath(services.config.scripts_dir), real):
+        reason = path_problem(checked, owners=owners, allow_sticky=user_mode)
+        if reason:
+            raise Forbidden(f"run_script: {reason}: a script and every directory above it must be root's and "
+                            f"not writable by group or others, or a non-root user could change what runs")
+    return real
 
 
 async def run_script(services: ActionServices, *, context: dict[str, Any] | None = None,
                      **params: Any) -> dict[str, Any]:
-    p = Params("run_script", params, {"script", "args", "env", "stdin", "timeout"})
+    p = Params("run_script", params)
     name = p.req_string("script", max_len=4096)
     args = p.str_list("args")
     extra_env = p.str_map("env", key_pattern=_ENV_NAME)

@@ -69,7 +69,7 @@ def _request(scheme: str, host: str, port: int | None, method: str, target: str,
 
 async def call_webhook(services: ActionServices, *, context: dict[str, Any] | None = None,
                        **params: Any) -> dict[str, Any]:
-    p = Params("call_webhook", params, {"url", "payload", "method", "headers", "timeout"})
+    p = Params("call_webhook", params)
     url = p.req_string("url", max_len=8192)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):

@@ -173,7 +173,8 @@ async def workflows_get(call: Call, p: Params) -> Any:
 
 @method("workflows.validate")
 async def workflows_validate(call: Call, p: Params) -> Any:
-    text = p.required_string("text", max_len=MAX_YAML)
+    # An empty text is validate_text's "empty workflow file", not a missing API parameter.
+    text = p.string("text", default="", max_len=MAX_YAML) or ""
     name = p.string("name", default="<api>", max_len=1024) or "<api>"
     p.done()
     from sdd.engine import load_text, validate_text

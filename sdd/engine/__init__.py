@@ -1,9 +1,12 @@
-"""sdd.engine: YAML response workflows — model, loading and validation, safe expressions, execution, events.
+"""sdd.engine: YAML response workflows — what a workflow is (`specs/`: model, loading, validation, schema),
+the sandboxed expression language (`expressions/`), and the conductor beside them (planning, running,
+events).
 
 Imports nothing else from sdd. See docs/internals.md ("Engine") and docs/workflows.md.
 """
 
 from .engine import RunHandle, WorkflowEngine, new_run_id
+from .env import RunEnv
 from .errors import (
     ActionError,
     Conflict,
@@ -19,13 +22,30 @@ from .errors import (
 )
 from .events import EngineEvent, Listener, RunFinished, RunStarted, StepFinished, StepStarted
 from .expressions import check_syntax, evaluate, evaluate_condition, render
-from .loader import load_text, load_workflow, load_workflow_dirs, validate_text
-from .model import BranchCase, Schedule, Trigger, Workflow, WorkflowStep
 from .registry import ActionSpec, StepInfo, current_step
-from .results import PriorStep, StepResult, WorkflowResult
-from .statuses import RunStatus, StepStatus
+from .results import NO_LABELS, PriorStep, StepResult, WorkflowResult
+from .specs import (
+    BranchCase,
+    OnFailure,
+    OnFalse,
+    OnInterrupt,
+    Schedule,
+    StepType,
+    Trigger,
+    Workflow,
+    WorkflowStep,
+    load_text,
+    load_workflow,
+    load_workflow_dirs,
+    validate_text,
+)
+from .specs.params import ParamSpec
+from .specs.schema_check import workflow_schema
+from .specs.trust import path_problem
+from .statuses import Phase, RunStatus, StepStatus
 
 __all__ = [
+    "NO_LABELS",
     "ActionError",
     "ActionSpec",
     "BranchCase",
@@ -38,7 +58,13 @@ __all__ = [
     "Listener",
     "NonRetryableError",
     "NotFound",
+    "OnFailure",
+    "OnFalse",
+    "OnInterrupt",
+    "ParamSpec",
+    "Phase",
     "PriorStep",
+    "RunEnv",
     "RunFinished",
     "RunHandle",
     "RunStarted",
@@ -50,6 +76,7 @@ __all__ = [
     "StepStarted",
     "StepStatus",
     "StepTimeout",
+    "StepType",
     "Trigger",
     "ValidationIssue",
     "Workflow",
@@ -65,6 +92,8 @@ __all__ = [
     "load_workflow",
     "load_workflow_dirs",
     "new_run_id",
+    "path_problem",
     "render",
     "validate_text",
+    "workflow_schema",
 ]

@@ -1,41 +1,53 @@
-"""One attempt at a step's handler: the call bounded by a timeout, the words its failure is recorded in,
-and the delay before the next attempt (retry_delay x backoff^n, capped, with jitter).
-
-Pure helpers of `Run.attempts` and rollback; whether to retry at all is the run's decision.
+"""One call of an action's handler — the only place the engine invokes one, for running a step and for
+rolling it back: the step's identity set for `current_step()`, the call bounded by a timeout. Beside it, the
+words a failure is recorded in and the delay before the next attempt (retry_delay x backoff^n, capped,
+with jitter). Whether to retry at all is the run's decision.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from .errors import ActionError, EngineError, StepTimeout
-from .model import WorkflowStep
+from .registry import Handler, _current_step
+from .specs.model import WorkflowStep
 
 
-async def call_with_timeout(handler: Any, params: Mapping[str, Any], context: dict[str, Any],
-                            timeout: float) -> Any:
+async def invoke(handler: Handler, params: Mapping[str, Any], context: dict[str, Any], timeout: float | None,
+                 step_info: tuple[Any, ...]) -> Any:
+    """`handler(**params, context=context)` (awaited when it returns an awaitable), with `step_info` (the
+    fields of a StepInfo) visible to it through `current_step()`. Past `timeout` seconds the handler is
+    cancelled and StepTimeout raised; a TimeoutError the handler raises itself stays its own failure."""
+    token = _current_step.set(step_info)
     try:
-        async with asyncio.timeout(timeout) as cm:
-            result = handler(**params, context=context)
-            if result is not None and hasattr(result, "__await__"):
-                result = await result
-            return result
+        result = handler(**params, context=context)
+        if result is not None and hasattr(result, "__await__"):
+            result = await (result if timeout is None else _within(result, timeout))
+        return result
+    finally:
+        _current_step.reset(token)
+
+
+async def _within(awaitable: Awaitable[Any], timeout: float) -> Any:
+    try:
+        async with asyncio.timeout(timeout) as limit:
+            return await awaitable
     except TimeoutError:
-        if cm.expired():
+        if limit.expired():
             raise StepTimeout(f"timed out after {timeout:g}s") from None
         raise
 
 
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, EngineError):
-        text = str(exc)
-        if isinstance(exc, ActionError) and not isinstance(exc, StepTimeout) and type(exc) is not ActionError:
-            return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        return text or type(exc).__name__
+    """The words a handler's failure is recorded in: the message, with the exception's class when the class
+    says something the message may not (anything but ActionError itself and a timeout)."""
     text = str(exc)
+    if isinstance(exc, EngineError) and (type(exc) is ActionError or isinstance(exc, StepTimeout)
+                                         or not isinstance(exc, ActionError)):
+        return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -48,4 +60,4 @@ def retry_delay(step: WorkflowStep, attempt: int) -> float:
     return max(delay, 0.0)
 
 
-__all__ = ["call_with_timeout", "describe", "retry_delay"]
+__all__ = ["describe", "invoke", "retry_delay"]

@@ -3,48 +3,47 @@
 Each records its own StepStarted/StepFinished around its children; children get deterministic paths
 (`par.child`, `loop[3].child`, `branch.child`, `sub.child`) so a resumed run finds their prior outcome.
 A composite's `on_failure` decides what a failing child does to the rest of the run; composites are
-not retried (their leaf steps are).
+not retried (their leaf steps are). What each step means (items, the case taken, the sub-workflow) is
+decided in `semantics.py`, the same rules the plan uses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any
 
-from .attempt import describe
-from .compilation import compiled
 from .errors import ExpressionError
 from .events import StepFinished, StepStarted
-from .expressions import evaluate, evaluate_condition
-from .flow import _Abort, _Halt
-from .model import WorkflowStep
-from .scope import Scope, StepsView
-from .statuses import RunStatus, StepStatus
+from .expressions import evaluate_condition
+from .flow import StepProblem, _Abort, _Halt
+from .journal import EMPTY, RunState
+from .scope import Scope
+from .semantics import choose_case, condition_holds, enter_subworkflow, item_context, item_path, loop_items
+from .semantics import subworkflow as find_subworkflow
+from .specs.compilation import compiled
+from .specs.model import WorkflowStep
+from .specs.vocabulary import OnFalse, StepType
+from .statuses import Phase, RunStatus, StepStatus
 
-if TYPE_CHECKING:
-    from .runner import Run
 
-MAX_LOOP_ITEMS = 10_000
-_EMPTY: Mapping[str, Any] = {}
-
-
-async def run_composite(run: Run, step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:
+async def run_composite(run: RunState, step: WorkflowStep, path: str, parent: str | None, scope: Scope) -> None:
     started = time.time()
     try:
         c = compiled(step)
     except ExpressionError as exc:
         return await run.fail(step, path, parent, started, 0, str(exc), announce=True)
     kind = step.step_type
-    if kind != "condition" and c.cond is not None:
+    if kind != StepType.CONDITION:
         try:
-            if not evaluate_condition(c.cond, scope.names):
+            if not condition_holds(c.cond, scope.names):
                 return await run.skip(step, path, parent, "condition is false")
         except ExpressionError as exc:
             return await run.fail(step, path, parent, started, 0, f"condition: {exc}", announce=True)
     if run.listeners:
-        await run.emit(StepStarted(run.run_id, path, parent, kind, None, 1, True, "run", started, _EMPTY))
+        await run.emit(StepStarted(run.run_id, path, parent, kind, None, 1, True, Phase.RUN, started, EMPTY,
+                                   run.labels))
     try:
         if step.timeout is not None:
             try:
@@ -60,82 +59,64 @@ async def run_composite(run: Run, step: WorkflowStep, path: str, parent: str | N
         if child.status is not RunStatus.FAILED:
             raise  # interrupted/rolled back by resume: not this step's failure to handle
         return await run.fail(step, path, parent, started, 1, child.error, child_rollback=child.rollback)
-    except _StepFailed as exc:
+    except StepProblem as exc:
         return await run.fail(step, path, parent, started, 1, str(exc))
     except _Halt:
-        _finish(run, step, path, StepStatus.COMPLETED, False, started)
+        finished = _finish(run, step, path, False, started)
         if run.listeners:
-            await run.emit(StepFinished(run.run_id, path, StepStatus.COMPLETED, 1, started, time.time(), False,
-                                        None, "run"))
+            await run.emit(StepFinished(run.run_id, path, StepStatus.COMPLETED, 1, started, finished, False,
+                                        None, Phase.RUN, run.labels))
         raise
     except asyncio.CancelledError:
         await run.cancelled(step, path, started, 1)
         raise
-    finished = _finish(run, step, path, StepStatus.COMPLETED, result, started)
+    finished = _finish(run, step, path, result, started)
     if step.output:
         run.context[step.output] = result
     if run.listeners:
         await run.emit(StepFinished(run.run_id, path, StepStatus.COMPLETED, 1, started, finished, result, None,
-                                    "run"))
+                                    Phase.RUN, run.labels))
 
 
-class _StepFailed(Exception):
-    """The composite step itself failed (bad items, unknown workflow, false condition with on_false: fail)."""
-
-
-def _finish(run: Run, step: WorkflowStep, path: str, status: StepStatus, result: Any, started: float) -> float:
+def _finish(run: RunState, step: WorkflowStep, path: str, result: Any, started: float) -> float:
     finished = time.time()
-    run.record(path, step, status, result, None, 1, started, finished)
+    run.record(path, step, StepStatus.COMPLETED, result, None, 1, started, finished)
     return finished
 
 
-async def _dispatch(run: Run, step: WorkflowStep, path: str, scope: Scope) -> Any:
+async def _dispatch(run: RunState, step: WorkflowStep, path: str, scope: Scope) -> Any:
     kind = step.step_type
-    if kind == "condition":
-        return _condition(run, step, scope)
-    if kind == "loop":
+    if kind == StepType.CONDITION:
+        return _condition(step, scope)
+    if kind == StepType.LOOP:
         return await _loop(run, step, path, scope)
-    if kind == "parallel":
+    if kind == StepType.PARALLEL:
         return await _parallel(run, step, path, scope)
-    if kind == "branch":
+    if kind == StepType.BRANCH:
         return await _branch(run, step, path, scope)
-    if kind == "workflow":
-        if not step.workflow_id:
-            raise _StepFailed("workflow step without workflow_id")
+    if kind == StepType.WORKFLOW:
         return await _subworkflow(run, step, step.workflow_id, path, scope)
-    raise _StepFailed(f"unknown step type {kind!r}")
+    raise StepProblem(f"unknown step type {kind!r}")
 
 
-def _condition(run: Run, step: WorkflowStep, scope: Scope) -> bool:
+def _condition(step: WorkflowStep, scope: Scope) -> bool:
     c = compiled(step)
     if c.cond is None:
-        raise _StepFailed("condition step without a condition")
+        raise StepProblem("condition step without a condition")
     try:
         value = evaluate_condition(c.cond, scope.names)
     except ExpressionError as exc:
-        raise _StepFailed(str(exc)) from None
+        raise StepProblem(str(exc)) from None
     if not value:
-        if step.on_false == "fail":
-            raise _StepFailed(f"condition is false: {step.condition}")
-        if step.on_false == "stop":
+        if step.on_false == OnFalse.FAIL:
+            raise StepProblem(f"condition is false: {step.condition}")
+        if step.on_false == OnFalse.STOP:
             raise _Halt()
     return value
 
 
-def _child_scope(scope: Scope, prefix: str, context: dict[str, Any] | None = None, run: Run | None = None,
-                 depth: int | None = None, workflow_id: str | None = None) -> Scope:
-    names = scope.names
-    if context is not None or run is not None:
-        names = dict(names)
-        if context is not None:
-            names["context"] = context
-        if run is not None:
-            names["steps"] = StepsView(run, prefix)
-    return Scope(names, context if context is not None else scope.context, prefix,
-                 scope.depth if depth is None else depth, workflow_id or scope.workflow_id)
-
-
-def _collect(run: Run, prefix: str, steps: list[WorkflowStep]) -> Any:
+def _collect(run: RunState, prefix: str, steps: list[WorkflowStep]) -> Any:
+    """The results of `steps` under `prefix`: the one result of a single step, else a dict by step_id."""
     results = {}
     for s in steps:
         sr = run.step_results.get(prefix + s.step_id)
@@ -145,30 +126,16 @@ def _collect(run: Run, prefix: str, steps: list[WorkflowStep]) -> Any:
     return results
 
 
-async def _loop(run: Run, step: WorkflowStep, path: str, scope: Scope) -> list[Any]:
-    c = compiled(step)
+async def _loop(run: RunState, step: WorkflowStep, path: str, scope: Scope) -> list[Any]:
     try:
-        if c.items is not None:
-            items = evaluate(c.items, scope.names)
-        elif c.items_value is not None and hasattr(c.items_value, "fn"):
-            items = c.items_value.fn(scope.names)
-        else:
-            items = c.items_value
+        items = loop_items(compiled(step), scope.names)
     except ExpressionError as exc:
-        raise _StepFailed(f"items: {exc}") from None
-    if isinstance(items, Mapping):
-        items = [{"key": k, "value": v} for k, v in items.items()]
-    if not isinstance(items, (list, tuple)):
-        raise _StepFailed(f"items must give a list, not {type(items).__name__}")
-    if len(items) > MAX_LOOP_ITEMS:
-        raise _StepFailed(f"{len(items)} items is more than the limit of {MAX_LOOP_ITEMS}")
+        raise StepProblem(f"items: {exc}") from None
 
     async def one(index: int, item: Any) -> Any:
-        prefix = f"{path}[{index}]."
-        ctx = dict(scope.context)
-        ctx[step.item_name] = item
-        ctx["loop_index"] = index
-        child = _child_scope(scope, prefix, context=ctx, run=run)
+        prefix = item_path(path, index)
+        child = scope.child(prefix, run.step_results, run.local_ids,
+                            context=item_context(scope.context, step, index, item))
         await run.run_steps(step.steps, child, parent=path)
         return _collect(run, prefix, step.steps)
 
@@ -182,7 +149,7 @@ async def _loop(run: Run, step: WorkflowStep, path: str, scope: Scope) -> list[A
     return await _gather_fail_fast([limited(i, item) for i, item in enumerate(items)], True)
 
 
-async def _gather_fail_fast(coros: list[Any], fail_fast: bool) -> list[Any]:
+async def _gather_fail_fast(coros: list[Coroutine[Any, Any, Any]], fail_fast: bool) -> list[Any]:
     """Run concurrently; on the first failure cancel the rest (fail_fast) and re-raise that failure."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
@@ -207,55 +174,43 @@ async def _gather_fail_fast(coros: list[Any], fail_fast: bool) -> list[Any]:
         raise
 
 
-async def _parallel(run: Run, step: WorkflowStep, path: str, scope: Scope) -> dict[str, Any]:
+async def _parallel(run: RunState, step: WorkflowStep, path: str, scope: Scope) -> dict[str, Any]:
     prefix = path + "."
-    child = _child_scope(scope, prefix, run=run)
+    child = scope.child(prefix, run.step_results, run.local_ids)
     await _gather_fail_fast([run.run_steps([s], child, parent=path) for s in step.steps], step.fail_fast)
     return {s.step_id: _collect(run, prefix, [s]) for s in step.steps}
 
 
-async def _branch(run: Run, step: WorkflowStep, path: str, scope: Scope) -> dict[str, Any]:
-    c = compiled(step)
-    for index, (cond, case) in enumerate(c.cases):
-        if cond is not None:
-            try:
-                taken = evaluate_condition(cond, scope.names)
-            except ExpressionError as exc:
-                raise _StepFailed(f"branch {index}: {exc}") from None
-            if not taken:
-                continue
-        label: Any = index if cond is not None else "else"
-        if case.workflow is not None:
-            result = await _subworkflow(run, step, case.workflow, path, scope)
-        else:
-            prefix = path + "."
-            await run.run_steps(case.steps, _child_scope(scope, prefix, run=run), parent=path)
-            result = _collect(run, prefix, case.steps) if case.steps else None
-        return {"taken": label, "result": result}
-    return {"taken": None, "result": None}
+async def _branch(run: RunState, step: WorkflowStep, path: str, scope: Scope) -> dict[str, Any]:
+    try:
+        chosen = choose_case(compiled(step), scope.names)
+    except ExpressionError as exc:
+        raise StepProblem(str(exc)) from None
+    if chosen is None:
+        return {"taken": None, "result": None}
+    label, case = chosen
+    if case.workflow is not None:
+        result = await _subworkflow(run, step, case.workflow, path, scope)
+    else:
+        prefix = path + "."
+        await run.run_steps(case.steps, scope.child(prefix, run.step_results, run.local_ids), parent=path)
+        result = _collect(run, prefix, case.steps) if case.steps else None
+    return {"taken": label, "result": result}
 
 
-async def _subworkflow(run: Run, step: WorkflowStep, workflow_id: str, path: str, scope: Scope) -> Any:
-    sub = run.engine.workflows.get(workflow_id)
-    if sub is None:
-        raise _StepFailed(f"unknown workflow {workflow_id!r}")
+async def _subworkflow(run: RunState, step: WorkflowStep, workflow_id: str | None, path: str,
+                       scope: Scope) -> Any:
     depth = scope.depth + 1
-    if depth > run.engine.max_depth:
-        raise _StepFailed(f"sub-workflow depth limit ({run.engine.max_depth}) reached at {workflow_id!r}")
-    ctx = scope.context
-    for key, value in sub.context.items():
-        ctx.setdefault(key, value)
-    c = compiled(step)
-    if step.step_type == "workflow" and step.params:
-        try:
-            ctx.update(step.params if c.params is None else c.params.fn(scope.names))
-        except ExpressionError as exc:
-            raise _StepFailed(f"params: {exc}") from None
+    sub = find_subworkflow(run.env.find_workflow, workflow_id, depth, run.env.max_depth)
+    try:
+        enter_subworkflow(scope.context, sub, step, compiled(step), scope.names)
+    except ExpressionError as exc:
+        raise StepProblem(f"params: {exc}") from None
     prefix = path + "."
-    child = _child_scope(scope, prefix, run=run, depth=depth, workflow_id=workflow_id)
+    child = scope.child(prefix, run.step_results, run.local_ids, depth=depth, workflow_id=sub.workflow_id)
     await run.run_steps(sub.steps, child, parent=path)
     return {s.step_id: (run.step_results[prefix + s.step_id].result
                         if prefix + s.step_id in run.step_results else None) for s in sub.steps}
 
 
-__all__ = ["describe", "run_composite"]
+__all__ = ["run_composite"]

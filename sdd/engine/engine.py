@@ -1,22 +1,29 @@
 """`WorkflowEngine`: the public face of the engine — action registry, listeners, the set of workflows used
-for sub-workflows, and starting/cancelling runs (`RunHandle`). The walk itself is in `runner.py`."""
+for sub-workflows (and the template directories they are also found in), planning, and starting/cancelling
+runs (`RunHandle`). The walk itself is in `runner.py`, the plan (and dry run) in `plan.py`."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from .errors import EngineError, NotFound
-from .events import Listener
-from .model import Workflow
+from .env import RunEnv
+from .errors import EngineError, NotFound, WorkflowValidationError
+from .events import NO_LABELS, Listener
+from .plan import plan
 from .registry import ActionRegistry, ActionSpec, Handler, discover_entry_points
 from .results import PriorStep, WorkflowResult
 from .runner import Run
+from .specs.loader import load_workflow
+from .specs.model import Workflow
+from .specs.params import ParamSpec, param_specs
 from .statuses import RunStatus
 
 
@@ -73,6 +80,11 @@ class RunHandle:
     def status(self) -> RunStatus:
         return self._run.status
 
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """What `engine.start(labels=...)` attached to the run (read-only)."""
+        return self._run.labels
+
     def done(self) -> bool:
         return self.task.done()
 
@@ -101,6 +113,17 @@ class RunHandle:
         return f"RunHandle({self.run_id!r}, {self.status.value})"
 
 
+def _frozen_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
+    if not labels:
+        return NO_LABELS
+    if not isinstance(labels, Mapping):
+        raise EngineError(f"labels must be a mapping of strings, not {type(labels).__name__}")
+    bad = [k for k, v in labels.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise EngineError(f"labels must map strings to strings; not so for {', '.join(map(repr, bad[:5]))}")
+    return MappingProxyType(dict(labels))
+
+
 def default_template_dirs() -> list[Path]:
     env = os.environ.get("SDD_TEMPLATES")
     if env:
@@ -121,12 +144,15 @@ class WorkflowEngine:
         self.template_dirs = [Path(p) for p in template_dirs] if template_dirs is not None else None
         self.active_runs: dict[str, RunHandle] = {}
         self.discovery_errors: list[str] = []
+        self._from_templates: dict[str, Workflow] = {}
+        self._env: RunEnv | None = None
 
     # -- actions
     def register_action(self, name: str, handler: Handler, *, idempotent: bool = False,
-                        destructive: bool = False, description: str = "") -> ActionSpec:
+                        destructive: bool = False, description: str = "",
+                        params: Mapping[str, ParamSpec | Mapping[str, Any]] | None = None) -> ActionSpec:
         spec = ActionSpec(name, handler, idempotent=idempotent, destructive=destructive,
-                          description=description)
+                          description=description, params=param_specs(params))
         self.registry.register(spec)
         return spec
 
@@ -161,9 +187,22 @@ class WorkflowEngine:
         """Swap the set used to resolve sub-workflows (on reload); running runs keep what they resolved."""
         self.workflows = dict(workflows)
 
+    def find_workflow(self, workflow_id: str) -> Workflow | None:
+        """The workflow a sub-workflow step or a branch arm names: from `workflows=` (or `set_workflows`),
+        else `workflow_id.yaml` from the template dirs (loaded once); None when neither has it."""
+        wf = self.workflows.get(workflow_id)
+        if wf is None:
+            wf = self._from_templates.get(workflow_id)
+        if wf is None:
+            try:
+                wf = self.load_template(workflow_id)
+            except (NotFound, WorkflowValidationError):
+                return None
+            self._from_templates[workflow_id] = wf
+        return wf
+
     def load_template(self, name: str) -> Workflow:
         """`NAME.yaml` (or `.yml`) from the template dirs, validated."""
-        from .loader import load_workflow
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise NotFound(f"invalid template name {name!r}")
         dirs = self.template_dirs if self.template_dirs is not None else default_template_dirs()
@@ -175,10 +214,22 @@ class WorkflowEngine:
         raise NotFound(f"no template {name!r} in {', '.join(str(d) for d in dirs)}")
 
     # -- running
+    def env(self) -> RunEnv:
+        """What a run gets of this engine: actions, listeners (as they are now), sub-workflow lookup."""
+        env = self._env
+        if env is None or env.listeners is not self._listeners or env.max_depth != self.max_depth:
+            env = self._env = RunEnv(self.registry, self._listeners, self.find_workflow, self.max_depth)
+        return env
+
     def start(self, workflow: Workflow, context: Mapping[str, Any] | None = None, *,
               detection: Mapping[str, Any] | None = None, run_id: str | None = None, dry_run: bool = False,
-              prior: Mapping[str, PriorStep] | None = None) -> RunHandle:
-        """Start a run on the running loop and return at once."""
+              prior: Mapping[str, PriorStep] | None = None, labels: Mapping[str, str] | None = None
+              ) -> RunHandle:
+        """Start a run on the running loop and return at once.
+
+        `labels` (strings to strings: the caller's ids for the run, its trigger, ...) travel with the run,
+        read-only, in every event, in `current_step().labels`, in `handle.labels` and in the result.
+        `dry_run=True` runs nothing: the run reports the plan (see `plan()`) as its steps and completes."""
         if not isinstance(workflow, Workflow):
             raise EngineError(f"expected a Workflow, got {type(workflow).__name__}")
         ctx = dict(workflow.context)
@@ -187,19 +238,23 @@ class WorkflowEngine:
         rid = run_id or new_run_id()
         if rid in self.active_runs:
             raise EngineError(f"run {rid!r} is already running")
-        run = Run(self, workflow, ctx, detection, rid, dry_run, prior)
-        task = asyncio.get_running_loop().create_task(run.main())
+        run = Run(self.env(), workflow, ctx, detection, rid, dry_run, prior,
+                  NO_LABELS if labels is None else _frozen_labels(labels))
+        task = asyncio.get_running_loop().create_task(run.main(), name=rid)
         handle = RunHandle(rid, task, run)
         self.active_runs[rid] = handle
+        # Done (finished, failed inside the engine, or cancelled before it began): no longer active. The
+        # callback is called with the task, which becomes pop's unused default: no Python frame per run.
+        task.add_done_callback(functools.partial(self.active_runs.pop, rid))
         return handle
 
     async def execute_workflow(self, workflow: Workflow, context: Mapping[str, Any] | None = None, *,
                                detection: Mapping[str, Any] | None = None, run_id: str | None = None,
-                               dry_run: bool = False, prior: Mapping[str, PriorStep] | None = None
-                               ) -> WorkflowResult:
+                               dry_run: bool = False, prior: Mapping[str, PriorStep] | None = None,
+                               labels: Mapping[str, str] | None = None) -> WorkflowResult:
         """start() + wait(); cancelling the caller cancels the run."""
         handle = self.start(workflow, context, detection=detection, run_id=run_id, dry_run=dry_run,
-                            prior=prior)
+                            prior=prior, labels=labels)
         try:
             return await asyncio.shield(handle.task)
         except asyncio.CancelledError:
@@ -210,6 +265,8 @@ class WorkflowEngine:
 
     def plan(self, workflow: Workflow, context: Mapping[str, Any] | None = None,
              detection: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """What each step would do for this context, running nothing."""
-        from .plan import plan
-        return plan(self, workflow, context, detection)
+        """What each step would do for this context and detection, running nothing and recording nothing:
+        one entry per step reached (`step_id` path, `parent_id`, `step_type`, `action`, `would_run`: True,
+        False or None for undecided, `reason`, rendered `params`, `irreversible`, `idempotent`). A dry run
+        (`start(..., dry_run=True)`) reports exactly this plan."""
+        return plan(self.env(), workflow, context, detection)

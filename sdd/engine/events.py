@@ -2,18 +2,19 @@
 
 A listener is `Callable[[EngineEvent], Awaitable[None] | None]`; when it returns an awaitable the engine
 awaits it before going on (the history recorder uses that to commit a step's intent before it acts).
-Times are `time.time()` floats; results and params are plain JSON-able data.
+Times are `time.time()` floats; results and params are plain JSON-able data. Every event carries the run's
+`labels` (what the caller of `engine.start(labels=...)` attached: ids, trigger, uid), the same read-only
+mapping for every event of one run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from .model import Workflow
-    from .results import WorkflowResult
+from .results import NO_LABELS, WorkflowResult
+from .specs.model import Workflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class RunStarted:
     resumed: bool
     workflow: Workflow
     context: Mapping[str, Any]
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +39,10 @@ class StepStarted:
     action: str | None
     attempt: int
     idempotent: bool
-    phase: str              # "run" | "rollback"
+    phase: str              # a Phase: "run" | "rollback"
     started_at: float
     params: Mapping[str, Any]
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class StepFinished:
     result: Any
     error: str | None
     phase: str
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +68,10 @@ class RunFinished:
     finished_at: float
     error: str | None
     result: WorkflowResult
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
 
 
 EngineEvent = RunStarted | StepStarted | StepFinished | RunFinished
 Listener = Callable[[EngineEvent], Awaitable[None] | None]
 
-__all__ = ["EngineEvent", "Listener", "RunFinished", "RunStarted", "StepFinished", "StepStarted"]
+__all__ = ["NO_LABELS", "EngineEvent", "Listener", "RunFinished", "RunStarted", "StepFinished", "StepStarted"]

@@ -19,3 +19,10 @@ class _Abort(Exception):
 class _Halt(Exception):
     """A condition step with `on_false: stop` ends the run successfully."""
 
+
+class StepProblem(Exception):
+    """A step cannot do its work for a reason of its own (bad loop items, unknown sub-workflow, depth limit,
+    a false check with `on_false: fail`): the step fails with this message, under its `on_failure`."""
+
+
+__all__ = ["StepProblem", "_Abort", "_Halt"]

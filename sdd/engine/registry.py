@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import EngineError
+from .specs.params import ParamSpec, param_specs
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,21 @@ class ActionSpec:
     """A named async handler, called as `handler(**params, context=ctx)`.
 
     `idempotent`: running it twice is harmless, so a run resumed after a crash may run it again.
-    `destructive`: it changes the machine irreversibly (shown by `plan()`)."""
+    `destructive`: it changes the machine irreversibly (shown by `plan()`).
+    `params`: the parameters it accepts (name → `ParamSpec`, or plain dicts such as
+    `{"type": "string", "required": True}`), checked when a workflow is loaded and published in the
+    workflow JSON Schema; None means undeclared: any parameters, checked only by the action."""
 
     name: str
     handler: Handler
     idempotent: bool = False
     destructive: bool = False
     description: str = ""
+    params: Mapping[str, ParamSpec] | None = None
+
+    def __post_init__(self) -> None:
+        if self.params is not None:
+            object.__setattr__(self, "params", MappingProxyType(param_specs(self.params) or {}))
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,9 @@ class StepInfo:
     idempotency_key: str              # "run_id:step_id", stable across attempts and resumes
     detection: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     dry_run: bool = False
-    phase: str = "run"                # "rollback" while undoing the step
+    phase: str = "run"                # a Phase: "rollback" while undoing the step
     step_result: Any = None           # in the rollback phase: the result of the step being undone
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)   # the run's labels
 
 
 # The runner stores a plain tuple of StepInfo's fields (cheap on the hot path); current_step() builds the
@@ -90,6 +100,10 @@ class ActionRegistry:
 
     def names(self) -> frozenset[str]:
         return frozenset(self._specs)
+
+    def declarations(self) -> dict[str, Mapping[str, ParamSpec] | None]:
+        """Name → declared parameters (None: undeclared), what validation checks step params against."""
+        return {name: spec.params for name, spec in self._specs.items()}
 
 
 def spec_from_entry_point(name: str, obj: Any) -> ActionSpec:

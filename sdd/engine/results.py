@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from .statuses import RunStatus, StepStatus
+
+NO_LABELS: Mapping[str, str] = MappingProxyType({})   # the labels of a run started without any
 
 
 @dataclass(slots=True)
@@ -59,6 +62,7 @@ class WorkflowResult:
     started_at: float | None = None
     finished_at: float | None = None
     dry_run: bool = False
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)   # the run's, as started
 
     def to_dict(self) -> dict[str, Any]:
         return {"workflow_id": self.workflow_id, "run_id": self.run_id, "status": self.status.value,

@@ -9,28 +9,28 @@ that may already have happened.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
 
 from .events import StepFinished
 from .flow import _Abort
-from .model import WorkflowStep
+from .journal import RunState
+from .registry import ActionSpec
 from .results import PriorStep
 from .scope import Scope
-from .statuses import RunStatus, StepStatus
-
-if TYPE_CHECKING:
-    from .runner import Run
-
-_REUSABLE = frozenset({"completed", "skipped", "rolled_back"})
+from .specs.model import WorkflowStep
+from .specs.vocabulary import OnInterrupt
+from .statuses import REUSED_ON_RESUME, Phase, RunStatus, StepStatus
 
 
-async def resume_step(run: Run, step: WorkflowStep, path: str, parent: str | None, scope: Scope,
-                      prior: PriorStep, spec: Any) -> bool:
+async def resume_step(run: RunState, step: WorkflowStep, path: str, parent: str | None, scope: Scope,
+                      prior: PriorStep, spec: ActionSpec | None) -> bool:
     """Apply a recorded outcome; True when the step needs no (re)run."""
-    status = str(prior.status.value if isinstance(prior.status, StepStatus) else prior.status)
+    try:
+        status = StepStatus(prior.status)
+    except ValueError:
+        status = StepStatus.INTERRUPTED   # a status this engine does not know: treat the outcome as unknown
     now = time.time()
-    if status in _REUSABLE:
-        st = StepStatus.SKIPPED if status == "skipped" else StepStatus.COMPLETED
+    if status in REUSED_ON_RESUME:
+        st = StepStatus.SKIPPED if status is StepStatus.SKIPPED else StepStatus.COMPLETED
         run.record(path, step, st, prior.result, prior.error, prior.attempts, now, now, "resumed")
         if st is StepStatus.COMPLETED:
             if step.output:
@@ -38,23 +38,23 @@ async def resume_step(run: Run, step: WorkflowStep, path: str, parent: str | Non
             if step.rollback_action:
                 run.undo.append((step, path, step.params, prior.result, scope))
         return True
-    if status == "failed":
+    if status is StepStatus.FAILED:
         await run.fail(step, path, parent, now, prior.attempts, prior.error or "failed before the restart")
         return True
-    if status == "pending":
+    if status is StepStatus.PENDING:
         return False
     # running / interrupted / cancelled: the intent was recorded, the outcome was not.
     if spec is not None and spec.idempotent:
         return False
     mode = run.workflow.on_interrupt
-    if mode == "retry":
+    if mode == OnInterrupt.RETRY:
         return False
     error = "interrupted: the action may or may not have run (not idempotent)"
     run.record(path, step, StepStatus.INTERRUPTED, None, error, prior.attempts, now, now)
     if run.listeners:
         await run.emit(StepFinished(run.run_id, path, StepStatus.INTERRUPTED, prior.attempts, now, now, None,
-                                    error, "run"))
-    if mode == "rollback":
+                                    error, Phase.RUN, run.labels))
+    if mode == OnInterrupt.ROLLBACK:
         raise _Abort(path, f"step {path!r} {error}", rollback=True, status=RunStatus.ROLLED_BACK)
     raise _Abort(path, f"step {path!r} {error}", status=RunStatus.INTERRUPTED)
 

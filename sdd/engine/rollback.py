@@ -8,30 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .attempt import call_with_timeout, describe
-from .compilation import compiled
+from .attempt import describe, invoke
 from .errors import ExpressionError
 from .events import StepFinished, StepStarted
-from .registry import _current_step
-from .statuses import StepStatus
+from .journal import EMPTY, RunState
+from .specs.compilation import compiled
+from .statuses import Phase, StepStatus
 
-if TYPE_CHECKING:
-    from .runner import Run
-
-_EMPTY: Mapping[str, Any] = {}
+_CANCELLED = "rollback cancelled"
 
 
-async def rollback_run(run: Run) -> int:
-    """Undo completed steps in reverse; every rollback is recorded, a failing one does not stop the rest."""
+async def rollback_run(run: RunState) -> int:
+    """Undo completed steps in reverse; every rollback is recorded, a failing one does not stop the rest.
+    Returns how many rollbacks failed."""
     failures = 0
-    registry = run.engine.registry
     while run.undo:
         step, path, params, result, scope = run.undo.pop()
         started = time.time()
-        spec = registry.get(step.rollback_action) if step.rollback_action else None
+        spec = run.registry.get(step.rollback_action) if step.rollback_action else None
         c = compiled(step)
         error: str | None = None
         rparams: Any = params
@@ -44,28 +40,22 @@ async def rollback_run(run: Run) -> int:
             error = f"rollback params: {exc}"
         if run.listeners:
             await run.emit(StepStarted(run.run_id, path, None, step.step_type, step.rollback_action, 1,
-                                       spec.idempotent if spec else False, "rollback", started,
-                                       rparams if error is None else _EMPTY))
+                                       spec.idempotent if spec else False, Phase.ROLLBACK, started,
+                                       rparams if error is None else EMPTY, run.labels))
         if error is None and spec is None:
             error = f"unknown rollback action {step.rollback_action!r}"
         if error is None and spec is not None:
-            token = _current_step.set((run.run_id, scope.workflow_id, path, 1, f"{run.run_id}:{path}",
-                                       run.detection, run.dry_run, "rollback", result))
             try:
-                if step.timeout is None:
-                    ret = spec.handler(**rparams, context=scope.context)
-                    if ret is not None and hasattr(ret, "__await__"):
-                        await ret
-                else:
-                    await call_with_timeout(spec.handler, rparams, scope.context, step.timeout)
+                await invoke(spec.handler, rparams, scope.context, step.timeout,
+                             run.step_info(scope, path, 1, Phase.ROLLBACK, result))
             except asyncio.CancelledError:
-                error = "rollback cancelled"
+                error = _CANCELLED
                 run.interrupt = True
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
             except Exception as exc:  # noqa: BLE001 - a failing rollback must not stop the others
                 error = describe(exc)
-            finally:
-                _current_step.reset(token)
         finished = time.time()
         sr = run.step_results.get(path)
         if error is None:
@@ -79,8 +69,8 @@ async def rollback_run(run: Run) -> int:
                 sr.rollback_error = error
         if run.listeners:
             await run.emit(StepFinished(run.run_id, path, status, 1, started, finished, None, error,
-                                        "rollback"))
-        if run.interrupt and error == "rollback cancelled":
+                                        Phase.ROLLBACK, run.labels))
+        if run.interrupt and error == _CANCELLED:
             break
     return failures
 

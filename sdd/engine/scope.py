@@ -1,38 +1,36 @@
 """The names expressions see and the context handlers receive, one `Scope` per level of the step walk.
 
-`steps.<id>` is a read-only view (`StepsView`) over the run's results, built on demand.
+`steps.<id>` is a read-only view (`StepsView`) over a run's results (or a plan's assumed ones), built on demand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .expressions.sandbox import SAFE_MAPPING_TYPES
 from .results import StepResult
-from .sandbox import SAFE_MAPPING_TYPES
-
-if TYPE_CHECKING:
-    from .runner import Run
 
 
 class StepsView(Mapping[str, Any]):
     """`steps.<id>` in expressions: {status, result, error, attempts} built on demand from the results.
-    Inside a loop item or a composite, ids resolve to the nearest enclosing scope first."""
+    Inside a loop item or a composite, ids resolve to the nearest enclosing scope first, then to the top
+    level, then to the last step recorded under that id (`local_ids`)."""
 
-    __slots__ = ("prefix", "run")
+    __slots__ = ("local_ids", "prefix", "results")
 
-    def __init__(self, run: Run, prefix: str = ""):
-        self.run, self.prefix = run, prefix
+    def __init__(self, results: dict[str, StepResult], local_ids: dict[str, str], prefix: str = ""):
+        self.results, self.local_ids, self.prefix = results, local_ids, prefix
 
     def _find(self, key: str) -> StepResult | None:
-        results = self.run.step_results
+        results = self.results
         if self.prefix:
             sr = results.get(self.prefix + key)
             if sr is not None:
                 return sr
         sr = results.get(key)
         if sr is None:
-            path = self.run.local_ids.get(key)
+            path = self.local_ids.get(key)
             if path is not None:
                 sr = results.get(path)
         return sr
@@ -44,10 +42,10 @@ class StepsView(Mapping[str, Any]):
         return {"status": sr.status.value, "result": sr.result, "error": sr.error, "attempts": sr.attempts}
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.run.step_results)
+        return iter(self.results)
 
     def __len__(self) -> int:
-        return len(self.run.step_results)
+        return len(self.results)
 
 
 SAFE_MAPPING_TYPES.add(StepsView)
@@ -62,6 +60,18 @@ class Scope:
                  workflow_id: str):
         self.names, self.context, self.prefix, self.depth, self.workflow_id = (
             names, context, prefix, depth, workflow_id)
+
+    def child(self, prefix: str, results: dict[str, StepResult], local_ids: dict[str, str], *,
+              context: dict[str, Any] | None = None, depth: int | None = None,
+              workflow_id: str | None = None) -> Scope:
+        """The scope of the steps under `prefix` (a loop item with its own context, a composite's children,
+        a sub-workflow one level deeper)."""
+        names = dict(self.names)
+        if context is not None:
+            names["context"] = context
+        names["steps"] = StepsView(results, local_ids, prefix)
+        return Scope(names, context if context is not None else self.context, prefix,
+                     self.depth if depth is None else depth, workflow_id or self.workflow_id)
 
 
 __all__ = ["Scope", "StepsView"]

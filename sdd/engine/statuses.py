@@ -1,11 +1,12 @@
-"""The run and step status vocabulary (the contract's strings) shared by the engine, the store and the API."""
+"""The run and step status vocabulary (the contract's strings) shared by the engine, the store and the API,
+and the phase a step event belongs to. Each list of statuses is defined here once."""
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     """Where a run is. Terminal: completed, failed, rolled_back, cancelled, interrupted."""
 
     PENDING = "pending"
@@ -16,15 +17,12 @@ class RunStatus(str, Enum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
 
-    def __str__(self) -> str:
-        return self.value
-
     @property
     def terminal(self) -> bool:
-        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+        return self in TERMINAL_RUN_STATUSES
 
 
-class StepStatus(str, Enum):
+class StepStatus(StrEnum):
     """Where a step is. `interrupted`: outcome unknown after a crash; `cancelled`: stopped because the run
     was cancelled or a parallel sibling failed."""
 
@@ -37,8 +35,18 @@ class StepStatus(str, Enum):
     INTERRUPTED = "interrupted"
     CANCELLED = "cancelled"
 
-    def __str__(self) -> str:
-        return self.value
+
+class Phase(StrEnum):
+    """Which part of a run a step event belongs to: running the step, or undoing it."""
+
+    RUN = "run"
+    ROLLBACK = "rollback"
 
 
-__all__ = ["RunStatus", "StepStatus"]
+TERMINAL_RUN_STATUSES: frozenset[RunStatus] = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.ROLLED_BACK, RunStatus.CANCELLED, RunStatus.INTERRUPTED})
+# A resumed run takes a step recorded in one of these as done, and does not run it again.
+REUSED_ON_RESUME: frozenset[StepStatus] = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED,
+                                                     StepStatus.ROLLED_BACK})
+
+__all__ = ["REUSED_ON_RESUME", "TERMINAL_RUN_STATUSES", "Phase", "RunStatus", "StepStatus"]

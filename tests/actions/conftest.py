@@ -16,6 +16,7 @@ import pytest
 from sdd.actions import ActionServices, builtin_actions
 from sdd.config import ActionsConfig
 from sdd.engine import Workflow, WorkflowEngine
+from tests.support.trusted import trusted_dir
 
 from .procs import procs  # noqa: F401  (fixture)
 
@@ -43,8 +44,8 @@ class Env:
         self.root = tmp_path / "root"
         self.state = tmp_path / "state"
         self.outside = tmp_path / "outside"
-        self.scripts = tmp_path / "scripts"
-        for d in (self.root, self.state, self.outside, self.scripts):
+        self.scripts = trusted_dir("scripts")   # run_script runs only from a path that is root's all the way
+        for d in (self.root, self.state, self.outside):
             d.mkdir(exist_ok=True)
         os.chmod(self.scripts, 0o755)
         self.configure(**config)

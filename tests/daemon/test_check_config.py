@@ -49,7 +49,7 @@ def test_every_broken_workflow_is_listed(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="system mode's ownership rule is about root; needs root")
 def test_system_mode_refuses_a_workflow_others_can_write(tmp_path: Path) -> None:
-    d = DaemonProcess(tmp_path, workflows={"notify5": notify_workflow()})
+    d = DaemonProcess(tmp_path, workflows={"notify5": notify_workflow()}, user_mode=False)
     os.chmod(tmp_path, 0o755)
     os.chmod(d.workflows_dir, 0o755)
     assert check(d).returncode == 0, check(d).stderr

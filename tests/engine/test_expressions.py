@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from sdd.engine import ExpressionError
 from sdd.engine.expressions import check_syntax, compile_template, evaluate, evaluate_condition, render
+from sdd.engine.expressions.sandbox import MAX_SIZE
 
 NAMES = {
     "context": {"threats_found": 2, "files": ["/a", "/b"], "get": "data wins", "nested": {"x": {"y": 1}}},
@@ -222,3 +223,13 @@ def test_methods_of_look_alike_objects_are_not_called() -> None:
         evaluate("context.s.get('a')", names)
     with pytest.raises(ExpressionError):
         evaluate("context.g.gi_frame", names)
+
+
+@pytest.mark.parametrize("fn", ["list", "tuple", "set", "sorted", "dict"])
+def test_builtin_constructors_respect_the_size_bound(fn: str) -> None:
+    big = {"items": list(range(MAX_SIZE + 1)), "map": {str(i): i for i in range(MAX_SIZE + 1)}}
+    arg = "context.map" if fn == "dict" else "context.items"
+    with pytest.raises(ExpressionError, match="longer than"):
+        evaluate(f"{fn}({arg})", {"context": big})
+    small = {"items": [3, 1, 2], "map": {"a": 1}}
+    assert len(evaluate(f"{fn}({arg})", {"context": small})) == (1 if fn == "dict" else 3)

@@ -25,7 +25,7 @@ from sdd.engine import (
     WorkflowStep,
     WorkflowValidationError,
 )
-from sdd.engine.model import parse_duration
+from sdd.engine.specs.loader import parse_duration
 
 from .conftest import Recorder, wf
 

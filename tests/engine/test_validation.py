@@ -15,9 +15,12 @@ from sdd.engine import (
     WorkflowValidationError,
     load_workflow,
     load_workflow_dirs,
+    path_problem,
     validate_text,
+    workflow_schema,
 )
-from sdd.engine.schema_check import schema
+from sdd.engine.specs.schema_check import schema
+from tests.support.trusted import trusted_dir
 
 ACTIONS = ["quarantine_file", "restore_file", "send_notification", "kill_process"]
 
@@ -147,7 +150,7 @@ def test_yaml_syntax_errors_and_non_mappings() -> None:
     assert issues_of("workflow_id: [\n")[0].startswith("wf.yaml:2:1: YAML syntax error")
     assert issues_of("- 1\n") == [("wf.yaml:1:1: a workflow file must hold a mapping (workflow_id, steps, ...), "
                                   "not a list")]
-    assert issues_of("") == ["wf.yaml:1:1: the file is empty"]
+    assert issues_of("") == ["wf.yaml:1:1: empty workflow file"]
     assert "duplicate key 'steps'" in issues_of("workflow_id: a\nsteps: []\nsteps: []\n")[0]
 
 
@@ -157,6 +160,43 @@ def test_yaml_alias_bomb_is_refused_quickly() -> None:
         lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
     found = issues_of("\n".join(lines) + "\nworkflow_id: x\nsteps: []\n")
     assert found and "too large" in found[0]
+
+
+def test_a_yaml_alias_that_contains_itself_is_an_issue_naming_file_and_line() -> None:
+    found = issues_of("""\
+        workflow_id: x
+        steps: &all
+          - step_id: loop
+            type: loop
+            items: [1]
+            steps: *all
+        """)
+    assert found == [("wf.yaml:6:12: the alias *all is used inside the value it names (anchored &all on "
+                     "line 2): a value may not contain itself")]
+    assert issues_of("a: &x {b: [1, {c: *x}]}\n")[0].startswith("wf.yaml:1:19: the alias *x is used inside")
+
+
+def test_a_yaml_alias_used_beside_its_anchor_is_fine() -> None:
+    found = issues_of("""\
+        workflow_id: x
+        context: {a: &one [1, 2], b: *one}
+        steps: [{step_id: s, action: kill_process, params: {process_id: 1}}]
+        """)
+    assert found == []
+
+
+def test_recursive_alias_fails_load_workflow_dirs_with_an_issue_not_an_exception(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("workflow_id: bad\nsteps: &s [{step_id: a, type: parallel, steps: *s}]\n")
+    (tmp_path / "good.yaml").write_text("workflow_id: good\nsteps: [{step_id: a, action: kill_process}]\n")
+    found, issues = load_workflow_dirs([tmp_path], ACTIONS)
+    assert list(found) == ["good"]
+    assert [str(i) for i in issues] == [(f"{tmp_path / 'bad.yaml'}:2:48: the alias *s is used inside the value "
+                                        "it names (anchored &s on line 2): a value may not contain itself")]
+
+
+def test_params_given_as_a_string_get_one_message() -> None:
+    found = issues_of("workflow_id: a\nsteps:\n  - {step_id: q, action: kill_process, params: 'pid=1'}\n")
+    assert found == ["wf.yaml:3:48: steps[0].params must be a mapping, not a string ('pid=1')"]
 
 
 def test_load_workflow_raises_with_all_issues(tmp_path: Path) -> None:
@@ -172,7 +212,7 @@ def test_load_workflow_raises_with_all_issues(tmp_path: Path) -> None:
 def test_published_schema_is_a_valid_json_schema() -> None:
     cls = jsonschema.validators.validator_for(schema())
     cls.check_schema(schema())
-    shipped = Path(__file__).resolve().parents[2] / "sdd" / "engine" / "workflow.schema.json"
+    shipped = Path(__file__).resolve().parents[2] / "sdd" / "engine" / "specs" / "workflow.schema.json"
     assert json.loads(shipped.read_text()) == schema()
 
 
@@ -230,30 +270,161 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user
 
 
 @needs_root
-def test_require_root_owned_refuses_files_others_can_write(tmp_path: Path) -> None:
-    tmp_path.chmod(0o755)
+def test_require_root_owned_refuses_files_others_can_write() -> None:
+    d = trusted_dir("wf")
     text = "workflow_id: {}\nsteps: [{{step_id: s, action: quarantine_file}}]\n"
-    _write(tmp_path, "ok.yaml", text.format("ok")).chmod(0o644)
-    theirs = _write(tmp_path, "theirs.yaml", text.format("theirs"))
+    _write(d, "ok.yaml", text.format("ok")).chmod(0o644)
+    theirs = _write(d, "theirs.yaml", text.format("theirs"))
     os.chown(theirs, 1000, 0)
-    _write(tmp_path, "group.yaml", text.format("group")).chmod(0o664)
-    _write(tmp_path, "world.yaml", text.format("world")).chmod(0o646)
-    (tmp_path / "link.yaml").symlink_to(tmp_path / "ok.yaml")
-    found, issues = load_workflow_dirs([tmp_path], ACTIONS, require_root_owned=True)
+    _write(d, "group.yaml", text.format("group")).chmod(0o664)
+    _write(d, "world.yaml", text.format("world")).chmod(0o646)
+    (d / "link.yaml").symlink_to(d / "ok.yaml")
+    found, issues = load_workflow_dirs([d], ACTIONS, require_root_owned=True)
     assert set(found) == {"ok"}
     why = {Path(i.file).name: i.message for i in issues}
     assert why["theirs.yaml"] == "refused: owned by uid 1000, not root (a workflow runs as root)"
     assert why["group.yaml"].startswith("refused: writable by its group")
     assert why["world.yaml"].startswith("refused: writable by everyone")
     assert why["link.yaml"] == "refused: it is a symbolic link"
-    found, issues = load_workflow_dirs([tmp_path], ACTIONS)
+    found, issues = load_workflow_dirs([d], ACTIONS)
     assert "theirs" in found and "world" in found
 
 
 @needs_root
-def test_require_root_owned_refuses_a_writable_directory(tmp_path: Path) -> None:
-    d = tmp_path / "wf"
+def test_require_root_owned_refuses_a_writable_directory() -> None:
+    d = trusted_dir("wf") / "wf"
     _write(d, "ok.yaml", "workflow_id: ok\nsteps: [{step_id: s, action: quarantine_file}]\n")
     d.chmod(0o777)
     found, issues = load_workflow_dirs([d], ACTIONS, require_root_owned=True)
-    assert found == {} and "directory refused: writable by everyone" in issues[0].message
+    assert found == {} and issues[0].message == (f"directory refused: {d} is writable by everyone (mode 0777) "
+                                                 "(its workflows would run as root)")
+
+
+@needs_root
+def test_require_root_owned_checks_every_directory_above_and_each_symlink_on_the_way(tmp_path: Path) -> None:
+    base = trusted_dir("chain")
+    real = base / "etc" / "workflows"
+    _write(real, "ok.yaml", "workflow_id: ok\nsteps: [{step_id: s, action: quarantine_file}]\n")
+    (base / "via").symlink_to(real)                      # a root-owned link in a root-owned directory: fine
+    found, issues = load_workflow_dirs([base / "via"], ACTIONS, require_root_owned=True)
+    assert (set(found), issues) == ({"ok"}, [])
+    (base / "etc").chmod(0o775)                          # a group-writable directory above it
+    found, issues = load_workflow_dirs([real], ACTIONS, require_root_owned=True)
+    assert found == {} and f"{base / 'etc'} is writable by its group" in issues[0].message
+    (base / "etc").chmod(0o755)
+    os.chown(base / "etc", 1000, 0)                      # a directory above it that a user owns
+    found, issues = load_workflow_dirs([base / "via"], ACTIONS, require_root_owned=True)
+    assert found == {} and f"{base / 'etc'} is owned by uid 1000, not root" in issues[0].message
+    os.chown(base / "etc", 0, 0)
+    # The same trusted directory, reached through a symlink that sits in world-writable /tmp: refused.
+    tmp_path.chmod(0o1777)
+    (tmp_path / "wf").symlink_to(real)
+    found, issues = load_workflow_dirs([tmp_path / "wf"], ACTIONS, require_root_owned=True)
+    assert found == {} and "/tmp is writable by everyone (mode 1777)" in issues[0].message
+
+
+@needs_root
+def test_path_problem_follows_links_component_by_component() -> None:
+    base = trusted_dir("links")
+    (base / "a" / "b").mkdir(parents=True)
+    (base / "a" / "up").symlink_to("..")                 # relative links resolve from where they are
+    (base / "loop").symlink_to(base / "loop")
+    open_dir = base / "open"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o1777)
+    (open_dir / "link").symlink_to(base / "a")
+    assert path_problem(base / "a" / "up" / "a" / "b") is None
+    assert path_problem(base / "loop") == f"{base / 'loop'}: too many symbolic links"
+    assert path_problem(open_dir / "link") == f"{open_dir} is writable by everyone (mode 1777)"
+    assert path_problem(open_dir / "link", allow_sticky=True) == (f"{open_dir / 'link'} is a symbolic link "
+                                                                  f"inside the world-writable {open_dir}")
+    assert path_problem(base / "missing") == f"{base / 'missing'} cannot be used: No such file or directory"
+    assert path_problem("relative/path") == "relative/path is not an absolute path"
+    os.lchown(base / "a" / "up", 1000, 1000)
+    assert path_problem(base / "a" / "up" / "a") == f"{base / 'a' / 'up'} is a symbolic link owned by uid 1000"
+
+
+# ---- action parameters, checked against the action's declaration -------------------------------------
+
+DECLARED = {
+    "send_notification": {"message": {"type": "string", "required": True},
+                          "channel": {"type": ["string", "list"], "enum": ["desktop", "email", "syslog", "log"]},
+                          "urgency": {"type": "string", "enum": ["low", "normal", "critical"]},
+                          "recipient": {"type": ["string", "list"]}},
+    "quarantine_file": {"file_path": {"type": "string", "required": True}},
+    "restore_file": {"quarantine_id": {"type": "string"}, "file_path": {"type": "string"}},
+    "kill_process": {"process_id": {"type": ["integer", "string"], "required": True},
+                     "timeout": {"type": "number"}},
+    "plugin": None,   # undeclared: anything goes
+}
+
+
+def _step_issues(step: str) -> list[str]:
+    return issues_of(f"workflow_id: w\nsteps:\n  - {step}\n", DECLARED)   # type: ignore[arg-type]
+
+
+def test_an_unknown_parameter_is_an_error_with_did_you_mean() -> None:
+    assert _step_issues("{step_id: n, type: notification, params: {mesage: hi, message: x}}") == [
+        ("wf.yaml:3:47: send_notification has no parameter 'mesage' (did you mean 'message'?) "
+        "(it accepts: channel, message, recipient, urgency)")]
+
+
+def test_a_missing_required_parameter_is_an_error() -> None:
+    assert _step_issues("{step_id: q, action: quarantine_file}") == [
+        "wf.yaml:3:5: quarantine_file needs the parameter 'file_path'"]
+    assert _step_issues("{step_id: q, action: quarantine_file, params: {}}") == [
+        "wf.yaml:3:51: quarantine_file needs the parameter 'file_path'"]
+
+
+def test_literal_values_of_the_wrong_type_or_outside_the_enum_are_errors() -> None:
+    found = _step_issues("{step_id: n, type: notification, params: {message: 5, channel: [log, pagr], "
+                         "urgency: urgent}}")
+    assert found == [
+        "wf.yaml:3:56: parameter 'message' of send_notification must be a string, not a whole number (5)",
+        ("wf.yaml:3:68: parameter 'channel' of send_notification must be one of desktop, email, syslog, log; "
+        "got 'pagr'"),
+        ("wf.yaml:3:90: parameter 'urgency' of send_notification must be one of low, normal, critical; "
+        "got 'urgent'")]
+    assert _step_issues("{step_id: k, action: kill_process, params: {process_id: true}}") == [
+        ("wf.yaml:3:61: parameter 'process_id' of kill_process must be a whole number or a string, not a "
+        "boolean (True)")]
+
+
+def test_templated_values_are_checked_only_when_rendered() -> None:
+    assert _step_issues("{step_id: n, type: notification, params: {message: '{{ detection.x }}', "
+                        "channel: '{{ context.channel }}', urgency: '{{ context.u }}'}}") == []
+    assert _step_issues("{step_id: k, action: kill_process, params: {process_id: '{{ detection.process_id }}'}}") == []
+
+
+def test_undeclared_actions_and_unknown_catalogues_are_not_checked() -> None:
+    assert _step_issues("{step_id: p, action: plugin, params: {anything: [1, 2]}}") == []
+    assert issues_of("workflow_id: w\nsteps: [{step_id: q, action: quarantine_file, params: {x: 1}}]\n",
+                     ["quarantine_file"]) == []
+
+
+def test_a_rollback_gets_the_steps_params_unless_it_has_its_own() -> None:
+    found = _step_issues("{step_id: q, action: quarantine_file, params: {file_path: /x}, "
+                         "rollback_action: restore_file, rollback_params: {quarantine_id: 5}}")
+    assert found == [("wf.yaml:3:132: parameter 'quarantine_id' of restore_file must be a string, not a whole "
+                     "number (5)")]
+    assert _step_issues("{step_id: k, action: kill_process, params: {process_id: 1, timeout: 2}, "
+                        "rollback_action: restore_file}") == [
+        ("wf.yaml:3:49: restore_file has no parameter 'process_id' (it accepts: file_path, quarantine_id) "
+        "(a step's params go to its rollback_action unless it has rollback_params)"),
+        ("wf.yaml:3:64: restore_file has no parameter 'timeout' (it accepts: file_path, quarantine_id) "
+        "(a step's params go to its rollback_action unless it has rollback_params)")]
+
+
+def test_param_declarations_are_in_the_published_schema() -> None:
+    published = workflow_schema(DECLARED)
+    jsonschema.validators.validator_for(published).check_schema(published)
+    validator = jsonschema.validators.validator_for(published)(published)
+
+    def errors(step: dict[str, object]) -> list[str]:
+        return sorted(e.message for e in validator.iter_errors({"workflow_id": "w", "steps": [step]}))
+    assert errors({"step_id": "n", "type": "notification", "params": {"message": "{{ d.x }}",
+                                                                     "channel": ["log", "{{ c }}"]}}) == []
+    assert errors({"step_id": "n", "action": "send_notification", "params": {"mesage": "x"}}) == [
+        "'message' is a required property", "Additional properties are not allowed ('mesage' was unexpected)"]
+    assert errors({"step_id": "p", "action": "plugin", "params": {"x": 1}}) == []
+    assert "allOf" not in schema()["$defs"]["step"]   # the structure alone declares no action

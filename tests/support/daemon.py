@@ -33,6 +33,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.trusted import trusted_dir
+
 DEFAULT_START_TIMEOUT = 60.0
 
 
@@ -86,6 +88,9 @@ class DaemonProcess:
         self.state = self.root / "state"
         self.workflows_dir = self.root / "workflows"
         self.scripts_dir = self.root / "scripts"
+        if not user_mode and os.geteuid() == 0:
+            # System mode runs workflows and scripts only from paths that are root's all the way from /.
+            self.workflows_dir, self.scripts_dir = trusted_dir("workflows"), trusted_dir("scripts")
         self.socket = self.runtime / "sdd.sock"
         self.config_file = self.root / "sdd.toml"
         self.log_file = self.root / "daemon.log"

@@ -21,7 +21,7 @@ from aiosmtpd.controller import Controller
 from sdd.actions import BUILTINS, Vault
 from sdd.config import SmtpConfig
 from sdd.engine import RunStatus, WorkflowEngine
-from sdd.engine.loader import load_workflow_dirs
+from sdd.engine.specs.loader import load_workflow_dirs
 from tests.actions.conftest import Env
 from tests.actions.servers import Inbox, Server, free_port
 

@@ -1,6 +1,6 @@
-"""The restricted evaluator behind `expressions.py`: simpleeval with our node set, operators that refuse
+"""The restricted evaluator behind `language.py`: simpleeval with our node set, operators that refuse
 to build huge values, a short list of pure functions, and read-only methods on exact builtin types only.
-Nothing here knows about workflows; `expressions.py` parses, caches and bounds the text first.
+Nothing here knows about workflows; `language.py` parses, caches and bounds the text first.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from simpleeval import EvalWithCompoundTypes, safe_lshift, safe_rshift
 
-from .errors import ExpressionError
+from ..errors import ExpressionError
 
 MAX_SIZE = 100_000                # characters/items of any string or sequence an expression builds
 MAX_POWER_BITS = 4096             # an integer power may not exceed this many bits
@@ -96,7 +96,7 @@ def _sum(values: Any, start: float = 0) -> Any:
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "len": len, "int": int, "float": float, "str": str, "bool": bool, "abs": abs, "min": min, "max": max,
     "sum": _sum, "any": any, "all": all, "sorted": _bounded(sorted), "list": _bounded(list),
-    "tuple": _bounded(tuple), "set": _bounded(set), "dict": dict, "basename": posixpath.basename,
+    "tuple": _bounded(tuple), "set": _bounded(set), "dict": _bounded(dict), "basename": posixpath.basename,
     "dirname": posixpath.dirname,
 }
 
@@ -139,6 +139,9 @@ class _Evaluator(EvalWithCompoundTypes):
 
     def __init__(self) -> None:
         super().__init__(operators=dict(OPERATORS), functions=dict(FUNCTIONS), names={})
+        # simpleeval's compound-types evaluator adds the raw list/tuple/set/dict builtins on top of ours,
+        # which would bypass the size bound: put our table back.
+        self.functions = dict(FUNCTIONS)
         for node in (ast.ListComp, ast.GeneratorExp, ast.DictComp, ast.SetComp, ast.JoinedStr,
                      ast.FormattedValue, ast.Assign, ast.AugAssign, ast.Import, ast.ImportFrom, ast.Lambda,
                      ast.NamedExpr):

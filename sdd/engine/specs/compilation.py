@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .expressions import Expression, Renderer, compile_expression, compile_template, compile_value
+from ..expressions import Expression, Renderer, compile_expression, compile_template, compile_value
 from .model import Workflow, WorkflowStep
 
 

@@ -1,5 +1,5 @@
 """Where a validation problem is and how it is worded: `Marks` maps JSON paths to YAML line/column (built
-by `loader.py`), `format_path` writes a path as people read it, `did_you_mean` suggests the close name,
+by `parsing.py`), `format_path` writes a path as people read it, `did_you_mean` suggests the close name,
 and `_Collector` gathers the issues of one document, each once, with its position.
 """
 
@@ -9,7 +9,7 @@ import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import ValidationIssue
+from ..errors import ValidationIssue
 
 Path_ = tuple[Any, ...]
 

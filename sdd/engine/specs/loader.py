@@ -1,126 +1,39 @@
-"""Reading workflow YAML: one file (`load_workflow`), a text (`validate_text`, `load_text`) or the
-configured directories (`load_workflow_dirs`: later dirs override the same workflow_id; sub-workflow
-references and cycles checked across the set; optionally refusing files that anyone but root could write).
+"""Loading workflows: one file (`load_workflow`), a text (`validate_text`, `load_text`), the configured
+directories (`load_workflow_dirs`: later dirs override the same workflow_id; sub-workflow references and
+cycles checked across the set; optionally refusing files and directories that anyone but root could
+write), or a dict (`Workflow.from_dict`, installed on the model here with `Workflow.from_yaml` and
+`WorkflowStep.from_dict`).
 
-YAML is composed with SafeLoader into a node tree first, so every issue can name its file:line:column;
-documents whose aliases expand beyond a bound are refused before anything walks them.
+Each document is parsed (`parsing.py`), validated (`validation.py`) and only then built into the model
+(`build_workflow`), so nothing is built from a document with issues.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import stat
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..errors import ValidationIssue, WorkflowValidationError
 from .compilation import precompile
-from .errors import ValidationIssue, WorkflowValidationError
-from .issues import Marks, format_path
-from .model import Workflow, build_workflow
+from .issues import Marks, did_you_mean, format_path
+from .model import BranchCase, Schedule, Trigger, Workflow, WorkflowStep
+from .params import Catalogue, catalogue
+from .parsing import parse_yaml
 from .semantic_check import find_cycles
-from .validation import collect_issues
+from .trust import path_problem
+from .validation import collect_issues, validate_step_dict, validate_workflow_dict
+from .vocabulary import DEFAULT_ON_FAILURE, OnFalse, OnInterrupt, StepType
 
 MAX_FILE_SIZE = 1 << 20
-MAX_NODES = 100_000
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def _action_names(actions: Any) -> Collection[str] | None:
-    if actions is None:
-        return None
-    registry = getattr(actions, "registry", None)      # a WorkflowEngine
-    if registry is not None:
-        actions = registry
-    names = getattr(actions, "names", None)            # an ActionRegistry
-    if callable(names):
-        return names()
-    if isinstance(actions, Mapping):
-        return frozenset(actions)
-    return frozenset(getattr(a, "name", a) for a in actions)
-
-
-def _expanded_size(node: yaml.Node) -> int:
-    memo: dict[int, int] = {}
-
-    def size(n: yaml.Node) -> int:
-        key = id(n)
-        if key in memo:
-            return memo[key]
-        memo[key] = 1  # guards recursive aliases
-        total = 1
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                total += size(k) + size(v)
-        elif isinstance(n, yaml.SequenceNode):
-            for v in n.value:
-                total += size(v)
-        memo[key] = total
-        return total
-    return size(node)
-
-
-def _marks(node: yaml.Node, source: str) -> tuple[Marks, list[ValidationIssue]]:
-    values: dict[tuple[Any, ...], tuple[int, int]] = {}
-    keys: dict[tuple[Any, ...], tuple[int, int]] = {}
-    issues: list[ValidationIssue] = []
-    seen: set[int] = set()
-    stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(node, ())]
-    while stack:
-        n, path = stack.pop()
-        values.setdefault(path, (n.start_mark.line + 1, n.start_mark.column + 1))
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if isinstance(n, yaml.MappingNode):
-            first: dict[Any, int] = {}
-            for k, v in n.value:
-                if not isinstance(k, yaml.ScalarNode) or k.value == "<<":
-                    continue
-                key = k.value
-                if key in first:
-                    issues.append(ValidationIssue(source, k.start_mark.line + 1, k.start_mark.column + 1,
-                                                  format_path(path + (key,)),
-                                                  f"duplicate key {key!r} (first given on line {first[key]})"))
-                    continue
-                first[key] = k.start_mark.line + 1
-                keys[path + (key,)] = (k.start_mark.line + 1, k.start_mark.column + 1)
-                stack.append((v, path + (key,)))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                stack.append((v, path + (i,)))
-    return Marks(values, keys), issues
-
-
-def parse_yaml(text: str, source: str) -> tuple[Any, Marks, list[ValidationIssue]]:
-    """(data, marks, issues) of one YAML document, never raising for bad input."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, Marks(), [ValidationIssue(source, 1, 1, "", "the file is empty")]
-        if _expanded_size(node) > MAX_NODES:
-            return None, Marks(), [ValidationIssue(source, 1, 1, "",
-                                                   f"the document is too large (more than {MAX_NODES} "
-                                                   "values once aliases are expanded)")]
-        marks, issues = _marks(node, source)
-        data = loader.construct_document(node)
-        return data, marks, issues
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
-        what = " ".join(x for x in (exc.context, exc.problem) if x)
-        return None, Marks(), [ValidationIssue(source, line, col, "", f"YAML syntax error: {what}")]
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        return None, Marks(), [ValidationIssue(source, None, None, "", f"YAML error: {exc}")]
-    finally:
-        loader.dispose()
-
-
-def _check_text(text: str, source: str, actions: Collection[str] | None
+def _check_text(text: str, source: str, actions: Catalogue | None
                 ) -> tuple[Any, Marks, list[ValidationIssue], list[tuple[str, tuple[Any, ...]]]]:
     data, marks, issues = parse_yaml(text, source)
     if data is None and issues:
@@ -134,14 +47,14 @@ def validate_text(yaml_text: str, name: str = "<text>", actions: Any = None) -> 
     """Every issue of a workflow given as text (empty when valid); for `workflows.validate`."""
     if len(yaml_text) > MAX_FILE_SIZE:
         return [ValidationIssue(name, None, None, "", f"larger than {MAX_FILE_SIZE} bytes")]
-    return _check_text(yaml_text, name, _action_names(actions))[2]
+    return _check_text(yaml_text, name, catalogue(actions))[2]
 
 
 def load_text(yaml_text: str, name: str = "<text>", actions: Any = None) -> Workflow:
     """The workflow in `yaml_text`, or WorkflowValidationError with every issue."""
     if len(yaml_text) > MAX_FILE_SIZE:
         raise WorkflowValidationError([ValidationIssue(name, None, None, "", f"larger than {MAX_FILE_SIZE} bytes")])
-    data, _, issues, _ = _check_text(yaml_text, name, _action_names(actions))
+    data, _, issues, _ = _check_text(yaml_text, name, catalogue(actions))
     if issues:
         raise WorkflowValidationError(issues)
     return precompile(build_workflow(data, source=name))
@@ -196,7 +109,7 @@ def load_workflow(path: str | Path, actions: Any = None) -> Workflow:
         text = _read(Path(path), require_root_owned=False)
     except _Refused as exc:
         raise WorkflowValidationError([ValidationIssue(source, None, None, "", str(exc))]) from None
-    data, _, issues, _subs = _check_text(text, source, _action_names(actions))
+    data, _, issues, _subs = _check_text(text, source, catalogue(actions))
     if issues:
         raise WorkflowValidationError(issues)
     return precompile(build_workflow(data, source=source))
@@ -207,8 +120,10 @@ def load_workflow_dirs(dirs: Iterable[str | Path], actions: Any = None, *, requi
     """Every valid workflow in `dirs` (later dirs override the same workflow_id) and every issue found.
 
     A workflow whose sub-workflows are unknown or form a cycle is left out and reported. With
-    `require_root_owned`, a file or directory that anyone but root could write is refused."""
-    names = _action_names(actions)
+    `require_root_owned` (system mode), a directory is refused unless it and every directory above it,
+    symlinks resolved, is root's and writable by no one else (`trust.path_problem`), and so is a file that
+    anyone but root could write."""
+    names = catalogue(actions)
     found: dict[str, Workflow] = {}
     refs: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
     marks_of: dict[str, Marks] = {}
@@ -223,7 +138,7 @@ def load_workflow_dirs(dirs: Iterable[str | Path], actions: Any = None, *, requi
             issues.append(ValidationIssue(str(directory), None, None, "", "not a directory"))
             continue
         if require_root_owned:
-            reason = _unsafe_owner(dst)
+            reason = path_problem(directory.absolute())
             if reason:
                 issues.append(ValidationIssue(str(directory), None, None, "",
                                               f"directory refused: {reason} (its workflows would run as root)"))
@@ -258,7 +173,6 @@ def load_workflow_dirs(dirs: Iterable[str | Path], actions: Any = None, *, requi
 def _check_references(found: dict[str, Workflow], refs: dict[str, list[tuple[str, tuple[Any, ...]]]],
                       marks_of: dict[str, Marks]) -> list[ValidationIssue]:
     """Unknown sub-workflows and cycles across the set; offending workflows are removed from `found`."""
-    from .issues import did_you_mean
     issues: list[ValidationIssue] = []
     bad: set[str] = set()
     for wid, wf_refs in refs.items():
@@ -292,3 +206,146 @@ def _check_references(found: dict[str, Workflow], refs: dict[str, list[tuple[str
     for wid in bad:
         found.pop(wid, None)
     return issues
+
+
+# ---- building the model from validated dicts ---------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string like "90", "30s", "5m", "6h", "1d", "1h30m"."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")  # noqa: TRY004 - callers catch ValueError
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if text[pos:m.start()].strip():
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or text[pos:].strip():
+        raise ValueError(f"not a duration: {value!r} (use seconds or e.g. 30s, 5m, 6h, 1d)")
+    return total
+
+
+def _target(value: Any) -> tuple[list[WorkflowStep], str | None]:
+    if isinstance(value, str):
+        return [], value
+    if isinstance(value, Mapping):
+        return [build_step(value)], None
+    return [build_step(s) for s in value or ()], None
+
+
+def build_step(d: Mapping[str, Any]) -> WorkflowStep:
+    step_type = d.get("type", d.get("step_type", StepType.ACTION.value))
+    children: list[WorkflowStep] = [build_step(s) for s in d.get("steps") or ()]
+    if d.get("step") is not None:
+        children.insert(0, build_step(d["step"]))
+    cases: list[BranchCase] = []
+    for case in d.get("conditions") or ():
+        if "else" in case:
+            steps, wf = _target(case["else"])
+            cases.append(BranchCase(None, steps, wf))
+        else:
+            steps, wf = _target(case.get("then"))
+            cases.append(BranchCase(case.get("if", case.get("elif")), steps, wf))
+    retries = d.get("max_retries", d.get("retries"))
+    return WorkflowStep(
+        step_id=str(d["step_id"]),
+        name=d.get("name") or "",
+        step_type=step_type,
+        action=d.get("action"),
+        params=dict(d.get("params") or {}),
+        condition=d.get("condition"),
+        on_failure=d.get("on_failure", DEFAULT_ON_FAILURE),
+        rollback_action=d.get("rollback_action"),
+        rollback_params=d.get("rollback_params"),
+        timeout=None if d.get("timeout") is None else parse_duration(d["timeout"]),
+        total_timeout=None if d.get("total_timeout") is None else parse_duration(d["total_timeout"]),
+        max_retries=retries,
+        retry_delay=float(d.get("retry_delay", 1.0)),
+        backoff=float(d.get("backoff", 2.0)),
+        max_delay=float(d.get("max_delay", 30.0)),
+        jitter=float(d.get("jitter", 0.1)),
+        output=d.get("output"),
+        description=d.get("description") or "",
+        items=d.get("items"),
+        item_name=d.get("as", d.get("item_name", "item")),
+        concurrency=int(d.get("concurrency", 1)),
+        steps=children,
+        fail_fast=bool(d.get("fail_fast", True)),
+        conditions=cases,
+        workflow_id=d.get("workflow_id", d.get("workflow")),
+        on_false=d.get("on_false", OnFalse.STOP.value),
+    )
+
+
+def build_trigger(d: Mapping[str, Any] | None) -> Trigger | None:
+    if d is None:
+        return None
+    types = d.get("type", d.get("types", ()))
+    if isinstance(types, str):
+        types = (types,)
+    sched = d.get("schedule")
+    schedule = None
+    if sched is not None:
+        schedule = Schedule(every=None if sched.get("every") is None else parse_duration(sched["every"]),
+                            at=sched.get("at"))
+    return Trigger(types=tuple(types), when=d.get("when"), priority=int(d.get("priority", 0)),
+                   schedule=schedule)
+
+
+def build_workflow(d: Mapping[str, Any], source: str | None = None) -> Workflow:
+    return Workflow(
+        workflow_id=str(d["workflow_id"]),
+        name=d.get("name") or str(d["workflow_id"]),
+        description=d.get("description") or "",
+        steps=[build_step(s) for s in d.get("steps") or ()],
+        trigger=build_trigger(d.get("trigger")),
+        rollback_on_failure=bool(d.get("rollback_on_failure", False)),
+        timeout=None if d.get("timeout") is None else parse_duration(d["timeout"]),
+        context=dict(d.get("context") or {}),
+        on_interrupt=d.get("on_interrupt", OnInterrupt.FAIL.value),
+        source=source if source is not None else d.get("source"),
+    )
+
+
+# ---- the model's constructors (see model.py) ---------------------------------------------------------
+
+def workflow_from_dict(data: Mapping[str, Any], source: str | None = None) -> Workflow:
+    """A validated workflow from a plain dict (a stored snapshot, an API request, code)."""
+    validate_workflow_dict(data, source=source)
+    return precompile(build_workflow(data, source=source))
+
+
+def step_from_dict(data: Mapping[str, Any]) -> WorkflowStep:
+    validate_step_dict(data)
+    return build_step(data)
+
+
+Workflow.from_dict = staticmethod(workflow_from_dict)
+Workflow.from_yaml = staticmethod(load_workflow)
+WorkflowStep.from_dict = staticmethod(step_from_dict)
+
+__all__ = [
+    "MAX_FILE_SIZE",
+    "YAML_SUFFIXES",
+    "build_step",
+    "build_trigger",
+    "build_workflow",
+    "load_text",
+    "load_workflow",
+    "load_workflow_dirs",
+    "parse_duration",
+    "step_from_dict",
+    "validate_text",
+    "workflow_from_dict",
+]

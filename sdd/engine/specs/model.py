@@ -1,29 +1,19 @@
-"""What a workflow *is*: `Workflow`, `WorkflowStep`, `Trigger`, `Schedule`, and what a run *gave*:
-`WorkflowResult`, `StepResult`, plus `PriorStep` (a step's recorded outcome, used to resume a run).
+"""What a workflow *is*, as plain data: `Workflow`, `WorkflowStep`, `BranchCase`, `Trigger`, `Schedule`.
 
-Everything round-trips through plain dicts (`to_dict` / `from_dict`); `from_dict` validates (see
-`validation.py`) so a bad snapshot fails loudly instead of half-running. How a workflow *runs* lives in
-`runner.py`.
+`to_dict()` gives the plain dict a workflow is stored and published as. Reading one back
+(`Workflow.from_dict`, `Workflow.from_yaml`, `WorkflowStep.from_dict`) is loading, with validation, and
+lives in `loader.py`, which installs those constructors on these classes (so this module imports nothing
+of the loader's). How a workflow *runs* is the conductor's business (`sdd/engine/runner.py`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-STEP_TYPES = ("action", "notification", "script", "webhook", "condition", "loop", "parallel", "branch",
-              "workflow")
-LEAF_TYPES = frozenset({"action", "notification", "script", "webhook"})
-# Step types that are shorthands for one built-in action.
-TYPE_ACTIONS = {"notification": "send_notification", "script": "run_script", "webhook": "call_webhook"}
-ON_FAILURE = ("abort", "continue", "skip", "retry", "rollback")
-ON_INTERRUPT = ("fail", "retry", "rollback")
-ON_FALSE = ("stop", "fail", "continue")
-DEFAULT_ON_FAILURE = "abort"
-DEFAULT_RETRIES_FOR_RETRY = 3   # `on_failure: retry` without max_retries
+from .vocabulary import DEFAULT_ON_FAILURE, DEFAULT_RETRIES_FOR_RETRY, TYPE_ACTIONS, OnFailure
 
 
 @dataclass
@@ -93,15 +83,13 @@ class WorkflowStep:
 
     @property
     def effective_retries(self) -> int:
+        """How many times a failed attempt is tried again: max_retries, else 3 with on_failure: retry."""
         if self.max_retries is not None:
             return self.max_retries
-        return DEFAULT_RETRIES_FOR_RETRY if self.on_failure == "retry" else 0
+        return DEFAULT_RETRIES_FOR_RETRY if self.on_failure == OnFailure.RETRY else 0
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WorkflowStep:
-        from .validation import validate_step_dict
-        validate_step_dict(data)
-        return build_step(data)
+    # Installed by loader.py: validate a step dict and build the step (raises WorkflowValidationError).
+    from_dict: ClassVar[Callable[[Mapping[str, Any]], WorkflowStep]]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"step_id": self.step_id, "type": self.step_type}
@@ -186,17 +174,10 @@ class Workflow:
     on_interrupt: str = "fail"
     source: str | None = None
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> Workflow:
-        from .loader import load_workflow
-        return load_workflow(path)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> Workflow:
-        from .compilation import precompile
-        from .validation import validate_workflow_dict
-        validate_workflow_dict(data, source=source)
-        return precompile(build_workflow(data, source=source))
+    # Installed by loader.py: a validated workflow from a dict (`source` names it in issues) or a YAML file;
+    # both raise WorkflowValidationError listing every issue.
+    from_dict: ClassVar[Callable[..., Workflow]]
+    from_yaml: ClassVar[Callable[[str | Path], Workflow]]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"workflow_id": self.workflow_id, "name": self.name}
@@ -230,113 +211,3 @@ class Workflow:
                     walk(case.steps, path + ".")
         walk(self.steps, "")
         return out
-
-
-# ---- building from validated dicts -------------------------------------------------------------------
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like "90", "30s", "5m", "6h", "1d", "1h30m"."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")  # noqa: TRY004 - callers catch ValueError
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip().lower()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if text[pos:m.start()].strip():
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos == 0 or text[pos:].strip():
-        raise ValueError(f"not a duration: {value!r} (use seconds or e.g. 30s, 5m, 6h, 1d)")
-    return total
-
-
-def _target(value: Any) -> tuple[list[WorkflowStep], str | None]:
-    if isinstance(value, str):
-        return [], value
-    if isinstance(value, Mapping):
-        return [build_step(value)], None
-    return [build_step(s) for s in value or ()], None
-
-
-def build_step(d: Mapping[str, Any]) -> WorkflowStep:
-    step_type = d.get("type", d.get("step_type", "action"))
-    children: list[WorkflowStep] = [build_step(s) for s in d.get("steps") or ()]
-    if d.get("step") is not None:
-        children.insert(0, build_step(d["step"]))
-    cases: list[BranchCase] = []
-    for case in d.get("conditions") or ():
-        if "else" in case:
-            steps, wf = _target(case["else"])
-            cases.append(BranchCase(None, steps, wf))
-        else:
-            steps, wf = _target(case.get("then"))
-            cases.append(BranchCase(case.get("if", case.get("elif")), steps, wf))
-    retries = d.get("max_retries", d.get("retries"))
-    return WorkflowStep(
-        step_id=str(d["step_id"]),
-        name=d.get("name") or "",
-        step_type=step_type,
-        action=d.get("action"),
-        params=dict(d.get("params") or {}),
-        condition=d.get("condition"),
-        on_failure=d.get("on_failure", DEFAULT_ON_FAILURE),
-        rollback_action=d.get("rollback_action"),
-        rollback_params=d.get("rollback_params"),
-        timeout=None if d.get("timeout") is None else parse_duration(d["timeout"]),
-        total_timeout=None if d.get("total_timeout") is None else parse_duration(d["total_timeout"]),
-        max_retries=retries,
-        retry_delay=float(d.get("retry_delay", 1.0)),
-        backoff=float(d.get("backoff", 2.0)),
-        max_delay=float(d.get("max_delay", 30.0)),
-        jitter=float(d.get("jitter", 0.1)),
-        output=d.get("output"),
-        description=d.get("description") or "",
-        items=d.get("items"),
-        item_name=d.get("as", d.get("item_name", "item")),
-        concurrency=int(d.get("concurrency", 1)),
-        steps=children,
-        fail_fast=bool(d.get("fail_fast", True)),
-        conditions=cases,
-        workflow_id=d.get("workflow_id", d.get("workflow")),
-        on_false=d.get("on_false", "stop"),
-    )
-
-
-def build_trigger(d: Mapping[str, Any] | None) -> Trigger | None:
-    if d is None:
-        return None
-    types = d.get("type", d.get("types", ()))
-    if isinstance(types, str):
-        types = (types,)
-    sched = d.get("schedule")
-    schedule = None
-    if sched is not None:
-        schedule = Schedule(every=None if sched.get("every") is None else parse_duration(sched["every"]),
-                            at=sched.get("at"))
-    return Trigger(types=tuple(types), when=d.get("when"), priority=int(d.get("priority", 0)),
-                   schedule=schedule)
-
-
-def build_workflow(d: Mapping[str, Any], source: str | None = None) -> Workflow:
-    return Workflow(
-        workflow_id=str(d["workflow_id"]),
-        name=d.get("name") or str(d["workflow_id"]),
-        description=d.get("description") or "",
-        steps=[build_step(s) for s in d.get("steps") or ()],
-        trigger=build_trigger(d.get("trigger")),
-        rollback_on_failure=bool(d.get("rollback_on_failure", False)),
-        timeout=None if d.get("timeout") is None else parse_duration(d["timeout"]),
-        context=dict(d.get("context") or {}),
-        on_interrupt=d.get("on_interrupt", "fail"),
-        source=source if source is not None else d.get("source"),
-    )

@@ -1,9 +1,11 @@
 """Is this workflow valid? The published JSON Schema (`workflow.schema.json`) for structure, then semantic
-checks the schema cannot express: what each step type needs, duplicate step ids, unknown actions, unknown
-step references in expressions, expressions that do not parse, sub-workflow self-references.
+checks the schema cannot express: what each step type needs, duplicate step ids, unknown actions, step params
+against the action's declared parameters, unknown step references in expressions, expressions that do not
+parse, sub-workflow self-references. `actions` is anything `params.catalogue` understands (an engine, a
+registry, ActionSpecs, names) or None (then actions and their params are not checked).
 
 Every problem is reported at once, each with the place it was found (`Marks` maps JSON paths to YAML
-line/column, see `loader.py`) and words a person understands ("did you mean ...").
+line/column, see `parsing.py`) and words a person understands ("did you mean ...").
 
 This module runs the layers over one document; they live beside it: the schema layer in `schema_check.py`,
 the semantic checks (and `find_cycles` across workflows) in `semantic_check.py`, positions and wording in
@@ -12,19 +14,21 @@ the semantic checks (and `find_cycles` across workflows) in `semantic_check.py`,
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from .errors import ValidationIssue, WorkflowValidationError
+from ..errors import ValidationIssue, WorkflowValidationError
 from .issues import Marks, Path_, _Collector, _type_name
+from .params import catalogue
 from .schema_check import _schema_issues
 from .semantic_check import _Semantics, _trigger
 
 
 def collect_issues(data: Any, source: str = "", marks: Marks | None = None,
-                   actions: Collection[str] | None = None) -> tuple[list[ValidationIssue], list[tuple[str, Path_]]]:
+                   actions: Any = None) -> tuple[list[ValidationIssue], list[tuple[str, Path_]]]:
     """Every problem of one workflow document, plus its sub-workflow references (id, path)."""
     c = _Collector(source, marks or Marks())
+    actions = catalogue(actions)
     if not isinstance(data, Mapping):
         c.add((), f"a workflow file must hold a mapping (workflow_id, steps, ...), not {_type_name(data)}")
         return c.issues, []
@@ -39,19 +43,19 @@ def collect_issues(data: Any, source: str = "", marks: Marks | None = None,
 
 
 def validate_workflow_dict(data: Any, source: str | None = None, marks: Marks | None = None,
-                           actions: Collection[str] | None = None) -> None:
+                           actions: Any = None) -> None:
     issues, _ = collect_issues(data, source or "", marks, actions)
     if issues:
         raise WorkflowValidationError(issues)
 
 
-def validate_step_dict(data: Any, actions: Collection[str] | None = None) -> None:
+def validate_step_dict(data: Any, actions: Any = None) -> None:
     c = _Collector("", Marks())
     if not isinstance(data, Mapping):
         c.add((), f"a step must be a mapping, not {_type_name(data)}")
     else:
         _schema_issues(data, c, step=True)
-        sem = _Semantics(c, actions, None)
+        sem = _Semantics(c, catalogue(actions), None)
         sem.step(data, ())
     if c.issues:
         raise WorkflowValidationError(c.issues)

@@ -1,18 +1,20 @@
 """The semantic layer of validation: what the schema cannot express. What each step type needs and which
-keys apply to it, duplicate step ids, unknown actions, expressions and templates that do not parse,
-references to unknown steps, sub-workflow self-references, and cycles across a set of workflows.
+keys apply to it, duplicate step ids, unknown actions, params against the action's declared parameters,
+expressions and templates that do not parse, references to unknown steps, sub-workflow self-references, and
+cycles across a set of workflows.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import ExpressionError
-from .expressions import compile_expression, template_expressions
+from ..errors import ExpressionError
+from ..expressions import compile_expression, template_expressions
 from .issues import Path_, _Collector, did_you_mean, format_path
-from .model import LEAF_TYPES, STEP_TYPES, TYPE_ACTIONS
+from .params import Catalogue, param_problems
+from .vocabulary import LEAF_TYPES, STEP_TYPES, TYPE_ACTIONS
 
 # Keys that only mean something on some step types.
 _TYPE_KEYS = {
@@ -26,7 +28,7 @@ _TYPE_KEYS = {
 }
 
 
-def _check_expr(text: Any, path: Path_, what: str, c: _Collector, refs: list[tuple[str, Path_]]) -> None:
+def _check_expr(text: Any, path: Path_, c: _Collector, refs: list[tuple[str, Path_]]) -> None:
     if not isinstance(text, str):
         return
     try:
@@ -62,7 +64,7 @@ def _check_templates(value: Any, path: Path_, c: _Collector, refs: list[tuple[st
 
 
 class _Semantics:
-    def __init__(self, c: _Collector, actions: Collection[str] | None, workflow_id: str | None):
+    def __init__(self, c: _Collector, actions: Catalogue | None, workflow_id: str | None):
         self.c = c
         self.actions = actions
         self.workflow_id = workflow_id
@@ -94,7 +96,7 @@ class _Semantics:
         if "retries" in step and "max_retries" in step:
             c.add(path, "give either 'retries' or 'max_retries', not both")
         kind = step.get("type", step.get("step_type", "action"))
-        _check_expr(step.get("condition"), path + ("condition",), "condition", c, self.refs)
+        _check_expr(step.get("condition"), path + ("condition",), c, self.refs)
         _check_templates(step.get("params"), path + ("params",), c, self.refs)
         _check_templates(step.get("rollback_params"), path + ("rollback_params",), c, self.refs)
         if kind not in STEP_TYPES:
@@ -112,9 +114,20 @@ class _Semantics:
                 c.add(path, f"step {sid!r} of type action needs an 'action'")
             else:
                 self.action(action, path + ("action",) if "action" in step else path)
-            if step.get("rollback_action"):
-                self.action(step["rollback_action"], path + ("rollback_action",))
-            if step.get("rollback_params") is not None and not step.get("rollback_action"):
+                self.params(action, step.get("params"), path, "params")
+            rollback = step.get("rollback_action")
+            if rollback:
+                self.action(rollback, path + ("rollback_action",))
+                # Without rollback_params, the step's own params are what the rollback action is given.
+                if step.get("rollback_params") is not None:
+                    self.params(rollback, step["rollback_params"], path, "rollback_params")
+                elif isinstance(step.get("params"), Mapping) and self.actions is not None:
+                    # The step's params (those its own action accepts) are what its rollback_action gets.
+                    own = self.actions.get(action) if isinstance(action, str) else None
+                    passed = {k: v for k, v in step["params"].items() if own is None or k in own}
+                    self.params(rollback, passed, path, "params",
+                                " (a step's params go to its rollback_action unless it has rollback_params)")
+            if step.get("rollback_params") is not None and not rollback:
                 c.add(path + ("rollback_params",), "rollback_params without a rollback_action", key=True)
         elif kind == "condition":
             if not step.get("condition"):
@@ -127,7 +140,7 @@ class _Semantics:
                 if "{{" in items:
                     _check_templates(items, path + ("items",), c, self.refs)
                 else:
-                    _check_expr(items, path + ("items",), "items", c, self.refs)
+                    _check_expr(items, path + ("items",), c, self.refs)
             else:
                 _check_templates(items, path + ("items",), c, self.refs)
             if not step.get("steps") and not step.get("step"):
@@ -177,7 +190,7 @@ class _Semantics:
             else:
                 if head == "elif" and i == 0:
                     c.add(cpath, "a branch starts with 'if', not 'elif'")
-                _check_expr(case[head], cpath + (head,), head, c, self.refs)
+                _check_expr(case[head], cpath + (head,), c, self.refs)
                 if "then" not in case:
                     c.add(cpath, f"case {i} needs 'then' (steps or a workflow id)")
                     continue
@@ -195,6 +208,17 @@ class _Semantics:
             return
         self.c.add(path, f"unknown action {name!r}{did_you_mean(name, self.actions)}")
 
+    def params(self, action: Any, params: Any, path: Path_, key: str, note: str = "") -> None:
+        """The step's params against the action's declaration (when the action declares its parameters)."""
+        declared = self.actions.get(action) if self.actions is not None and isinstance(action, str) else None
+        if declared is None or not isinstance(params if params is not None else {}, Mapping):
+            return
+        for name, message in param_problems(action, declared, params or {}):
+            if name is None:
+                self.c.add(path + ((key,) if params is not None else ()), message + note)
+            else:
+                self.c.add(path + (key, name), message + note, key=message.startswith(f"{action} has no"))
+
     def subworkflow(self, target: str, path: Path_) -> None:
         self.subworkflows.append((target, path))
         if target == self.workflow_id:
@@ -211,7 +235,7 @@ def _trigger(trigger: Any, c: _Collector, refs: list[tuple[str, Path_]]) -> None
         return
     if "type" in trigger and "types" in trigger:
         c.add(("trigger",), "give either 'type' or 'types', not both")
-    _check_expr(trigger.get("when"), ("trigger", "when"), "when", c, refs)
+    _check_expr(trigger.get("when"), ("trigger", "when"), c, refs)
     sched = trigger.get("schedule")
     if isinstance(sched, Mapping):
         if "every" in sched and "at" in sched:

@@ -1,9 +1,12 @@
-"""The structural layer of validation: the published JSON Schema (`workflow.schema.json`) applied with
-jsonschema, each error explained in words a person understands and placed at its file:line:column.
+"""The structural layer of validation: the workflow JSON Schema (`workflow.schema.json`) applied with
+jsonschema, each error explained in words a person understands and placed at its file:line:column; and the
+published schema (`workflow_schema(actions)`): that structure plus each action's declared parameters, for
+editors. Validation itself checks params in `semantic_check.py`, where the messages can say more.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from functools import lru_cache
@@ -13,11 +16,37 @@ from typing import Any
 import jsonschema
 
 from .issues import Path_, _Collector, _type_name, did_you_mean, format_path
+from .params import catalogue, params_schema
+from .vocabulary import TYPE_ACTIONS
 
 
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
     return json.loads(resources.files(__package__).joinpath("workflow.schema.json").read_text("utf-8"))
+
+
+def workflow_schema(actions: object = None) -> dict[str, Any]:
+    """The published workflow JSON Schema: the structure, plus the declared parameters of every action in
+    `actions` (anything `params.catalogue` understands), so an editor knows each action's params."""
+    out = copy.deepcopy(schema())
+    known = catalogue(actions) or {}
+    rules: list[dict[str, Any]] = []
+    for name in sorted(known):
+        declared = known[name]
+        if declared is None:
+            continue
+        then = {"properties": {"params": params_schema(declared)}}
+        rules.append({"if": {"required": ["action"], "properties": {"action": {"const": name}}}, "then": then})
+        for step_type, implied in TYPE_ACTIONS.items():
+            if implied == name:
+                for key in ("type", "step_type"):
+                    rules.append({"if": {"required": [key], "not": {"required": ["action"]},
+                                         "properties": {key: {"const": step_type}}}, "then": then})
+    if rules:
+        out["$defs"]["step"]["allOf"] = rules
+        names = sorted(known)
+        out["$defs"]["step"]["properties"]["action"]["examples"] = names
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -92,4 +121,4 @@ def _explain(err: jsonschema.ValidationError, c: _Collector, root: Path_) -> Non
         c.add(path, f"{where}: {err.message}")
 
 
-__all__ = ["schema"]
+__all__ = ["schema", "workflow_schema"]
