@@ -20,14 +20,14 @@ from typing import Any
 from . import __version__
 from . import hub as events
 from .config import Config
-from .dispatch import Dispatcher, WatchedStore
+from .dispatch import Dispatcher, RunOrigin, WatchedStore
 from .engine import Workflow, WorkflowEngine
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from .facade import DaemonFacade, DaemonState
 from .hub import EventHub
 from .intake import Intake
 from .loading import freeze_long_lived, load_actions, load_workflows
-from .logging import kv
+from .logging import kv, story
 from .recovery import recover_runs
 from .scheduler import Scheduler
 from .sdnotify import Notifier, watchdog_interval
@@ -35,6 +35,7 @@ from .sdnotify import Notifier, watchdog_interval
 log = logging.getLogger("sdd.daemon")
 
 PURGE_INTERVAL = 86400.0    # retention purge, daily
+_BY_HAND = RunOrigin(trigger="api")  # a run the dispatcher did not start (tests, an engine used directly)
 
 
 class Daemon(DaemonFacade):
@@ -66,6 +67,9 @@ class Daemon(DaemonFacade):
         self._status_sent = 0.0
         self._status_last = ""
         self._status_timer: asyncio.TimerHandle | None = None
+        self._status_published: tuple[int, int, str] | None = None
+        self._instance_lock: int | None = None
+        self.run_log: Any = None      # the actions' RunLog (what reports read), fed every engine event
         self.dispatcher = Dispatcher(self)
         self.stats = {"received": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "no_match": 0,
                       "runs_started": 0, "runs_finished": 0}
@@ -73,8 +77,14 @@ class Daemon(DaemonFacade):
     # ---- lifecycle ------------------------------------------------------------------------------------------
     async def serve(self) -> int:
         """Runs until SIGTERM/SIGINT (or `request_stop()`); returns the exit status."""
+        from .api.errors import AlreadyRunning
+
         try:
             await self.startup()
+        except AlreadyRunning as exc:
+            log.error("sdd is already running; not starting a second one", extra=kv(reason=exc))
+            await self._close_resources()
+            return 1
         except Exception:
             log.exception("start-up failed")
             await self._close_resources()
@@ -89,6 +99,9 @@ class Daemon(DaemonFacade):
     async def startup(self) -> None:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
+        # Before anything else: a second daemon on the same socket must not touch the store (its crash
+        # recovery would resume the first one's runs) nor the spool.
+        self._instance_lock = self._claim_instance()
         os.makedirs(cfg.paths.state, mode=0o700, exist_ok=True)
         from .history import HistoryRecorder
         from .store import Store
@@ -97,6 +110,7 @@ class Daemon(DaemonFacade):
         self.store = WatchedStore(raw_store)
         self.services, actions, action_errors = load_actions(cfg, self.store, self._desktop_notification)
         self._action_specs = actions
+        self.run_log = getattr(self.services, "run_log", None)
         for err in action_errors:
             log.error("action plugin not loaded", extra=kv(error=err))
         self.workflows, issues = load_workflows(cfg, actions)
@@ -109,7 +123,7 @@ class Daemon(DaemonFacade):
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
 
         report = await recover_runs(self.store, self.engine, self.recorder.prior_steps,
-                                    before_start=self.dispatcher.expect_run)
+                                    before_start=self.dispatcher.expect_resumed_run)
         if report.resumed or report.abandoned:
             log.info("crash recovery", extra=kv(**report.to_dict()))
         self.dispatcher.queued = int(self.store.counts().get("queued_detections", 0))
@@ -173,6 +187,23 @@ class Daemon(DaemonFacade):
         await self._close_resources()
         log.info("stopped")
 
+    def _claim_instance(self) -> int | None:
+        """The socket's lock file, held for the daemon's life (None under socket activation, where systemd
+        starts one instance). Raises AlreadyRunning when another sdd holds it or answers on the socket."""
+        from .sdnotify import listen_fds
+
+        if listen_fds(unset=False):
+            return None
+        from .api.listener import answers_ping, lock
+
+        path = self.config.paths.socket
+        fd = lock(path)
+        if answers_ping(path):
+            os.close(fd)
+            from .api.errors import AlreadyRunning
+            raise AlreadyRunning(f"another sdd is already answering on {path}")
+        return fd
+
     async def _close_resources(self) -> None:
         for name, component, method in (("API", self.api, "close"), ("D-Bus", self.bus, "stop")):
             if component is not None:
@@ -188,6 +219,9 @@ class Daemon(DaemonFacade):
             await asyncio.to_thread(self.store.close)
             self.store = None
         self.notifier.close()
+        if self._instance_lock is not None:
+            os.close(self._instance_lock)
+            self._instance_lock = None
 
     async def _settle_commits(self) -> None:
         commits = [t for t in self._tasks if t.get_name() == "commit"]
@@ -206,13 +240,16 @@ class Daemon(DaemonFacade):
         except ImportError as exc:
             log.warning("socket API not available", extra=kv(error=exc))
             return
-        api = ApiServer(self)
+        from .api.errors import AlreadyRunning
+
+        # The listener takes the lock over (and closes it, whether it binds or fails to).
+        api = ApiServer(self, lock_fd=self._instance_lock)
+        self._instance_lock = None
         try:
             await api.start()
-        except Exception as exc:
-            # A second daemon answering on the socket must stop this one before it touches the spool.
-            if type(exc).__name__ == "AlreadyRunning":
-                raise
+        except AlreadyRunning:
+            raise  # a second daemon answering on the socket must stop this one before it touches the spool
+        except Exception as exc:  # noqa: BLE001 -- the daemon works without its API
             log.error("socket API failed to start; running without it", extra=kv(error=exc))
             return
         self.api = api
@@ -263,15 +300,18 @@ class Daemon(DaemonFacade):
             try:
                 result = await self.store.purge(self.config.engine.history_retention_days)
                 log.info("history purged", extra=kv(retention_days=self.config.engine.history_retention_days,
-                                                    result=result))
+                                                    **result))
             except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                 log.error("history purge failed", extra=kv(error=exc))
             await asyncio.sleep(PURGE_INTERVAL)
 
-    # ---- engine events → history and hub ------------------------------------------------------------------
+    # ---- engine events → run log, history, hub and the log -----------------------------------------------------
     def _on_engine_event(self, ev: EngineEvent) -> Awaitable[None] | None:
-        """History first (awaited when it asks: a non-idempotent step's intent, a run's final status), then
-        the hub. Synchronous unless the recorder returns an awaitable, so most events cost no coroutine."""
+        """The run log first (a report step reads it), then history (awaited when it asks: a non-idempotent
+        step's intent, a run's final status), then the hub and the log. Synchronous unless the recorder
+        returns an awaitable, so most events cost no coroutine."""
+        if self.run_log is not None:
+            self.run_log(ev)
         pending = self.recorder(ev)
         if pending is not None and inspect.isawaitable(pending):
             return self._publish_after(pending, ev)
@@ -284,31 +324,93 @@ class Daemon(DaemonFacade):
 
     def _publish_engine_event(self, ev: EngineEvent) -> None:
         publish = self.hub.publish
-        if isinstance(ev, (StepStarted, StepFinished)) and not self.hub.subscriber_count:
-            return  # ten per run: not worth building for nobody
         if isinstance(ev, StepStarted):
-            publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt})
+            if ev.attempt >= 2 and ev.phase == "run":
+                self._step_retried(ev)
+            # attempt 0 announces a step that is skipped or failed before acting: it never started.
+            if self.hub.subscriber_count and ev.attempt > 0:
+                publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt})
         elif isinstance(ev, StepFinished):
-            publish(events.STEP_FINISHED, {"run_id": ev.run_id, "step_id": ev.step_id, "status": str(ev.status),
-                                           "seconds": max(0.0, ev.finished_at - ev.started_at), "error": ev.error})
+            if ev.status == "failed" or ev.phase == "rollback":
+                self._step_outcome(ev)
+            if self.hub.subscriber_count:
+                publish(events.STEP_FINISHED, {"run_id": ev.run_id, "step_id": ev.step_id, "status": str(ev.status),
+                                               "seconds": max(0.0, ev.finished_at - ev.started_at),
+                                               "error": ev.error})
         elif isinstance(ev, RunStarted):
-            # The engine knows the detection's own "id"; subscribers want ours (history got it by note_run).
-            did = self.dispatcher.run_detection.pop(ev.run_id, None)
-            publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id, "detection_id": did})
+            origin = self.dispatcher.runs.get(ev.run_id, _BY_HAND)
+            if self.run_log is not None:
+                self.run_log.label(ev.run_id, detection_id=origin.detection_id, external_id=origin.external_id)
+            publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
+                                         "detection_id": origin.detection_id, "external_id": origin.external_id})
+            if log.isEnabledFor(logging.INFO):
+                log.info("run started", extra=story(ev.run_id, ev.workflow_id, origin.detection_id,
+                                                    external_id=origin.external_id or "-", trigger=origin.trigger,
+                                                    resumed=ev.resumed))
             self.publish_status()
         elif isinstance(ev, RunFinished):
             # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
+            origin = self.dispatcher.runs.pop(ev.run_id, _BY_HAND)
             self.stats["runs_finished"] += 1
+            seconds = max(0.0, ev.finished_at - ev.started_at)
             publish(events.RUN_FINISHED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
-                                          "status": str(ev.status), "seconds": max(0.0, ev.finished_at - ev.started_at),
-                                          "error": ev.error})
+                                          "status": str(ev.status), "seconds": seconds, "error": ev.error,
+                                          "detection_id": origin.detection_id, "external_id": origin.external_id})
+            level = logging.INFO if ev.status == "completed" else logging.WARNING
+            if log.isEnabledFor(level):
+                log.log(level, "run finished", extra=story(
+                    ev.run_id, ev.workflow_id, origin.detection_id, external_id=origin.external_id or "-",
+                    status=str(ev.status), duration=f"{seconds:.3f}s", **({"error": ev.error} if ev.error else {})))
             # The engine drops the handle when the task ends; a free slot is what the dispatcher waits for.
             if self._loop is not None:
                 self._loop.call_soon(self.dispatcher.wake.set)
             self.publish_status()
 
-    def _desktop_notification(self, title: str, body: str, urgency: str) -> None:
-        self.hub.publish(events.NOTIFICATION, {"title": title, "body": body, "urgency": urgency})
+    def _run_fields(self, run_id: str, **more: Any) -> dict[str, Any]:
+        labels = self.run_log.labels(run_id) if self.run_log is not None else {}
+        origin = self.dispatcher.runs.get(run_id)
+        return story(run_id, labels.get("workflow"), origin.detection_id if origin else labels.get("detection"),
+                     **more)
+
+    def _step_retried(self, ev: StepStarted) -> None:
+        if log.isEnabledFor(logging.WARNING):
+            log.warning("step retried", extra=self._run_fields(ev.run_id, step=ev.step_id, attempt=ev.attempt,
+                                                               action=ev.action or "-"))
+
+    def _step_outcome(self, ev: StepFinished) -> None:
+        """One line per failed step, and per rollback (done or failed)."""
+        if ev.phase == "rollback":
+            if ev.status == "failed":
+                log.error("rollback failed", extra=self._run_fields(ev.run_id, step=ev.step_id, error=ev.error))
+            else:
+                log.warning("step rolled back", extra=self._run_fields(ev.run_id, step=ev.step_id,
+                                                                       status=str(ev.status)))
+            return
+        log.warning("step failed", extra=self._run_fields(ev.run_id, step=ev.step_id, attempts=ev.attempts,
+                                                          error=ev.error))
+
+    def _desktop_notification(self, title: str, body: str, urgency: str) -> str | None:
+        """Hands a desktop notification to the D-Bus bridge. None when it went out as a signal on the bus under
+        sdd's name; else why it reached no one (the action reports it as not delivered)."""
+        reason = self._bus_undeliverable()
+        if reason is None:
+            self.hub.publish(events.NOTIFICATION, {"title": title, "body": body, "urgency": urgency})
+        return reason
+
+    def _bus_undeliverable(self) -> str | None:
+        spec = self.config.dbus.bus
+        if spec == "none":
+            return 'D-Bus is off (dbus.bus = "none"): there is no desktop to notify'
+        bus = self.bus
+        if bus is None:
+            return "the D-Bus bridge is not running (see the daemon's log)"
+        if not bus.connected:
+            why = getattr(bus, "last_error", None)
+            return f"not connected to the {spec} bus" + (f" ({why})" if why else "")
+        if not getattr(bus, "owns_name", True):
+            return ("another connection owns the name org.searchanddestroy.Sdd1 on the bus, so notifiers "
+                    "listening to sdd do not see its signals")
+        return None
 
     def publish_status(self) -> None:
         # Coalesced: one status.changed per loop iteration however many runs start or end in it.
@@ -319,8 +421,11 @@ class Daemon(DaemonFacade):
 
     def _emit_status(self) -> None:
         self._status_pending = False
-        self.hub.publish(events.STATUS_CHANGED, {"active_runs": len(self.engine.active_runs) if self.engine else 0,
-                                                 "queued_detections": self.dispatcher.queued, "state": self.state.value})
+        now = (len(self.engine.active_runs) if self.engine else 0, self.dispatcher.queued, self.state.value)
+        if now != self._status_published:  # one status.changed per change, none for a wake-up that changed nothing
+            self._status_published = now
+            self.hub.publish(events.STATUS_CHANGED, {"active_runs": now[0], "queued_detections": now[1],
+                                                     "state": now[2]})
         self._notify_status()
 
     def _notify_status(self) -> None:

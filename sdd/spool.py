@@ -66,6 +66,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def finite_float(text: str) -> float:
+    """`parse_float` for JSON from outside: a number too large for a double (`1e999`, which Python would turn
+    into infinity) is refused like NaN, with the number in the reason."""
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"number {text[:40]}{'…' if len(text) > 40 else ''} is out of range (not a finite "
+                         "double)")
+    return value
+
+
+_INF = float("inf")
+
+
 def _too_deep(obj: Any, limit: int) -> bool:
     stack = [(obj, 1)]
     while stack:
@@ -88,7 +101,7 @@ def parse_detection(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise SpoolRejection(f"not valid UTF-8 (byte {exc.start})") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=finite_float)
     except RecursionError:
         raise SpoolRejection("invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:
