@@ -10,11 +10,13 @@ must work without one. This module reads the TOML itself: the client never impor
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
 import time
 import tomllib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,11 +112,58 @@ def process_start_time(pid: int) -> float:
     return btime + start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def parse_json(text: str, where: str) -> Any:
+    """JSON from a user or a file, as the daemon will judge it: NaN, Infinity and numbers out of a double's
+    range (`1e999`) are refused with a reason instead of turning into infinity."""
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    def number(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise ValueError(f"number {token[:40]} is out of range (not a finite double)")
+        return value
+    try:
+        return json.loads(text, parse_constant=constant, parse_float=number)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{where}: invalid JSON: {exc}") from None
+
+
+def read_detection_file(path: str) -> dict[str, Any]:
+    """A detection from a JSON file (`sddctl run --detection FILE`): one object of at most 1 MiB. The daemon
+    checks it further, exactly as it checks a spool file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_DETECTION + 1)
+    except OSError as exc:
+        raise UsageError(f"--detection {path}: cannot read it: {exc.strerror or exc}") from None
+    if len(raw) > MAX_DETECTION:
+        raise UsageError(f"--detection {path}: larger than {MAX_DETECTION} bytes (the spool's limit)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--detection {path}: not valid UTF-8 (byte {exc.start})") from None
+    value = parse_json(text, f"--detection {path}")
+    if not isinstance(value, dict):
+        raise UsageError(f"--detection {path}: expected one JSON object (a detection), got {type(value).__name__}")
+    return value
+
+
+def new_detection_id() -> str:
+    """An id for a detection whose producer gave none: unique, so a producer can follow what it sent."""
+    return str(uuid.uuid4())
+
+
 def encode_detection(detection: Mapping[str, Any]) -> bytes:
     kind = detection.get("type")
     if not isinstance(kind, str) or not kind.strip():
         raise UsageError("a detection needs a non-empty 'type' (--type)")
-    data = json.dumps(detection, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        data = json.dumps(detection, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except ValueError:
+        raise UsageError("a detection cannot hold NaN or infinite numbers") from None
     if len(data) > MAX_DETECTION:
         raise SubmitError(f"detection is {len(data)} bytes; the spool accepts at most {MAX_DETECTION}")
     return data
@@ -177,7 +226,10 @@ __all__ = [
     "UsageError",
     "clamav_detection",
     "encode_detection",
+    "new_detection_id",
+    "parse_json",
     "process_start_time",
+    "read_detection_file",
     "resolve_spool",
     "write_detection",
 ]
