@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 from . import __version__
@@ -26,7 +27,7 @@ from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, S
 from .facade import DaemonFacade, DaemonState
 from .hub import EventHub
 from .intake import Intake
-from .loading import freeze_long_lived, load_actions, load_workflows
+from .loading import freeze_long_lived, load_actions, load_workflows, reads_run_log
 from .logging import kv, story
 from .recovery import recover_runs
 from .scheduler import Scheduler
@@ -69,7 +70,9 @@ class Daemon(DaemonFacade):
         self._status_timer: asyncio.TimerHandle | None = None
         self._status_published: tuple[int, int, str] | None = None
         self._instance_lock: int | None = None
-        self.run_log: Any = None      # the actions' RunLog (what reports read), fed every engine event
+        self.run_log: Any = None      # the actions' RunLog (what reports read), fed the events of runs that read it
+        self._logged_runs: set[str] = set()                    # runs whose events go to the run log
+        self._reads_log: dict[int, tuple[Workflow, bool]] = {}  # workflow object → reads_run_log() of it
         self.dispatcher = Dispatcher(self)
         self.stats = {"received": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "no_match": 0,
                       "runs_started": 0, "runs_finished": 0}
@@ -111,6 +114,8 @@ class Daemon(DaemonFacade):
         self.services, actions, action_errors = load_actions(cfg, self.store, self._desktop_notification)
         self._action_specs = actions
         self.run_log = getattr(self.services, "run_log", None)
+        if self.services is not None:
+            self.services.run_labels = self._run_labels
         for err in action_errors:
             log.error("action plugin not loaded", extra=kv(error=err))
         self.workflows, issues = load_workflows(cfg, actions)
@@ -310,13 +315,37 @@ class Daemon(DaemonFacade):
         """The run log first (a report step reads it), then history (awaited when it asks: a non-idempotent
         step's intent, a run's final status), then the hub and the log. Synchronous unless the recorder
         returns an awaitable, so most events cost no coroutine."""
-        if self.run_log is not None:
-            self.run_log(ev)
+        if self.run_log is not None and (ev.run_id in self._logged_runs or type(ev) is RunStarted):
+            self._feed_run_log(ev)
         pending = self.recorder(ev)
         if pending is not None and inspect.isawaitable(pending):
             return self._publish_after(pending, ev)
         self._publish_engine_event(ev)
         return None
+
+    def _feed_run_log(self, ev: EngineEvent) -> None:
+        if isinstance(ev, RunStarted):
+            key = id(ev.workflow)
+            cached = self._reads_log.get(key)
+            if cached is None or cached[0] is not ev.workflow:
+                if len(self._reads_log) > 256:
+                    self._reads_log.clear()
+                cached = self._reads_log[key] = (ev.workflow, reads_run_log(ev.workflow, self.workflows))
+            if not cached[1]:
+                return
+            self._logged_runs.add(ev.run_id)
+            origin = self.dispatcher.runs.get(ev.run_id, _BY_HAND)
+            self.run_log(ev)
+            self.run_log.label(ev.run_id, detection_id=origin.detection_id, external_id=origin.external_id)
+            return
+        self.run_log(ev)
+        if isinstance(ev, RunFinished):
+            self._logged_runs.discard(ev.run_id)
+
+    def _run_labels(self, run_id: str) -> dict[str, Any]:
+        """What the actions' log lines say of a run: sdd's detection id and the producer's."""
+        origin = self.dispatcher.runs.get(run_id)
+        return {} if origin is None else {"detection": origin.detection_id, "external_id": origin.external_id}
 
     async def _publish_after(self, pending: Awaitable[Any], ev: EngineEvent) -> None:
         await pending
@@ -339,8 +368,8 @@ class Daemon(DaemonFacade):
                                                "error": ev.error})
         elif isinstance(ev, RunStarted):
             origin = self.dispatcher.runs.get(ev.run_id, _BY_HAND)
-            if self.run_log is not None:
-                self.run_log.label(ev.run_id, detection_id=origin.detection_id, external_id=origin.external_id)
+            if origin.workflow_id is None:  # resumed by crash recovery, or started around the dispatcher
+                origin = self.dispatcher.runs[ev.run_id] = replace(origin, workflow_id=ev.workflow_id)
             publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
                                          "detection_id": origin.detection_id, "external_id": origin.external_id})
             if log.isEnabledFor(logging.INFO):
@@ -367,10 +396,8 @@ class Daemon(DaemonFacade):
             self.publish_status()
 
     def _run_fields(self, run_id: str, **more: Any) -> dict[str, Any]:
-        labels = self.run_log.labels(run_id) if self.run_log is not None else {}
-        origin = self.dispatcher.runs.get(run_id)
-        return story(run_id, labels.get("workflow"), origin.detection_id if origin else labels.get("detection"),
-                     **more)
+        origin = self.dispatcher.runs.get(run_id, _BY_HAND)
+        return story(run_id, origin.workflow_id, origin.detection_id, **more)
 
     def _step_retried(self, ev: StepStarted) -> None:
         if log.isEnabledFor(logging.WARNING):

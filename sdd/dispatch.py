@@ -46,6 +46,7 @@ class RunOrigin:
     detection_id: str | None = None   # sdd's
     external_id: str | None = None    # the producer's own "id", when the detection had one
     trigger: str = "detection"        # "detection" | "api" | "schedule"
+    workflow_id: str | None = None
 
 
 def external_id(detection: Mapping[str, Any] | None) -> str | None:
@@ -369,10 +370,10 @@ class Dispatcher:
                                                                      error=fut.exception()))
 
     def expect_run(self, run_id: str, detection_id: str | None, trigger: str = "detection",
-                   uid: int | None = None, external: str | None = None) -> None:
+                   uid: int | None = None, external: str | None = None, workflow_id: str | None = None) -> None:
         """Tells history (and our hub events and log lines) which of our detections a run serves, before it
         starts."""
-        self.runs[run_id] = RunOrigin(detection_id, external, trigger)
+        self.runs[run_id] = RunOrigin(detection_id, external, trigger, workflow_id)
         self.d.recorder.note_run(run_id, detection_id=detection_id, trigger=trigger, uid=uid)
 
     def expect_resumed_run(self, run_id: str, detection_id: str | None, trigger: str = "detection") -> None:
@@ -391,7 +392,7 @@ class Dispatcher:
         if self.d.stopping:
             raise NotAccepting("sdd is stopping")
         run_id = new_run_id()
-        self.expect_run(run_id, detection_id, trigger, uid, external_id(detection))
+        self.expect_run(run_id, detection_id, trigger, uid, external_id(detection), workflow.workflow_id)
         try:
             handle = self.d.engine.start(workflow, context, detection=detection, run_id=run_id)
         except Exception:

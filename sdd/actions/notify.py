@@ -128,11 +128,12 @@ async def _email(services: ActionServices, title: str, body: str, recipients: li
 
 async def send_notification(services: ActionServices, *, context: dict[str, Any] | None = None,
                             **params: Any) -> dict[str, Any]:
-    """Delivers on every channel asked for and says, per channel, whether it was delivered and if not why.
+    """Delivers on every channel asked for. The result lists what was delivered (`channels`, with details in
+    `deliveries`); `sent` is true only when every channel was.
 
     A channel that could not deliver fails the step, naming what was and was not delivered; a retry of the
     step does not repeat the channels an earlier attempt delivered. The one exception is the `log` channel
-    below the daemon's log level: suppressed by configuration, it is reported as not delivered (`sent` is
+    below the daemon's log level: suppressed by configuration, it is listed in `suppressed` (and `sent` is
     false) without failing the step."""
     p = Params("send_notification", params, {"message", "recipient", "title", "urgency", "channel"})
     body = _clean(p.req_string("message", max_len=1 << 20), 64 * 1024)
@@ -140,32 +141,49 @@ async def send_notification(services: ActionServices, *, context: dict[str, Any]
     urgency = p.string("urgency", default="normal", choices=URGENCIES) or "normal"
     recipients = _recipients(p)
     channels = _channels(p, recipients, services)
+    if len(channels) == 1:  # the common case: its outcome is the step's, and no earlier attempt delivered any
+        outcome = (_deliver_now(services, channels[0], title, body, urgency)
+                   or await _deliver_later(services, channels[0], title, body, recipients, urgency))
+        return _result(title, urgency, [] if outcome is _SUPPRESSED else [outcome], channels)
     _, _, key = runinfo.ids()
     earlier = services.delivered(key) if key else set()
     deliveries: list[dict[str, Any]] = []
     failures: list[tuple[str, ActionError]] = []
     for channel in channels:
         if channel in earlier:
-            deliveries.append({"channel": channel, "delivered": True, "by_earlier_attempt": True})
+            deliveries.append({"channel": channel, "by_earlier_attempt": True})
             continue
         try:
-            outcome = await _deliver(services, channel, title, body, recipients, urgency)
+            outcome = (_deliver_now(services, channel, title, body, urgency)
+                       or await _deliver_later(services, channel, title, body, recipients, urgency))
         except ActionError as exc:
             failures.append((channel, exc))
-            deliveries.append({"channel": channel, "delivered": False, "reason": _reason(exc)})
             continue
-        deliveries.append(outcome)
-        if outcome["delivered"] and key:
-            services.remember_delivery(key, channel)
+        if outcome is not _SUPPRESSED:
+            deliveries.append(outcome)
+            if key:
+                services.remember_delivery(key, channel)
     if failures:
-        done = [d["channel"] for d in deliveries if d["delivered"]]
+        done = [d["channel"] for d in deliveries]
         what = "; ".join(f"not delivered via {c}: {_reason(e)}" for c, e in failures)
         if len(failures) == 1 and not done:
-            raise failures[0][1]  # one channel, one failure: its own error (and retryability) as it is
+            raise failures[0][1]  # one failure and nothing delivered: its own error (and retryability) as it is
         raise ActionError(f"send_notification: {what}" + (f" (delivered via {', '.join(done)})" if done else ""),
                           retryable=any(e.retryable for _, e in failures))
-    return {"sent": all(d["delivered"] for d in deliveries), "title": title, "urgency": urgency,
-            "channels": [d["channel"] for d in deliveries if d["delivered"]], "deliveries": deliveries}
+    return _result(title, urgency, deliveries, channels)
+
+
+# What `_deliver_now` returns for a `log` notification below the log level: not delivered, by configuration.
+_SUPPRESSED: dict[str, Any] = {"channel": "log", "suppressed": True}
+
+
+def _result(title: str, urgency: str, deliveries: list[dict[str, Any]], asked: list[str]) -> dict[str, Any]:
+    delivered = [d["channel"] for d in deliveries]
+    out = {"sent": len(delivered) == len(asked), "title": title, "urgency": urgency, "channels": delivered,
+           "deliveries": deliveries}
+    if len(delivered) != len(asked):
+        out["suppressed"] = [c for c in asked if c not in delivered]  # below the log level (see the docstring)
+    return out
 
 
 def _reason(exc: ActionError) -> str:
@@ -173,8 +191,9 @@ def _reason(exc: ActionError) -> str:
     return text.split(": ", 1)[1] if text.startswith("send_notification: ") else text
 
 
-async def _deliver(services: ActionServices, channel: str, title: str, body: str, recipients: list[str],
-                   urgency: str) -> dict[str, Any]:
+def _deliver_now(services: ActionServices, channel: str, title: str, body: str,
+                 urgency: str) -> dict[str, Any] | None:
+    """The channels that deliver without waiting (desktop, log); None for the others."""
     if channel == "desktop":
         if services.notify is None:
             raise ActionError("send_notification: no desktop notification sink (the daemon has no bus "
@@ -182,23 +201,27 @@ async def _deliver(services: ActionServices, channel: str, title: str, body: str
         why_not = services.notify(title, body, urgency)
         if why_not:
             raise ActionError(f"send_notification: desktop notification not delivered: {why_not}", retryable=False)
-        return {"channel": "desktop", "delivered": True, "via": "D-Bus signal Notification"}
-    if channel == "email":
-        return {**await _email(services, title, body, recipients, urgency), "delivered": True}
-    if channel == "syslog":
-        line = f"{title}: {body}".replace("\n", " | ")
-        try:
-            await asyncio.to_thread(_syslog, _SYSLOG_PRIORITY[urgency], line)
-        except OSError as exc:
-            raise ActionError(f"send_notification: syslog at {SYSLOG_SOCKET} did not take it: "
-                              f"{exc.strerror or exc}", retryable=False) from None
-        return {"channel": "syslog", "delivered": True, "socket": SYSLOG_SOCKET}
+        return {"channel": "desktop"}
+    if channel != "log":
+        return None
     level = logging.WARNING if urgency == "critical" else logging.INFO
     if not log.isEnabledFor(level):
-        return {"channel": "log", "delivered": False,
-                "reason": f"below the daemon's log level ({logging.getLevelName(log.getEffectiveLevel()).lower()})"}
+        return _SUPPRESSED
     log.log(level, "%s: %s", title, body, extra=services.log_fields(channel="log"))
-    return {"channel": "log", "delivered": True}
+    return {"channel": "log"}
+
+
+async def _deliver_later(services: ActionServices, channel: str, title: str, body: str, recipients: list[str],
+                         urgency: str) -> dict[str, Any]:
+    if channel == "email":
+        return await _email(services, title, body, recipients, urgency)
+    line = f"{title}: {body}".replace("\n", " | ")
+    try:
+        await asyncio.to_thread(_syslog, _SYSLOG_PRIORITY[urgency], line)
+    except OSError as exc:
+        raise ActionError(f"send_notification: syslog at {SYSLOG_SOCKET} did not take it: "
+                          f"{exc.strerror or exc}", retryable=False) from None
+    return {"channel": "syslog"}
 
 
 def _syslog(priority: int, line: str) -> None:

@@ -66,6 +66,8 @@ class ActionServices:
     guards: Guards = field(init=False)
     # Register as an engine listener (`engine.add_listener(services.run_log)`) so reports see step timing.
     run_log: RunLog = field(default_factory=RunLog)
+    # run_id → {"detection": sdd's id, "external_id": the producer's}, for log lines (the daemon sets it).
+    run_labels: Callable[[str], dict[str, Any]] | None = None
     # Without a store, exclusions and false-positive records are kept here (and logged), so workflows
     # and tests behave the same; they do not survive a restart.
     memory_exclusions: set[tuple[str, str]] = field(default_factory=set)
@@ -118,7 +120,7 @@ class ActionServices:
         info = current_step()
         if info is None:
             return story(**more)
-        labels = self.run_log.labels(info.run_id)
+        labels = self.run_labels(info.run_id) if self.run_labels is not None else self.run_log.labels(info.run_id)
         external = labels.get("external_id")
         if external is None and info.detection:
             value = info.detection.get("id")

@@ -134,9 +134,8 @@ async def test_the_log_channel_below_the_log_level_is_reported_not_delivered(env
                                                                              caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="sdd.notify"):
         res = await env.call("send_notification", message="quiet", channel="log")
-    assert res["sent"] is False and res["channels"] == []
-    assert res["deliveries"] == [{"channel": "log", "delivered": False,
-                                  "reason": "below the daemon's log level (warning)"}]
+    assert res["sent"] is False and res["channels"] == [] and res["deliveries"] == []
+    assert res["suppressed"] == ["log"]
 
 
 @pytest.mark.parametrize("params, message", [
