@@ -20,7 +20,6 @@ from sdd_client.sddctl import build_parser
 
 from tests.api.live import SDDCTL, sddctl, start_daemon, wait_run
 
-
 SKIPPER = """workflow_id: skipper
 steps:
   - step_id: never
