@@ -99,6 +99,7 @@ class Dispatcher:
         self.history_dedup = False      # runs from before this start may still be inside the dedup window
         self.runs: dict[str, RunOrigin] = {}              # run_id → what started it, until RunFinished
         self._awaiting_start: dict[str, list[Any]] = {}   # detection id → [runs still to record, note]
+        self._recorded_waiters: dict[str, asyncio.Future[None]] = {}  # run id → resolved once its row is queued
         # Dispatched, but the state write not yet committed: the database still says `queued`, so a
         # refill from it must not dispatch them again.
         self._in_progress: set[str] = set()
@@ -407,9 +408,20 @@ class Dispatcher:
         handle = self.start(workflow, None, detection=None, detection_id=None, trigger="schedule")
         return handle.task
 
+    def when_recorded(self, run_id: str) -> asyncio.Future[None]:
+        """Resolves once the recorder has enqueued the row of `run_id` (a write enqueued after that is committed
+        with or after it). Ask before the run starts."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._recorded_waiters[run_id] = fut
+        return fut
+
     def run_recorded(self, run_id: str, detection_id: str | None) -> None:
         """The recorder has enqueued a run's row: once every run of a detection has, the detection is marked
         `matched` (enqueued after those rows, so committed with or after them)."""
+        if self._recorded_waiters:
+            waiter = self._recorded_waiters.pop(run_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         if detection_id is None:
             return
         waiting = self._awaiting_start.get(detection_id)

@@ -4,6 +4,7 @@ components, and audited with the caller's uid. Mixed into `Daemon`, whose attrib
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
 
 log = logging.getLogger("sdd.daemon")
+
+RECORD_WAIT = 10.0  # seconds runs.start waits for the run's row before replying anyway
 
 
 class DaemonState(str, Enum):
@@ -148,8 +151,17 @@ class DaemonFacade:
                 raise InvalidRequest(f"detection: {exc}") from None
             detection_id = str(added.detection_id)
         handle = self.dispatcher.start(wf, context, detection=det, detection_id=detection_id, trigger="api", uid=uid)
+        # The reply promises a run `runs.get` can read: wait for its row to be queued (the engine announces the
+        # run from its own task), then for a write queued after it to commit.
+        recorded = self.dispatcher.when_recorded(handle.run_id)
+        try:
+            await asyncio.wait_for(recorded, RECORD_WAIT)
+        except TimeoutError:
+            log.warning("a started run was not recorded in time", extra=kv(run_id=handle.run_id))
         await self._audit(uid, "runs.start", workflow_id, detection_id, handle.run_id, "started",
                           {"detection": detection_id is not None})
+        if uid is None:
+            await self.store.flush()
         return {"run_id": handle.run_id, "workflow_id": workflow_id, "status": "running", "dry_run": False,
                 "detection_id": detection_id, "external_id": external_id(det)}
 
