@@ -34,11 +34,15 @@ $(HOOK): hook/sdd-virusevent.c
 system-deps:
 	@bash tests/system-deps.sh
 
-# Runs the daemon in user mode on the shipped templates, with its state under ./run.
+# Runs the daemon in user mode on the shipped templates, with its state under ./run. A daemon already
+# answering there is left alone (one line says so, as `systemctl start` of a running unit does nothing).
 run: $(STAMP)
-	@mkdir -p $(RUNDIR)/spool $(RUNDIR)/state $(RUNDIR)/workflows $(RUNDIR)/scripts $(RUNDIR)/files
-	@sed -e 's|@RUNDIR@|$(RUNDIR)|g' -e 's|@TEMPLATES@|$(CURDIR)/templates|g' examples/user.toml > $(RUNDIR)/sdd.toml
-	$(VENV)/bin/sdd --user --config $(RUNDIR)/sdd.toml
+	@if $(VENV)/bin/sddctl --socket $(RUNDIR)/sdd.sock --timeout 5 status >/dev/null 2>&1; then \
+	    echo "sdd is already running on $(RUNDIR)/sdd.sock (stop it with Ctrl-C in its terminal)"; exit 0; fi; \
+	mkdir -p $(RUNDIR)/spool $(RUNDIR)/state $(RUNDIR)/workflows $(RUNDIR)/scripts $(RUNDIR)/files; \
+	sed -e 's|@RUNDIR@|$(RUNDIR)|g' -e 's|@TEMPLATES@|$(CURDIR)/templates|g' examples/user.toml > $(RUNDIR)/sdd.toml; \
+	echo "$(VENV)/bin/sdd --user --config $(RUNDIR)/sdd.toml"; \
+	exec $(VENV)/bin/sdd --user --config $(RUNDIR)/sdd.toml
 
 test: $(STAMP) system-deps hook
 	$(VENV)/bin/pytest -q -m "not slow"

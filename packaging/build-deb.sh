@@ -36,6 +36,17 @@ git ls-files -z --cached --others --exclude-standard \
     | tar --null -T - -cf - | tar -xf - -C "$src"
 rm -rf "$src/debian"
 cp -r "$repo/packaging/debian" "$src/debian"
+# pyproject.toml says `license = "SPDX"` (PEP 639, setuptools >= 77, so a pip install prints no deprecation
+# warning); Debian 12's setuptools (66) reads only the older table form. The build copy gets that form.
+/usr/bin/python3 - "$src" <<'PY'
+import pathlib, re, sys
+import setuptools
+if int(setuptools.__version__.split(".")[0]) < 77:
+    for name in ("pyproject.toml", "client/pyproject.toml"):
+        path = pathlib.Path(sys.argv[1], name)
+        text = re.sub(r'^license = "([^"]+)"$', r'license = {text = "\1"}', path.read_text(), flags=re.M)
+        path.write_text(text.replace('requires = ["setuptools>=77"]', 'requires = ["setuptools>=66", "wheel"]'))
+PY
 
 cd "$src"
 dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1 || {

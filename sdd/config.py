@@ -7,6 +7,7 @@ Unknown keys and wrong types are errors that name the key and the file; nothing 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -413,7 +414,8 @@ def _field_names(cls: type) -> set[str]:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # TOML has inf and nan literals; no setting means them.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Parser:
@@ -453,8 +455,8 @@ class _Parser:
         if name not in raw:
             return default
         value = raw[name]
-        if not _is_number(value) or value < minimum:
-            self.err(key, f"expected a number >= {minimum}, got {value!r}")
+        if not _is_number(value) or not math.isfinite(value) or value < minimum:
+            self.err(key, f"expected a finite number >= {minimum}, got {value!r}")
             return default
         return float(value)
 
@@ -556,8 +558,10 @@ class _Parser:
             number = int(value, 8)
         except ValueError:
             number = -1
-        if not 0 <= number <= 0o777 or number & 0o007:
-            self.err(key, f"expected an octal mode with no bits for others, such as \"0660\", got {value!r}")
+        # Bits for others are allowed: the socket's authorisation table, not its mode, decides what a caller
+        # may do ("0666" lets `read_groups` members in; everyone else still only gets `ping`).
+        if not 0 <= number <= 0o777:
+            self.err(key, f"expected an octal permission mode such as \"0660\" or \"0666\", got {value!r}")
             return default
         return value
 

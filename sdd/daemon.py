@@ -15,21 +15,21 @@ import os
 import signal
 import time
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 from . import __version__
 from . import hub as events
 from .config import Config
-from .dispatch import Dispatcher, WatchedStore
+from .dispatch import Dispatcher, RunOrigin, WatchedStore
 from .engine import Workflow, WorkflowEngine
 from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from .facade import DaemonFacade, DaemonState
 from .fleet import Fleet
-from .fleet.ocsf import guard_refusal
 from .hub import EventHub
 from .intake import Intake
-from .loading import freeze_long_lived, load_actions, load_workflows
-from .logging import LogEvent, kv
+from .loading import freeze_long_lived, load_actions, load_workflows, reads_run_log
+from .logging import LogEvent, kv, story
 from .recovery import recover_runs
 from .scheduler import Scheduler
 from .sdnotify import Notifier, watchdog_interval
@@ -37,6 +37,7 @@ from .sdnotify import Notifier, watchdog_interval
 log = logging.getLogger("sdd.daemon")
 
 PURGE_INTERVAL = 86400.0    # retention purge, daily
+_BY_HAND = RunOrigin(trigger="api")  # a run the dispatcher did not start (tests, an engine used directly)
 
 
 class Daemon(DaemonFacade):
@@ -68,6 +69,11 @@ class Daemon(DaemonFacade):
         self._status_sent = 0.0
         self._status_last = ""
         self._status_timer: asyncio.TimerHandle | None = None
+        self._status_published: tuple[int, int, str] | None = None
+        self._instance_lock: int | None = None
+        self.run_log: Any = None      # the actions' RunLog (what reports read), fed the events of runs that read it
+        self._logged_runs: set[str] = set()                    # runs whose events go to the run log
+        self._reads_log: dict[int, tuple[Workflow, bool]] = {}  # workflow object → reads_run_log() of it
         self.dispatcher = Dispatcher(self)
         self.fleet = Fleet(config, __version__)
         self.stats = {"received": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "no_match": 0,
@@ -76,8 +82,14 @@ class Daemon(DaemonFacade):
     # ---- lifecycle ------------------------------------------------------------------------------------------
     async def serve(self) -> int:
         """Runs until SIGTERM/SIGINT (or `request_stop()`); returns the exit status."""
+        from .api.errors import AlreadyRunning
+
         try:
             await self.startup()
+        except AlreadyRunning as exc:
+            log.error("sdd is already running; not starting a second one", extra=kv(reason=exc))
+            await self._close_resources()
+            return 1
         except Exception:
             log.exception("start-up failed")
             await self._close_resources()
@@ -92,6 +104,9 @@ class Daemon(DaemonFacade):
     async def startup(self) -> None:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
+        # Before anything else: a second daemon on the same socket must not touch the store (its crash
+        # recovery would resume the first one's runs) nor the spool.
+        self._instance_lock = self._claim_instance()
         os.makedirs(cfg.paths.state, mode=0o700, exist_ok=True)
         from .history import HistoryRecorder
         from .store import Store
@@ -101,6 +116,9 @@ class Daemon(DaemonFacade):
         await self.fleet.attach(raw_store, self.spawn)  # before anything is recorded: all of it is exported
         self.services, actions, action_errors = load_actions(cfg, self.store, self._desktop_notification)
         self._action_specs = actions
+        self.run_log = getattr(self.services, "run_log", None)
+        if self.services is not None:
+            self.services.run_labels = self._run_labels
         for err in action_errors:
             log.error("action plugin not loaded", extra=kv(error=err))
         self.workflows, issues = load_workflows(cfg, actions)
@@ -116,7 +134,7 @@ class Daemon(DaemonFacade):
         self.fleet.observe(self.engine, self.dispatcher, self.spawn)
 
         report = await recover_runs(self.store, self.engine, self.recorder.prior_steps,
-                                    before_start=self.dispatcher.expect_run)
+                                    before_start=self.dispatcher.expect_resumed_run)
         if report.resumed or report.abandoned:
             log.info("crash recovery", extra=kv(**report.to_dict()))
         self.dispatcher.queued = int(self.store.counts().get("queued_detections", 0))
@@ -183,6 +201,23 @@ class Daemon(DaemonFacade):
         await self._close_resources()
         log.info("stopped")
 
+    def _claim_instance(self) -> int | None:
+        """The socket's lock file, held for the daemon's life (None under socket activation, where systemd
+        starts one instance). Raises AlreadyRunning when another sdd holds it or answers on the socket."""
+        from .sdnotify import listen_fds
+
+        if listen_fds(unset=False):
+            return None
+        from .api.listener import answers_ping, lock
+
+        path = self.config.paths.socket
+        fd = lock(path)
+        if answers_ping(path):
+            os.close(fd)
+            from .api.errors import AlreadyRunning
+            raise AlreadyRunning(f"another sdd is already answering on {path}")
+        return fd
+
     async def _close_resources(self) -> None:
         try:
             await self.fleet.close()
@@ -202,6 +237,9 @@ class Daemon(DaemonFacade):
             await asyncio.to_thread(self.store.close)
             self.store = None
         self.notifier.close()
+        if self._instance_lock is not None:
+            os.close(self._instance_lock)
+            self._instance_lock = None
 
     async def _settle_commits(self) -> None:
         commits = [t for t in self._tasks if t.get_name() == "commit"]
@@ -220,13 +258,16 @@ class Daemon(DaemonFacade):
         except ImportError as exc:
             log.warning("socket API not available", extra=kv(error=exc))
             return
-        api = ApiServer(self)
+        from .api.errors import AlreadyRunning
+
+        # The listener takes the lock over (and closes it, whether it binds or fails to).
+        api = ApiServer(self, lock_fd=self._instance_lock)
+        self._instance_lock = None
         try:
             await api.start()
-        except Exception as exc:
-            # A second daemon answering on the socket must stop this one before it touches the spool.
-            if type(exc).__name__ == "AlreadyRunning":
-                raise
+        except AlreadyRunning:
+            raise  # a second daemon answering on the socket must stop this one before it touches the spool
+        except Exception as exc:  # noqa: BLE001 -- the daemon works without its API
             log.error("socket API failed to start; running without it", extra=kv(error=exc))
             return
         self.api = api
@@ -277,20 +318,47 @@ class Daemon(DaemonFacade):
             try:
                 result = await self.store.purge(self.config.engine.history_retention_days)
                 log.info("history purged", extra=kv(retention_days=self.config.engine.history_retention_days,
-                                                    result=result))
+                                                    **result))
             except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                 log.error("history purge failed", extra=kv(error=exc))
             await asyncio.sleep(PURGE_INTERVAL)
 
-    # ---- engine events → history and hub ------------------------------------------------------------------
+    # ---- engine events → run log, history, hub and the log -----------------------------------------------------
     def _on_engine_event(self, ev: EngineEvent) -> Awaitable[None] | None:
-        """History first (awaited when it asks: a non-idempotent step's intent, a run's final status), then
-        the hub. Synchronous unless the recorder returns an awaitable, so most events cost no coroutine."""
+        """The run log first (a report step reads it), then history (awaited when it asks: a non-idempotent
+        step's intent, a run's final status), then the hub and the log. Synchronous unless the recorder
+        returns an awaitable, so most events cost no coroutine."""
+        if self.run_log is not None and (ev.run_id in self._logged_runs or type(ev) is RunStarted):
+            self._feed_run_log(ev)
         pending = self.recorder(ev)
         if pending is not None and inspect.isawaitable(pending):
             return self._publish_after(pending, ev)
         self._publish_engine_event(ev)
         return None
+
+    def _feed_run_log(self, ev: EngineEvent) -> None:
+        if isinstance(ev, RunStarted):
+            key = id(ev.workflow)
+            cached = self._reads_log.get(key)
+            if cached is None or cached[0] is not ev.workflow:
+                if len(self._reads_log) > 256:
+                    self._reads_log.clear()
+                cached = self._reads_log[key] = (ev.workflow, reads_run_log(ev.workflow, self.workflows))
+            if not cached[1]:
+                return
+            self._logged_runs.add(ev.run_id)
+            origin = self.dispatcher.runs.get(ev.run_id, _BY_HAND)
+            self.run_log(ev)
+            self.run_log.label(ev.run_id, detection_id=origin.detection_id, external_id=origin.external_id)
+            return
+        self.run_log(ev)
+        if isinstance(ev, RunFinished):
+            self._logged_runs.discard(ev.run_id)
+
+    def _run_labels(self, run_id: str) -> dict[str, Any]:
+        """What the actions' log lines say of a run: sdd's detection id and the producer's."""
+        origin = self.dispatcher.runs.get(run_id)
+        return {} if origin is None else {"detection": origin.detection_id, "external_id": origin.external_id}
 
     async def _publish_after(self, pending: Awaitable[Any], ev: EngineEvent) -> None:
         await pending
@@ -298,45 +366,92 @@ class Daemon(DaemonFacade):
 
     def _publish_engine_event(self, ev: EngineEvent) -> None:
         publish = self.hub.publish
-        if type(ev) is StepFinished and ev.status == "failed":
-            self._log_step_failed(ev)
-        if isinstance(ev, (StepStarted, StepFinished)) and not self.hub.subscriber_count:
-            return  # ten per run: not worth building for nobody
         if isinstance(ev, StepStarted):
-            publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt})
+            if ev.attempt >= 2 and ev.phase == "run":
+                self._step_retried(ev)
+            # attempt 0 announces a step that is skipped or failed before acting: it never started.
+            if self.hub.subscriber_count and ev.attempt > 0:
+                publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt})
         elif isinstance(ev, StepFinished):
-            publish(events.STEP_FINISHED, {"run_id": ev.run_id, "step_id": ev.step_id, "status": str(ev.status),
-                                           "seconds": max(0.0, ev.finished_at - ev.started_at), "error": ev.error})
+            if ev.status == "failed" or ev.phase == "rollback":
+                self._step_outcome(ev)
+            if self.hub.subscriber_count:
+                publish(events.STEP_FINISHED, {"run_id": ev.run_id, "step_id": ev.step_id, "status": str(ev.status),
+                                               "seconds": max(0.0, ev.finished_at - ev.started_at),
+                                               "error": ev.error})
         elif isinstance(ev, RunStarted):
-            # The engine knows the detection's own "id"; subscribers want ours (history got it by note_run).
-            did = self.dispatcher.run_detection.pop(ev.run_id, None)
-            publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id, "detection_id": did})
+            origin = self.dispatcher.runs.get(ev.run_id, _BY_HAND)
+            if origin.workflow_id is None:  # resumed by crash recovery, or started around the dispatcher
+                origin = self.dispatcher.runs[ev.run_id] = replace(origin, workflow_id=ev.workflow_id)
+            publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
+                                         "detection_id": origin.detection_id, "external_id": origin.external_id})
+            if log.isEnabledFor(logging.INFO):
+                log.info("run started", extra=story(ev.run_id, ev.workflow_id, origin.detection_id,
+                                                    external_id=origin.external_id or "-", trigger=origin.trigger,
+                                                    resumed=ev.resumed))
             self.publish_status()
         elif isinstance(ev, RunFinished):
             # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
+            origin = self.dispatcher.runs.pop(ev.run_id, _BY_HAND)
             self.stats["runs_finished"] += 1
-            log.info("run finished", extra=kv(event=LogEvent.RUN_FINISHED, run_id=ev.run_id, workflow=ev.workflow_id,
-                                              status=str(ev.status), seconds=round(ev.finished_at - ev.started_at, 3),
-                                              error=ev.error))
+            seconds = max(0.0, ev.finished_at - ev.started_at)
             publish(events.RUN_FINISHED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
-                                          "status": str(ev.status), "seconds": max(0.0, ev.finished_at - ev.started_at),
-                                          "error": ev.error})
+                                          "status": str(ev.status), "seconds": seconds, "error": ev.error,
+                                          "detection_id": origin.detection_id, "external_id": origin.external_id})
+            level = logging.INFO if ev.status == "completed" else logging.WARNING
+            if log.isEnabledFor(level):
+                log.log(level, "run finished", extra=story(
+                    ev.run_id, ev.workflow_id, origin.detection_id, event=LogEvent.RUN_FINISHED,
+                    external_id=origin.external_id or "-",
+                    status=str(ev.status), duration=f"{seconds:.3f}s", **({"error": ev.error} if ev.error else {})))
             # The engine drops the handle when the task ends; a free slot is what the dispatcher waits for.
             if self._loop is not None:
                 self._loop.call_soon(self.dispatcher.wake.set)
             self.publish_status()
 
-    def _log_step_failed(self, ev: StepFinished) -> None:
-        fields = {"run_id": ev.run_id, "step": ev.step_id, "phase": ev.phase, "attempts": ev.attempts,
-                  "error": ev.error}
-        guard = guard_refusal(ev.error)
-        if guard:
-            log.warning("guard refused", extra=kv(event=LogEvent.GUARD_REFUSED, guard=guard, **fields))
-        else:
-            log.warning("step failed", extra=kv(event=LogEvent.STEP_FAILED, status="failed", **fields))
+    def _run_fields(self, run_id: str, **more: Any) -> dict[str, Any]:
+        origin = self.dispatcher.runs.get(run_id, _BY_HAND)
+        return story(run_id, origin.workflow_id, origin.detection_id, **more)
 
-    def _desktop_notification(self, title: str, body: str, urgency: str) -> None:
-        self.hub.publish(events.NOTIFICATION, {"title": title, "body": body, "urgency": urgency})
+    def _step_retried(self, ev: StepStarted) -> None:
+        if log.isEnabledFor(logging.WARNING):
+            log.warning("step retried", extra=self._run_fields(ev.run_id, step=ev.step_id, attempt=ev.attempt,
+                                                               action=ev.action or "-"))
+
+    def _step_outcome(self, ev: StepFinished) -> None:
+        """One line per failed step, and per rollback (done or failed)."""
+        if ev.phase == "rollback":
+            if ev.status == "failed":
+                log.error("rollback failed", extra=self._run_fields(ev.run_id, step=ev.step_id, error=ev.error))
+            else:
+                log.warning("step rolled back", extra=self._run_fields(ev.run_id, step=ev.step_id,
+                                                                       status=str(ev.status)))
+            return
+        log.warning("step failed", extra=self._run_fields(ev.run_id, event=LogEvent.STEP_FAILED, step=ev.step_id,
+                                                          status="failed", attempts=ev.attempts, error=ev.error))
+
+    def _desktop_notification(self, title: str, body: str, urgency: str) -> str | None:
+        """Hands a desktop notification to the D-Bus bridge. None when it went out as a signal on the bus under
+        sdd's name; else why it reached no one (the action reports it as not delivered)."""
+        reason = self._bus_undeliverable()
+        if reason is None:
+            self.hub.publish(events.NOTIFICATION, {"title": title, "body": body, "urgency": urgency})
+        return reason
+
+    def _bus_undeliverable(self) -> str | None:
+        spec = self.config.dbus.bus
+        if spec == "none":
+            return 'D-Bus is off (dbus.bus = "none"): there is no desktop to notify'
+        bus = self.bus
+        if bus is None:
+            return "the D-Bus bridge is not running (see the daemon's log)"
+        if not bus.connected:
+            why = getattr(bus, "last_error", None)
+            return f"not connected to the {spec} bus" + (f" ({why})" if why else "")
+        if not getattr(bus, "owns_name", True):
+            return ("another connection owns the name org.searchanddestroy.Sdd1 on the bus, so notifiers "
+                    "listening to sdd do not see its signals")
+        return None
 
     def publish_status(self) -> None:
         # Coalesced: one status.changed per loop iteration however many runs start or end in it.
@@ -347,8 +462,11 @@ class Daemon(DaemonFacade):
 
     def _emit_status(self) -> None:
         self._status_pending = False
-        self.hub.publish(events.STATUS_CHANGED, {"active_runs": len(self.engine.active_runs) if self.engine else 0,
-                                                 "queued_detections": self.dispatcher.queued, "state": self.state.value})
+        now = (len(self.engine.active_runs) if self.engine else 0, self.dispatcher.queued, self.state.value)
+        if now != self._status_published:  # one status.changed per change, none for a wake-up that changed nothing
+            self._status_published = now
+            self.hub.publish(events.STATUS_CHANGED, {"active_runs": now[0], "queued_detections": now[1],
+                                                     "state": now[2]})
         self._notify_status()
 
     def _notify_status(self) -> None:

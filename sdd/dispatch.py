@@ -19,14 +19,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import hub as events
 from .engine import RunHandle, Workflow, new_run_id
 from .errors import NotAccepting
 from .intake import Claimed, Rejected
-from .logging import LogEvent, kv
+from .logging import LogEvent, kv, story
 from .matcher import Decision, DedupWindow, Exclusions, MatchResult, match
 from .store.writes import record_detection_op, record_detections_op, set_detection_state_op
 
@@ -36,6 +36,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("sdd.daemon")
 
 READY_WINDOW = 1000         # detections the dispatcher keeps in memory; the rest wait in the database
+
+
+@dataclass(frozen=True, slots=True)
+class RunOrigin:
+    """What started a run, kept from just before it starts until it finishes: the engine's events do not carry
+    sdd's detection id, nor (for runs resumed or started by hand) the producer's."""
+
+    detection_id: str | None = None   # sdd's
+    external_id: str | None = None    # the producer's own "id", when the detection had one
+    trigger: str = "detection"        # "detection" | "api" | "schedule"
+    workflow_id: str | None = None
+
+
+def external_id(detection: Mapping[str, Any] | None) -> str | None:
+    """The producer's id of a detection (its `id` field, a string or an integer), as text."""
+    if detection is None:
+        return None
+    value = detection.get("id")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return value if isinstance(value, str) else str(value)
 
 
 class WatchedStore:
@@ -76,8 +97,9 @@ class Dispatcher:
         self._exclusions: Exclusions | None = None
         self._exclusions_version = -1
         self.history_dedup = False      # runs from before this start may still be inside the dedup window
-        self.run_detection: dict[str, str | None] = {}    # run_id → our detection id, until RunStarted
+        self.runs: dict[str, RunOrigin] = {}              # run_id → what started it, until RunFinished
         self._awaiting_start: dict[str, list[Any]] = {}   # detection id → [runs still to record, note]
+        self._recorded_waiters: dict[str, asyncio.Future[None]] = {}  # run id → resolved once its row is queued
         # Dispatched, but the state write not yet committed: the database still says `queued`, so a
         # refill from it must not dispatch them again.
         self._in_progress: set[str] = set()
@@ -152,22 +174,28 @@ class Dispatcher:
         did = str(added.detection_id)
         if added.replayed and state != "queued":
             return  # committed before a crash and already dealt with
+        ext = external_id(detection)
         if added.duplicate_of is not None and state == "duplicate":
             if self.on_detection is not None:
                 self.on_detection(source, "duplicate")
             self.d.stats["duplicates"] += 1
-            self.d.hub.publish(events.DETECTION_DUPLICATE, {"detection_id": did, "of": str(added.duplicate_of)})
+            self.d.hub.publish(events.DETECTION_DUPLICATE, {"detection_id": did, "external_id": ext,
+                                                          "of": str(added.duplicate_of)})
+            if log.isEnabledFor(logging.INFO):
+                log.info("detection duplicate", extra=story(detection=did, external_id=ext or "-",
+                                                            of=str(added.duplicate_of), reason="same id"))
             return
         if not added.replayed:
             if self.on_detection is not None:
                 self.on_detection(source, "accepted")
             self.d.stats["received"] += 1
             self.d.hub.publish(events.DETECTION_RECEIVED, {
-                "detection_id": did, "type": detection.get("type"), "severity": _str(detection.get("severity")),
-                "file_path": _str(detection.get("file_path"))})
-            log.info("detection accepted", extra=kv(event=LogEvent.DETECTION_ACCEPTED, detection=did,
-                                                    type=detection.get("type"), severity=detection.get("severity"),
-                                                    file_path=detection.get("file_path")))
+                "detection_id": did, "external_id": ext, "type": detection.get("type"),
+                "severity": _str(detection.get("severity")), "file_path": _str(detection.get("file_path"))})
+            if log.isEnabledFor(logging.INFO):
+                log.info("detection accepted", extra=story(
+                    detection=did, event=LogEvent.DETECTION_ACCEPTED, external_id=ext or "-", type=detection.get("type"),
+                    severity=_str(detection.get("severity")) or "-", file=_str(detection.get("file_path")) or "-"))
         if state != "queued":
             return
         if not added.replayed:
@@ -256,32 +284,50 @@ class Dispatcher:
                        dedup=self.dedup)
         if result.decision is Decision.MATCHED and self._dedup_window_predates_us():
             result = self._dedup_from_history(result, detection)
+        ext = external_id(detection)
         if result.decision is not Decision.MATCHED:
             self._set_state(detection_id, result.decision.value, result.note)
             if result.decision is Decision.DUPLICATE:
                 self.d.stats["duplicates"] += 1
-                self.d.hub.publish(events.DETECTION_DUPLICATE, {"detection_id": detection_id,
+                self.d.hub.publish(events.DETECTION_DUPLICATE, {"detection_id": detection_id, "external_id": ext,
                                                               "of": result.duplicate_of})
+                log.info("detection duplicate", extra=story(detection=detection_id, external_id=ext or "-",
+                                                            of=result.duplicate_of, reason=result.note))
             elif result.decision is Decision.EXCLUDED:
                 self.d.stats["excluded"] += 1
-                self.d.hub.publish(events.DETECTION_EXCLUDED, {"detection_id": detection_id})
+                self.d.hub.publish(events.DETECTION_EXCLUDED, {"detection_id": detection_id, "external_id": ext})
+                log.info("detection excluded", extra=story(detection=detection_id, external_id=ext or "-",
+                                                           reason=result.note))
             else:
-                self.d.stats["no_match"] += 1
+                self._no_match(detection_id, ext, result.note or "no workflow's trigger matches it")
             return
         started = []
         for wf in result.workflows:
             try:
                 handle = self.start(wf, None, detection=detection, detection_id=detection_id)
             except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
-                log.error("run failed to start", extra=kv(workflow=wf.workflow_id, error=exc))
+                log.error("run failed to start", extra=story(workflow=wf.workflow_id, detection=detection_id,
+                                                             error=exc))
                 continue
             started.append(handle.run_id)
         if not started:
             self._set_state(detection_id, "no_match", "no run could be started")
+            self._no_match(detection_id, ext, "no run could be started", count=False)
             return
+        if self.d.hub.subscriber_count:
+            self.d.hub.publish(events.DETECTION_MATCHED, {"detection_id": detection_id, "external_id": ext,
+                                                        "runs": started})
         # Marked `matched` once every run is recorded (see _run_recorded): a crash in between leaves it
         # `queued`, and the start-up check above finds its runs instead of starting them twice.
         self._awaiting_start[detection_id] = [len(started), result.note]
+
+    def _no_match(self, detection_id: str, ext: str | None, reason: str, count: bool = True) -> None:
+        if count:
+            self.d.stats["no_match"] += 1
+        self.d.hub.publish(events.DETECTION_NO_MATCH, {"detection_id": detection_id, "external_id": ext,
+                                                     "reason": reason})
+        log.info("detection not matched", extra=story(detection=detection_id, external_id=ext or "-",
+                                                      reason=reason))
 
     def _dedup_window_predates_us(self) -> bool:
         return self.history_dedup and time.monotonic() - self._started_mono < self.d.config.engine.dedup_window
@@ -332,22 +378,33 @@ class Dispatcher:
                                                                      error=fut.exception()))
 
     def expect_run(self, run_id: str, detection_id: str | None, trigger: str = "detection",
-                    uid: int | None = None) -> None:
-        """Tells history (and our hub events) which of our detections a run serves, before it starts."""
-        self.run_detection[run_id] = detection_id
+                   uid: int | None = None, external: str | None = None, workflow_id: str | None = None) -> None:
+        """Tells history (and our hub events and log lines) which of our detections a run serves, before it
+        starts."""
+        self.runs[run_id] = RunOrigin(detection_id, external, trigger, workflow_id)
         self.d.recorder.note_run(run_id, detection_id=detection_id, trigger=trigger, uid=uid)
 
+    def expect_resumed_run(self, run_id: str, detection_id: str | None, trigger: str = "detection") -> None:
+        """`expect_run` for a run crash recovery resumes: the producer's id is read back from the store."""
+        external = None
+        if detection_id is not None:
+            try:
+                external = external_id((self.d.store.get_detection(detection_id) or {}).get("data"))
+            except Exception as exc:  # noqa: BLE001 -- the id only labels events and log lines
+                log.warning("cannot read a resumed run's detection", extra=story(run_id=run_id,
+                                                                                 detection=detection_id, error=exc))
+        self.expect_run(run_id, detection_id, trigger, external=external)
+
     def start(self, workflow: Workflow, context: Mapping[str, Any] | None, *, detection: Mapping[str, Any] | None,
-               detection_id: str | None, trigger: str = "detection", uid: int | None = None,
-               dry_run: bool = False) -> RunHandle:
+              detection_id: str | None, trigger: str = "detection", uid: int | None = None) -> RunHandle:
         if self.d.stopping:
             raise NotAccepting("sdd is stopping")
         run_id = new_run_id()
-        self.expect_run(run_id, detection_id, trigger, uid)
+        self.expect_run(run_id, detection_id, trigger, uid, external_id(detection), workflow.workflow_id)
         try:
-            handle = self.d.engine.start(workflow, context, detection=detection, run_id=run_id, dry_run=dry_run)
+            handle = self.d.engine.start(workflow, context, detection=detection, run_id=run_id)
         except Exception:
-            self.run_detection.pop(run_id, None)
+            self.runs.pop(run_id, None)
             raise
         self.d.stats["runs_started"] += 1
         return handle
@@ -356,12 +413,22 @@ class Dispatcher:
         if not self.d.running:
             return None
         handle = self.start(workflow, None, detection=None, detection_id=None, trigger="schedule")
-        log.info("scheduled run started", extra=kv(workflow=workflow.workflow_id, run_id=handle.run_id))
         return handle.task
+
+    def when_recorded(self, run_id: str) -> asyncio.Future[None]:
+        """Resolves once the recorder has enqueued the row of `run_id` (a write enqueued after that is committed
+        with or after it). Ask before the run starts."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._recorded_waiters[run_id] = fut
+        return fut
 
     def run_recorded(self, run_id: str, detection_id: str | None) -> None:
         """The recorder has enqueued a run's row: once every run of a detection has, the detection is marked
         `matched` (enqueued after those rows, so committed with or after them)."""
+        if self._recorded_waiters:
+            waiter = self._recorded_waiters.pop(run_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         if detection_id is None:
             return
         waiting = self._awaiting_start.get(detection_id)

@@ -4,6 +4,7 @@ components, and audited with the caller's uid. Mixed into `Daemon`, whose attrib
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .dispatch import external_id
 from .engine import Workflow, WorkflowEngine
 from .errors import DaemonError, InvalidRequest, NotAccepting, UnknownRun, UnknownWorkflow
 from .intake import Intake
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
 
 log = logging.getLogger("sdd.daemon")
+
+RECORD_WAIT = 10.0  # seconds runs.start waits for the run's row before replying anyway
 
 
 class DaemonState(str, Enum):
@@ -111,12 +115,7 @@ class DaemonFacade:
         again is recognised as a replay (`AddedDetection.replayed`) and runs once."""
         if self.stopping:
             raise NotAccepting("sdd is stopping")
-        try:
-            detection = parse_detection(json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8"))
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise InvalidRequest(f"detection: {exc}") from None
-        except SpoolRejection as exc:
-            raise InvalidRequest(f"detection: {exc}") from None
+        detection = checked_detection(data)
         try:
             added = await self.store.record_detection(detection, spool_name=spool_name)
         except ValueError as exc:
@@ -126,25 +125,51 @@ class DaemonFacade:
                           "accepted", {"type": detection.get("type")})
         self.dispatcher.update_pause()
         self.dispatcher.wake.set()
-        return {"detection_id": str(added.detection_id), "state": str(added.state),
+        return {"detection_id": str(added.detection_id), "external_id": external_id(detection),
+                "state": str(added.state),
                 "duplicate_of": None if added.duplicate_of is None else str(added.duplicate_of)}
 
     async def start_run(self, workflow_id: str, context: Mapping[str, Any] | None = None, dry_run: bool = False,
-                        uid: int | None = None) -> dict[str, Any]:
+                        uid: int | None = None, detection: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Starts a workflow by hand, optionally as if `detection` (checked like a spool file) had arrived.
+
+        A dry run is the engine's plan and nothing else: no run is started, recorded or counted."""
         wf = self.workflows.get(workflow_id)
         if wf is None:
             raise UnknownWorkflow(f"no workflow {workflow_id!r}")
         if context is not None and not isinstance(context, Mapping):
             raise InvalidRequest("context: expected a map")
-        plan = self.engine.plan(wf, context) if dry_run else None
-        handle = self.dispatcher.start(wf, context, detection=None, detection_id=None, trigger="api", uid=uid,
-                             dry_run=dry_run)
-        await self._audit(uid, "runs.start", workflow_id, None, handle.run_id, "started", {"dry_run": dry_run})
-        out: dict[str, Any] = {"run_id": handle.run_id, "workflow_id": workflow_id, "status": "running",
-                               "dry_run": dry_run}
-        if plan is not None:
-            out["plan"] = plan
-        return out
+        det = None if detection is None else checked_detection(detection)
+        if dry_run:
+            plan = self.engine.plan(wf, context, det)
+            return {"run_id": None, "workflow_id": workflow_id, "status": "planned", "dry_run": True,
+                    "plan": plan, "detection": det}
+        if self.stopping:
+            raise NotAccepting("sdd is stopping")
+        detection_id = None
+        if det is not None:
+            # Recorded like any detection (so the run's history and a resume after a crash have it), but as a
+            # sample: it claims no producer id (dedup key) and is marked matched by this run from the start.
+            try:
+                added = await self.store.record_detection(det, state="matched", dedup=False,
+                                                          note=f"sample detection given to runs.start of {workflow_id}")
+            except ValueError as exc:
+                raise InvalidRequest(f"detection: {exc}") from None
+            detection_id = str(added.detection_id)
+        handle = self.dispatcher.start(wf, context, detection=det, detection_id=detection_id, trigger="api", uid=uid)
+        # The reply promises a run `runs.get` can read: wait for its row to be queued (the engine announces the
+        # run from its own task), then for a write queued after it to commit.
+        recorded = self.dispatcher.when_recorded(handle.run_id)
+        try:
+            await asyncio.wait_for(recorded, RECORD_WAIT)
+        except TimeoutError:
+            log.warning("a started run was not recorded in time", extra=kv(run_id=handle.run_id))
+        await self._audit(uid, "runs.start", workflow_id, detection_id, handle.run_id, "started",
+                          {"detection": detection_id is not None})
+        if uid is None:
+            await self.store.flush()
+        return {"run_id": handle.run_id, "workflow_id": workflow_id, "status": "running", "dry_run": False,
+                "detection_id": detection_id, "external_id": external_id(det)}
 
     async def cancel_run(self, run_id: str, uid: int | None = None) -> bool:
         handle = self.engine.active_runs.get(run_id)
@@ -162,8 +187,10 @@ class DaemonFacade:
         if spec is None:
             raise DaemonError("restore_file action is not available")
         result = await spec.handler(quarantine_id=qid, on_conflict=on_conflict, force=force, context={})
-        await self._audit(uid, "quarantine.restore", qid, None, None, "restored",
-                          {"on_conflict": on_conflict, "force": force})
+        already = isinstance(result, dict) and bool(result.get("already_restored"))
+        await self._audit(uid, "quarantine.restore", qid, None, None, "already restored" if already else "restored",
+                          {"on_conflict": on_conflict, "force": force,
+                           "restored_path": result.get("restored_path") if isinstance(result, dict) else None})
         return result if isinstance(result, dict) else {"result": result}
 
     async def reload(self, uid: int | None = None) -> dict[str, Any]:
@@ -221,3 +248,19 @@ class DaemonFacade:
                                    outcome, details)
         except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
             log.warning("audit record failed", extra=kv(action=action, error=exc))
+
+
+def checked_detection(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A detection that came in a request, judged exactly as a spool file would be (the same checks, the same
+    reasons); InvalidRequest says what is wrong."""
+    try:
+        raw = json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except ValueError as exc:
+        reason = "a number is out of range (NaN or infinity)" if "Out of range float" in str(exc) else str(exc)
+        raise InvalidRequest(f"detection: {reason}") from None
+    except (TypeError, RecursionError) as exc:
+        raise InvalidRequest(f"detection: {exc}") from None
+    try:
+        return parse_detection(raw)
+    except SpoolRejection as exc:
+        raise InvalidRequest(f"detection: {exc}") from None

@@ -12,18 +12,24 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-# Event names published on the hub (the `event` field of the socket API's subscribe stream).
-DETECTION_RECEIVED = "detection.received"
-DETECTION_REJECTED = "detection.rejected"
-DETECTION_DUPLICATE = "detection.duplicate"
-DETECTION_EXCLUDED = "detection.excluded"
-RUN_STARTED = "run.started"
-STEP_STARTED = "step.started"
-STEP_FINISHED = "step.finished"
-RUN_FINISHED = "run.finished"
-NOTIFICATION = "notification"
-STATUS_CHANGED = "status.changed"
-LAGGED = "lagged"
+# Event names published on the hub (the `event` field of the socket API's subscribe stream): one list,
+# shared with the clients.
+from sdd_client.events import (
+    DETECTION_DUPLICATE,
+    DETECTION_EXCLUDED,
+    DETECTION_MATCHED,
+    DETECTION_NO_MATCH,
+    DETECTION_RECEIVED,
+    DETECTION_REJECTED,
+    EVENT_NAMES,
+    LAGGED,
+    NOTIFICATION,
+    RUN_FINISHED,
+    RUN_STARTED,
+    STATUS_CHANGED,
+    STEP_FINISHED,
+    STEP_STARTED,
+)
 
 
 @dataclass(eq=False)
@@ -89,3 +95,10 @@ class EventHub:
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+
+__all__ = [
+    "DETECTION_DUPLICATE", "DETECTION_EXCLUDED", "DETECTION_MATCHED", "DETECTION_NO_MATCH", "DETECTION_RECEIVED",
+    "DETECTION_REJECTED", "EVENT_NAMES", "LAGGED", "NOTIFICATION", "RUN_FINISHED", "RUN_STARTED", "STATUS_CHANGED",
+    "STEP_FINISHED", "STEP_STARTED", "EventHub", "Subscription",
+]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .inotify import NameWatch
-from .logging import kv
+from .logging import kv, story
 from .spool import SpoolLayout, SpoolRejection, describe_mode, parse_detection, read_spool_file
 
 __all__ = ["Claimed", "Deliver", "Intake", "Rejected"]
@@ -406,7 +406,7 @@ class Intake:
                 f.write(reason + "\n")
         except OSError as exc:
             log.error("cannot write a rejection reason", extra=kv(name=target, error=exc))
-        log.warning("spool file rejected", extra=kv(name=name, reason=reason))
+        log.warning("spool file rejected", extra=story(name=name, reason=reason))
         rejected.append(Rejected(target, reason))
 
     @staticmethod

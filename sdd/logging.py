@@ -103,3 +103,11 @@ def _journal_handler(target: str) -> logging.Handler | None:
                   file=sys.stderr)
         return None
     return journal.JournalHandler(path)
+
+
+def story(run_id: str | None = None, workflow: str | None = None, detection: str | None = None,
+          **more: Any) -> dict[str, Mapping[str, Any]]:
+    """`kv()` for the lines that tell what happened to a detection and its runs: each carries `run_id`,
+    `workflow` and `detection` (sdd's id; `-` when there is none yet), so one grep follows one of them."""
+    return {"sdd_fields": {"run_id": run_id or "-", "workflow": workflow or "-", "detection": detection or "-",
+                           **more}}

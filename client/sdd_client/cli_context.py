@@ -45,9 +45,14 @@ def kv_value(text: str, option: str) -> tuple[str, Any]:
     if not sep or not key:
         raise spool.UsageError(f"{option} {text!r}: expected KEY=VALUE")
     try:
-        parsed: Any = json.loads(value)
-    except ValueError:
-        parsed = value
+        parsed: Any = spool.parse_json(value, f"{option} {key}")
+    except spool.UsageError:
+        # Not JSON: the text itself, unless it only failed for holding NaN or an out-of-range number.
+        try:
+            json.loads(value)
+        except ValueError:
+            return key, value
+        raise
     return key, parsed
 
 

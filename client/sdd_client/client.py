@@ -16,6 +16,7 @@ import itertools
 import os
 import select
 import socket
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,28 @@ def user_socket() -> Path:
     return Path(f"/tmp/sdd-{os.getuid()}") / "sdd.sock"
 
 
+def checkout_socket(package: Path | None = None) -> Path | None:
+    """`run/sdd.sock` of the source checkout this client was installed from in editable mode (as `make venv`
+    does), where `make run` puts its daemon's socket; None for an installed client, or when that socket is
+    not there or not this user's (or root's): a socket in someone else's directory is not one to trust."""
+    package = package or Path(__file__).resolve().parent          # CHECKOUT/client/sdd_client
+    checkout = package.parent.parent
+    if package.parent.name != "client" or not (checkout / "Makefile").is_file():
+        return None
+    path = checkout / "run" / "sdd.sock"
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+        return None
+    return path
+
+
 def resolve_socket(explicit: str | os.PathLike[str] | None = None) -> Path:
     """`--socket`, else $SDD_SOCKET, else the system socket if it exists, else the user socket if it
-    exists, else the system path (so the error names the socket a root daemon would use)."""
+    exists, else the socket of `make run` in the checkout this client runs from (see `checkout_socket`),
+    else the system path (so the error names the socket a root daemon would use)."""
     if explicit:
         return Path(explicit)
     env = os.environ.get("SDD_SOCKET")
@@ -49,7 +69,7 @@ def resolve_socket(explicit: str | os.PathLike[str] | None = None) -> Path:
     user = user_socket()
     if user.exists():
         return user
-    return SYSTEM_SOCKET
+    return checkout_socket() or SYSTEM_SOCKET
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import output, spool
+from . import events, output, spool
 from .cli_context import Ctx, kv_value
-from .client import Event
-from .errors import DaemonUnreachable
+from .client import Event, EventStream
+from .errors import ApiError, ClientError, DaemonUnreachable
 from .output import Style, duration, relative_time, safe, table
 from .run_commands import cmd_cancel, cmd_history, cmd_run, cmd_show, cmd_stats
 from .validate_detection import cmd_validate_detection
@@ -192,6 +194,9 @@ def _detection(a: argparse.Namespace) -> dict[str, Any]:
                        ("threat_name", a.threat_name), ("id", a.detection_id), ("scanner", a.scanner)):
         if value is not None:
             detection[key] = value
+    if a.file_path is not None:
+        # The daemon resolves nothing relative to sddctl's directory: the path it gets is the one meant.
+        detection["file_path"] = os.path.abspath(a.file_path)
     if a.pid is not None:
         detection["process_id"] = a.pid
         detection["process_start_time"] = spool.process_start_time(a.pid)
@@ -200,28 +205,123 @@ def _detection(a: argparse.Namespace) -> dict[str, Any]:
         detection[key] = value
     if not detection.get("type"):
         raise spool.UsageError("submit: --type is required (or --clamav)")
+    if detection.get("id") is None:
+        detection["id"] = spool.new_detection_id()  # so the producer can follow what it sent
     detection.setdefault("detected_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return detection
+
+
+_FOLLOW = [events.DETECTION_RECEIVED, events.DETECTION_REJECTED, events.DETECTION_DUPLICATE,
+           events.DETECTION_EXCLUDED, events.DETECTION_MATCHED, events.DETECTION_NO_MATCH, events.RUN_STARTED,
+           events.RUN_FINISHED]
 
 
 def cmd_submit(ctx: Ctx) -> int:
     a = ctx.args
     detection = _detection(a)
-    if a.api:
-        result = ctx.call("detections.submit", detection=detection)
-        if ctx.as_json:
-            ctx.emit_json(result)
+    ident = str(detection["id"])
+    stream = None
+    if a.wait:
+        try:  # subscribed before the detection exists, so none of its events can be missed
+            stream = ctx.client().subscribe(_FOLLOW)
+        except DaemonUnreachable as exc:
+            unreachable: DaemonUnreachable | None = exc
         else:
-            ctx.print(f"Submitted detection {safe(result.get('detection_id'))}"
-                      + (f" ({result['state']})" if result.get("state") else "") + ".")
-        return 0
-    where = spool.resolve_spool(a.spool, a.config)
-    submitted = spool.write_detection(where, detection)
+            unreachable = None
+    try:
+        if a.api:
+            result = ctx.call("detections.submit", detection=detection)
+            written = {"id": ident, "detection_id": result.get("detection_id"), "state": result.get("state"),
+                       "detection": detection}
+            where = None
+        else:
+            where = spool.resolve_spool(a.spool, a.config)
+            submitted = spool.write_detection(where, detection)
+            written = {"id": ident, "spool": str(where), "file": str(submitted.path), "detection": detection}
+        if not ctx.as_json:
+            if where is None:
+                ctx.print(f"Submitted detection {safe(ident)} (sdd's id {safe(written['detection_id'])}, "
+                          f"{safe(written['state'])}).")
+            else:
+                ctx.print(f"Queued detection {safe(ident)} in {safe(where)} ({safe(submitted.path.name)}).")
+        if not a.wait:
+            if ctx.as_json:
+                ctx.emit_json(written)
+            return 0
+        if stream is None:
+            assert unreachable is not None
+            raise DaemonUnreachable(unreachable.socket_path, f"{unreachable.reason}; the detection is queued, "
+                                    "but its outcome cannot be followed")
+        with stream:
+            outcome = _follow_detection(ctx, stream, ident, None if where is None else submitted.path.name)
+    finally:
+        if stream is not None:
+            stream.close()
     if ctx.as_json:
-        ctx.emit_json({"spool": str(where), "file": str(submitted.path), "detection": detection})
+        ctx.emit_json({**written, **outcome})
     else:
-        ctx.print(f"Queued {submitted.path.name} in {where}.")
-    return 0
+        ctx.print(_outcome_line(outcome))
+    return 0 if outcome["ok"] else 1
+
+
+def _follow_detection(ctx: Ctx, stream: EventStream, ident: str, spool_name: str | None) -> dict[str, Any]:
+    """Reads events until the detection `ident` has an outcome: rejected, duplicate, excluded, unmatched, or
+    every run it started finished. Each finished run is printed as it comes."""
+    did: str | None = None
+    runs: dict[str, str | None] = {}   # run id → final status (None while running)
+    started: list[str] | None = None   # the run ids, once the daemon said which
+    for event in stream:
+        data = event.data
+        if event.name == events.LAGGED:
+            raise ClientError(f"events were lost while following detection {ident} (the daemon was too busy); "
+                              f"see `sddctl show {ident}`")
+        if event.name == events.DETECTION_REJECTED and spool_name is not None and data.get("name") == spool_name:
+            return {"ok": False, "state": "rejected", "reason": data.get("reason"), "runs": {}}
+        if event.name in (events.DETECTION_RECEIVED, events.DETECTION_DUPLICATE) and data.get("external_id") == ident \
+                and did is None:
+            did = str(data.get("detection_id"))
+            if event.name == events.DETECTION_DUPLICATE:
+                return {"ok": False, "state": "duplicate", "detection_id": did, "of": data.get("of"), "runs": {}}
+            continue
+        if did is None or data.get("detection_id") != did and event.name != events.RUN_FINISHED:
+            continue
+        if event.name in (events.DETECTION_DUPLICATE, events.DETECTION_EXCLUDED, events.DETECTION_NO_MATCH):
+            state = {events.DETECTION_DUPLICATE: "duplicate", events.DETECTION_EXCLUDED: "excluded",
+                     events.DETECTION_NO_MATCH: "no_match"}[event.name]
+            return {"ok": False, "state": state, "detection_id": did, "reason": data.get("reason"),
+                    "of": data.get("of"), "runs": {}}
+        if event.name == events.DETECTION_MATCHED:
+            started = [str(r) for r in data.get("runs") or []]
+            for run_id in started:
+                runs.setdefault(run_id, None)
+        elif event.name == events.RUN_STARTED:
+            runs.setdefault(str(data.get("run_id")), None)
+        elif event.name == events.RUN_FINISHED and data.get("run_id") in runs:
+            runs[str(data["run_id"])] = str(data.get("status"))
+            if not ctx.as_json:
+                ctx.print(f"  run {safe(data.get('run_id'))} of {safe(data.get('workflow_id'))} "
+                          f"{ctx.style.status(data.get('status'))} after {duration(data.get('seconds'))}"
+                          + (f": {safe(data['error'], 200)}" if data.get("error") else ""))
+        if started is not None and all(runs.get(r) is not None for r in started):
+            ok = all(status == "completed" for status in runs.values())
+            return {"ok": ok, "state": "matched", "detection_id": did, "runs": runs}
+    raise DaemonUnreachable("sdd", "the daemon closed the event stream before the detection's runs finished")
+
+
+def _outcome_line(outcome: dict[str, Any]) -> str:
+    state = outcome["state"]
+    if state == "rejected":
+        return f"Rejected: {safe(outcome.get('reason'), 300)}"
+    did = safe(outcome.get("detection_id"))
+    if state == "duplicate":
+        return f"Detection {did} is a duplicate of detection {safe(outcome.get('of'))}: no run started."
+    if state == "excluded":
+        return f"Detection {did} is excluded: no run started."
+    if state == "no_match":
+        return f"Detection {did} matched no workflow ({safe(outcome.get('reason'), 200)}): no run started."
+    runs = outcome["runs"]
+    done = sum(1 for s in runs.values() if s == "completed")
+    return f"Detection {did}: {done} of {len(runs)} run(s) completed."
 
 
 def cmd_quarantine_list(ctx: Ctx) -> int:
@@ -232,14 +332,19 @@ def cmd_quarantine_list(ctx: Ctx) -> int:
     if ctx.as_json:
         ctx.emit_json(page)
         return 0
-    rows = [[safe(q.get("id"), 40), safe(q.get("original_path"), 80), safe(q.get("threat_name"), 40),
-             _size(q.get("size")), relative_time(q.get("quarantined_at")),
-             f"restored {relative_time(q['restored_at'])}" if q.get("restored_at") else ""]
-            for q in page.get("items", [])]
+    rows = []
+    for q in page.get("items", []):
+        row = [safe(q.get("id"), 40), safe(q.get("original_path"), 80), safe(q.get("threat_name"), 40),
+               _size(q.get("size")), relative_time(q.get("quarantined_at"))]
+        if ctx.args.all:
+            row.append(f"{relative_time(q['restored_at'])} to {safe(q.get('restored_to'), 80)}"
+                       if q.get("restored_at") else "-")
+        rows.append(row)
     if not rows:
-        ctx.print("The quarantine is empty.")
+        ctx.print("The quarantine is empty." if ctx.args.all else "Nothing is quarantined.")
         return 0
-    ctx.print(*table(["ID", "ORIGINAL PATH", "THREAT", "SIZE", "QUARANTINED", ""], rows, ctx.style))
+    headers = ["ID", "ORIGINAL PATH", "THREAT", "SIZE", "QUARANTINED"] + (["RESTORED"] if ctx.args.all else [])
+    ctx.print(*table(headers, rows, ctx.style))
     return 0
 
 
@@ -254,13 +359,23 @@ def _size(n: Any) -> str:
 
 
 def cmd_quarantine_restore(ctx: Ctx) -> int:
-    extra = {"force": True} if ctx.args.force else {}
-    result = ctx.call("quarantine.restore", id=ctx.args.quarantine_id, on_conflict=ctx.args.on_conflict, **extra)
+    qid = ctx.args.quarantine_id
+    try:
+        extra = {"force": True} if ctx.args.force else {}
+        result = ctx.call("quarantine.restore", id=qid, on_conflict=ctx.args.on_conflict, **extra)
+    except ApiError as exc:
+        # The daemon speaks of the API's parameter; say the option this command takes.
+        raise ApiError(exc.code, re.sub(r"\bon_conflict[:=] ?(\w+)", r"--on-conflict \1", exc.message)) from None
     if ctx.as_json:
         ctx.emit_json(result)
+        return 0
+    to = result.get("restored_path") or result.get("restored_to")
+    if result.get("already_restored"):
+        ctx.print(f"{safe(qid)} was already restored" + (f", to {safe(to)}" if to else "") + "; nothing to do.")
+    elif to and to != result.get("original_path"):
+        ctx.print(f"Restored {safe(qid)} to {safe(to)} (something else is at {safe(result.get('original_path'))}).")
     else:
-        to = result.get("restored_path") or result.get("restored_to") or result.get("original_path")
-        ctx.print(f"Restored {safe(ctx.args.quarantine_id)}" + (f" to {safe(to)}" if to else "") + ".")
+        ctx.print(f"Restored {safe(qid)}" + (f" to {safe(to)}" if to else "") + ".")
     return 0
 
 
@@ -282,31 +397,61 @@ def cmd_reload(ctx: Ctx) -> int:
 
 def cmd_watch(ctx: Ctx) -> int:
     client = ctx.client()
-    with client.subscribe(ctx.args.events) as events:
+    with client.subscribe(ctx.args.events) as stream:
         if not ctx.as_json:
             ctx.print(f"Watching sdd events ({', '.join(ctx.args.events or ['all'])}); Ctrl-C to stop.")
         try:
-            for event in events:
+            for event in stream:
                 if ctx.as_json:
                     ctx.out.write(json.dumps({"event": event.name, "data": event.data, "time": time.time()},
                                              sort_keys=True, default=str) + "\n")
                     ctx.out.flush()
                 else:
-                    ctx.print(_event_line(ctx, event))
+                    ctx.print(event_line(ctx.style, event))
         except KeyboardInterrupt:
             return 0
     # The stream ended without Ctrl-C: the daemon stopped (or restarted).
     raise DaemonUnreachable(str(client.socket_path), "the daemon closed the event stream")
 
 
-def _event_line(ctx: Ctx, event: Event) -> str:
-    stamp = time.strftime("%H:%M:%S")
-    data = dict(event.data)
-    status = data.pop("status", None)
-    head = f"{stamp}  {ctx.style.paint(f'{event.name:<18}', 'bold')}"
-    if status is not None:
-        head += f" {ctx.style.status(status)}"
-    return head + "  " + " ".join(f"{k}={output.compact(v, 80)}" for k, v in data.items())
+_NAME_WIDTH = max(len(n) for n in (*events.EVENT_NAMES, events.LAGGED))
+_STATUS_WIDTH = max(len(s) for s in ("completed", "rolled_back", "interrupted", "cancelled", "skipped"))
+# What a human line shows of each event, in this order (the rest is in --json).
+_FIELDS = {
+    events.DETECTION_RECEIVED: ("detection_id", "external_id", "type", "severity", "file_path"),
+    events.DETECTION_REJECTED: ("name", "reason"),
+    events.DETECTION_DUPLICATE: ("detection_id", "external_id", "of"),
+    events.DETECTION_EXCLUDED: ("detection_id", "external_id"),
+    events.DETECTION_MATCHED: ("detection_id", "external_id", "runs"),
+    events.DETECTION_NO_MATCH: ("detection_id", "external_id", "reason"),
+    events.RUN_STARTED: ("run_id", "workflow_id", "detection_id", "external_id"),
+    events.STEP_STARTED: ("run_id", "step_id", "attempt"),
+    events.STEP_FINISHED: ("run_id", "step_id", "seconds", "error"),
+    events.RUN_FINISHED: ("run_id", "workflow_id", "seconds", "detection_id", "external_id", "error"),
+    events.NOTIFICATION: ("urgency", "title", "body"),
+    events.STATUS_CHANGED: ("state", "active_runs", "queued_detections"),
+    events.LAGGED: ("missed",),
+}
+_SHORT = {"detection_id": "detection", "external_id": "id", "workflow_id": "workflow", "run_id": "run",
+          "step_id": "step", "seconds": "took", "queued_detections": "queued", "active_runs": "active"}
+
+
+def event_line(style: Style, event: Event, now: float | None = None) -> str:
+    """One aligned line per event: time, name and status in fixed columns, then the fields that matter."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(now))
+    data = event.data
+    status = data.get("status")
+    cells = [style.paint(f"{event.name:<{_NAME_WIDTH}}", "bold"),
+             style.status(status) + " " * max(0, _STATUS_WIDTH - len(str(status))) if status is not None
+             else " " * _STATUS_WIDTH]
+    parts = []
+    for key in _FIELDS.get(event.name, tuple(k for k in data if k != "status")):
+        value = data.get(key)
+        if value is None or value == "":
+            continue
+        text = duration(value) if key == "seconds" else output.compact(value, 80)
+        parts.append(f"{_SHORT.get(key, key)}={text}")
+    return f"{stamp}  {'  '.join(cells)}  {' '.join(parts)}".rstrip()
 
 
 COMMANDS: dict[str, Callable[[Ctx], int]] = {

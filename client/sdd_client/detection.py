@@ -193,7 +193,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)  # json.loads would build one per call
+def finite_float(text: str) -> float:
+    """`parse_float` for JSON from outside: a number too large for a double (`1e999`, which Python would turn
+    into infinity) is refused like NaN, with the number in the reason."""
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"number {text[:40]}{'…' if len(text) > 40 else ''} is out of range (not a finite "
+                         "double)")
+    return value
+
+
+_INF = float("inf")
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=finite_float)  # json.loads would build one per call
 
 
 def parse_json(text: str) -> Any:

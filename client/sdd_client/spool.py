@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import procstat, spoolfile
+from .detection import parse_json as _strict_json
 from .spoolfile import MAX_DETECTION, SubmitError, UsageError, encode_detection
 
 DEFAULT_SPOOL = Path(spoolfile.DEFAULT_SPOOL)
@@ -58,6 +60,40 @@ def process_start_time(pid: int) -> float:
         raise SubmitError(f"cannot read the start time of process {pid}: {exc}") from None
 
 
+def parse_json(text: str, where: str) -> Any:
+    """JSON from a user or a file, as the daemon will judge it: NaN, Infinity and numbers out of a double's
+    range (`1e999`) are refused with a reason instead of turning into infinity."""
+    try:
+        return _strict_json(text)
+    except ValueError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def read_detection_file(path: str) -> dict[str, Any]:
+    """A detection from a JSON file (`sddctl run --detection FILE`): one object of at most 1 MiB. The daemon
+    checks it further, exactly as it checks a spool file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_DETECTION + 1)
+    except OSError as exc:
+        raise UsageError(f"--detection {path}: cannot read it: {exc.strerror or exc}") from None
+    if len(raw) > MAX_DETECTION:
+        raise UsageError(f"--detection {path}: larger than {MAX_DETECTION} bytes (the spool's limit)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--detection {path}: not valid UTF-8 (byte {exc.start})") from None
+    value = parse_json(text, f"--detection {path}")
+    if not isinstance(value, dict):
+        raise UsageError(f"--detection {path}: expected one JSON object (a detection), got {type(value).__name__}")
+    return value
+
+
+def new_detection_id() -> str:
+    """An id for a detection whose producer gave none: unique, so a producer can follow what it sent."""
+    return str(uuid.uuid4())
+
+
 def write_detection(spool: Path, detection: Mapping[str, Any]) -> Submitted:
     """Writes one detection atomically and durably (see spoolfile.py): tmp/NAME, then new/NAME."""
     data = encode_detection(detection)
@@ -75,7 +111,10 @@ __all__ = [
     "UsageError",
     "clamav_detection",
     "encode_detection",
+    "new_detection_id",
+    "parse_json",
     "process_start_time",
+    "read_detection_file",
     "resolve_spool",
     "write_detection",
 ]

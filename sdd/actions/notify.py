@@ -1,5 +1,5 @@
 """`send_notification`: desktop (the daemon's `Notification` D-Bus signal), email (SMTP relay from config),
-syslog, or the daemon's log.
+syslog, or the daemon's log — and, per channel, whether it was delivered.
 
 Message text is data (it often carries detection fields): it is length-bounded, control characters other
 than newlines are replaced, and header values (title, recipients) may not contain line breaks, so nothing
@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import smtplib
+import socket
 import ssl
 import syslog
+import time
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
+from . import runinfo
 from .errors import ActionError, InvalidParams
 from .params import Params
 from .services import ActionServices
@@ -29,6 +33,7 @@ URGENCIES = ("low", "normal", "critical")
 _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _ADDR = re.compile(r"[^@\s<>\"',;:()\[\]\\]+@[^@\s<>\"',;:()\[\]\\]+")
 _SYSLOG_PRIORITY = {"low": syslog.LOG_INFO, "normal": syslog.LOG_NOTICE, "critical": syslog.LOG_CRIT}
+SYSLOG_SOCKET = "/dev/log"  # where syslog(3) sends (journald and rsyslog listen here)
 
 
 def _clean(text: str, limit: int) -> str:
@@ -123,34 +128,108 @@ async def _email(services: ActionServices, title: str, body: str, recipients: li
 
 async def send_notification(services: ActionServices, *, context: dict[str, Any] | None = None,
                             **params: Any) -> dict[str, Any]:
+    """Delivers on every channel asked for. The result lists what was delivered (`channels`, with details in
+    `deliveries`); `sent` is true only when every channel was.
+
+    A channel that could not deliver fails the step, naming what was and was not delivered; a retry of the
+    step does not repeat the channels an earlier attempt delivered. The one exception is the `log` channel
+    below the daemon's log level: suppressed by configuration, it is listed in `suppressed` (and `sent` is
+    false) without failing the step."""
     p = Params("send_notification", params)
     body = _clean(p.req_string("message", max_len=1 << 20), 64 * 1024)
     title = _clean(p.string("title", default="sdd", max_len=4096) or "sdd", 200).replace("\n", " ").strip()
     urgency = p.string("urgency", default="normal", choices=URGENCIES) or "normal"
     recipients = _recipients(p)
     channels = _channels(p, recipients, services)
-    delivered: list[dict[str, Any]] = []
+    if len(channels) == 1:  # the common case: its outcome is the step's, and no earlier attempt delivered any
+        outcome = (_deliver_now(services, channels[0], title, body, urgency)
+                   or await _deliver_later(services, channels[0], title, body, recipients, urgency))
+        return _result(title, urgency, [] if outcome is _SUPPRESSED else [outcome], channels)
+    _, _, key = runinfo.ids()
+    earlier = services.delivered(key) if key else set()
+    deliveries: list[dict[str, Any]] = []
+    failures: list[tuple[str, ActionError]] = []
     for channel in channels:
-        if channel == "desktop":
-            if services.notify is None:
-                raise ActionError("send_notification: no desktop notification sink (the daemon has no bus "
-                                  "bridge); use channel: log or syslog", retryable=False)
-            services.notify(title, body, urgency)
-            delivered.append({"channel": "desktop"})
-        elif channel == "email":
-            delivered.append(await _email(services, title, body, recipients, urgency))
-        elif channel == "syslog":
-            line = f"{title}: {body}".replace("\n", " | ")
-            await asyncio.to_thread(_syslog, _SYSLOG_PRIORITY[urgency], line)
-            delivered.append({"channel": "syslog"})
-        else:
-            level = logging.WARNING if urgency == "critical" else logging.INFO
-            log.log(level, "%s: %s", title, body)
-            delivered.append({"channel": "log"})
-    return {"sent": True, "title": title, "urgency": urgency, "channels": [d["channel"] for d in delivered],
-            "deliveries": delivered}
+        if channel in earlier:
+            deliveries.append({"channel": channel, "by_earlier_attempt": True})
+            continue
+        try:
+            outcome = (_deliver_now(services, channel, title, body, urgency)
+                       or await _deliver_later(services, channel, title, body, recipients, urgency))
+        except ActionError as exc:
+            failures.append((channel, exc))
+            continue
+        if outcome is not _SUPPRESSED:
+            deliveries.append(outcome)
+            if key:
+                services.remember_delivery(key, channel)
+    if failures:
+        done = [d["channel"] for d in deliveries]
+        what = "; ".join(f"not delivered via {c}: {_reason(e)}" for c, e in failures)
+        if len(failures) == 1 and not done:
+            raise failures[0][1]  # one failure and nothing delivered: its own error (and retryability) as it is
+        raise ActionError(f"send_notification: {what}" + (f" (delivered via {', '.join(done)})" if done else ""),
+                          retryable=any(e.retryable for _, e in failures))
+    return _result(title, urgency, deliveries, channels)
+
+
+# What `_deliver_now` returns for a `log` notification below the log level: not delivered, by configuration.
+_SUPPRESSED: dict[str, Any] = {"channel": "log", "suppressed": True}
+
+
+def _result(title: str, urgency: str, deliveries: list[dict[str, Any]], asked: list[str]) -> dict[str, Any]:
+    delivered = [d["channel"] for d in deliveries]
+    out = {"sent": len(delivered) == len(asked), "title": title, "urgency": urgency, "channels": delivered,
+           "deliveries": deliveries}
+    if len(delivered) != len(asked):
+        out["suppressed"] = [c for c in asked if c not in delivered]  # below the log level (see the docstring)
+    return out
+
+
+def _reason(exc: ActionError) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[1] if text.startswith("send_notification: ") else text
+
+
+def _deliver_now(services: ActionServices, channel: str, title: str, body: str,
+                 urgency: str) -> dict[str, Any] | None:
+    """The channels that deliver without waiting (desktop, log); None for the others."""
+    if channel == "desktop":
+        if services.notify is None:
+            raise ActionError("send_notification: no desktop notification sink (the daemon has no bus "
+                              "bridge); use channel: log or syslog", retryable=False)
+        why_not = services.notify(title, body, urgency)
+        if why_not:
+            raise ActionError(f"send_notification: desktop notification not delivered: {why_not}", retryable=False)
+        return {"channel": "desktop"}
+    if channel != "log":
+        return None
+    level = logging.WARNING if urgency == "critical" else logging.INFO
+    if not log.isEnabledFor(level):
+        return _SUPPRESSED
+    log.log(level, "%s: %s", title, body, extra=services.log_fields(channel="log"))
+    return {"channel": "log"}
+
+
+async def _deliver_later(services: ActionServices, channel: str, title: str, body: str, recipients: list[str],
+                         urgency: str) -> dict[str, Any]:
+    if channel == "email":
+        return await _email(services, title, body, recipients, urgency)
+    line = f"{title}: {body}".replace("\n", " | ")
+    try:
+        await asyncio.to_thread(_syslog, _SYSLOG_PRIORITY[urgency], line)
+    except OSError as exc:
+        raise ActionError(f"send_notification: syslog at {SYSLOG_SOCKET} did not take it: "
+                          f"{exc.strerror or exc}", retryable=False) from None
+    return {"channel": "syslog"}
 
 
 def _syslog(priority: int, line: str) -> None:
-    syslog.openlog("sdd", syslog.LOG_PID, syslog.LOG_DAEMON)
-    syslog.syslog(priority, line[:8192])
+    """One RFC 3164 message on the local syslog socket, sent (or refused) for real: the C library's syslog()
+    drops a message silently when nothing listens, and a result must not claim a delivery that did not
+    happen."""
+    message = (f"<{syslog.LOG_DAEMON | priority}>{time.strftime('%b %e %H:%M:%S')} sdd[{os.getpid()}]: "
+               f"{line[:8192]}").encode("utf-8", "replace")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(2.0)
+        sock.sendto(message, SYSLOG_SOCKET)

@@ -57,6 +57,38 @@ def _collect(value: Any, out: dict[str, dict[str, Any]], depth: int = 0) -> None
             _collect(item, out, depth + 1)
 
 
+def _killed(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every process a completed `kill_process` step says it signalled, with the signal that ended it."""
+    out: list[dict[str, Any]] = []
+    for s in steps:
+        result = s.get("result")
+        if s.get("action") != "kill_process" or s.get("status") != "completed" or not isinstance(result, Mapping):
+            continue
+        if result.get("dry_run"):
+            continue
+        base = {"step_id": s.get("step_id"), "process_id": result.get("process_id"), "name": result.get("name"),
+                "start_time": result.get("start_time")}
+        killed = {p for p in result.get("killed") or () if isinstance(p, int)}
+        for pid in result.get("terminated") or ():
+            if isinstance(pid, int) and pid not in killed:
+                out.append({**base, "pid": pid, "signal": "SIGTERM"})
+        for pid in sorted(killed):
+            out.append({**base, "pid": pid, "signal": "SIGKILL"})
+    return out
+
+
+def summarise(result: Any, limit: int = 160) -> str:
+    """One line saying what a step's result holds (`key=value, ...`), for the report's step table."""
+    if isinstance(result, Mapping):
+        text = ", ".join(f"{k}={summarise(v, 40)}" for k, v in result.items() if not str(k).startswith("_"))
+    elif isinstance(result, (list, tuple)):
+        text = f"[{len(result)} items]" if len(result) > 3 else ", ".join(summarise(v, 40) for v in result)
+    else:
+        text = "" if result is None else str(result)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _steps_from_param(steps: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for step_id, info in steps.items():
@@ -73,15 +105,18 @@ def build_report(report_type: str, run: Mapping[str, Any], detection: Mapping[st
     for s in steps:
         if s.get("started_at") is not None and s.get("finished_at") is not None:
             s["duration"] = round(s["finished_at"] - s["started_at"], 6)
+        s["summary"] = s.get("error") or summarise(s.get("result"))
     quarantined: dict[str, dict[str, Any]] = {}
-    _collect([s.get("result") for s in steps], quarantined)
+    # Only what a step did: a rollback's restore or a dry run's "would" is not a quarantine.
+    _collect([s.get("result") for s in steps if s.get("phase", "run") == "run" and s.get("status") == "completed"
+              and not (isinstance(s.get("result"), Mapping) and s["result"].get("dry_run"))], quarantined)
     hashes = sorted({q["sha256"] for q in quarantined.values() if isinstance(q.get("sha256"), str)})
     safe_context = {k: v for k, v in (context or {}).items() if not str(k).startswith("_")}
     return {"report_type": report_type, "generated_at": time.time(),
             "run": {k: _jsonable(run.get(k)) for k in ("run_id", "workflow_id", "status", "started_at",
-                                                       "finished_at", "detection_id")},
+                                                       "finished_at", "detection_id", "external_id")},
             "detection": _jsonable(detection), "steps": steps, "quarantine": list(quarantined.values()),
-            "hashes": hashes, "context": _jsonable(safe_context)}
+            "killed": _killed(steps), "hashes": hashes, "context": _jsonable(safe_context)}
 
 
 def _svg_timeline(steps: list[dict[str, Any]]) -> str:
@@ -120,9 +155,12 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<tr><td>{e(str(s.get('step_id')))}</td><td>{e(str(s.get('phase')))}</td><td>{e(str(s.get('action')))}"
         f"</td><td class=\"{e(str(s.get('status')))}\">{e(str(s.get('status')))}</td>"
         f"<td>{e(str(s.get('attempts')))}</td><td>{e(str(s.get('duration', '')))}</td>"
-        f"<td>{e(str(s.get('error') or ''))}</td>"
+        f"<td>{e(str(s.get('error') or ''))}</td><td>{e(str(s.get('summary') or ''))}</td>"
         f"<td><pre>{e(json.dumps(s.get('result'), indent=1, default=str)[:4000])}</pre></td></tr>"
         for s in report["steps"])
+    killed = "".join(f"<li>pid <code>{e(str(k.get('pid')))}</code> ({e(str(k.get('name')))}), "
+                     f"{e(str(k.get('signal')))} by step <code>{e(str(k.get('step_id')))}</code></li>"
+                     for k in report.get("killed", []))
     quarantine = "".join(f"<li><code>{e(str(q['quarantine_id']))}</code> {e(str(q.get('original_path')))} "
                          f"sha256 <code>{e(str(q.get('sha256')))}</code></li>" for q in report["quarantine"])
     return f"""<!DOCTYPE html>
@@ -134,13 +172,15 @@ padding:4px;vertical-align:top}}pre{{margin:0;max-width:40em;overflow:auto}}.fai
 .completed{{color:#2e7d32}}</style></head><body>
 <h1>sdd {e(report['report_type'])} report</h1>
 <p>Run <code>{e(str(run.get('run_id')))}</code> of workflow <code>{e(str(run.get('workflow_id')))}</code>,
-status {e(str(run.get('status')))}; generated {e(time.strftime('%Y-%m-%d %H:%M:%S %Z',
+status {e(str(run.get('status')))}, detection <code>{e(str(run.get('detection_id')))}</code>
+(producer's id <code>{e(str(run.get('external_id')))}</code>); generated {e(time.strftime('%Y-%m-%d %H:%M:%S %Z',
                                                                      time.localtime(report['generated_at'])))}.</p>
 <h2>Detection</h2><pre>{e(json.dumps(report['detection'], indent=1, default=str))}</pre>
 <h2>Timeline</h2>{_svg_timeline(report['steps'])}
 <h2>Steps</h2><table><tr><th>step</th><th>phase</th><th>action</th><th>status</th><th>attempts</th>
-<th>seconds</th><th>error</th><th>result</th></tr>{rows}</table>
+<th>seconds</th><th>error</th><th>summary</th><th>result</th></tr>{rows}</table>
 <h2>Quarantined</h2><ul>{quarantine or '<li>nothing</li>'}</ul>
+<h2>Killed</h2><ul>{killed or '<li>nothing</li>'}</ul>
 </body></html>
 """
 
@@ -194,7 +234,7 @@ async def generate_report(services: ActionServices, *, context: dict[str, Any] |
     base = _SAFE.sub("_", f"{run_id}-{info.step_id if info else 'report'}-{report_type}")[:200]
     out: dict[str, Any] = {"report_type": report_type, "report_id": base, "steps": len(report["steps"]),
                            "quarantine_ids": [q["quarantine_id"] for q in report["quarantine"]],
-                           "hashes": report["hashes"]}
+                           "hashes": report["hashes"], "killed_pids": [k["pid"] for k in report["killed"]]}
     directory = str(services.reports_dir)
     if fmt in ("json", "both"):
         data = json.dumps(report, indent=1, sort_keys=True, default=str).encode()

@@ -17,15 +17,44 @@ from pathlib import Path
 from typing import Any
 
 from sdd.config import ActionsConfig
-from sdd.logging import LogEvent, kv
+from sdd.engine.registry import current_step
+from sdd.logging import LogEvent, story
 
+from .errors import BreakerOpen, Forbidden, RateLimited
 from .guards import Guards
 from .runlog import RunLog
 
 log = logging.getLogger("sdd.actions")
 _LOG_EVENTS = {"quarantine_file": LogEvent.QUARANTINED, "restore_file": LogEvent.RESTORED}
 
-NotifyFn = Callable[[str, str, str], None]
+# Desktop Notification(title, body, urgency) sink. Returns None when the notification went out, else why it
+# could not be delivered (no bus, not connected, ...), which the action reports.
+NotifyFn = Callable[[str, str, str], "str | None"]
+
+
+class LoggedGuards(Guards):
+    """The guards, with one log line for each refusal (rate limit, disabled action, open breaker) naming the
+    run, workflow and detection it stopped."""
+
+    def __init__(self, *args: Any, fields: Callable[..., dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fields = fields
+
+    def acquire(self, action: str) -> None:
+        try:
+            super().acquire(action)
+        except (RateLimited, Forbidden) as exc:
+            log.warning("guard refused", extra=self._fields(guard=f"rate_limit:{action}", reason=str(exc),
+                                                          event=LogEvent.GUARD_REFUSED))
+            raise
+
+    def before_call(self, key: str) -> None:
+        try:
+            super().before_call(key)
+        except BreakerOpen as exc:
+            log.warning("guard refused", extra=self._fields(guard=f"breaker:{key}", reason=str(exc),
+                                                          event=LogEvent.GUARD_REFUSED))
+            raise
 
 
 @dataclass(eq=False)
@@ -40,16 +69,20 @@ class ActionServices:
     guards: Guards = field(init=False)
     # Register as an engine listener (`engine.add_listener(services.run_log)`) so reports see step timing.
     run_log: RunLog = field(default_factory=RunLog)
+    # run_id → {"detection": sdd's id, "external_id": the producer's}, for log lines (the daemon sets it).
+    run_labels: Callable[[str], dict[str, Any]] | None = None
     # Without a store, exclusions and false-positive records are kept here (and logged), so workflows
     # and tests behave the same; they do not survive a restart.
     memory_exclusions: set[tuple[str, str]] = field(default_factory=set)
     memory_false_positives: list[dict[str, Any]] = field(default_factory=list)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _first_seen: dict[tuple[str, int], float] = field(default_factory=dict)
+    _delivered: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
-        self.guards = Guards(self.config.rate_limits, self.config.breaker_failures, self.config.breaker_reset)
+        self.guards = LoggedGuards(self.config.rate_limits, self.config.breaker_failures, self.config.breaker_reset,
+                                   fields=self.log_fields)
 
     @property
     def vault_dir(self) -> Path:
@@ -75,6 +108,29 @@ class ActionServices:
             self._first_seen.clear()
         return self._first_seen.setdefault((key, pid), start_time)
 
+    def delivered(self, key: str) -> set[str]:
+        """The notification channels an earlier attempt of this step (idempotency key) delivered."""
+        return self._delivered.get(key, set())
+
+    def remember_delivery(self, key: str, channel: str) -> None:
+        if len(self._delivered) > 4096:
+            self._delivered.clear()
+        self._delivered.setdefault(key, set()).add(channel)
+
+    def log_fields(self, **more: Any) -> dict[str, Any]:
+        """`extra=` for a log line an action writes: the run, workflow and detection (sdd's id, and the
+        producer's) of the step being run, from the engine's step info and the run log's labels."""
+        info = current_step()
+        if info is None:
+            return story(**more)
+        labels = self.run_labels(info.run_id) if self.run_labels is not None else self.run_log.labels(info.run_id)
+        external = labels.get("external_id")
+        if external is None and info.detection:
+            value = info.detection.get("id")
+            external = value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        return story(info.run_id, info.workflow_id, labels.get("detection"), step=info.step_id,
+                     **({"external_id": external} if external is not None else {}), **more)
+
     def guards_status(self) -> dict[str, Any]:
         """Rate-limit and circuit-breaker state, for the daemon's `status`."""
         return self.guards.status()
@@ -83,11 +139,8 @@ class ActionServices:
                     detection_id: str | None = None, run_id: str | None = None) -> None:
         """One audit row per destructive act; an audit failure is logged, never undoes the act."""
         event = _LOG_EVENTS.get(action)
-        if event is not None:
-            log.info(f"{action}: {outcome}", extra=kv(event=event, action=action, target=target, outcome=outcome,
-                                                      run_id=run_id, detection=detection_id, **details))
-        else:
-            log.info("%s %s: %s %s", action, target, outcome, details)
+        log.info(f"{action}: {outcome}", extra=self.log_fields(target=target, **_flat(details),
+                                                               **({"event": event} if event else {})))
         if self.store is None:
             return
         try:
@@ -95,6 +148,22 @@ class ActionServices:
             await self.store.audit(actor, action, target, detection_id, run_id, outcome, details)
         except Exception as exc:  # noqa: BLE001 - the act already happened; a lost audit row must not fail it
             log.warning("could not write audit row for %s %s: %s", action, target, exc)
+
+
+_RESERVED = frozenset({"run_id", "workflow", "detection", "external_id", "step", "target"})
+
+
+def _flat(details: dict[str, Any]) -> dict[str, Any]:
+    """Audit details as log fields: scalars as they are, lists of scalars comma-joined, nothing nested."""
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        if k in _RESERVED:
+            continue
+        if v is None or isinstance(v, (str, int, float, bool)):
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(i, (str, int, float)) for i in v):
+            out[k] = ",".join(map(str, v)) or "-"
+    return out
 
 
 def guards_status(services: ActionServices) -> dict[str, Any]:

@@ -28,7 +28,8 @@ _PEERGROUPS_BUFLEN = 1024  # CPython's getsockopt cap: 256 groups; more falls ba
 ANYONE_METHODS = frozenset({"ping"})
 READ_METHODS = frozenset({
     "ping", "status", "subscribe", "runs.stats",
-    "workflows.list", "workflows.get", "runs.list", "runs.get", "detections.list", "quarantine.list",
+    "workflows.list", "workflows.get", "runs.list", "runs.get", "detections.list", "detections.get",
+    "quarantine.list",
 })
 # Methods that change state: audited with the caller's uid, allowed or not.
 WRITE_METHODS = frozenset({"runs.start", "runs.cancel", "detections.submit", "quarantine.restore", "reload"})

@@ -77,8 +77,10 @@ def parse_mode(mode: str | int) -> int:
     return value
 
 
-def bind(path: Path, mode: str | int, group: str | None, *, backlog: int = 512, quiet: bool = False) -> Listener:
-    """Binds a fresh listening socket at path with the given mode and group (see the module docstring)."""
+def bind(path: Path, mode: str | int, group: str | None, *, backlog: int = 512, quiet: bool = False,
+         lock_fd: int | None = None) -> Listener:
+    """Binds a fresh listening socket at path with the given mode and group (see the module docstring).
+    `lock_fd`: the socket's lock (`lock(path)`), when the caller took it already; the listener then owns it."""
     path = Path(os.path.abspath(path))
     perm = parse_mode(mode)
     if len(os.fsencode(path)) > SUN_PATH_MAX - 24:  # room for the private directory's name
@@ -90,7 +92,8 @@ def bind(path: Path, mode: str | int, group: str | None, *, backlog: int = 512, 
         raise SocketError(f"cannot create the socket directory {parent}: {exc.strerror}") from None
     _check_directory(parent)
     gid = _resolve_group(group, logging.INFO if quiet else logging.WARNING)
-    lock_fd = _lock(path)
+    if lock_fd is None:
+        lock_fd = lock(path)
     try:
         _check_existing(path)
         sock, inode = _bind_private(path, perm, gid, backlog)
@@ -127,7 +130,14 @@ def _resolve_group(group: str | None, level: int) -> int | None:
         return None
 
 
-def _lock(path: Path) -> int:
+def lock(path: str | os.PathLike[str]) -> int:
+    """Takes the lock file next to the socket (held as long as the descriptor is open); AlreadyRunning when
+    another sdd holds it."""
+    path = Path(os.path.abspath(path))
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SocketError(f"cannot create the socket directory {path.parent}: {exc.strerror}") from None
     lock_path = path.with_name(path.name + ".lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -205,4 +215,4 @@ def _bind_private(path: Path, perm: int, gid: int | None, backlog: int) -> tuple
     return sock, (st.st_dev, st.st_ino)
 
 
-__all__ = ["Listener", "answers_ping", "bind", "inherited", "parse_mode"]
+__all__ = ["Listener", "answers_ping", "bind", "inherited", "lock", "parse_mode"]

@@ -2,13 +2,15 @@
 
 Each handler is `async def handler(call, params) -> result`. Authorisation has been decided before a handler
 runs (see auth.py). State changes are audited with the caller's uid by the daemon facade that makes them;
-refused calls are audited by the server (`Call.audit`). Exceptions from the layers below are mapped to error
-codes by `map_exception` — the message of an unexpected one is logged, not sent.
+refused calls are audited, coalesced, by the server (`refusals.py`). Exceptions from the layers below are
+mapped to error codes by `map_exception` — the message of an unexpected one is logged, not sent. Messages
+say what is wrong in the caller's terms; they do not repeat the method's name (the reply answers one call).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,7 +30,9 @@ MAX_YAML = 512 * 1024
 # The contract's run statuses (engine's RunStatus values; spelled here so the API loads without the engine).
 RUN_STATUSES = ("pending", "running", "completed", "failed", "rolled_back", "cancelled", "interrupted")
 DETECTION_STATES = ("queued", "matched", "no_match", "duplicate", "excluded", "rejected")
+# What `restore_file` does when something is at the original path; sddctl's --on-conflict offers the same.
 ON_CONFLICT = ("fail", "rename", "overwrite")
+RUN_ID_PREFIX_MIN = 4  # shorter abbreviations of a run id name too many runs to be useful
 
 
 @dataclass
@@ -40,17 +44,6 @@ class Call:
     peer: auth.Peer
     access: auth.Access
     method: str
-
-    async def audit(self, *, outcome: str, target: str | None = None, detection_id: Any = None,
-                    run_id: str | None = None, details: Mapping[str, Any] | None = None) -> None:
-        """Records a state-changing call; a failing audit write is logged, never turned into a reply."""
-        try:
-            await self.daemon.store.audit(
-                actor=self.peer.actor, action=f"api.{self.method}", target=target,
-                detection_id=None if detection_id is None else str(detection_id), run_id=run_id,
-                outcome=outcome, details={"uid": self.peer.uid, "pid": self.peer.pid, **(details or {})})
-        except Exception:
-            log.exception("API: cannot write the audit record of %s by uid %d", self.method, self.peer.uid)
 
 
 Handler = Callable[[Call, Params], Awaitable[Any]]
@@ -72,7 +65,7 @@ def map_exception(exc: BaseException, method_name: str) -> ApiError:
     from sdd.engine import errors as engine_errors
     from sdd.store.errors import StoreValueError
 
-    message = f"{method_name}: {exc}"
+    message = str(exc)
     if isinstance(exc, (StoreValueError, engine_errors.InvalidParams, engine_errors.WorkflowValidationError,
                         daemon_errors.InvalidRequest)):
         return InvalidParams(message)
@@ -85,8 +78,7 @@ def map_exception(exc: BaseException, method_name: str) -> ApiError:
     if isinstance(exc, engine_errors.Forbidden):
         return Forbidden(message)
     log.error("API: %s failed", method_name, exc_info=exc)
-    return ApiError(f"{method_name}: internal error ({type(exc).__name__}); see the daemon's log",
-                    ErrorCode.INTERNAL)
+    return ApiError(f"internal error ({type(exc).__name__}); see the daemon's log", ErrorCode.INTERNAL)
 
 
 def _page(p: Params) -> tuple[int, str | None]:
@@ -147,8 +139,37 @@ def _workflow_summary(wf: Any) -> dict[str, Any]:
 def _workflow(call: Call, workflow_id: str) -> Any:
     wf = call.daemon.workflows.get(workflow_id)
     if wf is None:
-        raise NotFound(f"{call.method}: no workflow {workflow_id!r}")
+        raise NotFound(f"no workflow {workflow_id!r}")
     return wf
+
+
+def resolve_run_id(store: Any, run_id: str) -> str:
+    """A run id, or a unique prefix of one (as git and docker take abbreviated ids); NotFound when nothing
+    matches, InvalidParams naming the candidates when several do."""
+    if store.get_run(run_id) is not None:
+        return run_id
+    if len(run_id) < RUN_ID_PREFIX_MIN:
+        raise NotFound(f"no run {run_id!r} (an abbreviated run id needs at least {RUN_ID_PREFIX_MIN} characters)")
+    found = store.runs_with_prefix(run_id, limit=11)
+    if not found:
+        raise NotFound(f"no run {run_id!r}")
+    if len(found) > 1:
+        more = " and more" if len(found) > 10 else ""
+        raise InvalidParams(f"run id prefix {run_id!r} is ambiguous: it matches {', '.join(found[:10])}{more}")
+    return str(found[0])
+
+
+def _finite(value: Any, where: str, depth: int = 0) -> None:
+    """Refuses NaN and infinities anywhere in a value from a request (msgpack can carry them; JSON cannot)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidParams(f"{where}: a number is out of range (NaN or infinity)")
+    elif isinstance(value, dict) and depth < 64:
+        for k, v in value.items():
+            _finite(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, list) and depth < 64:
+        for i, v in enumerate(value):
+            _finite(v, f"{where}[{i}]", depth + 1)
 
 
 @method("workflows.list")
@@ -192,9 +213,11 @@ async def runs_list(call: Call, p: Params) -> Any:
     workflow_id = p.string("workflow", aliases=("workflow_id",))
     status_ = p.string("status", choices=RUN_STATUSES)
     since, until = p.timestamp("since"), p.timestamp("until")
+    detection = p.string("detection", max_len=1024)
     p.done()
+    ids = None if detection is None else call.daemon.store.detection_ids(detection)
     page = call.daemon.store.list_runs(limit=limit, cursor=cursor, workflow_id=workflow_id,
-                                       status=status_, since=since, until=until)
+                                       status=status_, since=since, until=until, detection_ids=ids)
     return _plain(page)
 
 
@@ -202,10 +225,28 @@ async def runs_list(call: Call, p: Params) -> Any:
 async def runs_get(call: Call, p: Params) -> Any:
     run_id = p.required_string("run_id", aliases=("id",))
     p.done()
-    run = call.daemon.store.get_run(run_id)
+    run = call.daemon.store.get_run(resolve_run_id(call.daemon.store, run_id))
     if run is None:
-        raise NotFound(f"runs.get: no run {run_id!r}")
+        raise NotFound(f"no run {run_id!r}")
     return run
+
+
+@method("detections.get")
+async def detections_get(call: Call, p: Params) -> Any:
+    ident = p.required_string("id", aliases=("detection_id",), max_len=1024)
+    p.done()
+    store = call.daemon.store
+    found = store.detection_ids(ident)
+    if not found:
+        raise NotFound(f"no detection {ident!r} (neither sdd's id nor a producer's id)")
+    if len(found) > 1:
+        raise InvalidParams(f"{ident!r} names two detections: sdd's detection {found[0]} and the one whose "
+                            f"producer id it is ({found[1]}); ask for detection {found[1]} by sdd's id")
+    detection = store.get_detection(found[0])
+    if detection is None:
+        raise NotFound(f"no detection {ident!r}")
+    detection["runs"] = store.list_runs(limit=100, detection_ids=[found[0]]).to_dict()["items"]
+    return detection
 
 
 @method("runs.stats")
@@ -245,20 +286,22 @@ async def runs_start(call: Call, p: Params) -> Any:
     workflow_id = p.required_string("workflow_id", aliases=("workflow", "id"))
     context = p.mapping("context")
     dry_run = p.boolean("dry_run")
+    detection = p.mapping("detection") if p.present("detection") else None
     p.done()
+    _finite(context, "params.context")
     _workflow(call, workflow_id)
-    return await call.daemon.start_run(workflow_id, context, dry_run, call.peer.uid)
+    return await call.daemon.start_run(workflow_id, context, dry_run, call.peer.uid, detection=detection)
 
 
 @method("runs.cancel")
 async def runs_cancel(call: Call, p: Params) -> Any:
-    run_id = p.required_string("run_id", aliases=("id",))
+    run_id = resolve_run_id(call.daemon.store, p.required_string("run_id", aliases=("id",)))
     p.done()
     if not await call.daemon.cancel_run(run_id, call.peer.uid):
         run = call.daemon.store.get_run(run_id)
         if run is None:
-            raise NotFound(f"runs.cancel: no run {run_id!r}")
-        raise Conflict(f"runs.cancel: run {run_id} is not active (status {_get(run, 'status')})")
+            raise NotFound(f"no run {run_id!r}")
+        raise Conflict(f"run {run_id} is not active (status {_get(run, 'status')})")
     return {"run_id": run_id, "cancelled": True}
 
 
@@ -268,7 +311,7 @@ async def detections_submit(call: Call, p: Params) -> Any:
     p.done()
     kind = detection.get("type")
     if not isinstance(kind, str) or not kind.strip():
-        raise InvalidParams("detections.submit: params.detection.type: a non-empty string is required")
+        raise InvalidParams("params.detection.type: a non-empty string is required")
     return await call.daemon.submit_detection(detection, call.peer.uid)
 
 
@@ -282,7 +325,7 @@ async def quarantine_restore(call: Call, p: Params) -> Any:
         # Restoring into a directory that is no longer the one the file left is root's decision alone.
         raise Forbidden("quarantine.restore: params.force: only root may force a restore")
     if call.daemon.store.get_quarantine(qid) is None:
-        raise NotFound(f"quarantine.restore: no quarantine entry {qid!r}")
+        raise NotFound(f"no quarantine entry {qid!r}")
     return await call.daemon.restore_quarantine(qid, on_conflict, call.peer.uid, force=force)
 
 
@@ -294,11 +337,16 @@ async def reload(call: Call, p: Params) -> Any:
 
 def subscribe_params(p: Params) -> tuple[frozenset[str] | None, int | None]:
     """The `subscribe` params: `events` (names to receive; all when absent) and `queue` (bound, 10..10000)."""
+    from sdd_client.events import EVENT_NAMES
+
     events = p.string_list("events")
     queue = p.integer("queue", default=0, minimum=0, maximum=10000) or None
     p.done()
     if queue is not None and queue < 10:
-        raise InvalidParams("subscribe: params.queue: must be at least 10")
+        raise InvalidParams("params.queue: must be at least 10")
+    unknown = [e for e in events or () if e not in EVENT_NAMES]
+    if unknown:
+        raise InvalidParams(f"params.events: no such event {unknown[0][:80]!r} (events: {', '.join(EVENT_NAMES)})")
     return (frozenset(events) if events else None), queue
 
 

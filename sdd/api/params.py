@@ -23,7 +23,12 @@ class Params:
         self._seen: set[str] = set()
 
     def _bad(self, name: str, message: str) -> InvalidParams:
-        return InvalidParams(f"{self.method}: params.{name}: {message}")
+        return InvalidParams(f"params.{name}: {message}")
+
+    def present(self, name: str) -> bool:
+        """Whether the caller gave `name` at all (a null counts as not given)."""
+        self._seen.add(name)
+        return self.raw.get(name) is not None
 
     def _get(self, name: str, aliases: Iterable[str] = ()) -> Any:
         for key in (name, *aliases):
@@ -125,7 +130,7 @@ class Params:
     def done(self) -> None:
         extra = sorted(set(self.raw) - self._seen)
         if extra:
-            raise InvalidParams(f"{self.method}: unknown parameter(s): {', '.join(map(str, extra))}")
+            raise InvalidParams(f"unknown parameter(s): {', '.join(map(str, extra))}")
 
 
 __all__ = ["Params"]

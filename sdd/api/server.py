@@ -21,8 +21,10 @@ from sdd_client.errors import ErrorCode, ProtocolError
 
 from . import auth, listener
 from .errors import ApiError, Forbidden, UnknownMethod
+from .errors import ErrorCode as Code
 from .methods import METHODS, Call, map_exception, subscribe_params
 from .params import Params
+from .refusals import RefusalAudit
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class Connection:
 class ApiServer:
     """The daemon's socket API. `await start()` binds (or inherits) the socket; `await close()` undoes it."""
 
-    def __init__(self, daemon: Any, *, listen_fd: int | None = None) -> None:
+    def __init__(self, daemon: Any, *, listen_fd: int | None = None, lock_fd: int | None = None) -> None:
         self.daemon = daemon
         self.config = daemon.config
         api = self.config.api
@@ -56,11 +58,13 @@ class ApiServer:
         self.idle_timeout: float = api.idle_timeout
         self.policy = auth.Policy.from_config(api.socket_group, api.read_groups, self.config.user_mode)
         self._listen_fd = listen_fd
+        self._lock_fd = lock_fd  # the socket's lock when the daemon took it first; the listener keeps it
         self._listener: listener.Listener | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[Connection] = set()
         self._per_uid: dict[int, int] = {}
         self._closing = False
+        self.refusals = RefusalAudit(lambda: getattr(self.daemon, "store", None))
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -77,7 +81,7 @@ class ApiServer:
         else:
             api = self.config.api
             self._listener = listener.bind(self.config.paths.socket, api.socket_mode, api.socket_group or None,
-                                           quiet=self.config.user_mode)
+                                           quiet=self.config.user_mode, lock_fd=self._lock_fd)
             where = str(self.config.paths.socket)
         # backlog: asyncio calls listen() again on the socket; keep room for bursts of clients connecting.
         self._server = await asyncio.start_unix_server(self._accept, sock=self._listener.sock, backlog=BACKLOG,
@@ -94,6 +98,7 @@ class ApiServer:
         tasks = [c.task for c in self._connections if c.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.refusals.close()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -206,16 +211,13 @@ class ApiServer:
             if handler is None:
                 raise UnknownMethod(f"unknown method {method[:80]!r}")
             if not auth.allowed(method, conn.access):
-                raise Forbidden(f"{method}: not permitted for uid {conn.peer.uid} ({conn.access} access)")
+                raise Forbidden(f"{method} is not permitted for uid {conn.peer.uid} ({conn.access} access)")
             result = await handler(call, Params(method, request.params))
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             error = map_exception(exc, method)
-            if method in auth.WRITE_METHODS:
+            if handler is not None and (method in auth.WRITE_METHODS or error.code == Code.FORBIDDEN):
                 # Successful state changes are audited by the daemon facade; refusals are recorded here.
-                target = next((str(request.params[k])[:256] for k in ("run_id", "workflow_id", "id")
-                               if isinstance(request.params.get(k), (str, int))), None)
-                await call.audit(outcome=f"refused:{error.code}", target=target,
-                                 details={"message": error.message[:500]})
+                await self._audit_refusal(conn, method, error, request.params)
             return protocol.error_reply(request.id, error.code, error.message)
         return protocol.result_reply(request.id, result)
 
@@ -223,9 +225,11 @@ class ApiServer:
         writer = conn.writer
         try:
             if not auth.allowed("subscribe", conn.access):
-                raise Forbidden(f"subscribe: not permitted for uid {conn.peer.uid} ({conn.access} access)")
+                raise Forbidden(f"subscribe is not permitted for uid {conn.peer.uid} ({conn.access} access)")
             events, maxsize = subscribe_params(Params("subscribe", request.params))
         except ApiError as exc:
+            if exc.code == Code.FORBIDDEN:
+                await self._audit_refusal(conn, "subscribe", exc, request.params)
             await self._send_and_close(writer, protocol.error_reply(request.id, exc.code, exc.message))
             return
         sub = self.daemon.hub.subscribe(maxsize=maxsize or SUBSCRIBER_QUEUE, events=events)
@@ -250,6 +254,12 @@ class ApiServer:
         finally:
             sub.close()
             watcher.cancel()
+
+    async def _audit_refusal(self, conn: Connection, method: str, error: ApiError, params: dict[str, Any]) -> None:
+        target = next((str(params[k])[:256] for k in ("run_id", "workflow_id", "id")
+                       if isinstance(params.get(k), (str, int))), None)
+        await self.refusals.refused(conn.peer.uid, conn.peer.pid, method, f"refused:{error.code}", error.message,
+                                    target)
 
     async def _send_and_close(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
         try:

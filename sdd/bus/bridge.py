@@ -76,6 +76,7 @@ class BusBridge:
         self.address: str | None = None
         self.dropped_signals = 0  # signals not sent because the bus did not keep up
         self.connections = 0  # successful connections so far (reconnects = connections - 1)
+        self.owns_name = False  # whether this connection is the primary owner of BUS_NAME (NameAcquired/Lost)
         self._iface = Sdd1Interface(self._read_properties)
         self._bus: MessageBus | None = None
         self._sub: Subscription | None = None
@@ -197,6 +198,7 @@ class BusBridge:
             "address": self.address,
             "name": BUS_NAME,
             "unique_name": self._bus.unique_name if self.connected and self._bus else None,
+            "owns_name": self.owns_name,
             "reconnects": max(self.connections - 1, 0),
             "dropped_signals": self.dropped_signals,
             "last_error": self.last_error,
@@ -248,6 +250,7 @@ class BusBridge:
                 self._connected.clear()
                 self._state_changed.set()
                 self._bus = None
+                self.owns_name = False
                 close_transport(bus)
             if self._stop.is_set():
                 break
@@ -267,8 +270,10 @@ class BusBridge:
             # A bus that accepts but never answers must not hold the loop's connection task forever.
             await asyncio.wait_for(bus.connect(), CONNECT_TIMEOUT)
             bus.export(OBJECT_PATH, self._iface)
+            bus.add_message_handler(self._on_name_signal)
             reply = await asyncio.wait_for(bus.request_name(BUS_NAME), CONNECT_TIMEOUT)
-            if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            self.owns_name = reply in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER)
+            if not self.owns_name:
                 # Queued behind another owner: we get the name when it leaves; signals still go out.
                 log.warning("D-Bus: %s is owned by another connection; queued for it (%s)", BUS_NAME, reply.name)
         except BaseException:
@@ -276,6 +281,13 @@ class BusBridge:
             close_transport(bus)
             raise
         return bus
+
+    def _on_name_signal(self, msg: Message) -> None:
+        # The bus tells its owner when a queued name becomes ours, or is taken away.
+        if (msg.sender == "org.freedesktop.DBus" and msg.member in ("NameAcquired", "NameLost")
+                and msg.body and msg.body[0] == BUS_NAME):
+            self.owns_name = msg.member == "NameAcquired"
+            log.info("D-Bus: %s %s", "now owning" if self.owns_name else "lost", BUS_NAME)
 
     async def _wait_stop(self, seconds: float) -> None:
         try:

@@ -128,6 +128,18 @@ def audit_op(actor: Any, action: str, target: Any, detection_id: Any, run_id: An
              details: Any) -> Operation:
     row = _audit_row(actor, action, target, detection_id, run_id, outcome, details)
 
-    def audit(conn: sqlite3.Connection) -> None:
-        conn.execute(_AUDIT_SQL, row)
+    def audit(conn: sqlite3.Connection) -> int:
+        return int(conn.execute(_AUDIT_SQL, row).lastrowid or 0)
     return audit
+
+
+def audit_count_op(row_id: int, count: int, last: float, targets: list[str] | None = None) -> Operation:
+    """Sets `details.count`, `details.last` (and `details.targets`) of one audit row: a coalesced record
+    (refused API calls) whose first occurrence was written at once and whose later ones were counted."""
+    args = (codec.integer(count, "count"), codec.timestamp(last, "last"),
+            codec.dumps([str(t)[:256] for t in (targets or [])[:100]], "targets"), codec.integer(row_id, "row_id"))
+
+    def audit_count(conn: sqlite3.Connection) -> bool:
+        return conn.execute("UPDATE audit SET details = json_set(coalesce(details, '{}'), '$.count', ?, "
+                            "'$.last', ?, '$.targets', json(?)) WHERE id = ?", args).rowcount > 0
+    return audit_count

@@ -26,6 +26,10 @@ _STEP_COLUMNS = ("step_id, phase, parent_id, step_type, action, status, attempts
                  "finished_at, params, result, error")
 _DETECTION_COLUMNS = ("id, external_id, type, severity, file_path, threat_name, sha256, received_at, state, note, "
                       "spool_name, duplicate_of")
+# The producer's id as sent, also for the rows that do not hold the dedup key (duplicates, samples).
+_EXTERNAL_ID = ("coalesce(external_id, CASE json_type(raw, '$.id') WHEN 'text' THEN json_extract(raw, '$.id') "
+                "WHEN 'integer' THEN CAST(json_extract(raw, '$.id') AS TEXT) END)")
+_DETECTION_LIST_COLUMNS = _DETECTION_COLUMNS.replace("external_id,", f"{_EXTERNAL_ID} AS external_id,", 1)
 _QUARANTINE_COLUMNS = ("id, sha256, size, original_path, uid, gid, mode, mtime, detection_id, run_id, threat_name, "
                        "quarantined_at, restored_at, restored_to, extra")
 
@@ -99,10 +103,18 @@ def _page(rows: list[dict[str, Any]], limit: int, time_key: str, id_key: str) ->
 
 # --- runs --------------------------------------------------------------------------------------------------------
 def list_runs(conn: sqlite3.Connection, limit: int = 50, cursor: str | None = None, workflow_id: str | None = None,
-              status: Any = None, since: float | None = None, until: float | None = None) -> Page:
+              status: Any = None, since: float | None = None, until: float | None = None,
+              detection_ids: list[str] | None = None) -> Page:
+    """`detection_ids`: only the runs of these detections (sdd's ids; an empty list matches nothing)."""
     limit = _limit(limit)
     where: list[str] = []
     args: list[Any] = []
+    if detection_ids is not None:
+        ids = [codec.row_id(d, "detection_id") for d in detection_ids[:100]]
+        if not ids:
+            return Page([], None)
+        where.append(f"detection_id IN ({','.join('?' * len(ids))})")
+        args.extend(ids)
     if workflow_id is not None:
         where.append("workflow_id = ?")
         args.append(codec.text(workflow_id, "workflow_id", required=True, limit=1024))
@@ -115,6 +127,8 @@ def list_runs(conn: sqlite3.Connection, limit: int = 50, cursor: str | None = No
     # The index is named, not left to the planner: with 1M rows a wrong guess costs a full scan.
     index = {(False, False): "runs_started", (True, False): "runs_workflow", (False, True): "runs_status",
              (True, True): "runs_workflow_status"}[(workflow_id is not None, status is not None)]
+    if detection_ids is not None:
+        index = "runs_detection"  # a detection has a handful of runs: find them, then sort those
     _time_window(since, until, "started_at", where, args)
     _keyset(cursor, "started_at", "run_id", str, where, args)
     sql = (f"SELECT {_RUN_LIST_COLUMNS} FROM runs INDEXED BY {index}"
@@ -129,8 +143,36 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     if not rows:
         return None
     run = _run(rows[0])
+    run["external_id"] = None
+    if run["detection_id"] is not None:
+        found = conn.execute(f"SELECT {_EXTERNAL_ID} FROM detections WHERE id = ?", (int(run["detection_id"]),)
+                             ).fetchone()
+        run["external_id"] = None if found is None else found[0]
     run["steps"] = steps_of(conn, run_id)
     return run
+
+
+def runs_with_prefix(conn: sqlite3.Connection, prefix: str, limit: int = 10) -> list[str]:
+    """Run ids starting with `prefix` (a range of the primary key), at most `limit`, in order."""
+    prefix = codec.text(prefix, "run_id", required=True, limit=256) or ""
+    # A range of the primary key: every text starting with prefix sorts between prefix and prefix + U+10FFFF.
+    rows = conn.execute("SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT ?",
+                        (prefix, prefix + "\U0010ffff", _limit(limit)))
+    return [r[0] for r in rows]
+
+
+def detection_ids(conn: sqlite3.Connection, ident: str) -> list[str]:
+    """The detections `ident` names: sdd's id (an integer) or the producer's `id` (the dedup key). Both when
+    both match, sdd's first."""
+    ident = codec.text(ident, "detection", required=True, limit=1024) or ""
+    found: list[str] = []
+    if ident.isdigit() and len(ident) < 19 and conn.execute("SELECT 1 FROM detections WHERE id = ?",
+                                                            (int(ident),)).fetchone():
+        found.append(ident)
+    row = conn.execute("SELECT id FROM detections WHERE external_id = ?", (ident,)).fetchone()
+    if row is not None and str(row[0]) not in found:
+        found.append(str(row[0]))
+    return found
 
 
 def steps_of(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
@@ -213,7 +255,7 @@ def run_stats(conn: sqlite3.Connection, cache: StatsCache, workflow_id: str | No
                 "run_id": last_id, "status": last_status, "started_at": last_started, "finished_at": last_finished},
         }
     active_sql = ("SELECT workflow_id, status, count(*), max(started_at) FROM runs INDEXED BY runs_status "
-                  "WHERE status IN ('pending', 'running')" + (" AND workflow_id = ?" if workflow_id else "")
+                  "WHERE status IN ('pending', 'running') AND dry_run = 0" + (" AND workflow_id = ?" if workflow_id else "")
                   + " GROUP BY workflow_id, status")
     for wf, status, n, latest in conn.execute(active_sql, args).fetchall():
         entry = stats.setdefault(wf, {
@@ -231,7 +273,7 @@ def run_stats(conn: sqlite3.Connection, cache: StatsCache, workflow_id: str | No
 
 # --- detections --------------------------------------------------------------------------------------------------
 def get_detection(conn: sqlite3.Connection, detection_id: Any) -> dict[str, Any] | None:
-    rows = _rows(conn.execute(f"SELECT {_DETECTION_COLUMNS}, raw FROM detections WHERE id = ?",
+    rows = _rows(conn.execute(f"SELECT {_DETECTION_LIST_COLUMNS}, raw FROM detections WHERE id = ?",
                               (codec.row_id(detection_id, "detection_id"),)))
     return _detection(rows[0]) if rows else None
 
@@ -266,7 +308,7 @@ def list_detections(conn: sqlite3.Connection, limit: int = 50, cursor: str | Non
         args.append(codec.text(severity, "severity", required=True))
     _time_window(since, until, "received_at", where, args)
     _keyset(cursor, "received_at", "id", int, where, args)
-    sql = (f"SELECT {_DETECTION_COLUMNS} FROM detections INDEXED BY {index}"
+    sql = (f"SELECT {_DETECTION_LIST_COLUMNS} FROM detections INDEXED BY {index}"
            + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY received_at DESC, id DESC LIMIT ?")
     rows = _rows(conn.execute(sql, (*args, limit + 1)))
     page = _page(rows, limit, "received_at", "id")

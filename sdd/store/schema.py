@@ -179,12 +179,12 @@ INSERT INTO workflow_stats (workflow_id, finished, completed, failed, rolled_bac
 SELECT workflow_id, count(*), sum(status = 'completed'), sum(status = 'failed'), sum(status = 'rolled_back'),
        sum(status = 'cancelled'), sum(status = 'interrupted'),
        total(max(finished_at - started_at, 0)), count(*), min(count(*), {SAMPLE_SLOTS})
-FROM runs WHERE finished_at IS NOT NULL AND status NOT IN ('pending', 'running')
+FROM runs WHERE finished_at IS NOT NULL AND status NOT IN ('pending', 'running') AND dry_run = 0
 GROUP BY workflow_id;
 UPDATE workflow_stats SET (last_run_id, last_status, last_started_at, last_finished_at) = (
     SELECT run_id, status, started_at, finished_at FROM runs
     WHERE runs.workflow_id = workflow_stats.workflow_id AND finished_at IS NOT NULL
-      AND status NOT IN ('pending', 'running')
+      AND status NOT IN ('pending', 'running') AND dry_run = 0
     ORDER BY finished_at DESC, run_id DESC LIMIT 1);
 -- The newest k durations, oldest in slot 0 and newest in slot k-1, so the next finish (slot k mod the ring
 -- size, as sample_seq = k) overwrites the oldest.
@@ -193,7 +193,7 @@ SELECT workflow_id, min(total, {SAMPLE_SLOTS}) - n, d FROM (
     SELECT workflow_id, max(finished_at - started_at, 0) AS d,
            row_number() OVER (PARTITION BY workflow_id ORDER BY finished_at DESC, run_id DESC) AS n,
            count(*) OVER (PARTITION BY workflow_id) AS total
-    FROM runs WHERE finished_at IS NOT NULL AND status NOT IN ('pending', 'running'))
+    FROM runs WHERE finished_at IS NOT NULL AND status NOT IN ('pending', 'running') AND dry_run = 0)
 WHERE n <= {SAMPLE_SLOTS};
 """
 

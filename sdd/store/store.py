@@ -130,11 +130,12 @@ class Store:
     # --- detections --------------------------------------------------------------------------------------------
     async def record_detection(self, data: Mapping[str, Any], *, spool_name: str | None = None,
                                received_at: float | None = None, state: DetectionState | str = "queued",
-                               note: str | None = None) -> AddedDetection:
+                               note: str | None = None, dedup: bool = True) -> AddedDetection:
         """Commit a detection. Same `spool_name` with the same content again → the existing row (`replayed`);
-        an external `id` seen before → stored as `duplicate` of the first (`duplicate_of`)."""
-        return await self._writer.write(writes.record_detection_op(data, spool_name, received_at, state, note),
-                                        durable=True)
+        an external `id` seen before → stored as `duplicate` of the first (`duplicate_of`), unless `dedup`
+        is False (a sample detection: its id is not a dedup key)."""
+        return await self._writer.write(writes.record_detection_op(data, spool_name, received_at, state, note,
+                                                                   dedup), durable=True)
 
     async def add_detection(self, d: Mapping[str, Any], *, spool_name: str | None = None,
                             received_at: float | None = None, state: DetectionState | str = "queued",
@@ -217,9 +218,20 @@ class Store:
                                                                      threat_name, reason, actor, details))
 
     async def audit(self, actor: Any, action: str, target: str | None = None, detection_id: str | int | None = None,
-                    run_id: str | None = None, outcome: str = "ok", details: Any = None) -> None:
-        """One audit record. `actor`: a uid (int → "uid:N"), "detection:ID", "run:ID" or None ("sdd")."""
-        await self._writer.write(ledger.audit_op(actor, action, target, detection_id, run_id, outcome, details))
+                    run_id: str | None = None, outcome: str = "ok", details: Any = None) -> int:
+        """One audit record; returns its row id. `actor`: a uid (int → "uid:N"), "detection:ID", "run:ID" or
+        None ("sdd")."""
+        return await self._writer.write(ledger.audit_op(actor, action, target, detection_id, run_id, outcome,
+                                                        details))
+
+    async def audit_count(self, row_id: int, count: int, last: float, targets: list[str] | None = None) -> bool:
+        """Records how many times a coalesced audit record (see `audit`) happened, when it last did, and a
+        sample of the targets it named."""
+        return await self._writer.write(ledger.audit_count_op(row_id, count, last, targets))
+
+    def submit_audit_count(self, row_id: int, count: int, last: float, targets: list[str] | None = None) -> None:
+        """`audit_count` without waiting (ordered with every other write)."""
+        self._writer.submit(ledger.audit_count_op(row_id, count, last, targets))
 
     async def purge(self, retention_days: float, *, now: float | None = None, chunk: int = 2000) -> dict[str, int]:
         """Delete finished runs (with their steps) and settled detections older than `retention_days`, in
@@ -287,8 +299,17 @@ class Store:
         return reads.get_run(self._read(), run_id)
 
     def list_runs(self, limit: int = 50, cursor: str | None = None, workflow_id: str | None = None,
-                  status: str | None = None, since: float | None = None, until: float | None = None) -> Page:
-        return reads.list_runs(self._read(), limit, cursor, workflow_id, status, since, until)
+                  status: str | None = None, since: float | None = None, until: float | None = None,
+                  detection_ids: list[str] | None = None) -> Page:
+        return reads.list_runs(self._read(), limit, cursor, workflow_id, status, since, until, detection_ids)
+
+    def runs_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Run ids that start with `prefix` (at most `limit`), for ids abbreviated as git does."""
+        return reads.runs_with_prefix(self._read(), prefix, limit)
+
+    def detection_ids(self, ident: str) -> list[str]:
+        """The detections `ident` names, as sdd's id or as the producer's `id`."""
+        return reads.detection_ids(self._read(), ident)
 
     def run_stats(self, workflow_id: str | None = None) -> list[dict[str, Any]]:
         return reads.run_stats(self._read(), self._stats_cache, workflow_id)

@@ -28,7 +28,9 @@ _STAT_COLUMN = {"completed": "completed", "failed": "failed", "rolled_back": "ro
 
 # --- detections -------------------------------------------------------------------------------------------------
 def record_detection_op(data: Mapping[str, Any], spool_name: str | None, received_at: float | None,
-                        state: Any, note: str | None) -> Operation:
+                        state: Any, note: str | None, dedup: bool = True) -> Operation:
+    """`dedup=False` records a detection that claims no producer id (a sample given to `runs.start`): its
+    `id` stays in the raw data but is not the dedup key, so it neither is nor makes a duplicate."""
     if type(data) is not dict and not isinstance(data, Mapping):  # (an ABC isinstance check is slow)
         raise StoreValueError(f"detection: expected a JSON object, got {type(data).__name__}")
     dtype = data.get("type")
@@ -36,7 +38,7 @@ def record_detection_op(data: Mapping[str, Any], spool_name: str | None, receive
         raise StoreValueError("detection.type: required, a non-empty string")
     ext = data.get("id")
     external = codec.text(ext, "detection.id", limit=1024) if isinstance(ext, (str, int)) and \
-        not isinstance(ext, bool) else None
+        not isinstance(ext, bool) and dedup else None
     sha = data.get("sha256")
     sha = sha.lower() if isinstance(sha, str) and SHA256.fullmatch(sha.lower()) else None
     raw = codec.dumps(dict(data), "detection", limit=codec.MAX_RAW_JSON, truncate=False)
@@ -264,12 +266,15 @@ def finish_run_op(run_id: str, status: Any, error: str | None, finished_at: floa
     res = codec.dumps_lenient(result, "result")
 
     def finish_run(conn: sqlite3.Connection) -> bool:
-        old = conn.execute("SELECT workflow_id, status, started_at FROM runs WHERE run_id = ?", (rid,)).fetchone()
+        old = conn.execute("SELECT workflow_id, status, started_at, dry_run FROM runs WHERE run_id = ?",
+                           (rid,)).fetchone()
         if old is None:
             return False
-        workflow_id, old_status, started = old
+        workflow_id, old_status, started, dry_run = old
         conn.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, result = coalesce(?, result) "
                      "WHERE run_id = ?", (new, finished, err, res, rid))
+        if dry_run:
+            return True  # a dry run is never counted in the statistics
         if old_status in _TERMINAL:  # finished twice (recovery): move the count, keep the duration
             if old_status != new:
                 conn.execute(f"UPDATE workflow_stats SET {_STAT_COLUMN[old_status]} = "
@@ -344,7 +349,8 @@ def record_finished_run_op(run_id: str, workflow_id: str, detection_id: Any, con
             run_ops(conn, steps)
             return finish_run_op(rid, new, row[11], finished, _raw(row[12]))(conn)
         run_ops(conn, steps)
-        _count_finished(conn, rid, wid, new, started, finished)
+        if not dry_run:  # a dry run is never counted in the statistics
+            _count_finished(conn, rid, wid, new, started, finished)
         return True
     return record_finished_run
 
@@ -361,7 +367,7 @@ def purge_runs_chunk_op(cutoff: float, chunk: int) -> Operation:
         # Keep runs.stats consistent with the history that is kept.
         for wf, status, n, total in conn.execute(
                 f"SELECT workflow_id, status, count(*), total(max(finished_at - started_at, 0)) FROM runs "
-                f"WHERE run_id IN ({marks}) GROUP BY workflow_id, status", ids).fetchall():
+                f"WHERE run_id IN ({marks}) AND dry_run = 0 GROUP BY workflow_id, status", ids).fetchall():
             col = _STAT_COLUMN.get(status)
             if col is None:
                 continue

@@ -86,11 +86,56 @@ async def test_desktop_without_a_sink_fails_clearly(env: Env) -> None:
         await env.call("send_notification", message="x", channel="desktop")
 
 
-async def test_log_and_syslog_channels(env: Env, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="sdd.notify"):
-        res = await env.call("send_notification", message="body", title="t", channel=["log", "syslog"])
-    assert res["channels"] == ["log", "syslog"]
+async def test_log_and_syslog_channels(env: Env, caplog: pytest.LogCaptureFixture, tmp_path, monkeypatch) -> None:
+    import socket
+
+    from sdd.actions import notify
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "log"))
+    monkeypatch.setattr(notify, "SYSLOG_SOCKET", str(tmp_path / "log"))
+    try:
+        with caplog.at_level(logging.INFO, logger="sdd.notify"):
+            res = await env.call("send_notification", message="body", title="t", channel=["log", "syslog"])
+        listener.settimeout(5)
+        datagram = listener.recv(65536).decode()
+    finally:
+        listener.close()
+    assert res["channels"] == ["log", "syslog"] and res["sent"] is True
     assert "t: body" in caplog.text
+    assert datagram.startswith("<29>") and datagram.endswith("]: t: body")  # daemon.notice, as syslog(3)
+
+
+async def test_a_channel_that_delivers_nothing_says_so_and_fails(env: Env, tmp_path, monkeypatch) -> None:
+    from sdd.actions import notify
+
+    monkeypatch.setattr(notify, "SYSLOG_SOCKET", str(tmp_path / "nobody-listens"))
+    with pytest.raises(ActionError, match="syslog at .* did not take it: No such file"):
+        await env.call("send_notification", message="x", channel="syslog")
+    env.configure(notify=lambda *a: "not connected to the session bus")
+    with pytest.raises(ActionError, match="desktop notification not delivered: not connected") as err:
+        await env.call("send_notification", message="x", channel="desktop")
+    assert err.value.retryable is False
+
+
+async def test_a_retry_does_not_repeat_what_an_earlier_attempt_delivered(env: Env) -> None:
+    seen: list[tuple[str, str, str]] = []
+    port = free_port()  # nothing listens: the email fails, retryably
+    env.configure(notify=lambda *a: seen.append(a), smtp=SmtpConfig(host="127.0.0.1", port=port, timeout=2))
+    run = await env.step("send_notification", {"message": "x", "channel": ["desktop", "email"],
+                                               "recipient": "a@b.c"}, max_retries=2, retry_delay=0.01)
+    result = run.step_results["s"]
+    assert result.status == "failed" and "not delivered via email" in result.error
+    assert "delivered via desktop" in result.error and result.attempts == 3
+    assert len(seen) == 1  # the desktop notification went out once, not once per attempt
+
+
+async def test_the_log_channel_below_the_log_level_is_reported_not_delivered(env: Env,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="sdd.notify"):
+        res = await env.call("send_notification", message="quiet", channel="log")
+    assert res["sent"] is False and res["channels"] == [] and res["deliveries"] == []
+    assert res["suppressed"] == ["log"]
 
 
 @pytest.mark.parametrize("params, message", [

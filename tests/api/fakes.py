@@ -18,11 +18,23 @@ from sdd.hub import EventHub
 class RecordingStore:
     audits: list[dict[str, Any]] = field(default_factory=list)
 
-    async def audit(self, **entry: Any) -> None:
+    async def audit(self, **entry: Any) -> int:
         self.audits.append(entry)
+        return len(self.audits)
+
+    async def audit_count(self, row_id: int, count: int, last: float, targets: list[str] | None = None) -> bool:
+        self.submit_audit_count(row_id, count, last, targets)
+        return True
+
+    def submit_audit_count(self, row_id: int, count: int, last: float, targets: list[str] | None = None) -> None:
+        self.audits[row_id - 1]["details"] = {**self.audits[row_id - 1]["details"], "count": count, "last": last,
+                                              "targets": list(targets or [])}
 
     def get_run(self, run_id: str) -> None:
         return None
+
+    def runs_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        return []
 
 
 @dataclass

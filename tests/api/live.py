@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,18 @@ def sddctl(d: DaemonProcess, *args: str, env: Mapping[str, str] | None = None,
     full_env.update({"SDD_SOCKET": str(d.socket)})
     full_env.update(env or {})
     return subprocess.run([SDDCTL, *args], env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+TERMINAL = {"completed", "failed", "rolled_back", "cancelled", "interrupted"}
+
+
+def wait_run(d: DaemonProcess, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """The run as stored once it has reached a final status (polled with a deadline)."""
+    from sdd_client.client import Client
+
+    with Client(d.socket) as c:
+        deadline = time.monotonic() + timeout
+        while (run := c.call("runs.get", run_id=run_id))["status"] not in TERMINAL:
+            assert time.monotonic() < deadline, f"run {run_id} still {run['status']}"
+            time.sleep(0.02)
+    return run

@@ -15,7 +15,7 @@ from sdd_client import protocol
 CALLS = {
     "ping": {}, "status": {}, "workflows.list": {}, "workflows.get": {"workflow_id": "notify3"},
     "workflows.validate": {"text": "workflow_id: x\nsteps: []\n"}, "runs.list": {"limit": 1},
-    "runs.get": {"run_id": "no-such-run"}, "runs.stats": {}, "detections.list": {"limit": 1},
+    "runs.get": {"run_id": "no-such-run"}, "runs.stats": {}, "detections.list": {"limit": 1}, "detections.get": {"id": "no-such-detection"},
     "quarantine.list": {"limit": 1}, "runs.start": {"workflow_id": "no-such-workflow"},
     "runs.cancel": {"run_id": "no-such-run"}, "detections.submit": {"detection": {"severity": "low"}},
     "quarantine.restore": {"id": "no-such-entry"}, "reload": {}, "subscribe": {},

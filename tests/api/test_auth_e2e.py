@@ -7,40 +7,20 @@ from __future__ import annotations
 import grp
 import json
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
-from pathlib import Path
 
-import msgpack
 import pytest
-import sdd_client
 
+from .conftest import SYSTEM_PYTHON, why_no_other_user
 from .live import start_daemon
 
-SYSTEM_PYTHON = "/usr/bin/python3.11"
 READ = {"ping", "status", "workflows.list", "workflows.get", "runs.list", "runs.get", "runs.stats",
-        "detections.list", "quarantine.list", "subscribe"}
+        "detections.list", "detections.get", "quarantine.list", "subscribe"}
 ALL = READ | {"workflows.validate", "runs.start", "runs.cancel", "detections.submit", "quarantine.restore", "reload"}
 
 
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return f"needs root to run the client as another user (setpriv); running as uid {os.geteuid()}"
-    if not shutil.which("setpriv"):
-        return "setpriv (util-linux) is not installed"
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return f"{SYSTEM_PYTHON} is missing: the test's interpreter lives where nobody cannot read it"
-    for name in ("nogroup", "users", "staff"):
-        try:
-            grp.getgrnam(name)
-        except KeyError:
-            return f"group {name!r} does not exist"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+pytestmark = pytest.mark.skipif(why_no_other_user() is not None, reason=why_no_other_user() or "")
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +36,6 @@ def system_daemon(tmp_path_factory):
         yield d
     finally:
         d.close()
-
-
-@pytest.fixture(scope="module")
-def probe_path():
-    """A directory nobody can read holding only the client package and msgpack (the venv is under /root)."""
-    root = Path(tempfile.mkdtemp(prefix="sdd-probe-", dir="/tmp"))
-    try:
-        os.chmod(root, 0o755)
-        os.symlink(Path(sdd_client.__file__).parent, root / "sdd_client")
-        os.symlink(Path(msgpack.__file__).parent, root / "msgpack")
-        shutil.copy(Path(__file__).parent / "peer_probe.py", root / "peer_probe.py")
-        os.chmod(root / "peer_probe.py", 0o644)
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def probe(d, probe_path, *setpriv_args: str) -> dict[str, str]:

@@ -41,7 +41,7 @@ def test_user_mode_owner_is_privileged_and_nobody_else():
 def test_every_method_is_classified_default_deny():
     read_only = {m for m in set(METHODS) | {"subscribe"} if auth.allowed(m, Access.READ)}
     assert read_only == {"ping", "status", "subscribe", "runs.stats", "workflows.list", "workflows.get",
-                         "runs.list", "runs.get", "detections.list", "quarantine.list"}
+                         "runs.list", "runs.get", "detections.list", "detections.get", "quarantine.list"}
     assert {m for m in METHODS if auth.allowed(m, Access.NONE)} == {"ping"}
     assert all(auth.allowed(m, Access.ADMIN) for m in METHODS)
     assert not auth.allowed("some.future.method", Access.READ)

@@ -133,4 +133,8 @@ def test_history_since_accepts_ages_epochs_and_iso():
     assert since_value("7d", now=1e6) == 1e6 - 7 * 86400
     assert since_value("1764064800") == 1764064800.0
     assert since_value("2026-11-25T10:00:00Z") == "2026-11-25T10:00:00Z"
-    assert since_value("soon") == "soon"  # left for the daemon to refuse, naming the field
+    assert since_value("2m", now=10_000.0) == 10_000.0 - 120
+    assert since_value("90s", now=10_000.0) == 10_000.0 - 90
+    for bad in ("soon", "2x", "-3h", "inf", "1e999d"):
+        with pytest.raises(ValueError, match="an age"):
+            since_value(bad)

@@ -12,7 +12,7 @@ import time
 import pytest
 from sdd_client.client import Client
 
-from tests.api.live import SDDCTL, sddctl
+from tests.api.live import SDDCTL, sddctl, wait_run
 
 TERMINAL = {"completed", "failed", "rolled_back", "cancelled", "interrupted"}
 
@@ -26,15 +26,6 @@ def ok(d, *args, **kw) -> str:
 
 def as_json(d, *args, **kw):
     return json.loads(ok(d, "--json", *args, **kw))
-
-
-def wait_run(d, run_id):
-    with Client(d.socket) as c:
-        deadline = time.monotonic() + 60
-        while (run := c.call("runs.get", run_id=run_id))["status"] not in TERMINAL:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    return run
 
 
 def test_status(live):

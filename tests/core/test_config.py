@@ -47,7 +47,7 @@ state = "relative/dir"
 [engine]
 max_concurrent_runs = "many"
 [api]
-socket_mode = "0666"
+socket_mode = "0999"
 [bogus]
 """)
     with pytest.raises(ConfigError) as info:

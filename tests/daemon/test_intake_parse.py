@@ -13,6 +13,9 @@ from sdd.spool import SpoolRejection, parse_detection, read_spool_file
 
 def test_accepts_one_object_with_a_string_type() -> None:
     assert parse_detection(b'{"type": "malware", "file_path": "/tmp/x", "n": 1}')["n"] == 1
+    # The positive control of the range check: large, small and tiny finite numbers are kept as they are.
+    kept = parse_detection(b'{"type": "m", "a": 1.7976931348623157e308, "b": -2.5e-300, "c": 1e-999}')
+    assert kept["a"] == 1.7976931348623157e308 and kept["b"] == -2.5e-300 and kept["c"] == 0.0
 
 
 @pytest.mark.parametrize("raw, reason", [
@@ -28,6 +31,10 @@ def test_accepts_one_object_with_a_string_type() -> None:
     (b'{"type": ""}', "field 'type'"),
     (b'{"type": "m", "id": {"a": 1}}', "field 'id'"),
     (b'{"type": "m", "x": NaN}', "invalid JSON"),
+    (b'{"type": "m", "x": Infinity}', "invalid JSON"),
+    (b'{"type": "m", "x": 1e999}', "number 1e999 is out of range"),
+    (b'{"type": "m", "x": [-1E400]}', "number -1E400 is out of range"),
+    (b'{"type": "m", "x": 1' + b"0" * 400 + b'.0}', "is out of range"),
     (b'{"type": "m", "x": "\\ud800"}', "lone surrogate"),
     (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     (b'{"type": "m", "x": ' + b"[" * 100 + b"]" * 100 + b"}", "nested deeper than"),

@@ -77,6 +77,7 @@ def test_bad_files_are_rejected_with_a_reason_and_the_daemon_carries_on(daemon: 
     daemon.drop(b'[{"type": "malware"}]', "array")
     daemon.drop(b"[" * 100_000 + b"]" * 100_000, "deep")
     daemon.drop(b'{"type": "malware", "x": "\xff\xfe"}', "bad-utf8")
+    daemon.drop(b'{"type": "malware", "process_start_time": 1e999}', "out-of-range")
     os.symlink("/etc/shadow", new / "shadow-link")
     os.mkfifo(new / "fifo")
     os.mkdir(new / "directory")
@@ -84,6 +85,7 @@ def test_bad_files_are_rejected_with_a_reason_and_the_daemon_carries_on(daemon: 
         "invalid-json": "invalid JSON", "binary-junk": "", "too-big": "too large", "empty": "empty file",
         "array": "got an array", "deep": "nested too deeply", "bad-utf8": "not valid UTF-8",
         "shadow-link": "symbolic link", "fifo": "FIFO", "directory": "directory",
+        "out-of-range": "number 1e999 is out of range",
     }
     good = daemon.drop({"type": "malware", "file_path": "/tmp/good"})
     rejected = daemon.spool / "rejected"

@@ -11,7 +11,8 @@ and ProtectControlGroups= beyond /sys being read-only (changing the clock or the
 the syscall filter already). The test daemon keeps its spool and state under /tmp, a writable path.
 
 One detection then drives a workflow with a scan (clamscan), quarantine, delete, kill, report, email
-(to a local SMTP server), desktop notification, webhook (to a local HTTP server; both reached by the name
+(to a local SMTP server), a notification in the log (a desktop one needs a bus, which this daemon has
+not), webhook (to a local HTTP server; both reached by the name
 `localhost`, so name resolution runs under the filter too) and script step, against
 another user's files and process. Restore from the vault works, and a set-uid file cannot be restored
 (RestrictSUIDSGID=, as docs/security.md says).
@@ -87,9 +88,9 @@ steps:
   - step_id: mail
     action: send_notification
     params: {channel: email, recipient: "root@localhost", title: "sandboxed", message: "contained"}
-  - step_id: desktop
+  - step_id: notify
     action: send_notification
-    params: {channel: desktop, title: "sandboxed", message: "contained", urgency: normal}
+    params: {channel: log, title: "sandboxed", message: "contained", urgency: critical}
   - step_id: hook
     action: call_webhook
     params: {url: "{{ detection.webhook }}", payload: {event: contained}}
@@ -105,7 +106,7 @@ steps:
     params: {file_path: "{{ detection.file_path }}"}
 """
 SCRIPT = '#!/bin/sh\nprintf \'{"seen": "%s"}\\n\' "$1"\n'
-STEPS = ("scan", "quarantine", "delete", "kill", "report", "mail", "desktop", "hook", "script")
+STEPS = ("scan", "quarantine", "delete", "kill", "report", "mail", "notify", "hook", "script")
 
 
 def _cap_number(name: str) -> int:
