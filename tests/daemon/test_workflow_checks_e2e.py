@@ -64,8 +64,8 @@ def test_the_running_daemon_validates_loads_and_plans_alike(tmp_path: Path) -> N
         r = sddctl(d, "--json", "run", "needs_file", "--dry-run", "--wait")
         assert r.returncode == 0, r.stdout + r.stderr
         doc = json.loads(r.stdout)
-        assert doc["status"] == "completed" and doc["dry_run"] and doc["error"] is None
-        plan = {s["step_id"]: s["result"] for s in doc["steps"]}
+        assert doc["status"] == "planned" and doc["dry_run"] and doc["run_id"] is None
+        plan = {s["step_id"]: s for s in doc["plan"]}
         assert plan["q"]["would_run"] is False and plan["q"]["reason"].startswith("would fail: params: no key")
         assert plan["n"]["reason"] == "not reached: step 'q' would fail"
         stats = json.loads(sddctl(d, "--json", "stats").stdout)

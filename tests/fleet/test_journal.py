@@ -173,10 +173,10 @@ def test_the_daemon_logs_natively_with_message_ids_and_sdd_fields(tmp_path: Path
     quarantined = journal_socket.wait(lambda r: r.get("MESSAGE_ID") == [ids[LogEvent.QUARANTINED].encode()])[0]
     refused = journal_socket.wait(lambda r: r.get("MESSAGE_ID") == [ids[LogEvent.GUARD_REFUSED].encode()])[0]
     assert one(run, "SDD_WORKFLOW") == "contain" and one(run, "SDD_STATUS") == "failed"
-    assert len(one(run, "SDD_RUN_ID")) == 32 and one(run, "PRIORITY") == "6"
+    assert len(one(run, "SDD_RUN_ID")) == 32 and one(run, "PRIORITY") == "4"  # a failed run warns
     assert one(accepted, "SDD_DETECTION_ID") == "1"
     assert one(quarantined, "SDD_RUN_ID") == one(run, "SDD_RUN_ID") and one(quarantined, "SDD_TARGET") == str(evil)
-    assert one(refused, "SDD_GUARD") == "Forbidden" and one(refused, "PRIORITY") == "4"
+    assert one(refused, "SDD_GUARD") == "rate_limit:delete_file" and one(refused, "PRIORITY") == "4"
     for record in (run, accepted, quarantined, refused):
         assert one(record, "SYSLOG_IDENTIFIER") == "sdd" and "CODE_FILE" in record
     assert "msg=" not in d.log()  # nothing went to stderr as logfmt
