@@ -49,6 +49,9 @@ if int(setuptools.__version__.split(".")[0]) < 77:
 PY
 
 cd "$src"
+# No -dbgsym package for the one C program (the ClamAV hook): nothing to ship, and the .changes then lists
+# only the two packages this script hands over.
+export DEB_BUILD_OPTIONS="${DEB_BUILD_OPTIONS:+$DEB_BUILD_OPTIONS }noddebs"
 dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1 || {
     tail -n 60 "$work/build.log" >&2
     echo "build-deb: dpkg-buildpackage failed (log above)" >&2
