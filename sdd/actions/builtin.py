@@ -33,7 +33,7 @@ BUILTINS: tuple[tuple[str, Impl, bool, bool, str], ...] = (
     ("kill_process", kill_process, True, True, "Terminate a process (pid + start time), optionally its tree"),
     ("send_notification", send_notification, True, False, "Desktop, email, syslog or log notification"),
     ("update_definitions", update_definitions, True, False, "Run the configured signature updater"),
-    ("run_scan", run_scan, True, False, "Run the configured ClamAV scanner and parse its findings"),
+    ("run_scan", run_scan, True, False, "Scan a tree with ClamAV or YARA rules; findings name files exactly"),
     ("generate_report", generate_report, True, False, "Write a JSON + HTML incident report of the run"),
     ("call_webhook", call_webhook, False, False, "Signed JSON request to an http(s) URL"),
     ("run_script", run_script, False, False, "Run an executable from scripts_dir"),

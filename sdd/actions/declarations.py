@@ -69,6 +69,10 @@ DECLARATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "path": {"type": "string", "required": True, "description": "Absolute path to scan."},
         "scan_type": {"type": "string", "enum": ["quick", "full", "file", "custom"], "description": "Default full."},
         "timeout": {"type": "number", "description": "Seconds the scan may take (default 3600)."},
+        "engine": {"type": "string", "enum": ["clamav", "yara"],
+                   "description": "clamav (the configured scanner, default) or yara ([actions] yara_rules)."},
+        "max_file_size": {"type": "integer",
+                          "description": "yara: bytes; larger files are skipped and counted (default 64 MiB)."},
     },
     "generate_report": {
         "report_type": {"type": "string", "description": "Name of the report (letters, digits, _ and -)."},
