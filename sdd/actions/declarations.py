@@ -36,6 +36,12 @@ DECLARATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "detection_id": {"type": "string", "description": "Accepted and ignored (the quarantine step's)."},
         "threat_name": {"type": "string", "description": "Accepted and ignored (the quarantine step's)."},
     },
+    "restore_detection": {
+        "undo_of": {"type": "string",
+                    "description": "The id of the detection to undo (default: the undo request's undo_of)."},
+        "on_conflict": {"type": "string", "enum": ["fail", "rename", "overwrite"],
+                        "description": "When an original path exists again (default fail)."},
+    },
     "delete_file": {
         "file_path": {"type": "string", "required": True,
                       "description": "Absolute path of the file to delete, inside allowed_roots."},
