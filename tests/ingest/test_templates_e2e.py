@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from tests.ingest.conftest import run_ingest
+from tests.ingest.test_docs_sources import blocks
 from tests.ingest.test_falco import alert
 from tests.ingest.test_wazuh import Execd, fim
 from tests.support.daemon import DaemonProcess
@@ -235,34 +236,15 @@ def test_yara_and_yara_x_output_is_quarantined_by_the_template(tmp_path: Path) -
         assert scanners == {"yara", "yara-x"}
 
 
-NIGHTLY = """workflow_id: yara_nightly
-name: Nightly YARA scan
-trigger: {{schedule: {{at: "03:17"}}}}
-steps:
-  - step_id: scan
-    action: run_scan
-    params: {{path: "{path}", engine: yara, timeout: 7200}}
-  - step_id: quarantine_findings
-    type: loop
-    condition: 'steps.scan.result.threats_found > 0'
-    items: 'steps.scan.result.findings'
-    as: finding
-    step:
-      step_id: quarantine
-      action: quarantine_file
-      params:
-        file_path: "{{{{ context.finding.file }}}}"
-        threat_name: "{{{{ context.finding.signature }}}}"
-      on_failure: continue
-"""
-
-
 @pytest.mark.skipif(shutil.which("yara") is None, reason="Debian's yara is not installed")
-def test_run_scan_with_the_yara_engine_through_the_daemon(tmp_path: Path) -> None:
+def test_the_documented_nightly_yara_scan_runs_through_the_daemon(tmp_path: Path) -> None:
     pytest.importorskip("yara", reason="yara-python is not installed")
     rules = yara_rules_dir()
     root = tmp_path / "sdd" / "home"
-    with DaemonProcess(tmp_path, workflows={"yara_nightly": NIGHTLY.format(path=root)},
+    # The nightly scan workflow of docs/sources.md, scanning the test's tree instead of /home.
+    [nightly] = [b for b in blocks("yaml") if "engine: yara" in b]
+    assert "path: /home," in nightly
+    with DaemonProcess(tmp_path, workflows={"yara_nightly": nightly.replace("path: /home,", f"path: {root},")},
                        config_overrides={"actions": {"yara_rules": str(rules)}}) as d:
         bad, clean = infected_tree(root / "bob")
         (root / "bob" / "escape").symlink_to(rules)                  # never followed out of the tree
