@@ -3,7 +3,7 @@ the files the scanner's walk opened — by their contents, read through the walk
 path opened again.
 
 The rules: every `*.yar` / `*.yara` file directly in the directory, each compiled as its own namespace (the
-file name without its suffix), `include` disabled. In system mode (root, not `--user`) the directory and
+file name without its suffix), `include` disabled. In system mode (not `--user`) the directory and
 every component above it must be root's and writable by no one else (`sdd.engine.path_problem`, as for
 `scripts_dir`), and so must each rule file: a rule decides what root quarantines. A symbolic link among the
 rule files, a file that is not UTF-8 or one that does not compile fails the step, naming it; nothing is
@@ -73,16 +73,13 @@ def _yara() -> Any:
 
 
 def rules_dir_problem(directory: Path | str, *, user_mode: bool) -> str | None:
-    """Why the rules directory may not be used, or None: as root in system mode it must be root's all the
-    way from / (as scripts_dir must); in user mode the user may own it too."""
-    where = os.path.abspath(directory)
-    if user_mode:
-        return path_problem(where, owners={0, os.geteuid()}, allow_sticky=True)
-    return path_problem(where) if os.geteuid() == 0 else None
+    """Why the rules directory may not be used, or None: in system mode it must be root's all the way from /
+    (as scripts_dir must, whoever runs the scan); in user mode the user may own it too."""
+    return path_problem(os.path.abspath(directory), owners=_trusted_owners(user_mode), allow_sticky=user_mode)
 
 
 def _trusted_owners(user_mode: bool) -> set[int]:
-    return {0} if not user_mode and os.geteuid() == 0 else {0, os.geteuid()}
+    return {0, os.geteuid()} if user_mode else {0}
 
 
 def read_rule_files(directory: Path | str, *, user_mode: bool) -> list[tuple[str, bytes]]:
@@ -195,7 +192,8 @@ def compiled_rules(directory: Path | str, *, user_mode: bool) -> RuleSet:
 def read_whole(fd: int, limit: int) -> bytes | None:
     """The file's bytes through its descriptor, or None when it holds more than `limit` (it may grow while
     read: what counts is what was read)."""
-    chunks, offset = [], 0
+    chunks: list[bytes] = []
+    offset = 0
     while True:
         chunk = os.pread(fd, min(_READ, limit + 1 - offset), offset)
         if not chunk:

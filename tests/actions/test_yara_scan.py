@@ -48,6 +48,15 @@ def yenv(env: Env) -> Env:
     return env
 
 
+@pytest.fixture(autouse=True)
+def _user_mode_unless_root(env: Env) -> None:
+    """Not root, no directory is root's to make: the tests run as user mode does (the user's own rules)."""
+    if os.geteuid() != 0:
+        configure = env.configure
+        env.configure = lambda **kw: configure(**{"user_mode": True, **kw})  # type: ignore[method-assign]
+        env.configure()
+
+
 def tree(root: Path) -> dict[str, Path]:
     """A tree with infected files under awkward names, clean files, and things never to be read."""
     base = root / "scan"
