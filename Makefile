@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	@echo "creating $(VENV) and installing sdd and sdd-client" >&2
 	@$(PYTHON) -m venv $(VENV) >&2
 	@$(PY) -m pip install -q --upgrade pip >&2
-	@$(PY) -m pip install -q -e ./client[notifier] -e '.[test,dev,fleet]' >&2
+	@$(PY) -m pip install -q -e ./client[notifier] -e '.[test,dev,fleet,yara]' >&2
 	@touch $(STAMP)
 
 venv install: $(STAMP)

@@ -88,6 +88,7 @@ class RateLimit:
 class ActionsConfig:
     allowed_roots: tuple[Path, ...] = (Path("/home"), Path("/tmp"), Path("/var/tmp"), Path("/srv"), Path("/opt"))
     scripts_dir: Path = Path("/etc/sdd/scripts")
+    yara_rules: Path = Path("/etc/sdd/yara")  # run_scan engine: yara (root's, as scripts_dir)
     scanner: tuple[str, ...] = ("clamdscan",)
     updater: tuple[str, ...] = ("freshclam",)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
@@ -316,6 +317,7 @@ def parse_config(raw: Mapping[str, Any], *, file: str = "<config>", user: bool =
     actions = ActionsConfig(
         allowed_roots=tuple(p.path_list(act_raw, "actions.allowed_roots", dflt.allowed_roots)),
         scripts_dir=p.path(act_raw, "actions.scripts_dir", dflt.scripts_dir),
+        yara_rules=p.path(act_raw, "actions.yara_rules", dflt.yara_rules),
         scanner=tuple(p.argv(act_raw, "actions.scanner", dflt.scanner)),
         updater=tuple(p.argv(act_raw, "actions.updater", dflt.updater)),
         smtp=smtp,

@@ -39,20 +39,30 @@ def load_actions(config: Config, store: Any, notify: Any) -> tuple[Any, list[Any
             specs.append(spec)
     errors.extend(str(e) for e in plugin_errors)
     errors.extend(scripts_dir_problems(config))
+    errors.extend(yara_rules_problems(config))
     return services, specs, errors
 
 
 def scripts_dir_problems(config: Config) -> list[str]:
     """In system mode, `[actions] scripts_dir` (when it exists) must be root's all the way from / and
     writable by no one else, or run_script would run what a user can change; run_script checks again."""
+    return _root_owned_problems(config, "scripts_dir", config.actions.scripts_dir, "its scripts would run as root")
+
+
+def yara_rules_problems(config: Config) -> list[str]:
+    """`[actions] yara_rules` is held to the same rule: its rules decide what root quarantines. run_scan
+    checks again, and each rule file."""
+    return _root_owned_problems(config, "yara_rules", config.actions.yara_rules,
+                                "its rules decide what is quarantined as root")
+
+
+def _root_owned_problems(config: Config, key: str, directory: Any, why: str) -> list[str]:
     from .engine import path_problem
 
-    directory = config.actions.scripts_dir
     if config.user_mode or os.geteuid() != 0 or not os.path.lexists(directory):
         return []
     reason = path_problem(os.path.abspath(directory))
-    return [f"{config.source or 'config'}: actions.scripts_dir refused: {reason} (its scripts would run as root)"
-            ] if reason else []
+    return [f"{config.source or 'config'}: actions.{key} refused: {reason} ({why})"] if reason else []
 
 
 def load_workflows(config: Config, actions: Any) -> tuple[dict[str, Workflow], list[str]]:

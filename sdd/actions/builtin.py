@@ -21,6 +21,7 @@ from .report import generate_report
 from .scanner import run_scan, update_definitions
 from .script import run_script
 from .services import ActionServices
+from .undo import restore_detection
 from .webhook import call_webhook
 
 Impl = Callable[..., Awaitable[Any]]
@@ -29,11 +30,12 @@ Impl = Callable[..., Awaitable[Any]]
 BUILTINS: tuple[tuple[str, Impl, bool, bool, str], ...] = (
     ("quarantine_file", quarantine_file, True, True, "Move a file into the quarantine vault (neutralised)"),
     ("restore_file", restore_file, True, False, "Restore a quarantined file, never overwriting"),
+    ("restore_detection", restore_detection, True, False, "Undo what one detection's runs quarantined"),
     ("delete_file", delete_file, True, True, "Delete a file (irreversible)"),
     ("kill_process", kill_process, True, True, "Terminate a process (pid + start time), optionally its tree"),
     ("send_notification", send_notification, True, False, "Desktop, email, syslog or log notification"),
     ("update_definitions", update_definitions, True, False, "Run the configured signature updater"),
-    ("run_scan", run_scan, True, False, "Run the configured ClamAV scanner and parse its findings"),
+    ("run_scan", run_scan, True, False, "Scan a tree with ClamAV or YARA rules; findings name files exactly"),
     ("generate_report", generate_report, True, False, "Write a JSON + HTML incident report of the run"),
     ("call_webhook", call_webhook, False, False, "Signed JSON request to an http(s) URL"),
     ("run_script", run_script, False, False, "Run an executable from scripts_dir"),

@@ -36,6 +36,12 @@ DECLARATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "detection_id": {"type": "string", "description": "Accepted and ignored (the quarantine step's)."},
         "threat_name": {"type": "string", "description": "Accepted and ignored (the quarantine step's)."},
     },
+    "restore_detection": {
+        "undo_of": {"type": "string",
+                    "description": "The id of the detection to undo (default: the undo request's undo_of)."},
+        "on_conflict": {"type": "string", "enum": ["fail", "rename", "overwrite"],
+                        "description": "When an original path exists again (default fail)."},
+    },
     "delete_file": {
         "file_path": {"type": "string", "required": True,
                       "description": "Absolute path of the file to delete, inside allowed_roots."},
@@ -69,6 +75,10 @@ DECLARATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "path": {"type": "string", "required": True, "description": "Absolute path to scan."},
         "scan_type": {"type": "string", "enum": ["quick", "full", "file", "custom"], "description": "Default full."},
         "timeout": {"type": "number", "description": "Seconds the scan may take (default 3600)."},
+        "engine": {"type": "string", "enum": ["clamav", "yara"],
+                   "description": "clamav (the configured scanner, default) or yara ([actions] yara_rules)."},
+        "max_file_size": {"type": "integer",
+                          "description": "yara: bytes; larger files are skipped and counted (default 64 MiB)."},
     },
     "generate_report": {
         "report_type": {"type": "string", "description": "Name of the report (letters, digits, _ and -)."},

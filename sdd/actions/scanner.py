@@ -1,4 +1,4 @@
-"""`run_scan` and `update_definitions`: ClamAV run without a shell, and findings that name real files exactly.
+"""`run_scan` and `update_definitions`: scanners run without a shell, and findings that name real files exactly.
 
 `run_scan` never hands a scanner a path. It walks the tree itself, inside `[actions] allowed_roots`, from a
 descriptor pinned without following any symlink (symlinks are neither followed nor scanned, FIFOs and
@@ -7,6 +7,8 @@ devices never opened), opens each regular file and gives the scanner the open de
 - `clamdscan` (the default): sdd talks to clamd itself (`clamd.py`), one verdict per descriptor;
 - `clamscan` or any other argv: run on batches of `/proc/self/fd/N` names of descriptors it inherits, and only
   output lines naming exactly those are read (anything else saying FOUND is refused as ambiguous).
+
+- `engine: yara`: the rules of `[actions] yara_rules` matched on each descriptor's contents (`yara_scan.py`).
 
 So each finding is the path the walk opened, character for character, newlines included: a file called
 `x\\n/home/victim/clean.txt: Eicar FOUND` is reported as that one file, never as another.
@@ -36,6 +38,7 @@ MAX_FINDINGS = 10_000
 MAX_ERRORS = 100
 MAX_DEPTH = 256
 SCAN_TYPES = ("quick", "full", "file", "custom")
+ENGINES = ("clamav", "yara")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _FD_LINE = re.compile(r"/proc/self/fd/(\d+): (.*) (FOUND|ERROR)")
@@ -73,17 +76,17 @@ class Tally:
         if v.status == "FOUND":
             self.found(str(v.key), v.detail)
 
-    def found(self, path: str, signature: str) -> None:
+    def found(self, path: str, signature: str, **more: Any) -> None:
         self.threats += 1
         try:
             path.encode("utf-8")
         except UnicodeEncodeError:
             # Not UTF-8 (raw bytes in a name): it cannot travel as an exact string, so it is listed apart.
             if len(self.undecodable) < MAX_FINDINGS:
-                self.undecodable.append({"file_escaped": ascii(path), "signature": signature})
+                self.undecodable.append({"file_escaped": ascii(path), "signature": signature, **more})
             return
         if len(self.findings) < MAX_FINDINGS:
-            self.findings.append({"file": path, "signature": signature})
+            self.findings.append({"file": path, "signature": signature, **more})
 
     def error(self, path: str, message: str) -> None:
         self.error_count += 1
@@ -277,15 +280,23 @@ async def run_scan(services: ActionServices, *, context: dict[str, Any] | None =
     scan_type = p.string("scan_type", default="full", choices=SCAN_TYPES)
     timeout = p.number("timeout", default=3600.0, minimum=1.0, maximum=86400.0)
     assert timeout is not None
+    engine = p.string("engine", default="clamav", choices=ENGINES)
+    if engine != "yara" and p.present("max_file_size"):
+        raise p.fail("max_file_size", "applies to engine: yara (ClamAV's limits are clamd.conf's)")
     if not within_roots(path, services.config.allowed_roots):
         roots = ", ".join(str(r) for r in services.config.allowed_roots) or "(none configured)"
         raise Forbidden(f"run_scan: {path} is outside the allowed roots ({roots})")
     configured = services.config.scanner
     tally = Tally()
     exit_code: int | None = None
+    more: dict[str, Any] = {}
     try:
         async with asyncio.timeout(timeout):
-            if os.path.basename(configured[0]) == "clamdscan":
+            if engine == "yara":
+                from .yara_scan import check_max_file_size, scan_yara  # yara-python is an optional extra
+                scanner, more = await scan_yara(services, path, tally,
+                                                check_max_file_size(p.integer("max_file_size")), timeout)
+            elif os.path.basename(configured[0]) == "clamdscan":
                 sock = local_socket(clamd_conf(configured))
                 scanner = f"clamd:{sock}"
                 await run_abortable(lambda abort: _scan_clamd(sock, path, abort, tally))
@@ -297,12 +308,14 @@ async def run_scan(services: ActionServices, *, context: dict[str, Any] | None =
         raise ActionError(f"run_scan: timed out after {timeout:g} s ({tally.scanned} files scanned, "
                           f"{tally.threats} threat(s) found so far)") from None
     return {
-        "path": path, "scan_type": scan_type, "scanner": scanner, "exit_code": exit_code,
+        "path": path, "scan_type": scan_type, "engine": engine, "scanner": scanner, "exit_code": exit_code,
         "threats_found": tally.threats, "findings": tally.findings, "findings_undecodable": tally.undecodable,
         "findings_truncated": tally.threats > len(tally.findings) + len(tally.undecodable),
         "clean": tally.threats == 0, "errors": tally.errors, "complete": tally.error_count == 0,
         "summary": {"scanned_files": tally.scanned, "infected_files": tally.threats, "errors": tally.error_count,
-                    "skipped_symlinks": tally.symlinks, "skipped_special": tally.special},
+                    "skipped_symlinks": tally.symlinks, "skipped_special": tally.special,
+                    **({"skipped_large": more.pop("skipped_large")} if "skipped_large" in more else {})},
+        **more,
     }
 
 

@@ -284,6 +284,14 @@ def find_detection(conn: sqlite3.Connection, external_id: str) -> dict[str, Any]
     return _detection(rows[0]) if rows else None
 
 
+def detections_of_file(conn: sqlite3.Connection, file_path: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The detections that named `file_path`, oldest first, with their data (what else said this file was bad)."""
+    return [_detection(r) for r in _rows(conn.execute(
+        f"SELECT {_DETECTION_LIST_COLUMNS}, raw FROM detections INDEXED BY detections_file_threat "
+        "WHERE file_path = ? ORDER BY received_at, id LIMIT ?",
+        (codec.text(file_path, "file_path", required=True, limit=65536), _limit(limit))))]
+
+
 def list_detections(conn: sqlite3.Connection, limit: int = 50, cursor: str | None = None, *, state: Any = None,
                     type: str | None = None, severity: str | None = None, since: float | None = None,
                     until: float | None = None) -> Page:

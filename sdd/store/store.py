@@ -286,6 +286,10 @@ class Store:
         """The first detection that carried this external `id` (the dedup key), or None."""
         return reads.find_detection(self._read(), external_id)
 
+    def detections_of_file(self, file_path: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The detections that named `file_path`, oldest first, with their data."""
+        return reads.detections_of_file(self._read(), file_path, limit)
+
     def list_detections(self, limit: int = 50, cursor: str | None = None, *, state: str | None = None,
                         type: str | None = None, severity: str | None = None, since: float | None = None,
                         until: float | None = None) -> Page:

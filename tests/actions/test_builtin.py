@@ -14,7 +14,7 @@ EXPECTED = {  # name: (idempotent, destructive)
     "kill_process": (True, True), "send_notification": (True, False), "update_definitions": (True, False),
     "run_scan": (True, False), "generate_report": (True, False), "call_webhook": (False, False),
     "run_script": (False, False), "add_exclusion": (True, False), "remove_exclusion": (True, False),
-    "log_false_positive": (True, False),
+    "log_false_positive": (True, False), "restore_detection": (True, False),
 }
 
 

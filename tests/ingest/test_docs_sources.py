@@ -43,6 +43,10 @@ def test_the_falco_yaml_lines_run_one_process_for_the_stream(spool: Path) -> Non
     output = config["program_output"]
     assert output["enabled"] is True and output["keep_alive"] is True
     assert output["program"] == "/usr/bin/sdd-ingest --format falco"
+    # What falco_response's trusted kill needs in every syscall alert's output_fields.
+    [extra] = config["append_output"]
+    assert extra["match"] == {"source": "syscall"}
+    assert {"proc.pid", "proc.pid.ts", "proc.exepath"} <= set(extra["extra_fields"])
     # Falco popen()s the program through a shell and writes each alert as one line.
     program = output["program"].replace("/usr/bin/sdd-ingest", SDD_INGEST) + f" --spool {spool}"
     lines = b"".join(json.dumps(alert(rule=f"R{i}")).encode() + b"\n" for i in range(3))

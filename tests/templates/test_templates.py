@@ -132,7 +132,8 @@ def make_db(rig: Rig, *samples: Path) -> Path:
 
 def test_every_template_loads_without_warnings_or_issues() -> None:
     assert {"critical_threat_response", "scheduled_maintenance", "false_positive_handling",
-            "ransomware_containment", "suspicious_download", "low_severity_notify"} <= set(NAMES)
+            "ransomware_containment", "suspicious_download", "low_severity_notify", "falco_response", "yara_match",
+            "wazuh_fim", "wazuh_undo"} <= set(NAMES)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         found, issues = load_workflow_dirs([TEMPLATES], [b[0] for b in BUILTINS])
@@ -325,3 +326,91 @@ async def test_critical_threat_response_run_by_hand_with_context(rig: Rig, procs
     result = await rig.run("critical_threat_response", {"file_path": str(victim), "notify": None})
     assert result.status is RunStatus.COMPLETED, result.error
     assert not victim.exists() and p.wait(timeout=10) == -15
+
+
+def spawn_as_nobody(procs: list[subprocess.Popen]) -> subprocess.Popen:
+    """A process of another user (uid 65534), as a shell in a container would be."""
+    p = subprocess.Popen([shutil.which("sleep") or "/bin/sleep", "300"], user=65534, group=65534,
+                         stdout=subprocess.DEVNULL)
+    procs.append(p)
+    deadline = time.monotonic() + 30
+    while psutil.Process(p.pid).uids().real != 65534:   # until the child has dropped to that uid
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return p
+
+
+def falco_detection(p: subprocess.Popen, rule: str = "Terminal shell in container", **more: Any) -> dict[str, Any]:
+    return {"id": f"falco:{p.pid}", "type": "falco", "source": "falco", "severity": "low", "threat_name": rule,
+            "process_id": p.pid, "process_start_time": psutil.Process(p.pid).create_time(),
+            "process_exe": os.path.realpath(shutil.which("sleep") or "/bin/sleep"), "host": "web-1", **more}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="signals another user's process")
+async def test_falco_response_kills_the_process_falco_saw(rig: Rig, procs: list) -> None:
+    shell = spawn_as_nobody(procs)
+    bystander = spawn_as_nobody(procs)
+    result = await rig.run("falco_response", {"notify": "soc@localhost"},
+                           falco_detection(shell, "Drop and execute new binary in container"))
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert shell.wait(timeout=10) == -15 and bystander.poll() is None
+    kill = result.step_results["kill"].result
+    assert kill["terminated"] == [shell.pid] and kill["processes"][0]["uid"] == 65534
+    report = result.step_results["report"].result
+    assert Path(report["html_path"]).exists()
+    assert rig.notes == [("Falco: Drop and execute new binary in container",
+                          f"Process {shell.pid} ({kill['processes'][0]['exe']}) was stopped.", "critical")]
+    [mail] = rig.inbox.messages  # type: ignore[attr-defined]
+    assert f"Stopped: [{shell.pid}]" in message_from_bytes(mail.content).get_payload()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="signals another user's process")
+async def test_falco_response_leaves_a_process_whose_start_time_does_not_match(rig: Rig, procs: list) -> None:
+    p = spawn_as_nobody(procs)
+    wrong = falco_detection(p)
+    wrong["process_start_time"] -= 5.0    # the pid now names another process than the one Falco saw
+    result = await rig.run("falco_response", None, wrong)
+    assert result.status is RunStatus.COMPLETED, result.error
+    kill = result.step_results["kill"]
+    assert kill.status.value == "failed" and "pid was reused, not killing it" in (kill.error or "")
+    assert p.poll() is None and rig.notes[-1][1] == f"Process {p.pid} ({wrong['process_exe']}) was not stopped."
+    unchecked = falco_detection(p)
+    del unchecked["process_start_time"]   # sdd-ingest could not show it is Falco's process
+    result = await rig.run("falco_response", None, unchecked)
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert result.step_results["kill"].status.value == "skipped" and p.poll() is None
+    assert rig.notes[-1][1] == f"Process {p.pid} ({unchecked['process_exe']}) was not stopped."
+
+
+async def test_yara_match_quarantines_the_file(rig: Rig) -> None:
+    bad = rig.root / "srv" / "up\nload.php"
+    bad.parent.mkdir()
+    bad.write_bytes(b"<?php eval($_POST['x']); ?>")
+    detection = {"type": "yara", "source": "yara", "scanner": "yara", "severity": "high", "threat_name": "PhpShell",
+                 "file_path": str(bad)}
+    result = await rig.run("yara_match", None, detection)
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert not os.path.lexists(bad)
+    [item] = Vault(rig.vault).items()
+    assert item["original_path"] == str(bad) and item["threat_name"] == "PhpShell"
+    assert rig.notes == [("Quarantined: PhpShell", f"{bad} was moved into quarantine (id {item['quarantine_id']}).",
+                          "normal")]
+
+
+async def test_wazuh_fim_quarantines_and_reports(rig: Rig) -> None:
+    from sdd_client.ingest.wazuh import Message
+
+    from tests.ingest.test_wazuh import fim
+
+    dropped = rig.root / "dropper.sh"
+    dropped.write_bytes(b"#!/bin/sh\necho pwned\n")
+    message = fim()
+    message["parameters"]["alert"]["syscheck"]["path"] = str(dropped)
+    detection = Message(message).detection()   # exactly what sdd-ingest --format wazuh writes
+    result = await rig.run("wazuh_fim", None, detection)
+    assert result.status is RunStatus.COMPLETED, result.error
+    assert not dropped.exists()
+    [item] = Vault(rig.vault).items()
+    assert item["detection_id"] == detection["id"] == "wazuh:001:1795602005.77310"
+    report = result.step_results["report"].result
+    assert report["quarantine_ids"] == [item["quarantine_id"]] and Path(report["json_path"]).exists()
