@@ -140,10 +140,10 @@ def _floor(root: Path, n: int = 3000) -> dict[str, Any]:
     import asyncio
 
     from sdd.config import parse_config
+    from sdd.daemon.loading import load_actions
     from sdd.engine import WorkflowEngine
     from sdd.engine.specs.loader import load_workflow
-    from sdd.history import HistoryRecorder
-    from sdd.loading import load_actions
+    from sdd.history.recorder import HistoryRecorder
     from sdd.store import Store
 
     (root / "wf.yaml").write_text(WORKFLOW)

@@ -91,7 +91,7 @@ async def _writes(directory: Path, workers: int, per_worker: int) -> dict[str, A
 # --- the recorder on the real engine ---------------------------------------------------------------------------
 async def _engine(directory: Path, sequential: int, burst: int) -> dict[str, Any]:
     from sdd.engine import Workflow, WorkflowEngine
-    from sdd.history import HistoryRecorder
+    from sdd.history.recorder import HistoryRecorder
 
     store = Store.open(directory / "engine.db")
     try:

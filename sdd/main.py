@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def check_config(config_file: str | None, user: bool) -> int:
     """Prints every problem with the config and the workflows; 0 when there is none."""
-    from .loading import load_actions, load_workflows
+    from .daemon.loading import load_actions, load_workflows
 
     path = config_path(config_file, user)
     try:
@@ -56,7 +56,7 @@ def check_config(config_file: str | None, user: bool) -> int:
 
 
 def run_daemon(config: Config, config_file: str | None) -> int:
-    from .daemon import Daemon
+    from .daemon.lifecycle import Daemon
     from .logging import setup_logging
 
     setup_logging(config.logging.level, config.logging.target)

@@ -9,7 +9,7 @@ the schema; `problems(obj)` checks an object already parsed (what the adapters o
 The schema is read by a small interpreter of exactly the keywords it uses (an unknown keyword is an error at
 load time, so the file can never say more than is checked), because the client must install without the
 daemon's dependencies. The tests check the file with the `jsonschema` library too, and check that this
-module and the daemon's parser (`sdd/spool.py` + the store's limits) accept and refuse the same files.
+module and the daemon's parser (`sdd/intake/spool.py` + the store's limits) accept and refuse the same files.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_FILE_SIZE = 1024 * 1024  # the daemon's default `[intake] max_file_size`
-MAX_NESTING = 64  # as sdd/spool.py
+MAX_NESTING = 64  # as sdd/intake/spool.py
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "detection.schema.json")
 STRICT = "#/$defs/strict"
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from .. import hub as events
 from ..errors import InvalidRequest, NotAccepting
+from ..intake.spool import SpoolRejection, parse_detection
 from ..logging import kv
-from ..spool import SpoolRejection, parse_detection
 from .nats_link import NatsLink
 
 log = logging.getLogger("sdd.fleet")

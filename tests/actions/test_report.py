@@ -59,7 +59,7 @@ async def test_report_type_is_checked(env: Env) -> None:
 
 async def test_report_from_the_store_when_no_run_log_is_registered(env: Env, tmp_path: Path) -> None:
     from sdd.engine import WorkflowEngine
-    from sdd.history import HistoryRecorder
+    from sdd.history.recorder import HistoryRecorder
     from sdd.store import Store
     store = Store.open(tmp_path / "sdd.db")
     try:

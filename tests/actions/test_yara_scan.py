@@ -326,7 +326,7 @@ async def test_yara_missing_is_a_clear_error(env: Env, monkeypatch: pytest.Monke
 
 def test_check_config_refuses_a_rules_directory_others_can_change(tmp_path: Path) -> None:
     from sdd.config import parse_config
-    from sdd.loading import yara_rules_problems
+    from sdd.daemon.loading import yara_rules_problems
 
     if os.geteuid() != 0:
         pytest.skip("the root-owned rule applies to root")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from sdd.loading import freeze_long_lived
+from sdd.daemon.loading import freeze_long_lived
 
 
 class _Node:

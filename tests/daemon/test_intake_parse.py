@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdd.spool import SpoolRejection, parse_detection, read_spool_file
+from sdd.intake.spool import SpoolRejection, parse_detection, read_spool_file
 
 
 def test_accepts_one_object_with_a_string_type() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sdd.dispatch.matcher import Decision, DedupWindow, candidates, match
 from sdd.engine import Workflow
-from sdd.matcher import Decision, DedupWindow, candidates, match
 
 
 def wf(workflow_id: str, trigger: dict[str, Any] | None) -> Workflow:
@@ -64,7 +64,7 @@ def test_same_file_and_threat_inside_the_window_is_a_duplicate() -> None:
 
 
 def test_exclusions_cover_hashes_and_directories_above_the_file() -> None:
-    from sdd.matcher import Exclusions
+    from sdd.dispatch.matcher import Exclusions
 
     ex = Exclusions.from_rows([{"kind": "sha256", "value": "AB" * 32}, {"kind": "path", "value": "/srv/ok"}])
     assert ex.excludes({"sha256": "ab" * 32})

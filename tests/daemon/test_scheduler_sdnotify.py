@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sdd.dispatch.scheduler import next_due, parse_at
 from sdd.engine import Schedule
-from sdd.scheduler import next_due, parse_at
 from sdd.sdnotify import Notifier, watchdog_interval
 
 

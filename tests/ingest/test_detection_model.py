@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sdd_client import detection
 
-from sdd.spool import SpoolRejection, parse_detection
+from sdd.intake.spool import SpoolRejection, parse_detection
 from sdd.store.errors import StoreValueError
 from sdd.store.writes import record_detection_op
 from tests.api.live import SDDCTL
@@ -24,7 +24,7 @@ MIB = 1024 * 1024
 
 
 def daemon_accepts(raw: bytes) -> bool:
-    """What the daemon does with a spool file: size limit, sdd/spool.py's parser, then the store's checks."""
+    """What the daemon does with a spool file: size limit, sdd/intake/spool.py's parser, then the store's checks."""
     if len(raw) > MIB:
         return False
     try:

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sdd_client import detection
 
-from sdd.spool import parse_detection
+from sdd.intake.spool import parse_detection
 from tests.ingest.conftest import make_spool
 from tests.support.daemon import DaemonProcess
 

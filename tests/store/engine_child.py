@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from sdd.engine import Workflow, WorkflowEngine
-from sdd.history import HistoryRecorder
+from sdd.history.recorder import HistoryRecorder
 from sdd.store import Store
 
 WORKFLOW = {"workflow_id": "wf", "name": "crash", "steps": [

@@ -105,7 +105,7 @@ def _resume(db_path: Path, workflow: dict[str, Any], actions: dict[str, bool]) -
     import asyncio
 
     from sdd.engine import Workflow, WorkflowEngine
-    from sdd.history import HistoryRecorder
+    from sdd.history.recorder import HistoryRecorder
 
     async def restart() -> tuple[str, list[str], Any]:
         store = Store.open(db_path)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sdd.engine import StepStatus, Workflow, WorkflowEngine
-from sdd.history import HistoryRecorder, prior_steps
+from sdd.history.recorder import HistoryRecorder, prior_steps
 from sdd.store import Store
 
 

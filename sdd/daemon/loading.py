@@ -10,18 +10,18 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .config import Config
-from .engine import Workflow
+from sdd.config import Config
+from sdd.engine import Workflow
 
 
 def load_actions(config: Config, store: Any, notify: Any) -> tuple[Any, list[Any], list[str]]:
     """(ActionServices, the built-in + plugin ActionSpecs, errors). Never raises: a broken plugin is listed."""
-    from .engine.registry import discover_entry_points
+    from sdd.engine.registry import discover_entry_points
 
     errors: list[str] = []
     services, specs = None, []
     try:
-        from .actions import ActionServices, builtin_actions
+        from sdd.actions import ActionServices, builtin_actions
     except ImportError as exc:
         errors.append(f"built-in actions unavailable: {exc}")
     else:
@@ -57,7 +57,7 @@ def yara_rules_problems(config: Config) -> list[str]:
 
 
 def _root_owned_problems(config: Config, key: str, directory: Any, why: str) -> list[str]:
-    from .engine import path_problem
+    from sdd.engine import path_problem
 
     if config.user_mode or os.geteuid() != 0 or not os.path.lexists(directory):
         return []
@@ -69,7 +69,7 @@ def load_workflows(config: Config, actions: Any) -> tuple[dict[str, Workflow], l
     """Every workflow of `paths.workflows` (later dirs override the same id) and every problem found.
 
     In system mode a file or directory writable by anyone but root is refused: its steps run as root."""
-    from .engine.specs import loader
+    from sdd.engine.specs import loader
 
     require_root = not config.user_mode and os.geteuid() == 0
     found, issues = loader.load_workflow_dirs(config.paths.workflows, actions, require_root_owned=require_root)

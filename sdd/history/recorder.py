@@ -35,12 +35,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import PriorStep, StepStatus
-from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
-from .store import Store, StoreError
-from .store.codec import RawJSON
-from .store.writer import Operation
-from .store.writes import (
+from sdd.engine import PriorStep, StepStatus
+from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
+from sdd.store import Store, StoreError
+from sdd.store.codec import RawJSON
+from sdd.store.writer import Operation
+from sdd.store.writes import (
     create_run_op,
     finish_run_op,
     record_finished_run_op,

@@ -25,8 +25,7 @@ from typing import Any
 from sdd.engine import Workflow
 from sdd.engine.errors import ExpressionError
 from sdd.engine.expressions import Expression, compile_expression, evaluate_condition
-
-from .logging import kv
+from sdd.logging import kv
 
 log = logging.getLogger(__name__)
 

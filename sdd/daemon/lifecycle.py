@@ -18,21 +18,21 @@ from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 
-from . import __version__
-from . import hub as events
-from .config import Config
-from .dispatch import Dispatcher, RunOrigin, WatchedStore
-from .engine import Workflow, WorkflowEngine
-from .engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
-from .facade import DaemonFacade, DaemonState
-from .fleet import Fleet
-from .hub import EventHub
-from .intake import Intake
-from .loading import freeze_long_lived, load_actions, load_workflows, reads_run_log
-from .logging import LogEvent, kv, story
-from .recovery import recover_runs
-from .scheduler import Scheduler
-from .sdnotify import Notifier, watchdog_interval
+from sdd import __version__
+from sdd import hub as events
+from sdd.config import Config
+from sdd.daemon.control import DaemonFacade, DaemonState
+from sdd.daemon.loading import freeze_long_lived, load_actions, load_workflows, reads_run_log
+from sdd.dispatch.dispatcher import Dispatcher, RunOrigin, WatchedStore
+from sdd.dispatch.scheduler import Scheduler
+from sdd.engine import Workflow, WorkflowEngine
+from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
+from sdd.fleet import Fleet
+from sdd.history.recovery import recover_runs
+from sdd.hub import EventHub
+from sdd.intake.watch import Intake
+from sdd.logging import LogEvent, kv, story
+from sdd.sdnotify import Notifier, watchdog_interval
 
 log = logging.getLogger("sdd.daemon")
 
@@ -82,7 +82,7 @@ class Daemon(DaemonFacade):
     # ---- lifecycle ------------------------------------------------------------------------------------------
     async def serve(self) -> int:
         """Runs until SIGTERM/SIGINT (or `request_stop()`); returns the exit status."""
-        from .api.errors import AlreadyRunning
+        from sdd.api.errors import AlreadyRunning
 
         try:
             await self.startup()
@@ -108,8 +108,8 @@ class Daemon(DaemonFacade):
         # recovery would resume the first one's runs) nor the spool.
         self._instance_lock = self._claim_instance()
         os.makedirs(cfg.paths.state, mode=0o700, exist_ok=True)
-        from .history import HistoryRecorder
-        from .store import Store
+        from sdd.history.recorder import HistoryRecorder
+        from sdd.store import Store
 
         raw_store = Store.open(cfg.database)
         self.store = WatchedStore(raw_store)
@@ -204,17 +204,17 @@ class Daemon(DaemonFacade):
     def _claim_instance(self) -> int | None:
         """The socket's lock file, held for the daemon's life (None under socket activation, where systemd
         starts one instance). Raises AlreadyRunning when another sdd holds it or answers on the socket."""
-        from .sdnotify import listen_fds
+        from sdd.sdnotify import listen_fds
 
         if listen_fds(unset=False):
             return None
-        from .api.listener import answers_ping, lock
+        from sdd.api.listener import answers_ping, lock
 
         path = self.config.paths.socket
         fd = lock(path)
         if answers_ping(path):
             os.close(fd)
-            from .api.errors import AlreadyRunning
+            from sdd.api.errors import AlreadyRunning
             raise AlreadyRunning(f"another sdd is already answering on {path}")
         return fd
 
@@ -254,11 +254,11 @@ class Daemon(DaemonFacade):
 
     async def _start_api(self) -> None:
         try:
-            from .api import ApiServer  # lands separately; the daemon works without it
+            from sdd.api import ApiServer  # lands separately; the daemon works without it
         except ImportError as exc:
             log.warning("socket API not available", extra=kv(error=exc))
             return
-        from .api.errors import AlreadyRunning
+        from sdd.api.errors import AlreadyRunning
 
         # The listener takes the lock over (and closes it, whether it binds or fails to).
         api = ApiServer(self, lock_fd=self._instance_lock)
@@ -276,7 +276,7 @@ class Daemon(DaemonFacade):
         if self.config.dbus.bus == "none":
             return
         try:
-            from .bus import BusBridge
+            from sdd.bus import BusBridge
         except ImportError as exc:
             log.warning("D-Bus bridge not available", extra=kv(error=exc))
             return

@@ -14,21 +14,21 @@ from dataclasses import replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .config import Config, ConfigError, load_config
-from .dispatch import external_id
-from .engine import Workflow, WorkflowEngine
-from .errors import DaemonError, InvalidRequest, NotAccepting, UnknownRun, UnknownWorkflow
-from .intake import Intake
-from .loading import freeze_long_lived, load_workflows
-from .logging import kv, setup_logging
-from .sdnotify import Notifier
-from .spool import SpoolRejection, parse_detection
+from sdd import __version__
+from sdd.config import Config, ConfigError, load_config
+from sdd.daemon.loading import freeze_long_lived, load_workflows
+from sdd.dispatch.dispatcher import external_id
+from sdd.engine import Workflow, WorkflowEngine
+from sdd.errors import DaemonError, InvalidRequest, NotAccepting, UnknownRun, UnknownWorkflow
+from sdd.intake.spool import SpoolRejection, parse_detection
+from sdd.intake.watch import Intake
+from sdd.logging import kv, setup_logging
+from sdd.sdnotify import Notifier
 
 if TYPE_CHECKING:
-    from .dispatch import Dispatcher
-    from .fleet import Fleet
-    from .scheduler import Scheduler
+    from sdd.dispatch.dispatcher import Dispatcher
+    from sdd.dispatch.scheduler import Scheduler
+    from sdd.fleet import Fleet
 
 log = logging.getLogger("sdd.daemon")
 

@@ -15,8 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from sdd.engine import Schedule, Workflow
-
-from .logging import kv
+from sdd.logging import kv
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from . import hub as events
-from .engine import RunHandle, Workflow, new_run_id
-from .errors import NotAccepting
-from .intake import Claimed, Rejected
-from .logging import LogEvent, kv, story
-from .matcher import Decision, DedupWindow, Exclusions, MatchResult, match
-from .store.writes import record_detection_op, record_detections_op, set_detection_state_op
+from sdd import hub as events
+from sdd.dispatch.matcher import Decision, DedupWindow, Exclusions, MatchResult, match
+from sdd.engine import RunHandle, Workflow, new_run_id
+from sdd.errors import NotAccepting
+from sdd.intake.watch import Claimed, Rejected
+from sdd.logging import LogEvent, kv, story
+from sdd.store.writes import record_detection_op, record_detections_op, set_detection_state_op
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from sdd.daemon.lifecycle import Daemon
 
 log = logging.getLogger("sdd.daemon")
 

@@ -21,8 +21,7 @@ from typing import Any
 
 from sdd.engine import RunHandle, Workflow, WorkflowEngine
 from sdd.engine.statuses import RunStatus
-
-from .logging import kv
+from sdd.logging import kv
 
 log = logging.getLogger(__name__)
 

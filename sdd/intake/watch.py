@@ -1,7 +1,7 @@
 """Spool intake, Maildir rules: watch `new/`, claim files into `cur/`, read and parse them, reject bad ones.
 
 Where a detection enters sdd. The order of operations is what makes it lossless:
-- the watch on `new/` (inotify read directly, see `sdd/inotify.py`; non-recursive, created/moved-to events
+- the watch on `new/` (inotify read directly, see `sdd/intake/inotify.py`; non-recursive, created/moved-to events
   only) is armed *before* `new/` is scanned, so a file lands either before the scan (the scan sees it) or
   after the watch (an event);
 - an inotify queue overflow and a slow timer both trigger a rescan of `new/`;
@@ -13,7 +13,7 @@ Where a detection enters sdd. The order of operations is what makes it lossless:
 The file work runs on one worker thread in batches; the event loop only receives parsed batches.
 Memory stays bounded with any number of files in the spool: at most `max_pending` names are remembered
 (beyond that a rescan is scheduled) and at most `max_inflight` claimed files wait for their commit.
-What a spool file must be to be accepted, and the spool's directories, are `sdd/spool.py`'s; their names are
+What a spool file must be to be accepted, and the spool's directories, are `sdd/intake/spool.py`'s; their names are
 re-exported here for the modules that import them from the intake.
 """
 
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .inotify import NameWatch
-from .logging import kv, story
-from .spool import SpoolLayout, SpoolRejection, describe_mode, parse_detection, read_spool_file
+from sdd.intake.inotify import NameWatch
+from sdd.intake.spool import SpoolLayout, SpoolRejection, describe_mode, parse_detection, read_spool_file
+from sdd.logging import kv, story
 
 __all__ = ["Claimed", "Deliver", "Intake", "Rejected"]
 

@@ -1,0 +1,1 @@
+"""The daemon's lifecycle: start-up, loading, the control surface the API uses, shutdown."""

@@ -1,0 +1,1 @@
+"""Dispatch: where a detection is decided — matching, the commit path, the scheduler."""

@@ -1,0 +1,1 @@
+"""History: where runs are remembered — the recorder and crash recovery."""
