@@ -103,6 +103,9 @@ class Dispatcher:
         # Dispatched, but the state write not yet committed: the database still says `queued`, so a
         # refill from it must not dispatch them again.
         self._in_progress: set[str] = set()
+        # A refill found only detections in `_in_progress`: the next state write to land must wake the loop,
+        # or, with no run finishing to wake it, the rest of the backlog would wait for the next detection.
+        self._refill_blocked = False
         self.on_detection: Callable[[str, str], None] | None = None  # (source, outcome), for the metrics
 
     def deliver(self, claimed: list[Claimed], rejected: list[Rejected]) -> None:
@@ -267,6 +270,7 @@ class Dispatcher:
         if len(rows) < READY_WINDOW:
             self._backlog = False
         if not self._ready:
+            self._refill_blocked = bool(rows)
             return None
         did, det = self._ready.popleft()
         self._ready_ids.discard(did)
@@ -373,6 +377,9 @@ class Dispatcher:
 
     def _state_written(self, detection_id: str, fut: asyncio.Future[Any]) -> None:
         self._in_progress.discard(detection_id)
+        if self._refill_blocked:
+            self._refill_blocked = False
+            self.wake.set()
         if not fut.cancelled() and fut.exception() is not None:
             log.error("cannot record a detection's state", extra=kv(detection_id=detection_id,
                                                                      error=fut.exception()))
