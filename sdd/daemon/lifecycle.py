@@ -26,7 +26,7 @@ from sdd.daemon.loading import freeze_long_lived, load_actions, load_workflows, 
 from sdd.dispatch.dispatcher import Dispatcher, RunOrigin, WatchedStore
 from sdd.dispatch.scheduler import Scheduler
 from sdd.engine import Workflow, WorkflowEngine
-from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
+from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted, StepWaiting
 from sdd.fleet import Fleet
 from sdd.history.recovery import recover_runs
 from sdd.hub import EventHub
@@ -119,6 +119,7 @@ class Daemon(DaemonFacade):
         self.run_log = getattr(self.services, "run_log", None)
         if self.services is not None:
             self.services.run_labels = self._run_labels
+            self.services.on_guard_trip = lambda trip: self.threadsafe(self._guard_tripped, trip)
         for err in action_errors:
             log.error("action plugin not loaded", extra=kv(error=err))
         self.workflows, issues = load_workflows(cfg, actions)
@@ -408,6 +409,30 @@ class Daemon(DaemonFacade):
             if self._loop is not None:
                 self._loop.call_soon(self.dispatcher.wake.set)
             self.publish_status()
+        elif isinstance(ev, StepWaiting):
+            self._step_waiting(ev)
+
+    def _step_waiting(self, ev: StepWaiting) -> None:
+        if self.hub.subscriber_count:
+            self.hub.publish(events.STEP_WAITING, {"run_id": ev.run_id, "step_id": ev.step_id,
+                                                   "waiting": ev.reason is not None, "reason": ev.reason,
+                                                   "since": ev.since})
+
+    def _guard_tripped(self, trip: Any) -> None:
+        """A guard began holding work back (logged by the guards, once per trip): an event on the stream, a
+        desktop Notification (D-Bus), and an audit row."""
+        data = trip.to_dict()
+        self.hub.publish(events.GUARD_TRIPPED, data)
+        what = f"rate limit of {trip.action}" if trip.action else trip.guard
+        self._desktop_notification(f"sdd: {what} reached", trip.reason, "critical")
+        if self.store is not None:
+            self.spawn(self._audit_trip(trip.guard, data), "audit guard trip")
+
+    async def _audit_trip(self, guard: str, data: dict[str, Any]) -> None:
+        try:
+            await self.store.audit(None, "guard.tripped", guard, outcome="tripped", details=data)
+        except Exception as exc:  # noqa: BLE001 - the trip was logged and announced; a lost row must not matter
+            log.warning("could not audit the guard trip", extra=kv(guard=guard, error=exc))
 
     def _run_fields(self, run_id: str, **more: Any) -> dict[str, Any]:
         origin = self.dispatcher.runs.get(run_id, _BY_HAND)

@@ -94,6 +94,10 @@ async def _until(predicate, what: str, timeout: float = 10.0) -> None:  # type: 
         await asyncio.sleep(0.005)
 
 
+async def _at_least(count, n: int) -> None:  # type: ignore[no-untyped-def]
+    await _until(lambda: count() >= n, f"{n} steps served or in line")
+
+
 async def test_a_full_window_makes_steps_wait_and_they_lift_in_fifo_order() -> None:
     trips: list[Trip] = []
     g = Guards({"quarantine_file": RateLimit(1, 0.05)}, 3, 60.0, on_trip=trips.append)
@@ -102,8 +106,7 @@ async def test_a_full_window_makes_steps_wait_and_they_lift_in_fifo_order() -> N
     tasks = []
     for name in ("a", "b", "c", "d"):
         tasks.append(asyncio.ensure_future(_take(g, "quarantine_file", order, name)))
-        await _until(lambda n=len(tasks): g.status()["waiting"].get("quarantine_file", 0) + len(order) - 1 >= n,
-                     "the waiter to join the line")
+        await _at_least(lambda: g.status()["waiting"].get("quarantine_file", 0) + len(order), len(tasks) + 1)
     await asyncio.wait_for(asyncio.gather(*tasks), 30)
     assert order == ["first", "a", "b", "c", "d"]
     assert len(trips) == 1 and trips[0].guard == "rate_limit:quarantine_file" and trips[0].limit == 1
