@@ -41,7 +41,7 @@ class _SmtpSink:
         class _Handler:
             count = 0
 
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
                 _Handler.count += 1
                 return "250 OK"
 

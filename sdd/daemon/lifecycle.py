@@ -73,6 +73,9 @@ class Daemon(DaemonFacade):
         self._instance_lock: int | None = None
         self.run_log: Any = None      # the actions' RunLog (what reports read), fed the events of runs that read it
         self._logged_runs: set[str] = set()                    # runs whose events go to the run log
+        # Runs with a step a guard holds (StepWaiting): the dispatcher does not count them against
+        # max_concurrent_runs (up to a bound), so steps waiting for a kill slot cannot starve new quarantines.
+        self.waiting_runs: set[str] = set()
         self._reads_log: dict[int, tuple[Workflow, bool]] = {}  # workflow object → reads_run_log() of it
         self.dispatcher = Dispatcher(self)
         self.fleet = Fleet(config, __version__)
@@ -394,6 +397,7 @@ class Daemon(DaemonFacade):
         elif isinstance(ev, RunFinished):
             # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
             origin = self.dispatcher.runs.pop(ev.run_id, _BY_HAND)
+            self.waiting_runs.discard(ev.run_id)
             self.stats["runs_finished"] += 1
             seconds = max(0.0, ev.finished_at - ev.started_at)
             publish(events.RUN_FINISHED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
@@ -413,6 +417,12 @@ class Daemon(DaemonFacade):
             self._step_waiting(ev)
 
     def _step_waiting(self, ev: StepWaiting) -> None:
+        if ev.reason is not None:
+            self.waiting_runs.add(ev.run_id)
+            if self._loop is not None:
+                self._loop.call_soon(self.dispatcher.wake.set)  # its run slot may go to the next detection
+        else:
+            self.waiting_runs.discard(ev.run_id)
         if self.hub.subscriber_count:
             self.hub.publish(events.STEP_WAITING, {"run_id": ev.run_id, "step_id": ev.step_id,
                                                    "waiting": ev.reason is not None, "reason": ev.reason,

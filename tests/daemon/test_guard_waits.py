@@ -99,12 +99,42 @@ def test_a_rate_limit_trip_is_logged_once_and_streamed(tmp_path: Path) -> None:
             seen: dict[str, list[dict[str, Any]]] = {}
             for event in stream:
                 seen.setdefault(event.name, []).append(event.data)
-                if len(seen.get("step.waiting", [])) == 3:
+                if len(seen.get("step.waiting", [])) == 3 and seen.get("guard.tripped"):
                     break
         trips = seen.get("guard.tripped", [])
         assert len(trips) == 1 and trips[0]["guard"] == "rate_limit:quarantine_file" and trips[0]["limit"] == 1
         assert all(e["waiting"] and "rate limit for quarantine_file" in e["reason"] for e in seen["step.waiting"])
         d.wait_for(lambda: d.log().count("guard tripped") == 1, what="the trip's log line")
-        assert d.count("SELECT count(*) FROM audit WHERE action = 'guard.tripped'") == 1
+        d.wait_for(lambda: d.count("SELECT count(*) FROM audit WHERE action = 'guard.tripped'") == 1,
+                   what="the trip's audit row")
+        assert d.log().count("guard tripped") == 1
+    finally:
+        d.close()
+
+
+def test_a_run_held_by_a_guard_does_not_take_a_run_slot(tmp_path: Path) -> None:
+    """max_concurrent_runs = 1: while a delete waits for its rate limit, the next detection still runs."""
+    guarded = {"workflow_id": "guarded", "trigger": {"type": "delete-me"},
+               "steps": [{"step_id": "delete", "action": "delete_file", "timeout": 300,
+                          "params": {"file_path": "{{ detection.file_path }}"}}]}
+    other = {"workflow_id": "other", "trigger": {"type": "tell-me"},
+             "steps": [{"step_id": "tell", "action": "send_notification",
+                        "params": {"channel": "log", "message": "hello"}}]}
+    d = DaemonProcess(tmp_path, workflows={"guarded": guarded, "other": other},
+                      config_overrides={"engine": {"max_concurrent_runs": 1},
+                                        "actions": {"rate_limits": {"delete_file": [1, 3600]}}})
+    area = d.root / "infected"
+    area.mkdir()
+    try:
+        d.start()
+        for i in range(2):
+            f = area / f"d{i}.exe"
+            f.write_bytes(b"EVIL")
+            d.drop({"type": "delete-me", "file_path": str(f)})
+        d.wait_for(lambda: _guards(d)["waiting"].get("delete_file") == 1, what="the second delete waiting")
+        d.drop({"type": "tell-me"})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE workflow_id = 'other' AND status = 'completed'"),
+                   what="the other run, beside the waiting one")
+        assert d.count("SELECT count(*) FROM steps WHERE status = 'waiting'") == 1
     finally:
         d.close()
