@@ -98,11 +98,13 @@ class ActionsConfig:
         "/usr/lib/systemd/systemd-udevd", "/usr/sbin/sshd", "/usr/bin/dbus-daemon", "/usr/bin/dbus-broker",
         "/usr/bin/dbus-broker-launch", "/usr/bin/login", "/usr/sbin/agetty", "/usr/sbin/cron", "/usr/sbin/clamd",
     )
-    # Guards: destructive actions per window, and circuit breakers per integration.
+    # Guards: destructive actions per window (a step over the limit waits for a slot), and circuit breakers
+    # per integration. The limits follow reversibility: a quarantine can be undone, so a whole outbreak fits
+    # (a runaway producer is still capped); a kill or a deletion cannot, so they stay tight.
     rate_limits: Mapping[str, RateLimit] = field(
         default_factory=lambda: {
             "kill_process": RateLimit(30, 60.0),
-            "quarantine_file": RateLimit(120, 60.0),
+            "quarantine_file": RateLimit(10000, 60.0),
             "delete_file": RateLimit(60, 60.0),
         }
     )

@@ -29,6 +29,7 @@ class LogEvent(StrEnum):
     QUARANTINED = "quarantined"
     RESTORED = "restored"
     GUARD_REFUSED = "guard.refused"
+    GUARD_TRIPPED = "guard.tripped"
 
 
 def kv(**fields: Any) -> dict[str, Mapping[str, Any]]:

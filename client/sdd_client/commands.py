@@ -52,6 +52,25 @@ def _export_lines(ctx: Ctx, export: Any) -> list[tuple[str, str]]:
     return out
 
 
+def _guard_lines(ctx: Ctx, guards: Any) -> list[tuple[str, str]]:
+    """Steps a rate limit holds (count and action) and open breakers; nothing when no guard holds anything."""
+    if not isinstance(guards, dict):
+        return []
+    lines: list[tuple[str, str]] = []
+    limits = guards.get("rate_limits") if isinstance(guards.get("rate_limits"), dict) else {}
+    waiting = guards.get("waiting") if isinstance(guards.get("waiting"), dict) else {}
+    for action, count in sorted(waiting.items()):
+        limit = limits.get(action) if isinstance(limits.get(action), dict) else {}
+        lines.append(("Waiting", ctx.style.paint(f"{safe(count)} step(s) for {safe(action, 60)}", "yellow")
+                      + f" (rate limit {safe(limit.get('limit'))} per {safe(limit.get('per_seconds'))} s)"))
+    breakers = guards.get("breakers") if isinstance(guards.get("breakers"), dict) else {}
+    for key, b in sorted(breakers.items()):
+        if isinstance(b, dict) and b.get("state") != "closed":
+            lines.append(("Breaker", ctx.style.paint(f"{safe(key, 80)} {safe(b.get('state'))}", "red")
+                          + f" ({safe(b.get('last_error'), 120)})"))
+    return lines
+
+
 def cmd_status(ctx: Ctx) -> int:
     status = ctx.call("status")
     if ctx.as_json:
@@ -87,6 +106,7 @@ def cmd_status(ctx: Ctx) -> int:
         pairs.append(("D-Bus", "off" if spec == "none" else
                       f"{safe(spec)} bus, " + ("connected" if bus.get("connected") else ctx.style.paint(
                           "disconnected", "yellow"))))
+    pairs.extend(_guard_lines(ctx, status.get("guards")))
     pairs.extend(_export_lines(ctx, status.get("export")))
     for key, label in (("socket", "Socket"), ("spool", "Spool"), ("database", "Database")):
         if status.get(key):

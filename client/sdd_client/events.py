@@ -12,6 +12,10 @@ DETECTION_NO_MATCH = "detection.no_match"    # no workflow took it: {detection_i
 RUN_STARTED = "run.started"
 STEP_STARTED = "step.started"
 STEP_FINISHED = "step.finished"
+STEP_WAITING = "step.waiting"                # a guard holds a step before it acts: {run_id, step_id, waiting,
+                                             # reason, since}; again with waiting false when it got its slot
+GUARD_TRIPPED = "guard.tripped"              # a rate limit reached with steps waiting, or a breaker opened
+                                             # (once per trip): {guard, reason, at, action, limit, per_seconds}
 RUN_FINISHED = "run.finished"
 NOTIFICATION = "notification"
 STATUS_CHANGED = "status.changed"
@@ -21,10 +25,11 @@ LAGGED = "lagged"                            # sent to a subscriber that fell be
 EVENT_NAMES: tuple[str, ...] = (
     DETECTION_RECEIVED, DETECTION_REJECTED, DETECTION_DUPLICATE, DETECTION_EXCLUDED, DETECTION_MATCHED,
     DETECTION_NO_MATCH, RUN_STARTED, STEP_STARTED, STEP_FINISHED, RUN_FINISHED, NOTIFICATION, STATUS_CHANGED,
+    STEP_WAITING, GUARD_TRIPPED,
 )
 
 __all__ = [
     "DETECTION_DUPLICATE", "DETECTION_EXCLUDED", "DETECTION_MATCHED", "DETECTION_NO_MATCH", "DETECTION_RECEIVED",
-    "DETECTION_REJECTED", "EVENT_NAMES", "LAGGED", "NOTIFICATION", "RUN_FINISHED", "RUN_STARTED", "STATUS_CHANGED",
-    "STEP_FINISHED", "STEP_STARTED",
+    "DETECTION_REJECTED", "EVENT_NAMES", "GUARD_TRIPPED", "LAGGED", "NOTIFICATION", "RUN_FINISHED", "RUN_STARTED", "STATUS_CHANGED",
+    "STEP_FINISHED", "STEP_STARTED", "STEP_WAITING",
 ]

@@ -18,12 +18,13 @@ _CODES = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "magenta": "
 
 STATUS_COLOURS = {
     "completed": "green", "running": "cyan", "pending": "cyan", "failed": "red", "rolled_back": "yellow",
-    "cancelled": "grey", "interrupted": "magenta", "skipped": "grey", "ok": "green", "error": "red",
+    "cancelled": "grey", "interrupted": "magenta", "waiting": "yellow", "skipped": "grey", "ok": "green",
+    "error": "red",
     "matched": "green", "queued": "cyan", "no_match": "grey", "duplicate": "grey", "excluded": "grey",
     "rejected": "red", "starting": "yellow", "stopping": "yellow", "lagged": "yellow",
 }
 STATUS_MARKS = {"completed": "✓", "failed": "✗", "rolled_back": "↺", "skipped": "-", "cancelled": "⊘",
-                "interrupted": "!", "running": "…", "pending": "·"}
+                "interrupted": "!", "running": "…", "pending": "·", "waiting": "⧗"}
 
 
 def colour_enabled(stream: TextIO) -> bool:

@@ -114,7 +114,8 @@ def cmd_history(ctx: Ctx) -> int:
     if ctx.as_json:
         ctx.emit_json(page)
         return 0
-    rows = [[safe(r["run_id"], 40), safe(r.get("workflow_id"), 40), ctx.style.status(r.get("status")),
+    rows = [[safe(r["run_id"], 40), safe(r.get("workflow_id"), 40),
+             ctx.style.status("waiting" if r.get("waiting") else r.get("status")),
              relative_time(r.get("started_at")), duration(r.get("duration")), safe(r.get("trigger"), 12),
              safe(r.get("detection_id"), 20)] for r in page.get("items", [])]
     if not rows:
@@ -207,6 +208,9 @@ def cmd_show(ctx: Ctx) -> int:
         name = safe(s.get("step_id"), 60) + (" (rollback)" if s.get("phase") == "rollback" else "")
         attempts = s.get("attempts") or 0
         note = safe(s.get("error"), 120) if s.get("error") else output.compact(s.get("result"), 60)
+        if status == "waiting" and isinstance(s.get("result"), dict):
+            since = s["result"].get("since")
+            note = safe(s["result"].get("reason"), 120) + (f" (since {relative_time(since)})" if since else "")
         rows.append([f"+{offset:.3f}s" if offset is not None else "-", mark, name, ctx.style.status(status),
                      f"{attempts}×", duration(took), note])
     if rows:

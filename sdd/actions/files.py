@@ -74,13 +74,14 @@ async def quarantine_file(services: ActionServices, *, context: dict[str, Any] |
                 "irreversible": False, "original_path": path}
     vault = Vault(services.vault_dir)
     run_id, _, _ = runinfo.ids()
-    async with services.lock(path):
+    # The rate limit's slot is waited for (the step shows `waiting`) before the path's lock is taken.
+    async with services.guard_slot("quarantine_file") as slot, services.lock(path):
         hints = await asyncio.to_thread(index_hints, services, path)
         # Cancelled before its commit point, the copy stops and leaves nothing; after it, the quarantine
         # completes and is recorded here all the same (the engine then carries the cancellation on).
         done = await run_abortable(functools.partial(
             _quarantine, vault, path, detection_id=detection_id, threat_name=threat, run_id=run_id, hints=hints,
-            before_act=lambda: services.guards.acquire("quarantine_file")))
+            before_act=slot.use))
     meta, already = done.value
     await record(_record_quarantine(services, meta, already, path, detection_id, run_id, done.cancelled),
                  done.cancelled)
@@ -188,8 +189,8 @@ async def delete_file(services: ActionServices, *, context: dict[str, Any] | Non
     path = _checked_path(p, services)
     if runinfo.dry_run():
         return {"dry_run": True, "would": f"delete {path}", "irreversible": True, "file_path": path}
-    async with services.lock(path):
-        done = await run_abortable(functools.partial(_delete, path, lambda: services.guards.acquire("delete_file")))
+    async with services.guard_slot("delete_file") as slot, services.lock(path):
+        done = await run_abortable(functools.partial(_delete, path, slot.use))
     result = done.value
     if result["deleted"]:
         run_id, _, _ = runinfo.ids()

@@ -360,7 +360,8 @@ async def _stop(services: ActionServices, targets: list[Pinned], include_childre
                 "would": f"terminate {pids or 'no process'}" + (" and their children" * include_children)}
     if not targets:
         return base
-    services.guards.acquire("kill_process")
+    async with services.guard_slot("kill_process") as slot:  # waits (step `waiting`) while the limit is reached
+        slot.use()
     kids: list[Pinned] = []
     try:
         if include_children:

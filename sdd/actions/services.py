@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdd.config import ActionsConfig
-from sdd.engine.registry import current_step
+from sdd.engine.registry import current_step, report_waiting
 from sdd.logging import LogEvent, story
 
 from .errors import BreakerOpen, Forbidden, RateLimited
-from .guards import Guards
+from .guards import Guards, Slot, Trip
 from .runlog import RunLog
 
 log = logging.getLogger("sdd.actions")
@@ -33,8 +35,8 @@ NotifyFn = Callable[[str, str, str], "str | None"]
 
 
 class LoggedGuards(Guards):
-    """The guards, with one log line for each refusal (rate limit, disabled action, open breaker) naming the
-    run, workflow and detection it stopped."""
+    """The guards, with one log line for each refusal (disabled action, open breaker) naming the run,
+    workflow and detection it stopped, and one for each trip (not one per step the trip holds)."""
 
     def __init__(self, *args: Any, fields: Callable[..., dict[str, Any]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -56,6 +58,18 @@ class LoggedGuards(Guards):
                                                           event=LogEvent.GUARD_REFUSED))
             raise
 
+    def _announce(self, trip: Trip) -> None:
+        log.warning("guard tripped", extra=self._fields(guard=trip.guard, reason=trip.reason,
+                                                      event=LogEvent.GUARD_TRIPPED))
+        try:
+            super()._announce(trip)
+        except Exception:
+            log.exception("announcing the trip of %s failed", trip.guard)
+
+
+async def _report_waiting(reason: str | None, since: float) -> None:
+    await report_waiting(reason, since)
+
 
 @dataclass(eq=False)
 class ActionServices:
@@ -71,6 +85,9 @@ class ActionServices:
     run_log: RunLog = field(default_factory=RunLog)
     # run_id → {"detection": sdd's id, "external_id": the producer's}, for log lines (the daemon sets it).
     run_labels: Callable[[str], dict[str, Any]] | None = None
+    # Told of each guard trip (rate limit reached with steps waiting, breaker opened): the daemon announces it
+    # (a desktop Notification, an event on the stream).
+    on_guard_trip: Callable[[Trip], None] | None = None
     # Without a store, exclusions and false-positive records are kept here (and logged), so workflows
     # and tests behave the same; they do not survive a restart.
     memory_exclusions: set[tuple[str, str]] = field(default_factory=set)
@@ -82,7 +99,34 @@ class ActionServices:
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
         self.guards = LoggedGuards(self.config.rate_limits, self.config.breaker_failures, self.config.breaker_reset,
-                                   fields=self.log_fields)
+                                   fields=self.log_fields, on_trip=self._guard_tripped)
+        if self.store is not None:
+            self._restore_guards()
+
+    def _restore_guards(self) -> None:
+        """The rate limits' windows from the acts the audit trail records, and the steps that were waiting."""
+        limits, store = self.config.rate_limits, self.store
+        assert store is not None
+        try:
+            longest = max((lim.per_seconds for lim in limits.values()), default=0.0)
+            if longest > 0:
+                self.guards.seed(store.guard_acts(list(limits), time.time() - longest))
+            self.guards.restore_waiters(store.waiting_steps())
+        except Exception as exc:  # noqa: BLE001 - a store without these reads (tests) starts with empty windows
+            log.warning("rate-limit windows not restored from the history: %s", exc)
+
+    def _guard_tripped(self, trip: Trip) -> None:
+        if self.on_guard_trip is not None:
+            self.on_guard_trip(trip)
+
+    def guard_slot(self, action: str) -> AbstractAsyncContextManager[Slot]:
+        """`async with services.guard_slot("quarantine_file") as slot:` ... `slot.use()` at the point of acting.
+        Waits (FIFO, bounded by the step's timeout) while the action's rate limit is reached; the step shows
+        `waiting` meanwhile."""
+        info = current_step()
+        if info is None:
+            return self.guards.slot(action)
+        return self.guards.slot(action, key=info.idempotency_key, on_wait=_report_waiting)
 
     @property
     def vault_dir(self) -> Path:

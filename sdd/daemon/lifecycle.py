@@ -26,7 +26,7 @@ from sdd.daemon.loading import freeze_long_lived, load_actions, load_workflows, 
 from sdd.dispatch.dispatcher import Dispatcher, RunOrigin, WatchedStore
 from sdd.dispatch.scheduler import Scheduler
 from sdd.engine import Workflow, WorkflowEngine
-from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
+from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted, StepWaiting
 from sdd.fleet import Fleet
 from sdd.history.recovery import recover_runs
 from sdd.hub import EventHub
@@ -73,6 +73,9 @@ class Daemon(DaemonFacade):
         self._instance_lock: int | None = None
         self.run_log: Any = None      # the actions' RunLog (what reports read), fed the events of runs that read it
         self._logged_runs: set[str] = set()                    # runs whose events go to the run log
+        # Runs with a step a guard holds (StepWaiting): the dispatcher does not count them against
+        # max_concurrent_runs (up to a bound), so steps waiting for a kill slot cannot starve new quarantines.
+        self.waiting_runs: set[str] = set()
         self._reads_log: dict[int, tuple[Workflow, bool]] = {}  # workflow object → reads_run_log() of it
         self.dispatcher = Dispatcher(self)
         self.fleet = Fleet(config, __version__)
@@ -119,6 +122,7 @@ class Daemon(DaemonFacade):
         self.run_log = getattr(self.services, "run_log", None)
         if self.services is not None:
             self.services.run_labels = self._run_labels
+            self.services.on_guard_trip = lambda trip: self.threadsafe(self._guard_tripped, trip)
         for err in action_errors:
             log.error("action plugin not loaded", extra=kv(error=err))
         self.workflows, issues = load_workflows(cfg, actions)
@@ -393,6 +397,7 @@ class Daemon(DaemonFacade):
         elif isinstance(ev, RunFinished):
             # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
             origin = self.dispatcher.runs.pop(ev.run_id, _BY_HAND)
+            self.waiting_runs.discard(ev.run_id)
             self.stats["runs_finished"] += 1
             seconds = max(0.0, ev.finished_at - ev.started_at)
             publish(events.RUN_FINISHED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
@@ -408,6 +413,36 @@ class Daemon(DaemonFacade):
             if self._loop is not None:
                 self._loop.call_soon(self.dispatcher.wake.set)
             self.publish_status()
+        elif isinstance(ev, StepWaiting):
+            self._step_waiting(ev)
+
+    def _step_waiting(self, ev: StepWaiting) -> None:
+        if ev.reason is not None:
+            self.waiting_runs.add(ev.run_id)
+            if self._loop is not None:
+                self._loop.call_soon(self.dispatcher.wake.set)  # its run slot may go to the next detection
+        else:
+            self.waiting_runs.discard(ev.run_id)
+        if self.hub.subscriber_count:
+            self.hub.publish(events.STEP_WAITING, {"run_id": ev.run_id, "step_id": ev.step_id,
+                                                   "waiting": ev.reason is not None, "reason": ev.reason,
+                                                   "since": ev.since})
+
+    def _guard_tripped(self, trip: Any) -> None:
+        """A guard began holding work back (logged by the guards, once per trip): an event on the stream, a
+        desktop Notification (D-Bus), and an audit row."""
+        data = trip.to_dict()
+        self.hub.publish(events.GUARD_TRIPPED, data)
+        what = f"rate limit of {trip.action}" if trip.action else trip.guard
+        self._desktop_notification(f"sdd: {what} reached", trip.reason, "critical")
+        if self.store is not None:
+            self.spawn(self._audit_trip(trip.guard, data), "audit guard trip")
+
+    async def _audit_trip(self, guard: str, data: dict[str, Any]) -> None:
+        try:
+            await self.store.audit(None, "guard.tripped", guard, outcome="tripped", details=data)
+        except Exception as exc:  # noqa: BLE001 - the trip was logged and announced; a lost row must not matter
+            log.warning("could not audit the guard trip", extra=kv(guard=guard, error=exc))
 
     def _run_fields(self, run_id: str, **more: Any) -> dict[str, Any]:
         origin = self.dispatcher.runs.get(run_id, _BY_HAND)

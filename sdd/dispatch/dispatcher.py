@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sdd.daemon")
 
 READY_WINDOW = 1000         # detections the dispatcher keeps in memory; the rest wait in the database
+WAITING_RUNS_FACTOR = 4     # runs held by a guard, beyond max_concurrent_runs, at most this x the limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +244,7 @@ class Dispatcher:
 
     def _dispatch_available(self) -> None:
         limit = self.d.config.engine.max_concurrent_runs
-        while len(self.d.engine.active_runs) < limit and not self.d.stopping:
+        while self._busy_runs(limit) < limit and not self.d.stopping:
             item = self._next_detection()
             if item is None:
                 return
@@ -252,6 +253,12 @@ class Dispatcher:
             except Exception as exc:
                 log.exception("cannot dispatch a detection", extra=kv(detection_id=item[0]))
                 self._set_state(item[0], "no_match", f"dispatch failed: {type(exc).__name__}: {exc}")
+
+    def _busy_runs(self, limit: int) -> int:
+        """Active runs that count against max_concurrent_runs: those a guard holds (a step waiting for a rate
+        limit's slot) do not, up to WAITING_RUNS_FACTOR x the limit (issue 13: waits must not starve the rest)."""
+        waiting = len(getattr(self.d, "waiting_runs", ()))
+        return len(self.d.engine.active_runs) - min(waiting, WAITING_RUNS_FACTOR * limit)
 
     def _next_detection(self) -> tuple[str, dict[str, Any], bool] | None:
         if self._ready:

@@ -20,9 +20,9 @@ from .errors import (
     ValidationIssue,
     WorkflowValidationError,
 )
-from .events import EngineEvent, Listener, RunFinished, RunStarted, StepFinished, StepStarted
+from .events import EngineEvent, Listener, RunFinished, RunStarted, StepFinished, StepStarted, StepWaiting
 from .expressions import check_syntax, evaluate, evaluate_condition, render
-from .registry import ActionSpec, StepInfo, current_step
+from .registry import ActionSpec, StepInfo, current_step, report_waiting
 from .results import NO_LABELS, PriorStep, StepResult, WorkflowResult
 from .specs import (
     BranchCase,
@@ -77,6 +77,7 @@ __all__ = [
     "StepStatus",
     "StepTimeout",
     "StepType",
+    "StepWaiting",
     "Trigger",
     "ValidationIssue",
     "Workflow",
@@ -94,6 +95,7 @@ __all__ = [
     "new_run_id",
     "path_problem",
     "render",
+    "report_waiting",
     "validate_text",
     "workflow_schema",
 ]

@@ -71,7 +71,21 @@ class RunFinished:
     labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
 
 
-EngineEvent = RunStarted | StepStarted | StepFinished | RunFinished
+@dataclass(frozen=True, slots=True)
+class StepWaiting:
+    """A running step's handler waits before acting (a guard holds it: `reason`), or waits no more
+    (`reason` None). Reported by the handler through `report_waiting()`; `since` is when the wait began."""
+
+    run_id: str
+    step_id: str
+    phase: str
+    reason: str | None
+    since: float
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
+
+
+EngineEvent = RunStarted | StepStarted | StepFinished | RunFinished | StepWaiting
 Listener = Callable[[EngineEvent], Awaitable[None] | None]
 
-__all__ = ["NO_LABELS", "EngineEvent", "Listener", "RunFinished", "RunStarted", "StepFinished", "StepStarted"]
+__all__ = ["NO_LABELS", "EngineEvent", "Listener", "RunFinished", "RunStarted", "StepFinished", "StepStarted",
+           "StepWaiting"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from .env import RunEnv
 from .errors import ActionError
-from .events import EngineEvent, StepFinished, StepStarted
+from .events import EngineEvent, StepFinished, StepStarted, StepWaiting
 from .flow import _Abort
 from .results import PriorStep, StepResult
 from .scope import Scope, StepsView
@@ -66,7 +66,13 @@ class RunState:
                   ) -> tuple[Any, ...]:
         """The fields of the StepInfo a handler sees through `current_step()` (a tuple: cheap to build)."""
         return (self.run_id, scope.workflow_id, path, attempt, f"{self.run_id}:{path}", self.detection,
-                self.dry_run, phase, result, self.labels)
+                self.dry_run, phase, result, self.labels, self.report_waiting)
+
+    async def report_waiting(self, path: str, phase: str, reason: str | None, since: float | None) -> None:
+        """A handler's `report_waiting()`: the step at `path` waits (or no longer waits) before it acts."""
+        if self.listeners and not self.dry_run:
+            await self.emit(StepWaiting(self.run_id, path, phase, reason, time.time() if since is None else since,
+                                        self.labels))
 
     # -- events
     async def emit(self, event: EngineEvent, *, strict: bool = False) -> None:

@@ -60,15 +60,27 @@ class StepInfo:
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)   # the run's labels
 
 
-# The runner stores a plain tuple of StepInfo's fields (cheap on the hot path); current_step() builds the
-# StepInfo only when a handler asks for it.
+# The runner stores a plain tuple of StepInfo's fields (cheap on the hot path), followed by the run's
+# waiting reporter; current_step() builds the StepInfo only when a handler asks for it.
 _current_step: ContextVar[tuple[Any, ...] | None] = ContextVar("sdd_current_step", default=None)
+_INFO_FIELDS = 10
 
 
 def current_step() -> StepInfo | None:
     """The step being run in this task, or None outside a step."""
     raw = _current_step.get()
-    return None if raw is None else StepInfo(*raw)
+    return None if raw is None else StepInfo(*raw[:_INFO_FIELDS])
+
+
+async def report_waiting(reason: str | None, since: float | None = None) -> None:
+    """Tell the engine that the step being run waits before acting (`reason`: what holds it, e.g. a rate
+    limit; `since`: when the wait began, default now), or, with None, that it waits no more. The engine
+    publishes a `StepWaiting` event to its listeners (the history shows the step `waiting`) and awaits them.
+    Outside a step it does nothing."""
+    raw = _current_step.get()
+    if raw is None or len(raw) <= _INFO_FIELDS:
+        return
+    await raw[_INFO_FIELDS](raw[2], raw[7], reason, since)
 
 
 class ActionRegistry:

@@ -41,8 +41,8 @@ async def resume_step(run: RunState, step: WorkflowStep, path: str, parent: str 
     if status is StepStatus.FAILED:
         await run.fail(step, path, parent, now, prior.attempts, prior.error or "failed before the restart")
         return True
-    if status is StepStatus.PENDING:
-        return False
+    if status is StepStatus.PENDING or status is StepStatus.WAITING:
+        return False  # it never acted (a waiting step is held before it acts): run it, back in line
     # running / interrupted / cancelled: the intent was recorded, the outcome was not.
     if spec is not None and spec.idempotent:
         return False

@@ -24,10 +24,12 @@ class RunStatus(StrEnum):
 
 class StepStatus(StrEnum):
     """Where a step is. `interrupted`: outcome unknown after a crash; `cancelled`: stopped because the run
-    was cancelled or a parallel sibling failed."""
+    was cancelled or a parallel sibling failed; `waiting`: held by a guard (a rate limit) before it acts,
+    bounded by its timeout."""
 
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"

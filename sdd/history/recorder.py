@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdd.engine import PriorStep, StepStatus
-from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
+from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted, StepWaiting
 from sdd.store import Store, StoreError
 from sdd.store.codec import RawJSON
 from sdd.store.writer import Operation
@@ -47,6 +47,7 @@ from sdd.store.writes import (
     record_step_finished_op,
     record_step_op,
     record_step_started_op,
+    record_step_waiting_op,
 )
 
 log = logging.getLogger("sdd.history")
@@ -140,7 +141,21 @@ class HistoryRecorder:
             return None
         if isinstance(event, RunFinished):
             return self._run_finished(event)
+        if isinstance(event, StepWaiting):
+            return self._step_waiting(event)
         return None
+
+    def _step_waiting(self, event: StepWaiting) -> Awaitable[Any]:
+        """A step a guard holds: its run's row and its intent go out now, then `waiting` (awaited, so the wait
+        is on disk before the step joins the line: after a crash, recovery puts it back in line)."""
+        held = self._held.get(event.run_id)
+        started = None if held is None else held.pop((event.phase, event.step_id), None)
+        if started is not None:
+            self._write_intent(started)  # (releases a held run first)
+        elif event.run_id in self._held_runs:
+            self._release_run(event.run_id)
+        return self.store.write(record_step_waiting_op(event.run_id, event.step_id, event.phase, event.reason,
+                                                       event.since))
 
     def prior_steps(self, run_id: str) -> dict[str, PriorStep]:
         """The recorded run-phase steps of `run_id` as the engine's `PriorStep`s (for `engine.start(prior=)`)."""

@@ -135,7 +135,43 @@ def list_runs(conn: sqlite3.Connection, limit: int = 50, cursor: str | None = No
            + (f" WHERE {' AND '.join(where)}" if where else "")
            + " ORDER BY started_at DESC, run_id DESC LIMIT ?")
     rows = [_run(r) for r in _rows(conn.execute(sql, (*args, limit + 1)))]
+    for row in rows:
+        if row["status"] == "running":
+            row["waiting"] = waiting_of(conn, row["run_id"])
     return _page(rows, limit, "started_at", "run_id")
+
+
+def waiting_of(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
+    """The step of a running run that a guard holds (`waiting`), as {step_id, action, reason, since}, or None."""
+    for step_id, action, result in conn.execute(
+            "SELECT step_id, action, result FROM steps WHERE run_id = ? AND status = 'waiting' LIMIT 1", (run_id,)):
+        held = codec.loads(result)
+        held = held if isinstance(held, dict) else {}
+        return {"step_id": step_id, "action": action, "reason": held.get("reason"), "since": held.get("since")}
+    return None
+
+
+def waiting_steps(conn: sqlite3.Connection) -> list[tuple[float, str]]:
+    """(since, "run_id:step_id") of every step of a running run left `waiting`, oldest first (for recovery)."""
+    out: list[tuple[float, str]] = []
+    for run_id, step_id, result in conn.execute(
+            "SELECT s.run_id, s.step_id, s.result FROM runs INDEXED BY runs_status JOIN steps s USING (run_id) "
+            "WHERE runs.status = 'running' AND s.status = 'waiting' AND s.phase = 'run'"):
+        held = codec.loads(result)
+        since = held.get("since") if isinstance(held, dict) else None
+        out.append((float(since) if isinstance(since, (int, float)) else 0.0, f"{run_id}:{step_id}"))
+    return sorted(out)
+
+
+def guard_acts(conn: sqlite3.Connection, actions: Iterable[str], since: float) -> list[tuple[str, float]]:
+    """(action, time) of the acts of `actions` the audit trail records since `since` (what a rate limit's
+    window counted before a restart)."""
+    names = sorted({codec.text(a, "action", required=True, limit=256) or "" for a in actions})
+    if not names:
+        return []
+    return [(a, float(t)) for a, t in conn.execute(
+        f"SELECT action, time FROM audit INDEXED BY audit_time WHERE time >= ? AND action IN "
+        f"({','.join('?' * len(names))}) AND actor LIKE 'run:%'", (since, *names))]
 
 
 def get_run(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +306,14 @@ class Store:
                   status: str | None = None, since: float | None = None, until: float | None = None,
                   detection_ids: list[str] | None = None) -> Page:
         return reads.list_runs(self._read(), limit, cursor, workflow_id, status, since, until, detection_ids)
+
+    def waiting_steps(self) -> list[tuple[float, str]]:
+        """(since, "run_id:step_id") of the steps of running runs a guard held, oldest first."""
+        return reads.waiting_steps(self._read())
+
+    def guard_acts(self, actions: Iterable[str], since: float) -> list[tuple[str, float]]:
+        """(action, time) of audited acts of `actions` since `since` (a rate limit's window after a restart)."""
+        return reads.guard_acts(self._read(), actions, since)
 
     def runs_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
         """Run ids that start with `prefix` (at most `limit`), for ids abbreviated as git does."""

@@ -147,6 +147,25 @@ def record_step_started_op(run_id: str, step_id: str, phase: str, parent_id: str
     return record_step_started
 
 
+def record_step_waiting_op(run_id: str, step_id: str, phase: str, reason: str | None, since: float | None
+                           ) -> Operation:
+    """A running step (its intent row written first) held by a guard: status `waiting`, the reason and since
+    when in its result; with `reason` None it is `running` again. A finished step is left as it is."""
+    if phase not in ("run", "rollback"):
+        raise StoreValueError(f"phase: {phase!r:.40} is not run or rollback")
+    ident = (codec.text(run_id, "run_id", required=True, limit=256), phase,
+             codec.text(step_id, "step_id", required=True, limit=4096))
+    held = None if reason is None else codec.dumps_lenient(
+        {"reason": codec.text(reason, "reason", clip=True),
+         "since": or_default(codec.timestamp(since, "since"), time.time())}, "result")
+
+    def record_step_waiting(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE steps SET status = ?, result = ? WHERE run_id = ? AND phase = ? AND step_id = ? "
+            "AND status IN ('running', 'waiting')", ("running" if held is None else "waiting", held, *ident))
+    return record_step_waiting
+
+
 def record_step_finished_op(run_id: str, step_id: str, status: Any, phase: str, attempts: int | None,
                             started_at: float | None, finished_at: float | None, result: Any,
                             error: str | None) -> Operation:
@@ -392,4 +411,4 @@ def purge_detections_chunk_op(cutoff: float, chunk: int) -> Operation:
 
 __all__ = ["create_run_op", "finish_run_op", "purge_detections_chunk_op", "purge_runs_chunk_op", "record_detection_op",
            "record_detections_op", "record_finished_run_op", "record_step_finished_op", "record_step_op",
-           "record_step_started_op", "run_ops", "set_detection_state_op"]
+           "record_step_started_op", "record_step_waiting_op", "run_ops", "set_detection_state_op"]

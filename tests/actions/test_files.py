@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sdd.actions import RateLimited, Vault, restoring
+from sdd.actions import Vault, restoring
 from sdd.actions.safepath import open_parent, open_regular, unlink_same
 from sdd.config import RateLimit
 from sdd.engine import Conflict, Forbidden, InvalidParams, NotFound
@@ -208,14 +208,15 @@ async def test_file_replaced_during_operation_is_left_in_place(env: Env) -> None
     assert path.read_bytes() == b"someone else's file"
 
 
-async def test_quarantine_rate_limit_trips_and_leaves_file(env: Env) -> None:
+async def test_quarantine_over_its_rate_limit_waits_and_its_timeout_leaves_the_file(env: Env) -> None:
     env.configure(rate_limits={"quarantine_file": RateLimit(1, 3600.0)})
     a, b = make(env, "a.exe", b"a"), make(env, "b.exe", b"b")
     await env.call("quarantine_file", file_path=str(a))
-    with pytest.raises(RateLimited, match="rate limit for quarantine_file"):
-        await env.call("quarantine_file", file_path=str(b))
+    result = await env.step("quarantine_file", {"file_path": str(b)}, timeout=0.2)
+    assert result.status == "failed" and "timed out" in (result.error or "")
     assert b.read_bytes() == b"b"
-    assert env.services.guards.status()["rate_limits"]["quarantine_file"]["available"] == 0
+    status = env.services.guards.status()
+    assert status["rate_limits"]["quarantine_file"]["available"] == 0 and status["waiting"] == {}
 
 
 async def test_delete_file_deletes_and_says_irreversible(env: Env) -> None:

@@ -106,3 +106,40 @@ async def test_a_dropped_detection_shows_up_on_the_bus_and_as_desktop_notificati
         notifier.stop()
         await asyncio.wait_for(notifier_task, WAIT)
         await asyncio.to_thread(daemon.close)
+
+
+GUARDED = """workflow_id: guarded
+trigger: {type: malware}
+steps:
+  - step_id: quarantine
+    action: quarantine_file
+    timeout: 300
+    params: {file_path: "{{ detection.file_path }}"}
+"""
+
+
+async def test_a_guard_trip_is_a_notification_signal_once(tmp_path: Path, private_bus: Any,
+                                                          collector_factory: Any) -> None:
+    """Issue 13: a rate limit reached with steps waiting is announced once, as a `Notification(s, s, s)`."""
+    collector: SignalCollector = await collector_factory(private_bus.address)
+    daemon = DaemonProcess(tmp_path, workflows={"guarded": GUARDED},
+                           config_overrides={"dbus": {"bus": private_bus.address},
+                                             "actions": {"rate_limits": {"quarantine_file": [1, 3600]}}})
+    try:
+        await asyncio.to_thread(daemon.start)
+        area = daemon.root / "infected"
+        area.mkdir()
+        for i in range(3):
+            victim = area / f"v{i}.exe"
+            victim.write_bytes(b"EVIL %d" % i)
+            daemon.drop({"type": "malware", "file_path": str(victim), "threat_name": "Test.Sig"})
+        (note,) = await collector.wait_for("Notification", timeout=DAEMON_WAIT)
+        assert note.signature == "sss"
+        title, body, urgency = note.body
+        assert "quarantine_file" in title and "rate limit for quarantine_file reached" in body
+        assert urgency == "critical"
+        await asyncio.to_thread(daemon.wait_for, lambda: daemon.count(
+            "SELECT count(*) FROM steps WHERE status = 'waiting'") == 2, 60.0, 0.05, "both waits on disk")
+        assert len(collector.of("Notification")) == 1, "one announcement per trip, not one per waiting step"
+    finally:
+        await asyncio.to_thread(daemon.close)
