@@ -13,6 +13,14 @@ from sdd import hub as hub_events
 BUS_NAME = "org.searchanddestroy.Sdd1"
 OBJECT_PATH = "/org/searchanddestroy/Sdd1"
 INTERFACE = "org.searchanddestroy.Sdd1"
+# The contract's signals and their D-Bus signatures: the exported interface and the wire encoder read them here.
+SIGNALS = {
+    "DetectionReceived": "ssss",
+    "RunStarted": "sss",
+    "StepFinished": "sssd",
+    "RunFinished": "sssd",
+    "Notification": "sss",
+}
 
 # D-Bus strings must be valid UTF-8 without NUL (the bus disconnects a sender of an invalid message), and
 # detection fields are hostile input: they are cleaned and capped before they reach the wire.
