@@ -373,6 +373,12 @@ class _Watcher:
         return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _finished_runs(d: DaemonProcess) -> int:
     return d.count("SELECT count(*) FROM runs WHERE status NOT IN ('running', 'pending')")
 
@@ -394,11 +400,19 @@ def _paced_latency(d: DaemonProcess) -> dict[str, Any]:
     offered = PACED / (time.perf_counter() - t0)
     d.wait_for(lambda: _finished_runs(d) >= before + PACED, timeout=120, interval=0.05, what="paced runs")
     seen = watcher.finish()
-    rows = d.query("SELECT d.spool_name, r.run_id FROM runs r JOIN detections d ON r.detection_id = d.id "
-                   "WHERE d.spool_name LIKE 'pc%'")
-    lat = [(seen["finished"][run_id] - sent[name]) * 1000 for name, run_id in rows if run_id in seen["finished"]]
+    rows = d.query("SELECT d.spool_name, r.run_id, d.received_at, r.started_at, r.finished_at FROM runs r "
+                   "JOIN detections d ON r.detection_id = d.id WHERE d.spool_name LIKE 'pc%'")
+    got = seen["finished"]
+    lat = [(got[row[1]] - sent[row[0]]) * 1000 for row in rows if row[1] in got]
+    # Where the time goes: rename -> detection received, -> run started, -> run finished, -> event read.
+    stages = {"to_received": [(r[2] - sent[r[0]]) * 1000 for r in rows],
+              "to_run_started": [(r[3] - r[2]) * 1000 for r in rows],
+              "run": [(r[4] - r[3]) * 1000 for r in rows],
+              "to_event_read": [(got[r[1]] - r[4]) * 1000 for r in rows if r[1] in got]}
     return {"offered_per_s": round(offered), "samples": len(lat), "p50_ms": _pct(lat, 0.5),
             "p99_ms": _pct(lat, 0.99), "max_ms": _pct(lat, 1.0), "subscriber_missed": seen["missed"],
+            "stages_p50_ms": {k: _pct(v, 0.5) for k, v in stages.items()},
+            "stages_p99_ms": {k: _pct(v, 0.99) for k, v in stages.items()},
             "measured": "rename into new/ -> run.finished read by a full subscriber (every event), D-Bus on"}
 
 
@@ -423,10 +437,18 @@ def run_watchers(rounds: int = 2) -> dict[str, Any]:
                 b.wait_for(lambda: b.client().call("status")["bus"]["state"] == "connected", timeout=20,
                            what="the D-Bus bridge connected")
                 unwatched, watched, missed = [], [], 0
+                cpu: dict[str, list[float]] = {"unwatched_daemon": [], "watched_daemon": [], "watcher": [],
+                                               "dbus_daemon": []}
                 for r in range(rounds):
+                    before = _cpu_seconds(a.pid)
                     unwatched.append(_daemon_burst(a, f"a{r}_"))
+                    cpu["unwatched_daemon"].append(_cpu_seconds(a.pid) - before)
                     watcher = _Watcher(b.socket)
+                    pids = {"watched_daemon": b.pid, "watcher": watcher.proc.pid, "dbus_daemon": bus.proc.pid}
+                    before_all = {k: _cpu_seconds(pid) for k, pid in pids.items()}
                     watched.append(_daemon_burst(b, f"b{r}_"))
+                    for k, pid in pids.items():
+                        cpu[k].append(_cpu_seconds(pid) - before_all[k])
                     seen = watcher.finish()
                     missed += seen["missed"]
                 bus_info = b.client().call("status")["bus"]
@@ -439,6 +461,9 @@ def run_watchers(rounds: int = 2) -> dict[str, Any]:
     out["burst_watched_per_s"] = [round(x) for x in watched]
     out["burst_watched_subscriber_missed"] = missed
     out["burst_watched_dbus_state"] = bus_info.get("state")
+    # CPU per detection of each process in the bursts: on 2 cores the watcher and dbus-daemon compete with
+    # the daemon for CPU, so the daemon's own cost and the machine's are both shown.
+    out["burst_cpu_us_per_detection"] = {k: round(min(v) / BURST * 1e6) for k, v in cpu.items()}
     out["watched_over_unwatched"] = round(best_b / best_a, 3)
     out["unwatched_over_floor"] = round(best_a / floor["burst_per_s"], 3)
     out["watched_over_floor"] = round(best_b / floor["burst_per_s"], 3)

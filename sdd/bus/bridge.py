@@ -78,6 +78,8 @@ class BusBridge:
         self.last_error: str | None = None
         self.address: str | None = None
         self.dropped_signals = 0  # signals not sent because the bus did not keep up
+        self.sent_signals = 0  # signals handed to the bus connection
+        self.sent_batches = 0  # the writes they went out in (one per loop iteration that had signals)
         self.connections = 0  # successful connections so far (reconnects = connections - 1)
         self.owns_name = False  # whether this connection is the primary owner of BUS_NAME (NameAcquired/Lost)
         self._iface = Sdd1Interface(self._read_properties)
@@ -340,6 +342,8 @@ class BusBridge:
                 log.exception("D-Bus: could not emit %s", member)
         if messages:
             send_batch(bus, b"".join(messages), len(messages))
+            self.sent_signals += len(messages)
+            self.sent_batches += 1
 
     # --- properties ---------------------------------------------------------------------------------------
 
