@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from sdd_client import protocol
+from sdd_client.errors import ProtocolError
 
 # Event names published on the hub (the `event` field of the socket API's subscribe stream): one list,
 # shared with the clients.
@@ -37,6 +37,7 @@ from sdd_client.events import (
     STEP_FINISHED,
     STEP_STARTED,
 )
+from sdd_client.protocol import encode, event_message
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ TAKE_MAX = 1024  # events one `take()` hands over: bounds a single write to a su
 
 def socket_frame(name: str, data: Mapping[str, Any]) -> bytes:
     """The subscribe stream's frame of one event (length prefix + msgpack map)."""
-    return protocol.encode(protocol.event_message(name, data))
+    return encode(event_message(name, data))
 
 
 class Published:
@@ -66,7 +67,7 @@ class Published:
         if frame is None:
             try:
                 frame = self._frame = self._encoder(self.name, self.data)
-            except (protocol.ProtocolError, TypeError, ValueError, OverflowError) as exc:
+            except (ProtocolError, TypeError, ValueError, OverflowError) as exc:
                 log.warning("event %s cannot be sent to subscribers: %s", self.name, exc)
                 frame = self._frame = b""
         return frame or None
