@@ -85,6 +85,7 @@ class Subscription:
         self._queue: deque[Published] = deque()
         self._wakeup = asyncio.Event()
         self._dropped = 0
+        self._last_batch = -1.0  # loop time of the last `batch()`
 
     def _offer(self, event: Published) -> None:
         self.offered += 1
@@ -119,6 +120,19 @@ class Subscription:
             self._wakeup.clear()
             await self._wakeup.wait()
         return True
+
+    async def batch(self, window: float) -> list[Published] | None:
+        """The next batch of events (see `take`), at most one per `window` seconds: an event after a quiet
+        spell is handed over at once, the events of a burst are gathered for up to `window` so that the
+        reader makes one write of them. None once the subscription is closed and empty."""
+        if not await self.wait():
+            return None
+        loop = asyncio.get_running_loop()
+        delay = self._last_batch + window - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._last_batch = loop.time()
+        return self.take()
 
     async def get(self) -> tuple[str, dict[str, Any]]:
         if not await self.wait():

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 BACKLOG = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
 SUBSCRIBER_QUEUE = 1000  # events a subscriber may fall behind before it gets `lagged`
+# At most one write a millisecond to a subscriber: a burst's events share one write (and the client's read),
+# an event after a quiet spell goes out at once.
+SUBSCRIBER_WINDOW = 0.001
 WRITE_BUFFER_HIGH = 64 * 1024  # bytes queued to a slow client before drain() waits (then the hub drops)
 # Connections an unlimited uid (root) may open beyond api.max_connections: however many clients others
 # hold, the administrator can still reach the daemon to see and stop what is going on.
@@ -241,12 +244,12 @@ class ApiServer:
         try:
             writer.write(protocol.encode(protocol.result_reply(request.id, {"subscribed": True})))
             await writer.drain()
-            while await sub.wait():
+            while (batch := await sub.batch(SUBSCRIBER_WINDOW)) is not None:
                 if watcher.done():
                     return
-                # Everything queued since the last wake-up goes out in one write: each event's frame was
-                # encoded once by the hub, and the same bytes go to every subscriber.
-                frames = [frame for event in sub.take() if (frame := event.frame()) is not None]
+                # What queued since the last write goes out in one write: each event's frame was encoded
+                # once by the hub, and the same bytes go to every subscriber.
+                frames = [frame for event in batch if (frame := event.frame()) is not None]
                 if frames:
                     writer.write(b"".join(frames))
                     # Waits only for this client's socket buffer; the hub goes on (and counts what it drops).

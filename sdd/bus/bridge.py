@@ -10,8 +10,9 @@ D-Bus is output only and optional. `BusBridge.start()` never raises because of t
 missing or refuses us, the bridge logs it and a reconnect loop tries again with a growing back-off
 (waiting on an event, not polling); when the bus comes back the object is exported again and the name
 re-requested. Hub events that arrive while disconnected are consumed and dropped (signals are not replayed).
-Signals are batched: the events of one loop iteration become one write of ready-made message bytes
-(`wire`, marshalled without dbus-next's generic marshaller), in order, with the signatures of the contract.
+Signals are batched: a signal after a quiet spell goes out at once, those of a burst are gathered for up to
+`SIGNAL_WINDOW` and go out as one write of ready-made message bytes (`wire`, marshalled without dbus-next's
+generic marshaller), in order, with the signatures of the contract.
 `PropertiesChanged` is coalesced: at most one per `coalesce_interval` however many events a burst brings.
 """
 
@@ -43,6 +44,7 @@ log = logging.getLogger("sdd.bus")
 # not read fast enough can never make the daemon's memory grow without bound.
 MAX_WRITE_BACKLOG = 10_000
 CONNECT_TIMEOUT = 10.0
+SIGNAL_WINDOW = 0.002  # at most one write of signals per this many seconds
 
 
 class BridgeState(str, enum.Enum):
@@ -303,9 +305,9 @@ class BusBridge:
     # --- events → signals ---------------------------------------------------------------------------------
 
     async def _pump(self, sub: Subscription) -> None:
-        # One wake-up per loop iteration that published anything: its events go out as one batch.
-        while await sub.wait():
-            batch = sub.take()
+        # A signal after a quiet spell goes out at once; those of a burst are gathered for up to
+        # SIGNAL_WINDOW and go out as one write.
+        while (batch := await sub.batch(SIGNAL_WINDOW)) is not None:
             signals = []
             trigger = False
             for event in batch:

@@ -125,3 +125,18 @@ async def test_an_unencodable_event_is_skipped_for_every_subscriber_and_logged_o
     assert a.take()[0].frame() is None
     assert b.take()[0].frame() is None
     assert len([r for r in caplog.records if "cannot be sent" in r.message]) == 1
+
+
+async def test_a_burst_is_gathered_into_one_batch_and_an_event_after_a_quiet_spell_goes_at_once() -> None:
+    hub = EventHub()
+    sub = hub.subscribe()
+    hub.publish(RUN_STARTED, {"i": 0})
+    first = await asyncio.wait_for(sub.batch(60.0), 10)  # nothing went out for a window: handed over at once
+    assert [e.data["i"] for e in first or []] == [0]
+    later = asyncio.ensure_future(sub.batch(0.05))
+    for i in range(1, 4):
+        hub.publish(RUN_STARTED, {"i": i})
+        await asyncio.sleep(0)  # the reader runs between the publishes, and still waits for the window
+    assert [e.data["i"] for e in await asyncio.wait_for(later, 10) or []] == [1, 2, 3]
+    sub.close()
+    assert await sub.batch(0.05) is None
