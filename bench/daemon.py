@@ -355,11 +355,11 @@ def _burst_names(spool: Path, names: list[str]) -> float:
 class _Watcher:
     """bench/_watcher.py as a child process: a full subscriber reading every event."""
 
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, events: tuple[str, ...] = ()) -> None:
         import subprocess
         import sys
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench._watcher", str(socket_path)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench._watcher", str(socket_path), *events],
                                      stdout=subprocess.PIPE, text=True,
                                      cwd=Path(__file__).resolve().parent.parent)
         assert self.proc.stdout is not None
@@ -391,8 +391,8 @@ def _daemon_burst(d: DaemonProcess, prefix: str) -> float:
     return BURST / (time.time() - start)
 
 
-def _paced_latency(d: DaemonProcess) -> dict[str, Any]:
-    watcher = _Watcher(d.socket)
+def _paced_latency(d: DaemonProcess, events: tuple[str, ...] = ()) -> dict[str, Any]:
+    watcher = _Watcher(d.socket, events)
     names = _prepare(d, PACED, "pc")
     before = _finished_runs(d)
     t0 = time.perf_counter()
