@@ -58,8 +58,9 @@ def clean_str(value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_STRING:
         text = text[: MAX_STRING - 1] + "…"
-    # surrogateescape'd file names (non-UTF-8 bytes) cannot be encoded as UTF-8: show them escaped.
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not text.isascii():  # (ASCII, the usual case, is valid UTF-8 as it is)
+        # surrogateescape'd file names (non-UTF-8 bytes) cannot be encoded as UTF-8: show them escaped.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text.replace("\x00", "\\x00")
 
 
