@@ -104,7 +104,109 @@ def run() -> dict[str, Any]:
     directory = make_socket_dir()
     bus = start_session_bus(directory)
     try:
-        return asyncio.run(_bench(bus.address))
+        out = asyncio.run(_bench(bus.address))
+    finally:
+        bus.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    out["watcher_cost_per_detection"] = watcher_cost()
+    return out
+
+
+# -- what watchers cost the daemon per detection (issue 13) ----------------------------------------------------
+
+DETECTIONS = 3000
+
+
+def _detection_events(i: int) -> list[tuple[str, dict[str, Any]]]:
+    """The events one detection of the five-step workflow publishes, with the daemon's field sets."""
+    from sdd import hub as ev
+
+    run = f"run-{i:08d}-0123456789abcdef"
+    det = str(100_000 + i)
+    out: list[tuple[str, dict[str, Any]]] = [
+        (ev.DETECTION_RECEIVED, {"detection_id": det, "external_id": None, "type": "malware", "severity": "high",
+                                 "file_path": f"/home/alice/Downloads/file-{i}.exe", "threat_name": "Win.Test"}),
+        (ev.DETECTION_MATCHED, {"detection_id": det, "external_id": None, "runs": [run]}),
+        (ev.RUN_STARTED, {"run_id": run, "workflow_id": "noop5", "detection_id": det, "external_id": None})]
+    for s in range(5):
+        out.append((ev.STEP_STARTED, {"run_id": run, "step_id": f"s{s}", "attempt": 1}))
+        out.append((ev.STEP_FINISHED, {"run_id": run, "step_id": f"s{s}", "status": "completed",
+                                       "seconds": 0.0001, "error": None}))
+    out.append((ev.RUN_FINISHED, {"run_id": run, "workflow_id": "noop5", "status": "completed", "seconds": 0.001,
+                                  "error": None, "detection_id": det, "external_id": None}))
+    return out
+
+
+async def _watcher_cost(address: str, tmp: str) -> dict[str, Any]:
+    """CPU time of this process (the daemon's side: hub, API server, bridge) per detection's events, with
+    nobody watching, a full socket subscriber (read by another process), the D-Bus bridge, and both."""
+    import sys
+    from pathlib import Path
+
+    from sdd.api import ApiServer
+    from sdd.bus import BusBridge
+    from tests.api.fakes import fake_daemon
+
+    daemon = fake_daemon(Path(tmp))
+    server = ApiServer(daemon)
+    await server.start()
+    status = {"version": "bench", "state": "running", "active_runs": 0, "queued_detections": 0}
+    batches = [_detection_events(i) for i in range(DETECTIONS)]
+    figures: dict[str, Any] = {}
+
+    async def measure() -> float:
+        hub = daemon.hub
+        cpu0 = time.process_time()
+        for events in batches:
+            for name, data in events:
+                if hub.wants(name):
+                    hub.publish(name, data)
+            await asyncio.sleep(0)  # the loop turns between detections, as in the daemon
+        while any(s._queue for s in hub._subscribers):
+            await asyncio.sleep(0.001)
+        return (time.process_time() - cpu0) / DETECTIONS * 1e6
+
+    bridge = None
+    watcher = None
+    try:
+        figures["nobody_cpu_us"] = round(await measure(), 1)
+        watcher = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench._watcher", str(daemon.config.paths.socket), stdout=asyncio.subprocess.PIPE)
+        assert watcher.stdout is not None and (await watcher.stdout.readline()).strip() == b"subscribed"
+        figures["subscriber_cpu_us"] = round(await measure(), 1)
+        bridge = BusBridge(daemon.hub, lambda: dict(status), address, queue_size=100_000)
+        await bridge.start()
+        assert await bridge.wait_connected(10)
+        figures["subscriber_and_dbus_cpu_us"] = round(await measure(), 1)
+        watcher.terminate()
+        await asyncio.wait_for(watcher.communicate(), 30)
+        watcher = None
+        while server.subscriber_count:
+            await asyncio.sleep(0.01)
+        figures["dbus_cpu_us"] = round(await measure(), 1)
+        figures["signals_sent"], figures["signal_writes"] = bridge.sent_signals, bridge.sent_batches
+    finally:
+        if watcher is not None:
+            watcher.kill()
+            await watcher.wait()
+        if bridge is not None:
+            await bridge.stop()
+        await server.close()
+    figures["note"] = (f"{DETECTIONS} detections' events (14 each: the five-step workflow), CPU of the publishing "
+                       "process per detection; the subscriber reads in another process")
+    return figures
+
+
+def watcher_cost() -> dict[str, Any]:
+    import tempfile
+
+    from tests.support.dbus import make_socket_dir, start_session_bus
+
+    directory = make_socket_dir()
+    bus = start_session_bus(directory)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sdd-bench-bus-") as tmp:
+            return asyncio.run(_watcher_cost(bus.address, tmp))
     finally:
         bus.stop()
         shutil.rmtree(directory, ignore_errors=True)

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from . import protocol
-from .errors import ApiError, DaemonUnreachable, MalformedFrame, ProtocolError
+from .errors import ApiError, DaemonUnreachable, MalformedFrame, ProtocolError, TruncatedFrame
 
 SYSTEM_SOCKET = Path("/run/sdd/sdd.sock")
 DEFAULT_TIMEOUT = 60.0
+READ_CHUNK = 256 * 1024  # bytes an event stream reads at a time
 
 
 def user_socket() -> Path:
@@ -216,6 +217,8 @@ class EventStream:
             sock.close()
             raise
         sock.settimeout(None)  # events may be minutes apart
+        self._buf = b""  # bytes received and not yet handed out, from self._pos on
+        self._pos = 0
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -228,15 +231,35 @@ class EventStream:
         return self
 
     def __next__(self) -> Event:
-        try:
-            message = protocol.recv_message(self._sock, max_depth=protocol.REPLY_MAX_DEPTH)
-        except TimeoutError:
-            raise TimeoutError("no event in time") from None
-        except OSError as exc:
-            raise DaemonUnreachable(self._where, exc.strerror or str(exc)) from None
-        if message is None:
-            raise StopIteration
-        return _event(message)
+        # Events come in bursts: one recv takes many frames, which are then handed out from the buffer.
+        while True:
+            payload = self._buffered_payload()
+            if payload is not None:
+                return _event(protocol.decode(payload, max_depth=protocol.REPLY_MAX_DEPTH))
+            try:
+                chunk = self._sock.recv(READ_CHUNK)
+            except TimeoutError:
+                raise TimeoutError("no event in time") from None
+            except OSError as exc:
+                raise DaemonUnreachable(self._where, exc.strerror or str(exc)) from None
+            if not chunk:
+                if len(self._buf) > self._pos:
+                    raise TruncatedFrame(f"connection closed inside a frame ({len(self._buf) - self._pos} bytes)")
+                raise StopIteration
+            self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) else chunk
+            self._pos = 0
+
+    def _buffered_payload(self) -> bytes | None:
+        """The next whole frame's payload in the buffer, or None when more bytes are needed."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < protocol.HEADER_SIZE:
+            return None
+        start = pos + protocol.HEADER_SIZE
+        end = start + protocol.frame_length(buf[pos:start])
+        if len(buf) < end:
+            return None
+        self._pos = end
+        return buf[start:end]
 
     def close(self) -> None:
         self._sock.close()

@@ -15,6 +15,7 @@ import asyncio
 import enum
 import socket
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import PurePath
@@ -60,11 +61,24 @@ def _default(value: Any) -> Any:
 _packer_options = {"use_bin_type": True, "default": _default, "datetime": False}
 
 
+_packers = threading.local()  # one reusable Packer per thread: packb() builds a new one on every call
+
+
+def _packer() -> msgpack.Packer:
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(**_packer_options)
+    return packer
+
+
 def pack_payload(message: Mapping[str, Any]) -> bytes:
     """The msgpack bytes of one message (no length prefix)."""
     try:
-        return msgpack.packb(message, **_packer_options)
-    except UnicodeEncodeError:
+        return _packer().pack(message)
+    except BaseException as exc:
+        _packers.packer = None  # whatever it holds of the failed message is not reused
+        if not isinstance(exc, UnicodeEncodeError):
+            raise
         # A file name that is not UTF-8 lives in the daemon as surrogateescape'd text (U+DC80..U+DCFF);
         # msgpack strings are UTF-8, so on the wire its bytes are shown escaped (`\udcff`), as on D-Bus.
         return msgpack.packb(_escape_surrogates(message), **_packer_options)

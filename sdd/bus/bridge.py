@@ -10,6 +10,9 @@ D-Bus is output only and optional. `BusBridge.start()` never raises because of t
 missing or refuses us, the bridge logs it and a reconnect loop tries again with a growing back-off
 (waiting on an event, not polling); when the bus comes back the object is exported again and the name
 re-requested. Hub events that arrive while disconnected are consumed and dropped (signals are not replayed).
+Signals are batched: a signal after a quiet spell goes out at once, those of a burst are gathered for up to
+`SIGNAL_WINDOW` and go out as one write of ready-made message bytes (`wire`, marshalled without dbus-next's
+generic marshaller), in order, with the signatures of the contract.
 `PropertiesChanged` is coalesced: at most one per `coalesce_interval` however many events a burst brings.
 """
 
@@ -27,12 +30,13 @@ from dbus_next.aio import MessageBus
 from sdd_client.dbus_quirks import close_transport, probe
 
 from sdd import hub as hub_events
-from sdd.hub import EventHub, Subscription
+from sdd.hub import EventHub, Published, Subscription
 
 from .address import BusKind, parse_bus_spec, resolve_address
 from .interface import Sdd1Interface
 from .model import BUS_NAME, OBJECT_PATH, PROPERTY_TRIGGERS, SIGNAL_EVENTS, Properties, signal_for
-from .quirks import open_message_bus, quiet_client_errors, write_backlog
+from .quirks import open_message_bus, quiet_client_errors, send_batch, write_backlog
+from .wire import signal_message
 
 log = logging.getLogger("sdd.bus")
 
@@ -40,6 +44,7 @@ log = logging.getLogger("sdd.bus")
 # not read fast enough can never make the daemon's memory grow without bound.
 MAX_WRITE_BACKLOG = 10_000
 CONNECT_TIMEOUT = 10.0
+SIGNAL_WINDOW = 0.002  # at most one write of signals per this many seconds
 
 
 class BridgeState(str, enum.Enum):
@@ -75,6 +80,8 @@ class BusBridge:
         self.last_error: str | None = None
         self.address: str | None = None
         self.dropped_signals = 0  # signals not sent because the bus did not keep up
+        self.sent_signals = 0  # signals handed to the bus connection
+        self.sent_batches = 0  # the writes they went out in (one per loop iteration that had signals)
         self.connections = 0  # successful connections so far (reconnects = connections - 1)
         self.owns_name = False  # whether this connection is the primary owner of BUS_NAME (NameAcquired/Lost)
         self._iface = Sdd1Interface(self._read_properties)
@@ -298,24 +305,47 @@ class BusBridge:
     # --- events → signals ---------------------------------------------------------------------------------
 
     async def _pump(self, sub: Subscription) -> None:
-        async for event, data in sub:
-            if event == hub_events.LAGGED:
-                log.warning("D-Bus: fell behind the hub and dropped %s events", data.get("missed"))
-            if event in PROPERTY_TRIGGERS:
+        # A signal after a quiet spell goes out at once; those of a burst are gathered for up to
+        # SIGNAL_WINDOW and go out as one write.
+        while (batch := await sub.batch(SIGNAL_WINDOW)) is not None:
+            signals = []
+            trigger = False
+            for event in batch:
+                name = event.name
+                if name in SIGNAL_EVENTS:
+                    signals.append(event)
+                elif name == hub_events.LAGGED:
+                    log.warning("D-Bus: fell behind the hub and dropped %s events", event.data.get("missed"))
+                if name in PROPERTY_TRIGGERS:
+                    trigger = True
+            if trigger:
                 self._schedule_flush()
-            sig = signal_for(event, data)
-            if sig is None or not self.connected:
+            if signals and self.connected:
+                self._emit(signals)
+
+    def _emit(self, events: list[Published]) -> None:
+        """The signals of `events`, marshalled here (`wire`) and written to the bus in one piece."""
+        bus = self._bus
+        assert bus is not None
+        room = MAX_WRITE_BACKLOG - write_backlog(bus)
+        if room < len(events):
+            self.dropped_signals += len(events) - max(room, 0)
+            events = events[:max(room, 0)]
+        messages = []
+        for event in events:
+            sig = signal_for(event.name, event.data)
+            if sig is None:
                 continue
             member, args = sig
-            bus = self._bus
-            if bus is not None and write_backlog(bus) >= MAX_WRITE_BACKLOG:
-                self.dropped_signals += 1
-                continue
             try:
-                getattr(self._iface, member)(*args)
+                messages.append(signal_message(member, args, bus.next_serial()))
             except Exception:
                 # A marshalling bug must not stop the bridge; the arguments are already cleaned.
                 log.exception("D-Bus: could not emit %s", member)
+        if messages:
+            send_batch(bus, b"".join(messages), len(messages))
+            self.sent_signals += len(messages)
+            self.sent_batches += 1
 
     # --- properties ---------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from dbus_next.constants import PropertyAccess
 from dbus_next.service import ServiceInterface, dbus_property, signal
 
-from .model import INTERFACE, Properties
+from .model import INTERFACE, SIGNALS, Properties
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -32,27 +32,27 @@ class Sdd1Interface(ServiceInterface):  # type: ignore[misc]
         self._properties = properties
 
     @signal()
-    @_dbus_type("ssss")
+    @_dbus_type(SIGNALS["DetectionReceived"])
     def DetectionReceived(self, detection_id, type_, severity, file_path):  # type: ignore[no-untyped-def]
         return [detection_id, type_, severity, file_path]
 
     @signal()
-    @_dbus_type("sss")
+    @_dbus_type(SIGNALS["RunStarted"])
     def RunStarted(self, run_id, workflow_id, detection_id):  # type: ignore[no-untyped-def]
         return [run_id, workflow_id, detection_id]
 
     @signal()
-    @_dbus_type("sssd")
+    @_dbus_type(SIGNALS["StepFinished"])
     def StepFinished(self, run_id, step_id, status, seconds):  # type: ignore[no-untyped-def]
         return [run_id, step_id, status, seconds]
 
     @signal()
-    @_dbus_type("sssd")
+    @_dbus_type(SIGNALS["RunFinished"])
     def RunFinished(self, run_id, workflow_id, status, seconds):  # type: ignore[no-untyped-def]
         return [run_id, workflow_id, status, seconds]
 
     @signal()
-    @_dbus_type("sss")
+    @_dbus_type(SIGNALS["Notification"])
     def Notification(self, title, body, urgency):  # type: ignore[no-untyped-def]
         return [title, body, urgency]
 

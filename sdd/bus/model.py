@@ -13,6 +13,14 @@ from sdd import hub as hub_events
 BUS_NAME = "org.searchanddestroy.Sdd1"
 OBJECT_PATH = "/org/searchanddestroy/Sdd1"
 INTERFACE = "org.searchanddestroy.Sdd1"
+# The contract's signals and their D-Bus signatures: the exported interface and the wire encoder read them here.
+SIGNALS = {
+    "DetectionReceived": "ssss",
+    "RunStarted": "sss",
+    "StepFinished": "sssd",
+    "RunFinished": "sssd",
+    "Notification": "sss",
+}
 
 # D-Bus strings must be valid UTF-8 without NUL (the bus disconnects a sender of an invalid message), and
 # detection fields are hostile input: they are cleaned and capped before they reach the wire.
@@ -50,8 +58,9 @@ def clean_str(value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_STRING:
         text = text[: MAX_STRING - 1] + "…"
-    # surrogateescape'd file names (non-UTF-8 bytes) cannot be encoded as UTF-8: show them escaped.
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not text.isascii():  # (ASCII, the usual case, is valid UTF-8 as it is)
+        # surrogateescape'd file names (non-UTF-8 bytes) cannot be encoded as UTF-8: show them escaped.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text.replace("\x00", "\\x00")
 
 

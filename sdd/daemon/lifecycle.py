@@ -374,12 +374,12 @@ class Daemon(DaemonFacade):
             if ev.attempt >= 2 and ev.phase == "run":
                 self._step_retried(ev)
             # attempt 0 announces a step that is skipped or failed before acting: it never started.
-            if self.hub.subscriber_count and ev.attempt > 0:
+            if ev.attempt > 0 and self.hub.wants(events.STEP_STARTED):
                 publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt})
         elif isinstance(ev, StepFinished):
             if ev.status == "failed" or ev.phase == "rollback":
                 self._step_outcome(ev)
-            if self.hub.subscriber_count:
+            if self.hub.wants(events.STEP_FINISHED):
                 publish(events.STEP_FINISHED, {"run_id": ev.run_id, "step_id": ev.step_id, "status": str(ev.status),
                                                "seconds": max(0.0, ev.finished_at - ev.started_at),
                                                "error": ev.error})

@@ -17,6 +17,7 @@ from sdd_client.client import AsyncClient
 from sdd_client.errors import ApiError
 
 from sdd.api import AlreadyRunning, ApiServer, SocketError
+from sdd.hub import socket_frame
 
 from .fakes import fake_daemon
 
@@ -312,6 +313,48 @@ async def test_subscribe_can_filter_event_names(server):
         event = await asyncio.wait_for(first, 10)
         assert event.name == "run.finished" and event.data["status"] == "completed"
         await stream.aclose()
+
+
+async def _subscribed(server, params=None):
+    reader, writer = await _raw(server.config.paths.socket)
+    writer.write(protocol.encode(protocol.request(1, "subscribe", params or {})))
+    assert (await _reply(reader))["result"] == {"subscribed": True}
+    return reader, writer
+
+
+async def test_two_subscribers_receive_identical_bytes_encoded_once_per_event(server):
+    hub = server.daemon.hub
+    calls = []
+
+    def encoder(name, data):
+        calls.append(name)
+        return socket_frame(name, data)
+
+    hub.encoder = encoder
+    (ra, wa), (rb, wb) = await _subscribed(server), await _subscribed(server)
+    expected = b"".join(socket_frame("step.finished", {"run_id": "r", "step_id": str(i)}) for i in range(200))
+    for i in range(200):
+        hub.publish("step.finished", {"run_id": "r", "step_id": str(i)})
+    got_a = await asyncio.wait_for(ra.readexactly(len(expected)), 10)
+    got_b = await asyncio.wait_for(rb.readexactly(len(expected)), 10)
+    assert got_a == got_b == expected
+    assert len(calls) == 200  # once per event, not once per subscriber
+    wa.close()
+    wb.close()
+
+
+async def test_a_filtered_subscriber_costs_nothing_for_the_kinds_it_did_not_ask_for(server):
+    hub = server.daemon.hub
+    reader, writer = await _subscribed(server, {"events": ["run.finished"]})
+    (sub,) = hub._subscribers
+    for i in range(1000):
+        hub.publish("step.finished", {"run_id": "r", "step_id": str(i)})
+    assert sub.offered == 0 and not hub.wants("step.finished")
+    hub.publish("run.finished", {"run_id": "r", "status": "completed"})
+    message = await _reply(reader)
+    assert message == {"event": "run.finished", "data": {"run_id": "r", "status": "completed"}}
+    assert sub.offered == 1
+    writer.close()
 
 
 async def test_socket_directory_writable_by_others_is_refused(tmp_path):

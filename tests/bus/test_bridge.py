@@ -164,6 +164,32 @@ async def test_a_burst_of_signals_does_not_cut_the_bridge_off_the_bus(
         await b.stop()
 
 
+async def test_a_mixed_burst_is_sent_in_few_batches_and_every_signal_arrives_in_order(
+    private_bus: Any, status: FakeStatus, collector_factory: Any
+) -> None:
+    hub = EventHub()
+    b = BusBridge(hub, status, private_bus.address, queue_size=10_000)
+    await b.start()
+    try:
+        assert await b.wait_connected(WAIT)
+        collector = await collector_factory(private_bus.address)
+        expected = []
+        for i in range(600):  # one loop iteration: the bridge wakes once for all of it
+            event, data, member, signature, args = EVENTS[i % len(EVENTS)]
+            data = {**data, "run_id": f"r{i}", "title": f"t{i}"}
+            args = [f"r{i}" if a == "run-1" else f"t{i}" if a == "Threat contained" else a for a in args]
+            hub.publish(event, data)
+            hub.publish(ev.STEP_STARTED, {"run_id": f"r{i}", "step_id": "s", "attempt": 1})  # not a signal
+            expected.append((member, signature, args))
+        await collector.wait_until(lambda msgs: len([m for m in msgs if m.member != "PropertiesChanged"]) >= 600)
+        got = [(m.member, m.signature, m.body) for m in collector.messages if m.member != "PropertiesChanged"]
+        assert got == expected
+        assert b.sent_signals == 600 and b.sent_batches <= 3 and b.dropped_signals == 0
+        assert b.connected and b.connections == 1
+    finally:
+        await b.stop()
+
+
 async def test_events_that_are_not_signals_emit_nothing(
     bridge: tuple[EventHub, BusBridge], private_bus: Any, collector_factory: Any
 ) -> None:

@@ -1,10 +1,13 @@
-"""Event hub: fan-out in order, bounded per subscriber, a lagging subscriber is told how much it missed."""
+"""Event hub: fan-out in order, bounded per subscriber, a lagging subscriber is told how much it missed; a
+watcher costs only the kinds it asked for, and each event is encoded once whatever the number of watchers."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
-from sdd.hub import LAGGED, EventHub
+from sdd.hub import EVENT_NAMES, LAGGED, RUN_FINISHED, RUN_STARTED, STEP_FINISHED, EventHub, socket_frame
 
 
 async def test_every_subscriber_gets_every_event_in_order() -> None:
@@ -43,3 +46,97 @@ async def test_filtered_subscription_and_close() -> None:
     else:
         raise AssertionError("a closed subscription must end iteration")
     assert hub.subscriber_count == 0
+
+
+class CountingEncoder:
+    """The hub's real socket encoder, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, name: str, data: Mapping[str, Any]) -> bytes:
+        self.calls += 1
+        return socket_frame(name, data)
+
+
+async def test_a_subscriber_for_run_finished_receives_only_those_and_costs_nothing_on_other_kinds() -> None:
+    encoder = CountingEncoder()
+    hub = EventHub(encoder)
+    sub = hub.subscribe(events=frozenset({RUN_FINISHED}))
+    for i in range(1000):
+        hub.publish(STEP_FINISHED, {"i": i})
+        hub.publish(RUN_STARTED, {"i": i})
+    # No queue put, no wake-up, no encode, and a publisher may skip building such events at all.
+    assert sub.offered == 0 and not sub._queue and not sub._wakeup.is_set()
+    assert encoder.calls == 0
+    assert not hub.wants(STEP_FINISHED) and hub.wants(RUN_FINISHED)
+    hub.publish(RUN_FINISHED, {"run_id": "r"})
+    assert sub.offered == 1
+    assert [(e.name, e.data) for e in sub.take()] == [(RUN_FINISHED, {"run_id": "r"})]
+
+
+async def test_nobody_subscribed_means_nothing_is_done() -> None:
+    encoder = CountingEncoder()
+    hub = EventHub(encoder)
+    assert not any(hub.wants(name) for name in EVENT_NAMES)
+    hub.publish(RUN_FINISHED, {"run_id": "r"})
+    sub = hub.subscribe()
+    sub.close()
+    assert not hub.wants(RUN_FINISHED) and hub.subscriber_count == 0
+    assert encoder.calls == 0
+
+
+async def test_an_event_is_encoded_once_and_every_subscriber_gets_the_same_bytes() -> None:
+    encoder = CountingEncoder()
+    hub = EventHub(encoder)
+    everything, finished = hub.subscribe(), hub.subscribe(events=frozenset({RUN_FINISHED, RUN_STARTED}))
+    for i in range(50):
+        hub.publish(RUN_FINISHED, {"run_id": f"r{i}", "seconds": 0.5})
+    a, b = everything.take(), finished.take()
+    frames_a, frames_b = [e.frame() for e in a], [e.frame() for e in b]
+    assert encoder.calls == 50  # not 100: once per event, whatever the number of subscribers
+    assert all(x is y for x, y in zip(frames_a, frames_b, strict=True))  # the very same bytes object
+    assert frames_a[7] == socket_frame(RUN_FINISHED, {"run_id": "r7", "seconds": 0.5})
+
+
+async def test_unknown_kinds_reach_only_subscribers_of_everything() -> None:
+    hub = EventHub()
+    everything, filtered = hub.subscribe(), hub.subscribe(events=frozenset({RUN_FINISHED}))
+    hub.publish("guard.tripped", {"action": "quarantine_file"})
+    assert [e.name for e in everything.take()] == ["guard.tripped"]
+    assert filtered.offered == 0
+
+
+async def test_lagged_comes_first_in_a_batch_and_memory_stays_bounded() -> None:
+    hub = EventHub()
+    slow = hub.subscribe(maxsize=10)
+    for i in range(1000):
+        hub.publish(STEP_FINISHED, {"i": i})
+    batch = slow.take()
+    assert (batch[0].name, batch[0].data) == (LAGGED, {"missed": 990})
+    assert [e.data["i"] for e in batch[1:]] == list(range(10))
+    assert slow.take() == []
+
+
+async def test_an_unencodable_event_is_skipped_for_every_subscriber_and_logged_once(caplog: Any) -> None:
+    hub = EventHub()
+    a, b = hub.subscribe(), hub.subscribe()
+    hub.publish(RUN_FINISHED, {"result": object()})
+    assert a.take()[0].frame() is None
+    assert b.take()[0].frame() is None
+    assert len([r for r in caplog.records if "cannot be sent" in r.message]) == 1
+
+
+async def test_a_burst_is_gathered_into_one_batch_and_an_event_after_a_quiet_spell_goes_at_once() -> None:
+    hub = EventHub()
+    sub = hub.subscribe()
+    hub.publish(RUN_STARTED, {"i": 0})
+    first = await asyncio.wait_for(sub.batch(60.0), 10)  # nothing went out for a window: handed over at once
+    assert [e.data["i"] for e in first or []] == [0]
+    later = asyncio.ensure_future(sub.batch(0.05))
+    for i in range(1, 4):
+        hub.publish(RUN_STARTED, {"i": i})
+        await asyncio.sleep(0)  # the reader runs between the publishes, and still waits for the window
+    assert [e.data["i"] for e in await asyncio.wait_for(later, 10) or []] == [1, 2, 3]
+    sub.close()
+    assert await sub.batch(0.05) is None
