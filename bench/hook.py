@@ -9,7 +9,7 @@ a real outbreak scan, since clamd waits for every VirusEvent child.
 - outbreak: one `clamdscan --multiscan` of a directory of 200 infected files (a signature made with
   `sigtool --md5`), with VirusEvent = the hook, = /bin/true, and with no hook and `--move` (ClamAV's own
   containment), median of 3 scans each. Target: hook <= 3x /bin/true. (Containment by the daemon, and how
-  long it takes, is bench/daemon's outbreak figure.)
+  long it takes, is bench/outbreak.py's figure, beside these scans.)
 """
 
 from __future__ import annotations

@@ -52,19 +52,20 @@ def _export_lines(ctx: Ctx, export: Any) -> list[tuple[str, str]]:
     return out
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _guard_lines(ctx: Ctx, guards: Any) -> list[tuple[str, str]]:
     """Steps a rate limit holds (count and action) and open breakers; nothing when no guard holds anything."""
-    if not isinstance(guards, dict):
-        return []
+    guards = _mapping(guards)
     lines: list[tuple[str, str]] = []
-    limits = guards.get("rate_limits") if isinstance(guards.get("rate_limits"), dict) else {}
-    waiting = guards.get("waiting") if isinstance(guards.get("waiting"), dict) else {}
-    for action, count in sorted(waiting.items()):
-        limit = limits.get(action) if isinstance(limits.get(action), dict) else {}
+    limits = _mapping(guards.get("rate_limits"))
+    for action, count in sorted(_mapping(guards.get("waiting")).items()):
+        limit = _mapping(limits.get(action))
         lines.append(("Waiting", ctx.style.paint(f"{safe(count)} step(s) for {safe(action, 60)}", "yellow")
                       + f" (rate limit {safe(limit.get('limit'))} per {safe(limit.get('per_seconds'))} s)"))
-    breakers = guards.get("breakers") if isinstance(guards.get("breakers"), dict) else {}
-    for key, b in sorted(breakers.items()):
+    for key, b in sorted(_mapping(guards.get("breakers")).items()):
         if isinstance(b, dict) and b.get("state") != "closed":
             lines.append(("Breaker", ctx.style.paint(f"{safe(key, 80)} {safe(b.get('state'))}", "red")
                           + f" ({safe(b.get('last_error'), 120)})"))

@@ -200,7 +200,11 @@ class Guards:
                 self._grant(action)
             raise
         if on_wait is not None:
-            await on_wait(None, since)
+            try:
+                await on_wait(None, since)
+            except BaseException:
+                self._give_back(action)  # cancelled holding its slot: the slot goes to the next in line
+                raise
 
     def _room(self, action: str, limit: RateLimit) -> int:
         """Free slots in `action`'s window now (caller holds the lock)."""

@@ -433,8 +433,9 @@ class Daemon(DaemonFacade):
         desktop Notification (D-Bus), and an audit row."""
         data = trip.to_dict()
         self.hub.publish(events.GUARD_TRIPPED, data)
-        what = f"rate limit of {trip.action}" if trip.action else trip.guard
-        self._desktop_notification(f"sdd: {what} reached", trip.reason, "critical")
+        title = (f"sdd: rate limit of {trip.action} reached" if trip.action
+                 else f"sdd: circuit breaker {trip.guard.removeprefix('breaker:')} open")
+        self._desktop_notification(title, trip.reason, "critical")
         if self.store is not None:
             self.spawn(self._audit_trip(trip.guard, data), "audit guard trip")
 

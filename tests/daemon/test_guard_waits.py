@@ -138,3 +138,32 @@ def test_a_run_held_by_a_guard_does_not_take_a_run_slot(tmp_path: Path) -> None:
         assert d.count("SELECT count(*) FROM steps WHERE status = 'waiting'") == 1
     finally:
         d.close()
+
+
+def test_a_breaker_that_opens_is_one_trip_on_the_stream(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on: every call is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hook = {"workflow_id": "hook", "trigger": {"type": "malware"},
+            "steps": [{"step_id": "post", "type": "webhook", "max_retries": 0, "on_failure": "continue",
+                       "params": {"url": f"http://127.0.0.1:{port}/alert", "payload": {"x": 1}}}]}
+    d = DaemonProcess(tmp_path, workflows={"hook": hook}, config_overrides={"actions": {"breaker_failures": 2}})
+    try:
+        d.start()
+        with d.client() as c:
+            stream = c.subscribe(["guard.tripped", "run.finished"])
+            for i in range(5):
+                d.drop({"type": "malware", "file_path": f"/tmp/b{i}"})
+            trips, finished = [], 0
+            for event in stream:
+                if event.name == "guard.tripped":
+                    trips.append(event.data)
+                finished += event.name == "run.finished"
+                if finished == 5:
+                    break
+        assert [t["guard"] for t in trips] == [f"breaker:webhook:127.0.0.1:{port}"]
+        assert "opened after 2 consecutive failures" in trips[0]["reason"]
+    finally:
+        d.close()

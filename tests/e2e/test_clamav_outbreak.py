@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_clamav import (  # noqa: F401  (smtp, workdir: fixtures)
+    CLAMD,
     CLAMDSCAN,
     MALWARE,
     REPO,
+    SIGTOOL,
     TEMPLATE,
     WAIT,
     Clamd,
@@ -30,7 +32,9 @@ from tests.e2e.test_clamav import (  # noqa: F401  (smtp, workdir: fixtures)
 )
 from tests.support.daemon import DaemonProcess
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.skipif(CLAMDSCAN is None, reason="ClamAV is not installed")]
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(None in (CLAMD, CLAMDSCAN, SIGTOOL),
+                                 reason="ClamAV is not installed (tests/system-deps.sh)")]
 
 N = 150
 HOOK = REPO / "build" / "sdd-virusevent"

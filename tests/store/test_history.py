@@ -371,3 +371,35 @@ async def test_a_held_run_whose_store_closed_is_logged_not_raised(db_path: Path,
     assert "cannot record run gone" in caplog.text
     release.set()
     assert (await handle.wait()).status.value == "completed"
+
+
+async def test_a_step_reported_waiting_is_on_disk_waiting_with_its_reason_then_running_again(
+        store: Store, db_path: Path) -> None:
+    """Issue 13: a guard's wait (report_waiting) is committed before the handler goes on, even for a run of
+    idempotent steps that the recorder would otherwise hold in memory until it ends; a restart finds it."""
+    from sdd.engine import current_step, report_waiting
+
+    seen: list[Any] = []
+    engine = WorkflowEngine(listeners=[HistoryRecorder(store)])
+
+    async def guarded(*, context: dict[str, Any], **params: Any) -> str:
+        run_id = current_step().run_id
+        await report_waiting("rate limit for guarded reached", 1234.5)
+        seen.append(_peek_step(db_path, run_id, "g"))
+        seen.append(store.list_runs(limit=5).items[0]["waiting"])
+        await report_waiting(None, 1234.5)
+        seen.append(_peek_step(db_path, run_id, "g"))
+        return "done"
+
+    engine.register_action("guarded", guarded, idempotent=True)
+    await store.add_detection({"type": "malware", "id": "ext-w"})
+    wf = Workflow.from_dict({"workflow_id": "wf", "steps": [{"step_id": "g", "action": "guarded"}]})
+    handle = engine.start(wf, detection={"type": "malware", "id": "ext-w"})
+    assert (await handle.wait()).status.value == "completed"
+    assert seen[0] == ("waiting", 1)
+    assert seen[1] == {"step_id": "g", "action": "guarded", "reason": "rate limit for guarded reached",
+                       "since": 1234.5}
+    assert seen[2] == ("running", 1)
+    assert _peek_step(db_path, handle.run_id, "g") == ("completed", 1)
+    dry = await engine.execute_workflow(wf, dry_run=True)  # a dry run never acts, so never waits
+    assert dry.status.value == "completed"
