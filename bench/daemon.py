@@ -14,8 +14,15 @@
 - backlog: 100,000 files at once into a daemon with the default config that runs the five-step workflow for
   each: detections beyond `intake.max_queued` wait as files and in the database, not in memory, so peak RSS
   stays flat and the API answers meanwhile (`status` round trips every 50 ms, p50 / p99 / max).
+- watchers (issue 13, `run_watchers`): the same 10,000-file burst with nobody watching and with one full
+  `subscribe` client (bench/_watcher.py, its own process, reading every event) plus the D-Bus bridge on a
+  private dbus-daemon, interleaved rounds, and their ratio; CPU per detection of the daemon, the watcher and
+  dbus-daemon; a paced 1,000 detections/s with that subscriber attached, p50/p99 from rename into new/ to
+  `run.finished` as the subscriber reads it, with the stages it spends them in; and the bare floor loop of
+  field-notes.md (bench/_floor.py: inotify + one SQLite row per file, no fsync per commit) in the same run,
+  every throughput also as a ratio to it.
 Targets (issue 4): p50 <= 3 ms, p99 <= 15 ms, >= 2,650/s, nothing lost at 50,000, peak RSS <= 120 MB,
-idle RSS <= 50 MB.
+idle RSS <= 50 MB. Issue 13: watched / unwatched >= 0.8; paced 1,000/s p99 <= 15 ms with a subscriber.
 """
 
 from __future__ import annotations
@@ -260,6 +267,10 @@ def run() -> dict[str, Any]:
                                     "peak_rss_mb": round(_status(d.pid, "VmHWM") / 1024, 1),
                                     "overflow_seen": "overflow" in d.log().lower()}
         out["backlog_100000"] = _backlog(root / "c")
+    try:
+        out["watchers"] = run_watchers()
+    except Exception as exc:  # noqa: BLE001 -- a diagnostic: never hide the other figures
+        out["watchers"] = {"error": f"{type(exc).__name__}: {exc}"}
     targets = {"latency_p50_ms": 3.0, "latency_p99_ms": 15.0, "peak_rss_mb": 120.0, "idle_rss_mb": 50.0}
     out["targets_met"] = {k: out[k] <= v for k, v in targets.items()} | {
         "throughput_per_s": out["throughput_per_s"] >= 2650, "no_loss_50000": out["no_loss_50000"]["lost"] == 0,
