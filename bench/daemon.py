@@ -427,7 +427,7 @@ def _paced_latency(d: DaemonProcess, events: tuple[str, ...] = ()) -> dict[str, 
             "measured": "rename into new/ -> run.finished read by a full subscriber (every event), D-Bus on"}
 
 
-def run_watchers(rounds: int = 2) -> dict[str, Any]:
+def run_watchers(rounds: int = 3) -> dict[str, Any]:
     """Issue 13's side-by-side figures, all from this one run (ratios are what the targets mean)."""
     import shutil
 
