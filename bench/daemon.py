@@ -306,7 +306,7 @@ def _rename_paced(tmp: Path, new: Path, names: list[str], rate: float) -> dict[s
     return sent
 
 
-def _floor_loop(root: Path) -> dict[str, Any]:
+def _floor_loop(root: Path, rounds: int = 3) -> dict[str, Any]:
     """The bare floor loop (bench/_floor.py) in its own process: a 10,000-file burst, then paced 1,000/s."""
     import sqlite3
     import subprocess
@@ -332,25 +332,28 @@ def _floor_loop(root: Path) -> dict[str, Any]:
                     raise AssertionError(f"floor loop: {rows()} of {n} rows")
                 time.sleep(0.02)
 
-        burst = []
-        for i in range(BURST):
-            (spool / "tmp" / f"fb{i}").write_text(json.dumps({"type": "malware", "file_path": f"/tmp/fb{i}"}))
-            burst.append(f"fb{i}")
-        start = _burst_names(spool, burst)
-        wait_rows(BURST)
-        per_s = BURST / (time.time() - start)
+        rates = []
+        for r in range(rounds):  # a burst of the floor lasts about a second: the best of a few
+            burst = []
+            for i in range(BURST):
+                name = f"fb{r}_{i}"
+                (spool / "tmp" / name).write_text(json.dumps({"type": "malware", "file_path": f"/tmp/{name}"}))
+                burst.append(name)
+            start = _burst_names(spool, burst)
+            wait_rows(BURST * (r + 1))
+            rates.append(BURST / (time.time() - start))
         paced = []
         for i in range(PACED):
             (spool / "tmp" / f"fp{i}").write_text(json.dumps({"type": "malware", "file_path": f"/tmp/fp{i}"}))
             paced.append(f"fp{i}")
         sent = _rename_paced(spool / "tmp", spool / "new", paced, PACED_RATE)
-        wait_rows(BURST + PACED)
+        wait_rows(BURST * rounds + PACED)
     finally:
         proc.terminate()
         proc.wait(30)
     done = json.loads((root / "floor.db.times.json").read_text())
     lat = [(done[n] - sent[n]) * 1000 for n in paced if n in done]
-    return {"burst_per_s": round(per_s), "paced_per_s": PACED_RATE, "paced_p50_ms": _pct(lat, 0.5),
+    return {"burst_per_s": round(max(rates)), "burst_rounds_per_s": [round(x) for x in rates], "paced_per_s": PACED_RATE, "paced_p50_ms": _pct(lat, 0.5),
             "paced_p99_ms": _pct(lat, 0.99), "durability": FLOOR_DURABILITY,
             "what": "inotify (sdd's NameWatch) + read + json.loads + one SQLite row per file committed alone + unlink"}
 
@@ -437,7 +440,7 @@ def run_watchers(rounds: int = 3) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sdd-bench-w-") as tmp:
         root = Path(tmp)
         (root / "floor").mkdir()
-        floor = out["floor_loop"] = _floor_loop(root / "floor")
+        floor = out["floor_loop"] = _floor_loop(root / "floor", rounds)
         bus_dir = make_socket_dir()
         bus = start_session_bus(bus_dir)
         quiet = {"logging": {"level": "warning"}}
