@@ -14,8 +14,15 @@
 - backlog: 100,000 files at once into a daemon with the default config that runs the five-step workflow for
   each: detections beyond `intake.max_queued` wait as files and in the database, not in memory, so peak RSS
   stays flat and the API answers meanwhile (`status` round trips every 50 ms, p50 / p99 / max).
+- watchers (issue 13, `run_watchers`): the same 10,000-file burst with nobody watching and with one full
+  `subscribe` client (bench/_watcher.py, its own process, reading every event) plus the D-Bus bridge on a
+  private dbus-daemon, interleaved rounds, and their ratio; CPU per detection of the daemon, the watcher and
+  dbus-daemon; a paced 1,000 detections/s with that subscriber attached, p50/p99 from rename into new/ to
+  `run.finished` as the subscriber reads it, with the stages it spends them in; and the bare floor loop of
+  field-notes.md (bench/_floor.py: inotify + one SQLite row per file, no fsync per commit) in the same run,
+  every throughput also as a ratio to it.
 Targets (issue 4): p50 <= 3 ms, p99 <= 15 ms, >= 2,650/s, nothing lost at 50,000, peak RSS <= 120 MB,
-idle RSS <= 50 MB.
+idle RSS <= 50 MB. Issue 13: watched / unwatched >= 0.8; paced 1,000/s p99 <= 15 ms with a subscriber.
 """
 
 from __future__ import annotations
@@ -260,6 +267,10 @@ def run() -> dict[str, Any]:
                                     "peak_rss_mb": round(_status(d.pid, "VmHWM") / 1024, 1),
                                     "overflow_seen": "overflow" in d.log().lower()}
         out["backlog_100000"] = _backlog(root / "c")
+    try:
+        out["watchers"] = run_watchers()
+    except Exception as exc:  # noqa: BLE001 -- a diagnostic: never hide the other figures
+        out["watchers"] = {"error": f"{type(exc).__name__}: {exc}"}
     targets = {"latency_p50_ms": 3.0, "latency_p99_ms": 15.0, "peak_rss_mb": 120.0, "idle_rss_mb": 50.0}
     out["targets_met"] = {k: out[k] <= v for k, v in targets.items()} | {
         "throughput_per_s": out["throughput_per_s"] >= 2650, "no_loss_50000": out["no_loss_50000"]["lost"] == 0,
@@ -295,7 +306,7 @@ def _rename_paced(tmp: Path, new: Path, names: list[str], rate: float) -> dict[s
     return sent
 
 
-def _floor_loop(root: Path) -> dict[str, Any]:
+def _floor_loop(root: Path, rounds: int = 3) -> dict[str, Any]:
     """The bare floor loop (bench/_floor.py) in its own process: a 10,000-file burst, then paced 1,000/s."""
     import sqlite3
     import subprocess
@@ -321,25 +332,28 @@ def _floor_loop(root: Path) -> dict[str, Any]:
                     raise AssertionError(f"floor loop: {rows()} of {n} rows")
                 time.sleep(0.02)
 
-        burst = []
-        for i in range(BURST):
-            (spool / "tmp" / f"fb{i}").write_text(json.dumps({"type": "malware", "file_path": f"/tmp/fb{i}"}))
-            burst.append(f"fb{i}")
-        start = _burst_names(spool, burst)
-        wait_rows(BURST)
-        per_s = BURST / (time.time() - start)
+        rates = []
+        for r in range(rounds):  # a burst of the floor lasts about a second: the best of a few
+            burst = []
+            for i in range(BURST):
+                name = f"fb{r}_{i}"
+                (spool / "tmp" / name).write_text(json.dumps({"type": "malware", "file_path": f"/tmp/{name}"}))
+                burst.append(name)
+            start = _burst_names(spool, burst)
+            wait_rows(BURST * (r + 1))
+            rates.append(BURST / (time.time() - start))
         paced = []
         for i in range(PACED):
             (spool / "tmp" / f"fp{i}").write_text(json.dumps({"type": "malware", "file_path": f"/tmp/fp{i}"}))
             paced.append(f"fp{i}")
         sent = _rename_paced(spool / "tmp", spool / "new", paced, PACED_RATE)
-        wait_rows(BURST + PACED)
+        wait_rows(BURST * rounds + PACED)
     finally:
         proc.terminate()
         proc.wait(30)
     done = json.loads((root / "floor.db.times.json").read_text())
     lat = [(done[n] - sent[n]) * 1000 for n in paced if n in done]
-    return {"burst_per_s": round(per_s), "paced_per_s": PACED_RATE, "paced_p50_ms": _pct(lat, 0.5),
+    return {"burst_per_s": round(max(rates)), "burst_rounds_per_s": [round(x) for x in rates], "paced_per_s": PACED_RATE, "paced_p50_ms": _pct(lat, 0.5),
             "paced_p99_ms": _pct(lat, 0.99), "durability": FLOOR_DURABILITY,
             "what": "inotify (sdd's NameWatch) + read + json.loads + one SQLite row per file committed alone + unlink"}
 
@@ -416,7 +430,7 @@ def _paced_latency(d: DaemonProcess, events: tuple[str, ...] = ()) -> dict[str, 
             "measured": "rename into new/ -> run.finished read by a full subscriber (every event), D-Bus on"}
 
 
-def run_watchers(rounds: int = 2) -> dict[str, Any]:
+def run_watchers(rounds: int = 3) -> dict[str, Any]:
     """Issue 13's side-by-side figures, all from this one run (ratios are what the targets mean)."""
     import shutil
 
@@ -426,7 +440,7 @@ def run_watchers(rounds: int = 2) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sdd-bench-w-") as tmp:
         root = Path(tmp)
         (root / "floor").mkdir()
-        floor = out["floor_loop"] = _floor_loop(root / "floor")
+        floor = out["floor_loop"] = _floor_loop(root / "floor", rounds)
         bus_dir = make_socket_dir()
         bus = start_session_bus(bus_dir)
         quiet = {"logging": {"level": "warning"}}

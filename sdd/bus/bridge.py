@@ -81,7 +81,7 @@ class BusBridge:
         self.address: str | None = None
         self.dropped_signals = 0  # signals not sent because the bus did not keep up
         self.sent_signals = 0  # signals handed to the bus connection
-        self.sent_batches = 0  # the writes they went out in (one per loop iteration that had signals)
+        self.sent_batches = 0  # the writes they went out in (at most one per SIGNAL_WINDOW)
         self.connections = 0  # successful connections so far (reconnects = connections - 1)
         self.owns_name = False  # whether this connection is the primary owner of BUS_NAME (NameAcquired/Lost)
         self._iface = Sdd1Interface(self._read_properties)

@@ -57,15 +57,23 @@ for _signature in SIGNALS.values():
 def body(signature: str, args: Sequence[str | float]) -> bytes:
     """The marshalled body of `args` for a signature of strings (`s`) and doubles (`d`). Strings must be
     valid D-Bus strings already (model.clean_str)."""
+    if len(signature) != len(args):
+        raise ValueError(f"wire: {len(args)} arguments for signature {signature!r}")
     parts: list[bytes] = []
+    append = parts.append
     offset = 0
-    for code, value in zip(signature, args, strict=True):
+    for code, value in zip(signature, args):
         if code == "s":
-            chunk = _pad(offset, 4) + _string(value)  # type: ignore[arg-type]
+            data = value.encode("utf-8")  # type: ignore[union-attr]
+            pad = -offset % 4
+            append(_PADS[pad] + _U32.pack(len(data)))
+            append(data)
+            append(b"\0")
+            offset += pad + 5 + len(data)
         else:
-            chunk = _pad(offset, 8) + _DOUBLE.pack(value)
-        parts.append(chunk)
-        offset += len(chunk)
+            pad = -offset % 8
+            append(_PADS[pad] + _DOUBLE.pack(value))
+            offset += pad + 8
     return b"".join(parts)
 
 
