@@ -20,6 +20,7 @@ from sdd_client import protocol
 from sdd_client.errors import ErrorCode, ProtocolError
 
 from . import auth, listener
+from .control import Control
 from .errors import ApiError, Forbidden, UnknownMethod
 from .errors import ErrorCode as Code
 from .methods import METHODS, Call, map_exception, subscribe_params
@@ -48,7 +49,7 @@ class Connection:
 class ApiServer:
     """The daemon's socket API. `await start()` binds (or inherits) the socket; `await close()` undoes it."""
 
-    def __init__(self, daemon: Any, *, listen_fd: int | None = None, lock_fd: int | None = None) -> None:
+    def __init__(self, daemon: Control, *, listen_fd: int | None = None, lock_fd: int | None = None) -> None:
         self.daemon = daemon
         self.config = daemon.config
         api = self.config.api

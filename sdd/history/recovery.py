@@ -21,12 +21,11 @@ from typing import Any
 
 from sdd.engine import RunHandle, Workflow, WorkflowEngine
 from sdd.engine.statuses import RunStatus
+from sdd.labels import Trigger, external_id, run_labels
 from sdd.logging import kv
+from sdd.store import Store
 
 log = logging.getLogger(__name__)
-
-# Lets the daemon tie a resumed run to its detection before the engine announces it.
-BeforeStart = Callable[[str, "str | None", str], None]
 
 
 @dataclass
@@ -39,9 +38,9 @@ class RecoveryReport:
         return {"resumed": len(self.resumed), "abandoned": len(self.abandoned)}
 
 
-async def recover_runs(store: Any, engine: WorkflowEngine, prior_steps: Callable[[str], Any],
-                       before_start: BeforeStart | None = None) -> RecoveryReport:
-    """Resumes every run left `running` or `pending`; returns what was done."""
+async def recover_runs(store: Store, engine: WorkflowEngine, prior_steps: Callable[[str], Any]) -> RecoveryReport:
+    """Resumes every run left `running` or `pending`, labelled as it was started (`sdd.labels`: its detection,
+    the producer's id read back from the detection, its trigger and uid); returns what was done."""
     report = RecoveryReport()
     rows: list[Mapping[str, Any]] = []
     for status in (RunStatus.RUNNING, RunStatus.PENDING):
@@ -63,11 +62,12 @@ async def recover_runs(store: Any, engine: WorkflowEngine, prior_steps: Callable
             prior = prior_steps(run_id)
             if inspect.isawaitable(prior):
                 prior = await prior
-            if before_start is not None:
-                before_start(run_id, detection_id, str(row.get("trigger") or "detection"))
+            labels = run_labels(detection_id=None if detection_id is None else str(detection_id),
+                                external_id=external_id(detection),
+                                trigger=Trigger(row.get("trigger") or Trigger.DETECTION), uid=row.get("uid"))
             context = row.get("context") or {}
             handle = engine.start(workflow, context, detection=detection, run_id=run_id,
-                                  dry_run=bool(row.get("dry_run")), prior=prior)
+                                  dry_run=bool(row.get("dry_run")), prior=prior, labels=labels)
         except Exception as exc:
             log.exception("cannot resume a run", extra=kv(run_id=run_id))
             await _abandon(store, run_id, f"cannot resume: {exc}")
@@ -80,6 +80,6 @@ async def recover_runs(store: Any, engine: WorkflowEngine, prior_steps: Callable
     return report
 
 
-async def _abandon(store: Any, run_id: str, reason: str) -> None:
+async def _abandon(store: Store, run_id: str, reason: str) -> None:
     log.error("run abandoned", extra=kv(run_id=run_id, reason=reason))
     await store.finish_run(run_id, RunStatus.INTERRUPTED.value, reason, time.time())
