@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess
-
-from .conftest import notify_workflow
+from tests.support.workflows import notify_workflow
 
 client = pytest.importorskip("sdd_client.client")
 
