@@ -410,6 +410,10 @@ class Dispatcher:
 
     def _state_written(self, detection_id: str, fut: asyncio.Future[Any]) -> None:
         self._in_progress.discard(detection_id)
+        if not self._in_progress and self._backlog and not self._ready:
+            # A refill skipped rows still `queued` only because their state write was in flight: with no
+            # commit or finished run left to wake the loop, those behind them would wait for the next start.
+            self.wake.set()
         if not fut.cancelled() and fut.exception() is not None:
             log.error("cannot record a detection's state", extra=kv(detection_id=detection_id,
                                                                      error=fut.exception()))
