@@ -1,4 +1,4 @@
-"""The daemon's control: what the socket API, the NATS intake and SIGHUP may ask of it — `status`,
+"""The daemon's control: what the socket API and the NATS intake may ask of it — `status`,
 `submit_detection`, `start_run`, `cancel_run`, `restore_quarantine`, `reload` — each checked, done through
 the part that owns it (the dispatcher commits and starts, the engine cancels and plans, the daemon reloads),
 and audited with the caller's uid. It implements `sdd.api.control.Control`; the daemon composes it from its
