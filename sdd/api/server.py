@@ -217,7 +217,7 @@ class ApiServer:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             error = map_exception(exc, method)
             if handler is not None and (method in auth.WRITE_METHODS or error.code == Code.FORBIDDEN):
-                # Successful state changes are audited by the daemon facade; refusals are recorded here.
+                # Successful state changes are audited by the daemon's Control; refusals are recorded here.
                 await self._audit_refusal(conn, method, error, request.params)
             return protocol.error_reply(request.id, error.code, error.message)
         return protocol.result_reply(request.id, result)

@@ -1,16 +1,15 @@
-"""The `Daemon`: its lifecycle, which builds and wires the parts, and the bridge from engine events to the
-hub (API subscribers, D-Bus) and to systemd's status line.
+"""The `Daemon`: its lifecycle, which builds and wires the parts, and systemd's status line.
 
 Life reads top-down: `serve()` → `startup()` → wait for a stop request → `shutdown()`. Signals only flip a
 flag or schedule a reload. What happens to a detection is the dispatcher's (`sdd/dispatch/dispatcher.py`);
 what callers can ask of the daemon is the `Control`'s (`control.py`), composed here from the parts it uses;
-loading actions and workflows is `loading.py`'s.
+engine events reach the history and the hub through `reporting.py`; loading actions and workflows is
+`loading.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import signal
@@ -23,22 +22,20 @@ from typing import TYPE_CHECKING, Any
 from sdd import __version__
 from sdd import hub as events
 from sdd.actions import ActionServices
-from sdd.actions.runlog import RunLog
 from sdd.api import AlreadyRunning, ApiServer
 from sdd.config import Config, ConfigError, load_config
 from sdd.daemon.control import Control
-from sdd.daemon.loading import freeze_long_lived, load_actions, load_workflows, reads_run_log
+from sdd.daemon.loading import freeze_long_lived, load_actions, load_workflows
+from sdd.daemon.reporting import RunReporter
 from sdd.dispatch.dispatcher import Dispatcher, DispatchSettings
 from sdd.dispatch.scheduler import Scheduler
 from sdd.engine import ActionSpec, Workflow, WorkflowEngine
-from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted
 from sdd.fleet import Fleet
 from sdd.history.recorder import HistoryRecorder
 from sdd.history.recovery import recover_runs
 from sdd.hub import EventHub
 from sdd.intake.watch import Intake
-from sdd.labels import DETECTION_ID, EXTERNAL_ID, TRIGGER
-from sdd.logging import LogEvent, kv, setup_logging, story
+from sdd.logging import kv, setup_logging
 from sdd.sdnotify import Notifier, watchdog_interval
 from sdd.store import Store
 
@@ -73,6 +70,7 @@ class Daemon:
         self.engine: WorkflowEngine
         self.dispatcher: Dispatcher
         self.recorder: HistoryRecorder
+        self.reporter: RunReporter    # engine events → run log, history, hub, log lines
         self.control: Control
         self.services: ActionServices | None = None
         self._action_specs: list[ActionSpec] = []
@@ -92,9 +90,6 @@ class Daemon:
         self._status_timer: asyncio.TimerHandle | None = None
         self._status_published: tuple[int, int, str] | None = None
         self._instance_lock: int | None = None
-        self.run_log: RunLog | None = None  # the actions' RunLog (what reports read), fed the events of runs that read it
-        self._logged_runs: set[str] = set()                    # runs whose events go to the run log
-        self._reads_log: dict[int, tuple[Workflow, bool]] = {}  # workflow object → reads_run_log() of it
         self.fleet = Fleet(config, __version__)
         self.stats = {"received": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "no_match": 0,
                       "runs_started": 0, "runs_finished": 0}
@@ -138,7 +133,6 @@ class Daemon:
         await self.fleet.attach(store, self.spawn)  # before anything is recorded: all of it is exported
         self.services, actions, action_errors = load_actions(cfg, store, self._desktop_notification)
         self._action_specs = actions
-        self.run_log = getattr(self.services, "run_log", None)
         if self.services is not None:
             self.services.run_labels = self._run_labels
         for err in action_errors:
@@ -148,13 +142,17 @@ class Daemon:
         for issue in self.workflow_errors:
             log.error("workflow not loaded", extra=kv(issue=issue))
         # template_dirs=(): in the daemon a sub-workflow comes only from the configured (checked) workflow dirs.
-        self.engine = WorkflowEngine(actions, listeners=[self._on_engine_event], workflows=self.workflows,
+        self.engine = WorkflowEngine(actions, workflows=self.workflows,
                                      template_dirs=(),
                                      max_depth=cfg.engine.max_subworkflow_depth)
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
         self.dispatcher = Dispatcher(store, self.hub, self.engine, self.stats, DispatchSettings.of(cfg), life=self,
                                      spawn=self.spawn, on_change=self.publish_status)
         self.recorder = HistoryRecorder(store, on_run_recorded=self.dispatcher.run_recorded)
+        self.reporter = RunReporter(self.engine, self.recorder, self.hub, self.stats,
+                                    None if self.services is None else self.services.run_log,
+                                    slot_freed=self.dispatcher.wake.set, on_change=self.publish_status)
+        self.engine.add_listener(self.reporter)
         self.control = Control(life=self, config=cfg, store=store, hub=self.hub, engine=self.engine,
                                dispatcher=self.dispatcher, status=self.status, reload=self.reload)
         self.fleet.observe(self.engine, self.dispatcher, self.spawn)
@@ -417,113 +415,8 @@ class Daemon:
                 log.error("history purge failed", extra=kv(error=exc))
             await asyncio.sleep(PURGE_INTERVAL)
 
-    # ---- engine events → run log, history, hub and the log -----------------------------------------------------
-    def _on_engine_event(self, ev: EngineEvent) -> Awaitable[None] | None:
-        """The run log first (a report step reads it), then history (awaited when it asks: a non-idempotent
-        step's intent, a run's final status), then the hub and the log. Synchronous unless the recorder
-        returns an awaitable, so most events cost no coroutine."""
-        if self.run_log is not None and (ev.run_id in self._logged_runs or type(ev) is RunStarted):
-            self._feed_run_log(self.run_log, ev)
-        pending = self.recorder(ev)
-        if pending is not None and inspect.isawaitable(pending):
-            return self._publish_after(pending, ev)
-        self._publish_engine_event(ev)
-        return None
-
-    def _feed_run_log(self, run_log: RunLog, ev: EngineEvent) -> None:
-        if isinstance(ev, RunStarted):
-            key = id(ev.workflow)
-            cached = self._reads_log.get(key)
-            if cached is None or cached[0] is not ev.workflow:
-                if len(self._reads_log) > 256:
-                    self._reads_log.clear()
-                cached = self._reads_log[key] = (ev.workflow, reads_run_log(ev.workflow, self.workflows))
-            if not cached[1]:
-                return
-            self._logged_runs.add(ev.run_id)
-            run_log(ev)
-            run_log.label(ev.run_id, detection_id=ev.labels.get(DETECTION_ID), external_id=ev.labels.get(EXTERNAL_ID))
-            return
-        run_log(ev)
-        if isinstance(ev, RunFinished):
-            self._logged_runs.discard(ev.run_id)
-
     def _run_labels(self, run_id: str) -> dict[str, Any]:
-        """What the actions' log lines say of a run: sdd's detection id and the producer's."""
-        handle = self.engine.active_runs.get(run_id)
-        if handle is None:
-            return {}
-        return {"detection": handle.labels.get(DETECTION_ID), "external_id": handle.labels.get(EXTERNAL_ID)}
-
-    async def _publish_after(self, pending: Awaitable[Any], ev: EngineEvent) -> None:
-        await pending
-        self._publish_engine_event(ev)
-
-    def _publish_engine_event(self, ev: EngineEvent) -> None:
-        publish = self.hub.publish
-        if isinstance(ev, StepStarted):
-            if ev.attempt >= 2 and ev.phase == "run":
-                self._step_retried(ev)
-            # attempt 0 announces a step that is skipped or failed before acting: it never started.
-            if self.hub.subscriber_count and ev.attempt > 0:
-                publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt})
-        elif isinstance(ev, StepFinished):
-            if ev.status == "failed" or ev.phase == "rollback":
-                self._step_outcome(ev)
-            if self.hub.subscriber_count:
-                publish(events.STEP_FINISHED, {"run_id": ev.run_id, "step_id": ev.step_id, "status": str(ev.status),
-                                               "seconds": max(0.0, ev.finished_at - ev.started_at),
-                                               "error": ev.error})
-        elif isinstance(ev, RunStarted):
-            labels = ev.labels
-            detection_id, external = labels.get(DETECTION_ID), labels.get(EXTERNAL_ID)
-            publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
-                                         "detection_id": detection_id, "external_id": external})
-            if log.isEnabledFor(logging.INFO):
-                log.info("run started", extra=story(ev.run_id, ev.workflow_id, detection_id,
-                                                    external_id=external or "-", trigger=labels.get(TRIGGER, "api"),
-                                                    resumed=ev.resumed))
-            self.publish_status()
-        elif isinstance(ev, RunFinished):
-            # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
-            detection_id, external = ev.labels.get(DETECTION_ID), ev.labels.get(EXTERNAL_ID)
-            self.stats["runs_finished"] += 1
-            seconds = max(0.0, ev.finished_at - ev.started_at)
-            publish(events.RUN_FINISHED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
-                                          "status": str(ev.status), "seconds": seconds, "error": ev.error,
-                                          "detection_id": detection_id, "external_id": external})
-            level = logging.INFO if ev.status == "completed" else logging.WARNING
-            if log.isEnabledFor(level):
-                log.log(level, "run finished", extra=story(
-                    ev.run_id, ev.workflow_id, detection_id, event=LogEvent.RUN_FINISHED,
-                    external_id=external or "-",
-                    status=str(ev.status), duration=f"{seconds:.3f}s", **({"error": ev.error} if ev.error else {})))
-            # The engine drops the handle when the task ends; a free slot is what the dispatcher waits for.
-            if self._loop is not None:
-                self._loop.call_soon(self.dispatcher.wake.set)
-            self.publish_status()
-
-    def _run_fields(self, ev: StepStarted | StepFinished, **more: Any) -> dict[str, Any]:
-        handle = self.engine.active_runs.get(ev.run_id)  # (a step's events come while its run is active)
-        workflow_id = None if handle is None else handle.workflow.workflow_id
-        return story(ev.run_id, workflow_id, ev.labels.get(DETECTION_ID), **more)
-
-    def _step_retried(self, ev: StepStarted) -> None:
-        if log.isEnabledFor(logging.WARNING):
-            log.warning("step retried", extra=self._run_fields(ev, step=ev.step_id, attempt=ev.attempt,
-                                                               action=ev.action or "-"))
-
-    def _step_outcome(self, ev: StepFinished) -> None:
-        """One line per failed step, and per rollback (done or failed)."""
-        if ev.phase == "rollback":
-            if ev.status == "failed":
-                log.error("rollback failed", extra=self._run_fields(ev, step=ev.step_id, error=ev.error))
-            else:
-                log.warning("step rolled back", extra=self._run_fields(ev, step=ev.step_id,
-                                                                       status=str(ev.status)))
-            return
-        log.warning("step failed", extra=self._run_fields(ev, event=LogEvent.STEP_FAILED, step=ev.step_id,
-                                                          status="failed", attempts=ev.attempts, error=ev.error))
+        return self.reporter.labels_of(run_id)
 
     def _desktop_notification(self, title: str, body: str, urgency: str) -> str | None:
         """Hands a desktop notification to the D-Bus bridge. None when it went out as a signal on the bus under

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from sdd import hub as events
 from sdd.config import Config
 from sdd.dispatch.matcher import Decision, DedupWindow, Exclusions, MatchResult, match
-from sdd.engine import RunHandle, Workflow, WorkflowEngine, new_run_id
+from sdd.engine import RunHandle, Workflow, WorkflowEngine, WorkflowResult, new_run_id
 from sdd.errors import NotAccepting
 from sdd.hub import EventHub
 from sdd.intake.watch import Claimed, Intake, Rejected
@@ -443,7 +443,8 @@ class Dispatcher:
             detection_id = str(added.detection_id)
         return Started(self._start(workflow, context, detection, detection_id, Trigger.API, uid), detection_id)
 
-    async def launch_scheduled(self, workflow: Workflow) -> Any:
+    async def launch_scheduled(self, workflow: Workflow) -> asyncio.Task[WorkflowResult] | None:
+        """The scheduler's launcher: a run of `workflow` by its schedule, while the daemon runs."""
         if not self.life.running:
             return None
         handle = self._start(workflow, None, None, None, Trigger.SCHEDULE)

@@ -12,14 +12,13 @@ them from the database like any backlog, and skips starting runs for one that al
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdd.engine import RunHandle, Workflow, WorkflowEngine
+from sdd.engine import PriorStep, RunHandle, Workflow, WorkflowEngine
 from sdd.engine.statuses import RunStatus
 from sdd.labels import Trigger, external_id, run_labels
 from sdd.logging import kv
@@ -38,7 +37,8 @@ class RecoveryReport:
         return {"resumed": len(self.resumed), "abandoned": len(self.abandoned)}
 
 
-async def recover_runs(store: Store, engine: WorkflowEngine, prior_steps: Callable[[str], Any]) -> RecoveryReport:
+async def recover_runs(store: Store, engine: WorkflowEngine,
+                       prior_steps: Callable[[str], Mapping[str, PriorStep]]) -> RecoveryReport:
     """Resumes every run left `running` or `pending`, labelled as it was started (`sdd.labels`: its detection,
     the producer's id read back from the detection, its trigger and uid); returns what was done."""
     report = RecoveryReport()
@@ -60,8 +60,6 @@ async def recover_runs(store: Store, engine: WorkflowEngine, prior_steps: Callab
             detection = (found or {}).get("data") if found else None
         try:
             prior = prior_steps(run_id)
-            if inspect.isawaitable(prior):
-                prior = await prior
             labels = run_labels(detection_id=None if detection_id is None else str(detection_id),
                                 external_id=external_id(detection),
                                 trigger=Trigger(row.get("trigger") or Trigger.DETECTION), uid=row.get("uid"))
