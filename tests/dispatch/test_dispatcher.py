@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sdd import hub as events
-from sdd.dispatch.dispatcher import Dispatcher, DispatchSettings
+from sdd.dispatch.dispatcher import READY_WINDOW, Dispatcher, DispatchSettings
 from sdd.engine import Workflow, WorkflowEngine
 from sdd.engine.events import RunStarted
 from sdd.errors import NotAccepting
@@ -25,6 +25,7 @@ from sdd.hub import EventHub, Subscription
 from sdd.intake.watch import Intake
 from sdd.labels import DETECTION_ID, EXTERNAL_ID, TRIGGER, UID
 from sdd.store import Store
+from sdd.store.writes import record_detection_op, record_detections_op
 
 
 @dataclass
@@ -212,3 +213,18 @@ async def _until(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
         assert time.monotonic() < deadline, "not reached in time"
         await asyncio.sleep(0.01)
     return value
+
+
+async def test_a_backlog_bigger_than_the_ready_window_leaves_nothing_queued(centre: Centre) -> None:
+    """More queued detections in the database than the dispatcher keeps in memory, none of which starts a run:
+    a refill that finds only detections whose state write is still in flight must be tried again once those
+    writes are committed, or the rest stays queued until the next start."""
+    total = READY_WINDOW * 2 + 500
+    ops = [record_detection_op({"type": "pua", "file_path": f"/tmp/b{i}"}, None, None, "queued", None)
+           for i in range(total)]
+    await centre.store.write(record_detections_op(ops), durable=True)
+    centre.dispatcher.queued = total
+    centre.dispatcher.wake.set()
+    await _until(lambda: centre.store.counts().get("queued_detections", 0) == 0 and not centre.dispatcher.queued)
+    assert centre.store.list_detections(limit=1, state="no_match").to_dict()["items"]
+    assert centre.dispatcher.stats["no_match"] == total
