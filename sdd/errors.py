@@ -1,11 +1,11 @@
-"""What a call into the daemon (the API's and the D-Bus bridge's facade) can fail with; the API maps each
+"""What a call into the daemon (its `Control`, for the API and the NATS intake) can fail with; the API maps each
 to its error code."""
 
 from __future__ import annotations
 
 
 class DaemonError(Exception):
-    """A facade call failed; subclasses say how (the API maps them to error codes)."""
+    """A Control call failed; subclasses say how (the API maps them to error codes)."""
 
 
 class UnknownWorkflow(DaemonError, LookupError):

@@ -1,7 +1,7 @@
-"""The API methods: check params, call the daemon facade or read the store, shape the result.
+"""The API methods: check params, call the daemon's `Control` (control.py) or read the store, shape the result.
 
 Each handler is `async def handler(call, params) -> result`. Authorisation has been decided before a handler
-runs (see auth.py). State changes are audited with the caller's uid by the daemon facade that makes them;
+runs (see auth.py). State changes are audited with the caller's uid by the `Control` that makes them;
 refused calls are audited, coalesced, by the server (`refusals.py`). Exceptions from the layers below are
 mapped to error codes by `map_exception` — the message of an unexpected one is logged, not sent. Messages
 say what is wrong in the caller's terms; they do not repeat the method's name (the reply answers one call).
@@ -20,6 +20,7 @@ from .errors import ApiError, Conflict, ErrorCode, Forbidden, InvalidParams, Not
 from .params import Params
 
 if TYPE_CHECKING:
+    from .control import Control
     from .server import ApiServer
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ RUN_ID_PREFIX_MIN = 4  # shorter abbreviations of a run id name too many runs to
 class Call:
     """What a handler knows about the call it serves."""
 
-    daemon: Any
+    control: Control
     server: ApiServer
     peer: auth.Peer
     access: auth.Access
@@ -105,7 +106,7 @@ async def ping(call: Call, p: Params) -> Any:
 @method("status")
 async def status(call: Call, p: Params) -> Any:
     p.done()
-    result = dict(call.daemon.status())
+    result = dict(call.control.status())
     result["api"] = {"connections": call.server.connection_count, "subscribers": call.server.subscriber_count,
                      "access": str(call.access)}
     return result
@@ -137,7 +138,7 @@ def _workflow_summary(wf: Any) -> dict[str, Any]:
 
 
 def _workflow(call: Call, workflow_id: str) -> Any:
-    wf = call.daemon.workflows.get(workflow_id)
+    wf = call.control.workflows.get(workflow_id)
     if wf is None:
         raise NotFound(f"no workflow {workflow_id!r}")
     return wf
@@ -175,7 +176,7 @@ def _finite(value: Any, where: str, depth: int = 0) -> None:
 @method("workflows.list")
 async def workflows_list(call: Call, p: Params) -> Any:
     p.done()
-    items = [_workflow_summary(wf) for _, wf in sorted(call.daemon.workflows.items())]
+    items = [_workflow_summary(wf) for _, wf in sorted(call.control.workflows.items())]
     return {"items": items}
 
 
@@ -200,10 +201,10 @@ async def workflows_validate(call: Call, p: Params) -> Any:
     p.done()
     from sdd.engine import load_text, validate_text
 
-    issues = validate_text(text, name, call.daemon.engine)
+    issues = validate_text(text, name, call.control.engine)
     if issues:
         return {"valid": False, "issues": [i.to_dict() for i in issues], "errors": [str(i) for i in issues]}
-    workflow_id = getattr(load_text(text, name, call.daemon.engine), "workflow_id", None)
+    workflow_id = getattr(load_text(text, name, call.control.engine), "workflow_id", None)
     return {"valid": True, "issues": [], "errors": [], "workflow_id": workflow_id}
 
 
@@ -215,8 +216,8 @@ async def runs_list(call: Call, p: Params) -> Any:
     since, until = p.timestamp("since"), p.timestamp("until")
     detection = p.string("detection", max_len=1024)
     p.done()
-    ids = None if detection is None else call.daemon.store.detection_ids(detection)
-    page = call.daemon.store.list_runs(limit=limit, cursor=cursor, workflow_id=workflow_id,
+    ids = None if detection is None else call.control.store.detection_ids(detection)
+    page = call.control.store.list_runs(limit=limit, cursor=cursor, workflow_id=workflow_id,
                                        status=status_, since=since, until=until, detection_ids=ids)
     return _plain(page)
 
@@ -225,7 +226,7 @@ async def runs_list(call: Call, p: Params) -> Any:
 async def runs_get(call: Call, p: Params) -> Any:
     run_id = p.required_string("run_id", aliases=("id",))
     p.done()
-    run = call.daemon.store.get_run(resolve_run_id(call.daemon.store, run_id))
+    run = call.control.store.get_run(resolve_run_id(call.control.store, run_id))
     if run is None:
         raise NotFound(f"no run {run_id!r}")
     return run
@@ -235,7 +236,7 @@ async def runs_get(call: Call, p: Params) -> Any:
 async def detections_get(call: Call, p: Params) -> Any:
     ident = p.required_string("id", aliases=("detection_id",), max_len=1024)
     p.done()
-    store = call.daemon.store
+    store = call.control.store
     found = store.detection_ids(ident)
     if not found:
         raise NotFound(f"no detection {ident!r} (neither sdd's id nor a producer's id)")
@@ -252,7 +253,7 @@ async def detections_get(call: Call, p: Params) -> Any:
 @method("runs.stats")
 async def runs_stats(call: Call, p: Params) -> Any:
     p.done()
-    stats = call.daemon.store.run_stats()
+    stats = call.control.store.run_stats()
     return {"items": list(stats.values()) if isinstance(stats, Mapping) else stats}
 
 
@@ -264,7 +265,7 @@ async def detections_list(call: Call, p: Params) -> Any:
     severity = p.string("severity")
     since, until = p.timestamp("since"), p.timestamp("until")
     p.done()
-    return _plain(call.daemon.store.list_detections(limit=limit, cursor=cursor, state=state, type=kind,
+    return _plain(call.control.store.list_detections(limit=limit, cursor=cursor, state=state, type=kind,
                                                     severity=severity, since=since, until=until))
 
 
@@ -273,12 +274,12 @@ async def quarantine_list(call: Call, p: Params) -> Any:
     limit, cursor = _page(p)
     restored = p.optional_boolean("restored")
     p.done()
-    return _plain(call.daemon.store.list_quarantine(limit=limit, cursor=cursor, restored=restored))
+    return _plain(call.control.store.list_quarantine(limit=limit, cursor=cursor, restored=restored))
 
 
 # -- state-changing methods --------------------------------------------------------------------------------
-# The daemon facade records every state change it makes in the audit log with the caller's uid; the server
-# records the calls that were refused before or by the facade (see ApiServer.dispatch).
+# The daemon's Control records every state change it makes in the audit log with the caller's uid; the server
+# records the calls that were refused before or by the Control (see ApiServer.dispatch).
 
 
 @method("runs.start")
@@ -290,15 +291,15 @@ async def runs_start(call: Call, p: Params) -> Any:
     p.done()
     _finite(context, "params.context")
     _workflow(call, workflow_id)
-    return await call.daemon.start_run(workflow_id, context, dry_run, call.peer.uid, detection=detection)
+    return await call.control.start_run(workflow_id, context, dry_run, call.peer.uid, detection=detection)
 
 
 @method("runs.cancel")
 async def runs_cancel(call: Call, p: Params) -> Any:
-    run_id = resolve_run_id(call.daemon.store, p.required_string("run_id", aliases=("id",)))
+    run_id = resolve_run_id(call.control.store, p.required_string("run_id", aliases=("id",)))
     p.done()
-    if not await call.daemon.cancel_run(run_id, call.peer.uid):
-        run = call.daemon.store.get_run(run_id)
+    if not await call.control.cancel_run(run_id, call.peer.uid):
+        run = call.control.store.get_run(run_id)
         if run is None:
             raise NotFound(f"no run {run_id!r}")
         raise Conflict(f"run {run_id} is not active (status {_get(run, 'status')})")
@@ -312,7 +313,7 @@ async def detections_submit(call: Call, p: Params) -> Any:
     kind = detection.get("type")
     if not isinstance(kind, str) or not kind.strip():
         raise InvalidParams("params.detection.type: a non-empty string is required")
-    return await call.daemon.submit_detection(detection, call.peer.uid)
+    return await call.control.submit_detection(detection, call.peer.uid)
 
 
 @method("quarantine.restore")
@@ -324,15 +325,15 @@ async def quarantine_restore(call: Call, p: Params) -> Any:
     if force and call.peer.uid != 0:
         # Restoring into a directory that is no longer the one the file left is root's decision alone.
         raise Forbidden("quarantine.restore: params.force: only root may force a restore")
-    if call.daemon.store.get_quarantine(qid) is None:
+    if call.control.store.get_quarantine(qid) is None:
         raise NotFound(f"no quarantine entry {qid!r}")
-    return await call.daemon.restore_quarantine(qid, on_conflict, call.peer.uid, force=force)
+    return await call.control.restore_quarantine(qid, on_conflict, call.peer.uid, force=force)
 
 
 @method("reload")
 async def reload(call: Call, p: Params) -> Any:
     p.done()
-    return await call.daemon.reload(call.peer.uid)
+    return await call.control.reload(call.peer.uid)
 
 
 def subscribe_params(p: Params) -> tuple[frozenset[str] | None, int | None]:

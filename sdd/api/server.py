@@ -21,6 +21,7 @@ from sdd_client import protocol
 from sdd_client.errors import ErrorCode, ProtocolError
 
 from . import auth, listener
+from .control import Control
 from .errors import ApiError, Forbidden, UnknownMethod
 from .errors import ErrorCode as Code
 from .methods import METHODS, Call, map_exception, subscribe_params
@@ -52,7 +53,7 @@ class Connection:
 class ApiServer:
     """The daemon's socket API. `await start()` binds (or inherits) the socket; `await close()` undoes it."""
 
-    def __init__(self, daemon: Any, *, listen_fd: int | None = None, lock_fd: int | None = None) -> None:
+    def __init__(self, daemon: Control, *, listen_fd: int | None = None, lock_fd: int | None = None) -> None:
         self.daemon = daemon
         self.config = daemon.config
         api = self.config.api
@@ -220,7 +221,7 @@ class ApiServer:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             error = map_exception(exc, method)
             if handler is not None and (method in auth.WRITE_METHODS or error.code == Code.FORBIDDEN):
-                # Successful state changes are audited by the daemon facade; refusals are recorded here.
+                # Successful state changes are audited by the daemon's Control; refusals are recorded here.
                 await self._audit_refusal(conn, method, error, request.params)
             return protocol.error_reply(request.id, error.code, error.message)
         return protocol.result_reply(request.id, result)

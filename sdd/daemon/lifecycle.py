@@ -1,46 +1,59 @@
-"""The `Daemon`: its lifecycle, and the bridge from engine events to the hub (API subscribers, D-Bus) and
-to systemd's status line.
+"""The `Daemon`: its lifecycle, which builds and wires the parts, and systemd's status line.
 
 Life reads top-down: `serve()` → `startup()` → wait for a stop request → `shutdown()`. Signals only flip a
-flag or schedule a reload. What happens to a detection is the dispatcher's (`dispatch.py`); what callers
-can ask of the daemon is the facade's (`facade.py`); loading actions and workflows is `loading.py`'s.
+flag or schedule a reload. What happens to a detection is the dispatcher's (`sdd/dispatch/dispatcher.py`);
+what callers can ask of the daemon is the `Control`'s (`control.py`), composed here from the parts it uses;
+engine events reach the history and the hub through `reporting.py`; loading actions and workflows is
+`loading.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from sdd import __version__
 from sdd import hub as events
-from sdd.config import Config
-from sdd.daemon.control import DaemonFacade, DaemonState
-from sdd.daemon.loading import freeze_long_lived, load_actions, load_workflows, reads_run_log
-from sdd.dispatch.dispatcher import Dispatcher, RunOrigin, WatchedStore
+from sdd.actions import ActionServices
+from sdd.api import AlreadyRunning, ApiServer
+from sdd.config import Config, ConfigError, load_config
+from sdd.daemon.control import Control
+from sdd.daemon.loading import freeze_long_lived, load_actions, load_workflows
+from sdd.daemon.reporting import RunReporter
+from sdd.dispatch.dispatcher import Dispatcher, DispatchSettings
 from sdd.dispatch.scheduler import Scheduler
-from sdd.engine import Workflow, WorkflowEngine
-from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted, StepWaiting
+from sdd.engine import ActionSpec, Workflow, WorkflowEngine
 from sdd.fleet import Fleet
+from sdd.history.recorder import HistoryRecorder
 from sdd.history.recovery import recover_runs
 from sdd.hub import EventHub
 from sdd.intake.watch import Intake
-from sdd.logging import LogEvent, kv, story
+from sdd.logging import kv, setup_logging
 from sdd.sdnotify import Notifier, watchdog_interval
+from sdd.store import Store
+
+if TYPE_CHECKING:
+    from sdd.bus import BusBridge
 
 log = logging.getLogger("sdd.daemon")
 
 PURGE_INTERVAL = 86400.0    # retention purge, daily
-_BY_HAND = RunOrigin(trigger="api")  # a run the dispatcher did not start (tests, an engine used directly)
 
 
-class Daemon(DaemonFacade):
+class DaemonState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class Daemon:
     def __init__(self, config: Config, *, config_path: str | os.PathLike[str] | None = None,
                  notifier: Notifier | None = None) -> None:
         self.config = config
@@ -50,17 +63,23 @@ class Daemon(DaemonFacade):
         self.state = DaemonState.STARTING
         self.started_at = time.time()
         self._started_mono = time.monotonic()  # uptime must not jump with the wall clock
-        self.store: Any = None
-        self.engine: WorkflowEngine = None  # type: ignore[assignment]
-        self.services: Any = None
-        self._action_specs: list[Any] = []
-        self.recorder: Any = None
+        # Built by startup(), in this order: the store, the actions and workflows, the engine, the dispatcher
+        # (its collaborators handed in), the history recorder, the control (what callers may ask), the API,
+        # the D-Bus bridge, the intake and the scheduler.
+        self.store: Store | None = None
+        self.engine: WorkflowEngine
+        self.dispatcher: Dispatcher
+        self.recorder: HistoryRecorder
+        self.reporter: RunReporter    # engine events → run log, history, hub, log lines
+        self.control: Control
+        self.services: ActionServices | None = None
+        self._action_specs: list[ActionSpec] = []
         self.workflows: dict[str, Workflow] = {}
         self.workflow_errors: list[str] = []
         self.intake: Intake | None = None
         self.scheduler: Scheduler | None = None
-        self.api: Any = None
-        self.bus: Any = None
+        self.api: ApiServer | None = None
+        self.bus: BusBridge | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._first_scan = asyncio.Event()
@@ -71,22 +90,21 @@ class Daemon(DaemonFacade):
         self._status_timer: asyncio.TimerHandle | None = None
         self._status_published: tuple[int, int, str] | None = None
         self._instance_lock: int | None = None
-        self.run_log: Any = None      # the actions' RunLog (what reports read), fed the events of runs that read it
-        self._logged_runs: set[str] = set()                    # runs whose events go to the run log
-        # Runs with a step a guard holds (StepWaiting): the dispatcher does not count them against
-        # max_concurrent_runs (up to a bound), so steps waiting for a kill slot cannot starve new quarantines.
-        self.waiting_runs: set[str] = set()
-        self._reads_log: dict[int, tuple[Workflow, bool]] = {}  # workflow object → reads_run_log() of it
-        self.dispatcher = Dispatcher(self)
         self.fleet = Fleet(config, __version__)
         self.stats = {"received": 0, "rejected": 0, "duplicates": 0, "excluded": 0, "no_match": 0,
                       "runs_started": 0, "runs_finished": 0}
 
+    @property
+    def stopping(self) -> bool:
+        return self.state is DaemonState.STOPPING
+
+    @property
+    def running(self) -> bool:
+        return self.state is DaemonState.RUNNING
+
     # ---- lifecycle ------------------------------------------------------------------------------------------
     async def serve(self) -> int:
         """Runs until SIGTERM/SIGINT (or `request_stop()`); returns the exit status."""
-        from sdd.api.errors import AlreadyRunning
-
         try:
             await self.startup()
         except AlreadyRunning as exc:
@@ -111,15 +129,10 @@ class Daemon(DaemonFacade):
         # recovery would resume the first one's runs) nor the spool.
         self._instance_lock = self._claim_instance()
         os.makedirs(cfg.paths.state, mode=0o700, exist_ok=True)
-        from sdd.history.recorder import HistoryRecorder
-        from sdd.store import Store
-
-        raw_store = Store.open(cfg.database)
-        self.store = WatchedStore(raw_store)
-        await self.fleet.attach(raw_store, self.spawn)  # before anything is recorded: all of it is exported
-        self.services, actions, action_errors = load_actions(cfg, self.store, self._desktop_notification)
+        store = self.store = Store.open(cfg.database)
+        await self.fleet.attach(store, self.spawn)  # before anything is recorded: all of it is exported
+        self.services, actions, action_errors = load_actions(cfg, store, self._desktop_notification)
         self._action_specs = actions
-        self.run_log = getattr(self.services, "run_log", None)
         if self.services is not None:
             self.services.run_labels = self._run_labels
             self.services.on_guard_trip = lambda trip: self.threadsafe(self._guard_tripped, trip)
@@ -129,23 +142,31 @@ class Daemon(DaemonFacade):
         self.workflow_errors = [str(i) for i in issues]
         for issue in self.workflow_errors:
             log.error("workflow not loaded", extra=kv(issue=issue))
-        self.recorder = HistoryRecorder(raw_store, on_run_recorded=self.dispatcher.run_recorded)
         # template_dirs=(): in the daemon a sub-workflow comes only from the configured (checked) workflow dirs.
-        self.engine = WorkflowEngine(actions, listeners=[self._on_engine_event], workflows=self.workflows,
+        self.engine = WorkflowEngine(actions, workflows=self.workflows,
                                      template_dirs=(),
                                      max_depth=cfg.engine.max_subworkflow_depth)
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
+        self.dispatcher = Dispatcher(store, self.hub, self.engine, self.stats, DispatchSettings.of(cfg), life=self,
+                                     spawn=self.spawn, on_change=self.publish_status)
+        self.recorder = HistoryRecorder(store, on_run_recorded=self.dispatcher.run_recorded)
+        self.reporter = RunReporter(self.engine, self.recorder, self.hub, self.stats,
+                                    None if self.services is None else self.services.run_log,
+                                    slot_freed=self.dispatcher.run_finished, run_waiting=self.dispatcher.run_waiting,
+                                    on_change=self.publish_status)
+        self.engine.add_listener(self.reporter)
+        self.control = Control(life=self, config=cfg, store=store, hub=self.hub, engine=self.engine,
+                               dispatcher=self.dispatcher, status=self.status, reload=self.reload)
         self.fleet.observe(self.engine, self.dispatcher, self.spawn)
 
-        report = await recover_runs(self.store, self.engine, self.recorder.prior_steps,
-                                    before_start=self.dispatcher.expect_resumed_run)
+        report = await recover_runs(store, self.engine, self.recorder.prior_steps)
         if report.resumed or report.abandoned:
             log.info("crash recovery", extra=kv(**report.to_dict()))
-        self.dispatcher.queued = int(self.store.counts().get("queued_detections", 0))
+        self.dispatcher.queued = int(store.counts().get("queued_detections", 0))
         # Runs from before this start inside the dedup window: memory cannot know them, the history can.
         window = cfg.engine.dedup_window
         self.dispatcher.history_dedup = window > 0 and bool(
-            self.store.list_runs(limit=1, since=time.time() - window).items)
+            store.list_runs(limit=1, since=time.time() - window).items)
 
         self._install_signals()
         await self._start_api()
@@ -157,14 +178,14 @@ class Daemon(DaemonFacade):
                              rescan_interval=cfg.intake.rescan_interval, batch_size=batch,
                              max_inflight=max(batch, min(2048, cfg.intake.max_queued)),
                              on_first_scan=lambda: self.threadsafe(self._first_scan.set))
-        self.dispatcher.update_pause()
+        self.dispatcher.attach_intake(self.intake)
         self.intake.start()
         self.spawn(self.dispatcher.run(), "dispatcher")
         self.dispatcher.wake.set()
         await self._first_scan.wait()
         self.scheduler = Scheduler(self.dispatcher.launch_scheduled)
         self.scheduler.update(self.workflows)
-        await self.fleet.start(self.spawn, submit=self.submit_detection, paused=lambda: self.dispatcher.paused,
+        await self.fleet.start(self.spawn, submit=self.control.submit_detection, paused=lambda: self.dispatcher.paused,
                                publish=self.hub.publish)
         interval = watchdog_interval()
         if interval:
@@ -181,7 +202,7 @@ class Daemon(DaemonFacade):
     async def shutdown(self) -> None:
         """Stop claiming, let runs finish within the grace period, then interrupt the rest; flush the store."""
         self.state = DaemonState.STOPPING
-        log.info("stopping", extra=kv(active_runs=len(self.engine.active_runs) if self.engine else 0))
+        log.info("stopping", extra=kv(active_runs=len(self.engine.active_runs)))
         self.notifier.stopping("stopping: draining runs")
         self.publish_status()
         if self.scheduler is not None:
@@ -193,7 +214,7 @@ class Daemon(DaemonFacade):
         await self._settle_commits()
         if self.intake is not None:
             await asyncio.to_thread(self.intake.drain)
-        if self.engine is not None and self.engine.active_runs:
+        if self.engine.active_runs:
             handles = list(self.engine.active_runs.values())
             _, pending = await asyncio.wait([h.task for h in handles], timeout=self.config.engine.shutdown_grace)
             if pending:
@@ -204,6 +225,84 @@ class Daemon(DaemonFacade):
                 await asyncio.wait(pending, timeout=10)
         await self._close_resources()
         log.info("stopped")
+
+    # ---- what the Control reads and does through the daemon: status, reload ----------------------------------
+    def _status_line(self) -> str:
+        return (f"{self.state.value}: {len(self.engine.active_runs)} active runs, {self.dispatcher.queued} queued, "
+                f"{len(self.workflows)} workflows")
+
+    def status(self) -> dict[str, Any]:
+        guards: Any = {}
+        if self.services is not None:
+            try:
+                guards = self.services.guards.status()
+            except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
+                guards = {"error": str(exc)}
+        bus = self.bus
+        return {
+            "version": __version__,
+            "state": self.state.value,
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self._started_mono, 3),
+            "started_at": self.started_at,
+            "active_runs": len(self.engine.active_runs),
+            "queued_detections": self.dispatcher.queued,
+            "workflows": len(self.workflows),
+            "workflow_errors": list(self.workflow_errors),
+            "guards": guards,
+            "bus": {"spec": self.config.dbus.bus, "connected": bus is not None and bus.connected,
+                    "state": "disabled" if bus is None else bus.state.value},
+            "socket": str(self.config.paths.socket),
+            "database": str(self.config.database),
+            "spool": str(self.config.paths.spool),
+            "intake": {"paused": self.dispatcher.paused, **(self.intake.stats if self.intake else {})},
+            "user_mode": self.config.user_mode,
+            "stats": dict(self.stats),
+            "export": self.fleet.status(),
+        }
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-reads config and workflows; all or nothing — on any error the running set stays."""
+        self.notifier.reloading()
+        errors: list[str] = []
+        try:
+            new_cfg = load_config(self.config_path, user=self.config.user_mode)
+        except ConfigError as exc:
+            errors = list(exc.errors)
+            new_cfg = None
+        workflows: dict[str, Workflow] = {}
+        if new_cfg is not None:
+            workflows, issues = load_workflows(new_cfg, self._action_specs)
+            errors.extend(issues)
+        if errors or new_cfg is None:
+            for e in errors:
+                log.error("reload refused", extra=kv(error=e))
+            self.notifier.ready(self._status_line())
+            return {"ok": False, "errors": errors, "workflows": len(self.workflows)}
+        self._apply_config(new_cfg)
+        self.workflows = workflows
+        self.workflow_errors = []
+        self.engine.set_workflows(workflows)
+        if self.scheduler is not None:
+            self.scheduler.update(workflows)
+        freeze_long_lived()  # the replaced workflows become collectable, the new ones are frozen
+        log.info("reloaded", extra=kv(workflows=len(workflows)))
+        self.notifier.ready(self._status_line())
+        self.dispatcher.wake.set()
+        return {"ok": True, "errors": [], "workflows": len(workflows)}
+
+    def _apply_config(self, new: Config) -> None:
+        old = self.config
+        for section in ("paths", "api", "dbus", "actions"):
+            if getattr(old, section) != getattr(new, section):
+                log.warning("config change takes effect after a restart", extra=kv(section=section))
+        self.config = self.control.config = replace(old, engine=new.engine, intake=new.intake, logging=new.logging)
+        self.dispatcher.configure(DispatchSettings.of(self.config))
+        if new.logging != old.logging:
+            setup_logging(new.logging.level, new.logging.target)
+        if self.intake is not None:
+            self.intake.max_file_size = new.intake.max_file_size
+            self.intake.rescan_interval = new.intake.rescan_interval
 
     def _claim_instance(self) -> int | None:
         """The socket's lock file, held for the daemon's life (None under socket activation, where systemd
@@ -218,7 +317,6 @@ class Daemon(DaemonFacade):
         fd = lock(path)
         if answers_ping(path):
             os.close(fd)
-            from sdd.api.errors import AlreadyRunning
             raise AlreadyRunning(f"another sdd is already answering on {path}")
         return fd
 
@@ -227,10 +325,12 @@ class Daemon(DaemonFacade):
             await self.fleet.close()
         except Exception as exc:  # noqa: BLE001 -- must not stop the shutdown
             log.warning("fleet parts did not stop cleanly", extra=kv(error=exc))
-        for name, component, method in (("API", self.api, "close"), ("D-Bus", self.bus, "stop")):
-            if component is not None:
+        stops: list[tuple[str, Callable[[], Awaitable[None]] | None]] = [
+            ("API", None if self.api is None else self.api.close), ("D-Bus", None if self.bus is None else self.bus.stop)]
+        for name, stop in stops:
+            if stop is not None:
                 try:
-                    await asyncio.wait_for(getattr(component, method)(), 10)
+                    await asyncio.wait_for(stop(), 10)
                 except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                     log.warning(f"{name} did not stop cleanly", extra=kv(error=exc))
         for task in list(self._tasks):
@@ -254,18 +354,11 @@ class Daemon(DaemonFacade):
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(self.reload(None), "reload"))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(self.reload(), "reload"))
 
     async def _start_api(self) -> None:
-        try:
-            from sdd.api import ApiServer  # lands separately; the daemon works without it
-        except ImportError as exc:
-            log.warning("socket API not available", extra=kv(error=exc))
-            return
-        from sdd.api.errors import AlreadyRunning
-
         # The listener takes the lock over (and closes it, whether it binds or fails to).
-        api = ApiServer(self, lock_fd=self._instance_lock)
+        api = ApiServer(self.control, lock_fd=self._instance_lock)
         self._instance_lock = None
         try:
             await api.start()
@@ -279,11 +372,8 @@ class Daemon(DaemonFacade):
     async def _start_bus(self) -> None:
         if self.config.dbus.bus == "none":
             return
-        try:
-            from sdd.bus import BusBridge
-        except ImportError as exc:
-            log.warning("D-Bus bridge not available", extra=kv(error=exc))
-            return
+        from sdd.bus import BusBridge  # (dbus-next loads only when a bus is configured)
+
         try:
             bridge = BusBridge(self.hub, self.status, self.config.dbus.bus)
             await bridge.start()
@@ -304,7 +394,7 @@ class Daemon(DaemonFacade):
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception(), extra=kv(task=task.get_name()))
 
-    def threadsafe(self, fn: Any, *args: Any) -> None:
+    def threadsafe(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -320,113 +410,15 @@ class Daemon(DaemonFacade):
     async def _purge_loop(self) -> None:
         while True:
             try:
-                result = await self.store.purge(self.config.engine.history_retention_days)
+                result = await self.control.store.purge(self.config.engine.history_retention_days)
                 log.info("history purged", extra=kv(retention_days=self.config.engine.history_retention_days,
                                                     **result))
             except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                 log.error("history purge failed", extra=kv(error=exc))
             await asyncio.sleep(PURGE_INTERVAL)
 
-    # ---- engine events → run log, history, hub and the log -----------------------------------------------------
-    def _on_engine_event(self, ev: EngineEvent) -> Awaitable[None] | None:
-        """The run log first (a report step reads it), then history (awaited when it asks: a non-idempotent
-        step's intent, a run's final status), then the hub and the log. Synchronous unless the recorder
-        returns an awaitable, so most events cost no coroutine."""
-        if self.run_log is not None and (ev.run_id in self._logged_runs or type(ev) is RunStarted):
-            self._feed_run_log(ev)
-        pending = self.recorder(ev)
-        if pending is not None and inspect.isawaitable(pending):
-            return self._publish_after(pending, ev)
-        self._publish_engine_event(ev)
-        return None
-
-    def _feed_run_log(self, ev: EngineEvent) -> None:
-        if isinstance(ev, RunStarted):
-            key = id(ev.workflow)
-            cached = self._reads_log.get(key)
-            if cached is None or cached[0] is not ev.workflow:
-                if len(self._reads_log) > 256:
-                    self._reads_log.clear()
-                cached = self._reads_log[key] = (ev.workflow, reads_run_log(ev.workflow, self.workflows))
-            if not cached[1]:
-                return
-            self._logged_runs.add(ev.run_id)
-            origin = self.dispatcher.runs.get(ev.run_id, _BY_HAND)
-            self.run_log(ev)
-            self.run_log.label(ev.run_id, detection_id=origin.detection_id, external_id=origin.external_id)
-            return
-        self.run_log(ev)
-        if isinstance(ev, RunFinished):
-            self._logged_runs.discard(ev.run_id)
-
     def _run_labels(self, run_id: str) -> dict[str, Any]:
-        """What the actions' log lines say of a run: sdd's detection id and the producer's."""
-        origin = self.dispatcher.runs.get(run_id)
-        return {} if origin is None else {"detection": origin.detection_id, "external_id": origin.external_id}
-
-    async def _publish_after(self, pending: Awaitable[Any], ev: EngineEvent) -> None:
-        await pending
-        self._publish_engine_event(ev)
-
-    def _publish_engine_event(self, ev: EngineEvent) -> None:
-        publish = self.hub.publish
-        if isinstance(ev, StepStarted):
-            if ev.attempt >= 2 and ev.phase == "run":
-                self._step_retried(ev)
-            # attempt 0 announces a step that is skipped or failed before acting: it never started.
-            if ev.attempt > 0 and self.hub.wants(events.STEP_STARTED):
-                publish(events.STEP_STARTED, {"run_id": ev.run_id, "step_id": ev.step_id, "attempt": ev.attempt})
-        elif isinstance(ev, StepFinished):
-            if ev.status == "failed" or ev.phase == "rollback":
-                self._step_outcome(ev)
-            if self.hub.wants(events.STEP_FINISHED):
-                publish(events.STEP_FINISHED, {"run_id": ev.run_id, "step_id": ev.step_id, "status": str(ev.status),
-                                               "seconds": max(0.0, ev.finished_at - ev.started_at),
-                                               "error": ev.error})
-        elif isinstance(ev, RunStarted):
-            origin = self.dispatcher.runs.get(ev.run_id, _BY_HAND)
-            if origin.workflow_id is None:  # resumed by crash recovery, or started around the dispatcher
-                origin = self.dispatcher.runs[ev.run_id] = replace(origin, workflow_id=ev.workflow_id)
-            publish(events.RUN_STARTED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
-                                         "detection_id": origin.detection_id, "external_id": origin.external_id})
-            if log.isEnabledFor(logging.INFO):
-                log.info("run started", extra=story(ev.run_id, ev.workflow_id, origin.detection_id,
-                                                    external_id=origin.external_id or "-", trigger=origin.trigger,
-                                                    resumed=ev.resumed))
-            self.publish_status()
-        elif isinstance(ev, RunFinished):
-            # Published after the recorder's awaited commit: a subscriber seeing it can trust the history.
-            origin = self.dispatcher.runs.pop(ev.run_id, _BY_HAND)
-            self.waiting_runs.discard(ev.run_id)
-            self.stats["runs_finished"] += 1
-            seconds = max(0.0, ev.finished_at - ev.started_at)
-            publish(events.RUN_FINISHED, {"run_id": ev.run_id, "workflow_id": ev.workflow_id,
-                                          "status": str(ev.status), "seconds": seconds, "error": ev.error,
-                                          "detection_id": origin.detection_id, "external_id": origin.external_id})
-            level = logging.INFO if ev.status == "completed" else logging.WARNING
-            if log.isEnabledFor(level):
-                log.log(level, "run finished", extra=story(
-                    ev.run_id, ev.workflow_id, origin.detection_id, event=LogEvent.RUN_FINISHED,
-                    external_id=origin.external_id or "-",
-                    status=str(ev.status), duration=f"{seconds:.3f}s", **({"error": ev.error} if ev.error else {})))
-            # The engine drops the handle when the task ends; a free slot is what the dispatcher waits for.
-            if self._loop is not None:
-                self._loop.call_soon(self.dispatcher.wake.set)
-            self.publish_status()
-        elif isinstance(ev, StepWaiting):
-            self._step_waiting(ev)
-
-    def _step_waiting(self, ev: StepWaiting) -> None:
-        if ev.reason is not None:
-            self.waiting_runs.add(ev.run_id)
-            if self._loop is not None:
-                self._loop.call_soon(self.dispatcher.wake.set)  # its run slot may go to the next detection
-        else:
-            self.waiting_runs.discard(ev.run_id)
-        if self.hub.subscriber_count:
-            self.hub.publish(events.STEP_WAITING, {"run_id": ev.run_id, "step_id": ev.step_id,
-                                                   "waiting": ev.reason is not None, "reason": ev.reason,
-                                                   "since": ev.since})
+        return self.reporter.labels_of(run_id)
 
     def _guard_tripped(self, trip: Any) -> None:
         """A guard began holding work back (logged by the guards, once per trip): an event on the stream, a
@@ -437,34 +429,14 @@ class Daemon(DaemonFacade):
                  else f"sdd: circuit breaker {trip.guard.removeprefix('breaker:')} open")
         self._desktop_notification(title, trip.reason, "critical")
         if self.store is not None:
-            self.spawn(self._audit_trip(trip.guard, data), "audit guard trip")
+            self.spawn(self._audit_trip(self.store, trip.guard, data), "audit guard trip")
 
-    async def _audit_trip(self, guard: str, data: dict[str, Any]) -> None:
+    @staticmethod
+    async def _audit_trip(store: Store, guard: str, data: dict[str, Any]) -> None:
         try:
-            await self.store.audit(None, "guard.tripped", guard, outcome="tripped", details=data)
+            await store.audit(None, "guard.tripped", guard, outcome="tripped", details=data)
         except Exception as exc:  # noqa: BLE001 - the trip was logged and announced; a lost row must not matter
             log.warning("could not audit the guard trip", extra=kv(guard=guard, error=exc))
-
-    def _run_fields(self, run_id: str, **more: Any) -> dict[str, Any]:
-        origin = self.dispatcher.runs.get(run_id, _BY_HAND)
-        return story(run_id, origin.workflow_id, origin.detection_id, **more)
-
-    def _step_retried(self, ev: StepStarted) -> None:
-        if log.isEnabledFor(logging.WARNING):
-            log.warning("step retried", extra=self._run_fields(ev.run_id, step=ev.step_id, attempt=ev.attempt,
-                                                               action=ev.action or "-"))
-
-    def _step_outcome(self, ev: StepFinished) -> None:
-        """One line per failed step, and per rollback (done or failed)."""
-        if ev.phase == "rollback":
-            if ev.status == "failed":
-                log.error("rollback failed", extra=self._run_fields(ev.run_id, step=ev.step_id, error=ev.error))
-            else:
-                log.warning("step rolled back", extra=self._run_fields(ev.run_id, step=ev.step_id,
-                                                                       status=str(ev.status)))
-            return
-        log.warning("step failed", extra=self._run_fields(ev.run_id, event=LogEvent.STEP_FAILED, step=ev.step_id,
-                                                          status="failed", attempts=ev.attempts, error=ev.error))
 
     def _desktop_notification(self, title: str, body: str, urgency: str) -> str | None:
         """Hands a desktop notification to the D-Bus bridge. None when it went out as a signal on the bus under
@@ -498,7 +470,7 @@ class Daemon(DaemonFacade):
 
     def _emit_status(self) -> None:
         self._status_pending = False
-        now = (len(self.engine.active_runs) if self.engine else 0, self.dispatcher.queued, self.state.value)
+        now = (len(self.engine.active_runs), self.dispatcher.queued, self.state.value)
         if now != self._status_published:  # one status.changed per change, none for a wake-up that changed nothing
             self._status_published = now
             self.hub.publish(events.STATUS_CHANGED, {"active_runs": now[0], "queued_detections": now[1],

@@ -10,23 +10,20 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sdd.actions import ActionServices, builtin_actions
+from sdd.actions.services import NotifyFn
 from sdd.config import Config
-from sdd.engine import Workflow
+from sdd.engine import ActionSpec, Workflow
+from sdd.engine.registry import discover_entry_points
+from sdd.store import Store
 
 
-def load_actions(config: Config, store: Any, notify: Any) -> tuple[Any, list[Any], list[str]]:
+def load_actions(config: Config, store: Store | None,
+                 notify: NotifyFn | None) -> tuple[ActionServices, list[ActionSpec], list[str]]:
     """(ActionServices, the built-in + plugin ActionSpecs, errors). Never raises: a broken plugin is listed."""
-    from sdd.engine.registry import discover_entry_points
-
     errors: list[str] = []
-    services, specs = None, []
-    try:
-        from sdd.actions import ActionServices, builtin_actions
-    except ImportError as exc:
-        errors.append(f"built-in actions unavailable: {exc}")
-    else:
-        services = ActionServices(config.actions, config.paths.state, store, notify)
-        specs = list(builtin_actions(services))
+    services = ActionServices(config.actions, config.paths.state, store, notify)
+    specs = list(builtin_actions(services))
     try:
         plugins, plugin_errors = discover_entry_points()
     except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
@@ -65,7 +62,7 @@ def _root_owned_problems(config: Config, key: str, directory: Any, why: str) -> 
     return [f"{config.source or 'config'}: actions.{key} refused: {reason} ({why})"] if reason else []
 
 
-def load_workflows(config: Config, actions: Any) -> tuple[dict[str, Workflow], list[str]]:
+def load_workflows(config: Config, actions: list[ActionSpec]) -> tuple[dict[str, Workflow], list[str]]:
     """Every workflow of `paths.workflows` (later dirs override the same id) and every problem found.
 
     In system mode a file or directory writable by anyone but root is refused: its steps run as root."""

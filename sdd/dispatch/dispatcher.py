@@ -1,92 +1,97 @@
-"""The dispatcher: a detection's way from the spool to its runs.
+"""The dispatcher: a detection's way from its arrival to its runs — the one place that commits a detection.
 
-Intake (its own thread) hands over a parsed batch → `_commit()` records each detection in the store (state
-`queued`, fsync'd) and only then lets intake delete the spool files → the dispatch loop takes queued
-detections while fewer than `max_concurrent_runs` runs are active, matches them (triggers, exclusions,
-de-duplication) and starts their runs; a detection is marked `matched` once the history has enqueued the rows
-of all its runs (`run_recorded`). When runs are saturated, detections wait in the database, not in memory:
-only a window of `READY_WINDOW` is kept here and the rest is read back with `pending_detections()`, and intake
+Every detection is committed here, whichever way it came: intake (its own thread) hands over a parsed batch
+→ `_commit()` records each detection in the store (state `queued`, fsync'd) and only then lets intake delete
+the spool files; one from the API (`detections.submit`) or pushed over NATS goes through `submit()`. Both
+end in `accepted()`: counted, announced on the hub, queued. The dispatch loop takes queued detections while
+fewer than `max_concurrent_runs` runs are active, matches them (triggers, exclusions, de-duplication) and
+starts their runs, each labelled (`sdd.labels`) with its detection ids and trigger, which travel with the run
+in every engine event; a detection is marked `matched` once the history has enqueued the rows of all its
+runs (`run_recorded`). When runs are saturated, detections wait in the database, not in memory: only a
+window of `READY_WINDOW` is kept here and the rest is read back with `pending_detections()`, and intake
 stops claiming while `intake.max_queued` are waiting.
 
-It works on the daemon's components (`self.d`: store, intake, engine, workflows, config, hub), which the
-daemon owns and may replace on reload.
+Its collaborators are handed in, each for what the dispatcher does with it: the store (commit, read back,
+mark), the hub (announce), the engine (start runs, count active ones, the workflows to match), the
+counters, its settings (replaced on reload through `configure`), and the daemon's life (stopping or not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sdd import hub as events
+from sdd.config import Config
 from sdd.dispatch.matcher import Decision, DedupWindow, Exclusions, MatchResult, match
-from sdd.engine import RunHandle, Workflow, new_run_id
+from sdd.engine import RunHandle, Workflow, WorkflowEngine, WorkflowResult, new_run_id
 from sdd.errors import NotAccepting
-from sdd.intake.watch import Claimed, Rejected
+from sdd.hub import EventHub
+from sdd.intake.watch import Claimed, Intake, Rejected
+from sdd.labels import Trigger, external_id, run_labels
 from sdd.logging import LogEvent, kv, story
+from sdd.store import Store
+from sdd.store.records import AddedDetection
+from sdd.store.writer import Operation
 from sdd.store.writes import record_detection_op, record_detections_op, set_detection_state_op
-
-if TYPE_CHECKING:
-    from sdd.daemon.lifecycle import Daemon
 
 log = logging.getLogger("sdd.daemon")
 
 READY_WINDOW = 1000         # detections the dispatcher keeps in memory; the rest wait in the database
 WAITING_RUNS_FACTOR = 4     # runs held by a guard, beyond max_concurrent_runs, at most this x the limit
 
+Spawn = Callable[[Awaitable[Any], str], Any]
+
+
+class Lifecycle(Protocol):
+    """What the dispatcher needs to know of the daemon's life."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def running(self) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
-class RunOrigin:
-    """What started a run, kept from just before it starts until it finishes: the engine's events do not carry
-    sdd's detection id, nor (for runs resumed or started by hand) the producer's."""
+class DispatchSettings:
+    max_concurrent_runs: int
+    dedup_window: float
+    max_queued: int
 
-    detection_id: str | None = None   # sdd's
-    external_id: str | None = None    # the producer's own "id", when the detection had one
-    trigger: str = "detection"        # "detection" | "api" | "schedule"
-    workflow_id: str | None = None
-
-
-def external_id(detection: Mapping[str, Any] | None) -> str | None:
-    """The producer's id of a detection (its `id` field, a string or an integer), as text."""
-    if detection is None:
-        return None
-    value = detection.get("id")
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        return None
-    return value if isinstance(value, str) else str(value)
+    @classmethod
+    def of(cls, config: Config) -> DispatchSettings:
+        return cls(config.engine.max_concurrent_runs, config.engine.dedup_window, config.intake.max_queued)
 
 
-class WatchedStore:
-    """The store as the daemon hands it out, counting exclusion changes so the matcher can keep the
-    exclusions in memory instead of querying SQLite for every detection. Everything else is the store's."""
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A run started by request, and the sample detection recorded for it (if it was given one)."""
 
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self.exclusions_version = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def add_exclusion(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await self._store.add_exclusion(*args, **kwargs)
-        finally:
-            self.exclusions_version += 1
-
-    async def remove_exclusion(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await self._store.remove_exclusion(*args, **kwargs)
-        finally:
-            self.exclusions_version += 1
+    handle: RunHandle
+    detection_id: str | None
 
 
 class Dispatcher:
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+    def __init__(self, store: Store, hub: EventHub, engine: WorkflowEngine, stats: dict[str, int],
+                 settings: DispatchSettings, *, life: Lifecycle, spawn: Spawn,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.hub = hub
+        self.engine = engine
+        self.stats = stats
+        self.settings = settings
+        self.life = life
+        self._spawn = spawn
+        self._on_change = on_change
+        self._loop = asyncio.get_running_loop()
+        self.intake: Intake | None = None   # attached once it exists (it delivers to this dispatcher)
         self.wake = asyncio.Event()    # something to dispatch, or a run slot freed
         self._started_mono = time.monotonic()
         self._ready: deque[tuple[str, dict[str, Any]]] = deque()
@@ -94,39 +99,56 @@ class Dispatcher:
         self._backlog = True            # there may be queued detections in the database not in _ready
         self.queued = 0                 # detections committed and not yet matched
         self.paused = False
-        self.dedup = DedupWindow(daemon.config.engine.dedup_window)
+        self.dedup = DedupWindow(settings.dedup_window)
         self._exclusions: Exclusions | None = None
         self._exclusions_version = -1
         self.history_dedup = False      # runs from before this start may still be inside the dedup window
-        self.runs: dict[str, RunOrigin] = {}              # run_id → what started it, until RunFinished
-        self._awaiting_start: dict[str, list[Any]] = {}   # detection id → [runs still to record, note]
+        self._awaiting_start: dict[str, tuple[int, str | None]] = {}  # detection id → (runs to record, note)
         self._recorded_waiters: dict[str, asyncio.Future[None]] = {}  # run id → resolved once its row is queued
         # Dispatched, but the state write not yet committed: the database still says `queued`, so a
         # refill from it must not dispatch them again.
         self._in_progress: set[str] = set()
-        # A refill found only detections in `_in_progress`: the next state write to land must wake the loop,
-        # or, with no run finishing to wake it, the rest of the backlog would wait for the next detection.
-        self._refill_blocked = False
+        # Runs with a step a guard holds (a rate limit's slot): they do not count against max_concurrent_runs
+        # (up to a bound), so steps waiting for a kill slot cannot starve new quarantines.
+        self.waiting_runs: set[str] = set()
         self.on_detection: Callable[[str, str], None] | None = None  # (source, outcome), for the metrics
+
+    def configure(self, settings: DispatchSettings) -> None:
+        """New settings (on reload): the next dispatch uses them."""
+        self.settings = settings
+        self.dedup.window = settings.dedup_window
+        self.wake.set()
+
+    def attach_intake(self, intake: Intake) -> None:
+        self.intake = intake
+        self.update_pause()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     def deliver(self, claimed: list[Claimed], rejected: list[Rejected]) -> None:
         """Called on the intake thread."""
-        self.d.threadsafe(self._on_batch, claimed, rejected)
+        if not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._on_batch, claimed, rejected)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
 
     def _on_batch(self, claimed: list[Claimed], rejected: list[Rejected]) -> None:
         for r in rejected:
             if self.on_detection is not None:
                 self.on_detection("spool", "rejected")
-            self.d.stats["rejected"] += 1
-            self.d.hub.publish(events.DETECTION_REJECTED, {"name": r.name, "reason": r.reason})
+            self.stats["rejected"] += 1
+            self.hub.publish(events.DETECTION_REJECTED, {"name": r.name, "reason": r.reason})
         if claimed:
-            self.d.spawn(self._commit(claimed), "commit")
+            self._spawn(self._commit(claimed), "commit")
 
     async def _commit(self, claimed: list[Claimed]) -> None:
-        store, intake = self.d.store, self.d.intake
+        store, intake = self.store, self.intake
         assert intake is not None
-        results: list[Any] = [None] * len(claimed)
-        ops: list[tuple[int, Any]] = []
+        results: list[AddedDetection | BaseException | None] = [None] * len(claimed)
+        ops: list[tuple[int, Operation]] = []
         for i, c in enumerate(claimed):
             try:
                 ops.append((i, record_detection_op(c.detection, c.name, None, "queued", None)))
@@ -138,7 +160,7 @@ class Dispatcher:
             try:
                 added = await store.write(record_detections_op([op for _, op in ops]), durable=True)
             except Exception:  # noqa: BLE001 -- one of them failed: nothing committed; one write each
-                waits: list[Any] = []
+                waits: list[Awaitable[Any]] = []
                 for _, op in ops:
                     try:
                         waits.append(store.write(op, durable=True))
@@ -158,6 +180,7 @@ class Dispatcher:
                     log.error("cannot record a detection", extra=kv(name=c.name, error=res))
                     failed.append(c.name)
                 continue
+            assert res is not None
             done.append(c.name)
             try:
                 self.accepted(res, c.detection)
@@ -171,9 +194,23 @@ class Dispatcher:
             intake.release(failed)
         self.update_pause()
         self.wake.set()
-        self.d.publish_status()
+        self._changed()
 
-    def accepted(self, added: Any, detection: dict[str, Any], source: str = "spool") -> None:
+    async def submit(self, detection: dict[str, Any], *, spool_name: str | None = None,
+                     source: str = "api") -> AddedDetection:
+        """Commits a detection that came as a request (the API's `detections.submit`) or a message (NATS)
+        rather than a spool file; from there on it goes the spool's way. `spool_name` names where it came
+        from, as a spool file's name does, so the same message delivered again is a replay and runs once.
+        ValueError when the store refuses a value."""
+        if self.life.stopping:
+            raise NotAccepting("sdd is stopping")
+        added = await self.store.record_detection(detection, spool_name=spool_name)
+        self.accepted(added, detection, source)
+        self.update_pause()
+        self.wake.set()
+        return added
+
+    def accepted(self, added: AddedDetection, detection: dict[str, Any], source: str = "spool") -> None:
         state = str(added.state)
         did = str(added.detection_id)
         if added.replayed and state != "queued":
@@ -182,8 +219,8 @@ class Dispatcher:
         if added.duplicate_of is not None and state == "duplicate":
             if self.on_detection is not None:
                 self.on_detection(source, "duplicate")
-            self.d.stats["duplicates"] += 1
-            self.d.hub.publish(events.DETECTION_DUPLICATE, {"detection_id": did, "external_id": ext,
+            self.stats["duplicates"] += 1
+            self.hub.publish(events.DETECTION_DUPLICATE, {"detection_id": did, "external_id": ext,
                                                           "of": str(added.duplicate_of)})
             if log.isEnabledFor(logging.INFO):
                 log.info("detection duplicate", extra=story(detection=did, external_id=ext or "-",
@@ -192,8 +229,8 @@ class Dispatcher:
         if not added.replayed:
             if self.on_detection is not None:
                 self.on_detection(source, "accepted")
-            self.d.stats["received"] += 1
-            self.d.hub.publish(events.DETECTION_RECEIVED, {
+            self.stats["received"] += 1
+            self.hub.publish(events.DETECTION_RECEIVED, {
                 "detection_id": did, "external_id": ext, "type": detection.get("type"),
                 "severity": _str(detection.get("severity")), "file_path": _str(detection.get("file_path"))})
             if log.isEnabledFor(logging.INFO):
@@ -213,16 +250,16 @@ class Dispatcher:
             self._backlog = True
 
     def update_pause(self) -> None:
-        if self.d.intake is None:
+        if self.intake is None:
             return
-        limit = self.d.config.intake.max_queued
+        limit = self.settings.max_queued
         if not self.paused and self.queued >= limit:
             self.paused = True
-            self.d.intake.pause()
+            self.intake.pause()
             log.info("back-pressure: claiming paused", extra=kv(queued=self.queued))
         elif self.paused and self.queued <= limit // 2:
             self.paused = False
-            self.d.intake.resume()
+            self.intake.resume()
             log.info("back-pressure: claiming resumed", extra=kv(queued=self.queued))
 
     # ---- dispatch: queued detections → runs -----------------------------------------------------------------
@@ -230,7 +267,7 @@ class Dispatcher:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            if self.d.stopping:
+            if self.life.stopping:
                 return
             try:
                 self._dispatch_available()
@@ -240,11 +277,11 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
                 self.wake.set()
             self.update_pause()
-            self.d.publish_status()
+            self._changed()
 
     def _dispatch_available(self) -> None:
-        limit = self.d.config.engine.max_concurrent_runs
-        while self._busy_runs(limit) < limit and not self.d.stopping:
+        limit = self.settings.max_concurrent_runs
+        while self._busy_runs(limit) < limit and not self.life.stopping:
             item = self._next_detection()
             if item is None:
                 return
@@ -257,8 +294,20 @@ class Dispatcher:
     def _busy_runs(self, limit: int) -> int:
         """Active runs that count against max_concurrent_runs: those a guard holds (a step waiting for a rate
         limit's slot) do not, up to WAITING_RUNS_FACTOR x the limit (issue 13: waits must not starve the rest)."""
-        waiting = len(getattr(self.d, "waiting_runs", ()))
-        return len(self.d.engine.active_runs) - min(waiting, WAITING_RUNS_FACTOR * limit)
+        return len(self.engine.active_runs) - min(len(self.waiting_runs), WAITING_RUNS_FACTOR * limit)
+
+    def run_waiting(self, run_id: str, waiting: bool) -> None:
+        """A guard began (or stopped) holding one of the run's steps; a held run's slot may go to the next."""
+        if waiting:
+            self.waiting_runs.add(run_id)
+            self.wake.set()
+        else:
+            self.waiting_runs.discard(run_id)
+
+    def run_finished(self, run_id: str) -> None:
+        """A run ended: its slot is free."""
+        self.waiting_runs.discard(run_id)
+        self.wake.set()
 
     def _next_detection(self) -> tuple[str, dict[str, Any], bool] | None:
         if self._ready:
@@ -268,7 +317,7 @@ class Dispatcher:
         if not self._backlog:
             return None
         # Refill from the database; anything already on its way to a run is skipped.
-        rows = self.d.store.pending_detections(READY_WINDOW)
+        rows = self.store.pending_detections(READY_WINDOW)
         for row in rows:
             did = str(row["detection_id"])
             if did not in self._in_progress and did not in self._ready_ids:
@@ -277,7 +326,6 @@ class Dispatcher:
         if len(rows) < READY_WINDOW:
             self._backlog = False
         if not self._ready:
-            self._refill_blocked = bool(rows)
             return None
         did, det = self._ready.popleft()
         self._ready_ids.discard(did)
@@ -287,11 +335,11 @@ class Dispatcher:
         """Matches one queued detection and starts its runs; the state is written after the runs exist."""
         self.queued = max(0, self.queued - 1)
         self._in_progress.add(detection_id)
-        if from_db and self.d.store.runs_for_detection(detection_id):
+        if from_db and self.store.runs_for_detection(detection_id):
             # A crash came between creating its runs and marking it: they are being resumed.
             self._set_state(detection_id, "matched", "runs existed at start-up")
             return
-        result = match(self.d.workflows, detection, detection_id, excluded=self._is_excluded(detection),
+        result = match(self.engine.workflows, detection, detection_id, excluded=self._is_excluded(detection),
                        dedup=self.dedup)
         if result.decision is Decision.MATCHED and self._dedup_window_predates_us():
             result = self._dedup_from_history(result, detection)
@@ -299,14 +347,14 @@ class Dispatcher:
         if result.decision is not Decision.MATCHED:
             self._set_state(detection_id, result.decision.value, result.note)
             if result.decision is Decision.DUPLICATE:
-                self.d.stats["duplicates"] += 1
-                self.d.hub.publish(events.DETECTION_DUPLICATE, {"detection_id": detection_id, "external_id": ext,
+                self.stats["duplicates"] += 1
+                self.hub.publish(events.DETECTION_DUPLICATE, {"detection_id": detection_id, "external_id": ext,
                                                               "of": result.duplicate_of})
                 log.info("detection duplicate", extra=story(detection=detection_id, external_id=ext or "-",
                                                             of=result.duplicate_of, reason=result.note))
             elif result.decision is Decision.EXCLUDED:
-                self.d.stats["excluded"] += 1
-                self.d.hub.publish(events.DETECTION_EXCLUDED, {"detection_id": detection_id, "external_id": ext})
+                self.stats["excluded"] += 1
+                self.hub.publish(events.DETECTION_EXCLUDED, {"detection_id": detection_id, "external_id": ext})
                 log.info("detection excluded", extra=story(detection=detection_id, external_id=ext or "-",
                                                            reason=result.note))
             else:
@@ -315,7 +363,7 @@ class Dispatcher:
         started = []
         for wf in result.workflows:
             try:
-                handle = self.start(wf, None, detection=detection, detection_id=detection_id)
+                handle = self._start(wf, None, detection, detection_id, Trigger.DETECTION)
             except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                 log.error("run failed to start", extra=story(workflow=wf.workflow_id, detection=detection_id,
                                                              error=exc))
@@ -325,48 +373,48 @@ class Dispatcher:
             self._set_state(detection_id, "no_match", "no run could be started")
             self._no_match(detection_id, ext, "no run could be started", count=False)
             return
-        if self.d.hub.subscriber_count:
-            self.d.hub.publish(events.DETECTION_MATCHED, {"detection_id": detection_id, "external_id": ext,
+        if self.hub.wants(events.DETECTION_MATCHED):
+            self.hub.publish(events.DETECTION_MATCHED, {"detection_id": detection_id, "external_id": ext,
                                                         "runs": started})
         # Marked `matched` once every run is recorded (see _run_recorded): a crash in between leaves it
         # `queued`, and the start-up check above finds its runs instead of starting them twice.
-        self._awaiting_start[detection_id] = [len(started), result.note]
+        self._awaiting_start[detection_id] = (len(started), result.note)
 
     def _no_match(self, detection_id: str, ext: str | None, reason: str, count: bool = True) -> None:
         if count:
-            self.d.stats["no_match"] += 1
-        self.d.hub.publish(events.DETECTION_NO_MATCH, {"detection_id": detection_id, "external_id": ext,
+            self.stats["no_match"] += 1
+        self.hub.publish(events.DETECTION_NO_MATCH, {"detection_id": detection_id, "external_id": ext,
                                                      "reason": reason})
         log.info("detection not matched", extra=story(detection=detection_id, external_id=ext or "-",
                                                       reason=reason))
 
     def _dedup_window_predates_us(self) -> bool:
-        return self.history_dedup and time.monotonic() - self._started_mono < self.d.config.engine.dedup_window
+        return self.history_dedup and time.monotonic() - self._started_mono < self.settings.dedup_window
 
     def _dedup_from_history(self, result: MatchResult, detection: Mapping[str, Any]) -> MatchResult:
         """The in-memory window starts empty: until it covers a whole window, also ask the history."""
         path, threat = detection.get("file_path"), detection.get("threat_name")
         if not isinstance(path, str) or not path:
             return result
-        since = time.time() - self.d.config.engine.dedup_window
+        since = time.time() - self.settings.dedup_window
         fresh, first = [], None
         for wf in result.workflows:
-            run_id = self.d.store.recent_run(wf.workflow_id, path, threat if isinstance(threat, str) else None, since)
+            run_id = self.store.recent_run(wf.workflow_id, path, threat if isinstance(threat, str) else None, since)
             if run_id is None:
                 fresh.append(wf)
             elif first is None:
-                first = (self.d.store.get_run(run_id) or {}).get("detection_id") or run_id
+                first = (self.store.get_run(run_id) or {}).get("detection_id") or run_id
         if fresh:
             return replace(result, workflows=tuple(fresh))
         return MatchResult(Decision.DUPLICATE, duplicate_of=first,
-                           note=f"same file and threat as {first} within {self.d.config.engine.dedup_window:g}s")
+                           note=f"same file and threat as {first} within {self.settings.dedup_window:g}s")
 
     def _is_excluded(self, detection: Mapping[str, Any]) -> bool:
         # Read the table again only after an exclusion was added or removed (through the watched store).
-        version = self.d.store.exclusions_version
+        version = self.store.exclusions_version
         if self._exclusions is None or version != self._exclusions_version:
             try:
-                self._exclusions = Exclusions.from_rows(self.d.store.list_exclusions())
+                self._exclusions = Exclusions.from_rows(self.store.list_exclusions())
                 self._exclusions_version = version
             except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
                 log.warning("exclusions unreadable", extra=kv(error=exc))
@@ -376,57 +424,52 @@ class Dispatcher:
     def _set_state(self, detection_id: str, state: str, note: str | None) -> None:
         # Queued on the writer at once (FIFO, after the runs' rows); a future, not a task, per detection.
         try:
-            fut = self.d.store.write(set_detection_state_op(detection_id, state, note))
+            fut = self.store.write(set_detection_state_op(detection_id, state, note))
         except Exception:
             self._in_progress.discard(detection_id)
             raise
-        fut.add_done_callback(lambda f, did=detection_id: self._state_written(did, f))
+        fut.add_done_callback(functools.partial(self._state_written, detection_id))
 
     def _state_written(self, detection_id: str, fut: asyncio.Future[Any]) -> None:
         self._in_progress.discard(detection_id)
-        if self._refill_blocked:
-            self._refill_blocked = False
+        if not self._in_progress and self._backlog and not self._ready:
+            # A refill skipped rows still `queued` only because their state write was in flight: with no
+            # commit or finished run left to wake the loop, those behind them would wait for the next start.
             self.wake.set()
         if not fut.cancelled() and fut.exception() is not None:
             log.error("cannot record a detection's state", extra=kv(detection_id=detection_id,
                                                                      error=fut.exception()))
 
-    def expect_run(self, run_id: str, detection_id: str | None, trigger: str = "detection",
-                   uid: int | None = None, external: str | None = None, workflow_id: str | None = None) -> None:
-        """Tells history (and our hub events and log lines) which of our detections a run serves, before it
-        starts."""
-        self.runs[run_id] = RunOrigin(detection_id, external, trigger, workflow_id)
-        self.d.recorder.note_run(run_id, detection_id=detection_id, trigger=trigger, uid=uid)
-
-    def expect_resumed_run(self, run_id: str, detection_id: str | None, trigger: str = "detection") -> None:
-        """`expect_run` for a run crash recovery resumes: the producer's id is read back from the store."""
-        external = None
-        if detection_id is not None:
-            try:
-                external = external_id((self.d.store.get_detection(detection_id) or {}).get("data"))
-            except Exception as exc:  # noqa: BLE001 -- the id only labels events and log lines
-                log.warning("cannot read a resumed run's detection", extra=story(run_id=run_id,
-                                                                                 detection=detection_id, error=exc))
-        self.expect_run(run_id, detection_id, trigger, external=external)
-
-    def start(self, workflow: Workflow, context: Mapping[str, Any] | None, *, detection: Mapping[str, Any] | None,
-              detection_id: str | None, trigger: str = "detection", uid: int | None = None) -> RunHandle:
-        if self.d.stopping:
+    def _start(self, workflow: Workflow, context: Mapping[str, Any] | None, detection: Mapping[str, Any] | None,
+               detection_id: str | None, trigger: Trigger, uid: int | None = None) -> RunHandle:
+        if self.life.stopping:
             raise NotAccepting("sdd is stopping")
-        run_id = new_run_id()
-        self.expect_run(run_id, detection_id, trigger, uid, external_id(detection), workflow.workflow_id)
-        try:
-            handle = self.d.engine.start(workflow, context, detection=detection, run_id=run_id)
-        except Exception:
-            self.runs.pop(run_id, None)
-            raise
-        self.d.stats["runs_started"] += 1
+        labels = run_labels(detection_id=detection_id, external_id=external_id(detection), trigger=trigger, uid=uid)
+        handle = self.engine.start(workflow, context, detection=detection, run_id=new_run_id(), labels=labels)
+        self.stats["runs_started"] += 1
         return handle
 
-    async def launch_scheduled(self, workflow: Workflow) -> Any:
-        if not self.d.running:
+    async def start_requested(self, workflow: Workflow, context: Mapping[str, Any] | None,
+                              detection: dict[str, Any] | None, uid: int | None) -> Started:
+        """A run started by request (`runs.start`), optionally as if `detection` had arrived: that detection
+        is recorded (so the run's history and a resume after a crash have it), but as a sample: it claims no
+        producer id (dedup key) and is marked matched by this run from the start. ValueError when the store
+        refuses it."""
+        if self.life.stopping:
+            raise NotAccepting("sdd is stopping")
+        detection_id = None
+        if detection is not None:
+            added = await self.store.record_detection(
+                detection, state="matched", dedup=False,
+                note=f"sample detection given to runs.start of {workflow.workflow_id}")
+            detection_id = str(added.detection_id)
+        return Started(self._start(workflow, context, detection, detection_id, Trigger.API, uid), detection_id)
+
+    async def launch_scheduled(self, workflow: Workflow) -> asyncio.Task[WorkflowResult] | None:
+        """The scheduler's launcher: a run of `workflow` by its schedule, while the daemon runs."""
+        if not self.life.running:
             return None
-        handle = self.start(workflow, None, detection=None, detection_id=None, trigger="schedule")
+        handle = self._start(workflow, None, None, None, Trigger.SCHEDULE)
         return handle.task
 
     def when_recorded(self, run_id: str) -> asyncio.Future[None]:
@@ -448,10 +491,12 @@ class Dispatcher:
         waiting = self._awaiting_start.get(detection_id)
         if waiting is None:
             return
-        waiting[0] -= 1
-        if waiting[0] <= 0:
+        left, note = waiting
+        if left > 1:
+            self._awaiting_start[detection_id] = (left - 1, note)
+        else:
             del self._awaiting_start[detection_id]
-            self._set_state(detection_id, "matched", waiting[1])
+            self._set_state(detection_id, "matched", note)
 
 
 async def _failed(exc: BaseException) -> Any:

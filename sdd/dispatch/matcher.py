@@ -17,7 +17,7 @@ import logging
 import posixpath
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -144,7 +144,7 @@ class Exclusions:
     paths: frozenset[str] = frozenset()
 
     @classmethod
-    def from_rows(cls, rows: list[Mapping[str, Any]]) -> Exclusions:
+    def from_rows(cls, rows: Sequence[Mapping[str, Any]]) -> Exclusions:
         sha = frozenset(str(r["value"]).lower() for r in rows if r.get("kind") == "sha256")
         paths = frozenset(str(r["value"]) for r in rows if r.get("kind") == "path")
         return cls(sha, paths)

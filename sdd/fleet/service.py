@@ -13,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..logging import kv
 from .nats_link import expand, hostname
 from .ocsf import OcsfMapper
 from .outbox import Drain, DrainThread, FileSink, Sink
+
+if TYPE_CHECKING:
+    from ..dispatch.dispatcher import Dispatcher
+    from ..engine import WorkflowEngine
 
 log = logging.getLogger("sdd.fleet")
 
@@ -70,7 +74,7 @@ class Fleet:
             drain.wake_threadsafe()
 
     # --- metrics ----------------------------------------------------------------------------------------------
-    def observe(self, engine: Any, dispatcher: Any, spawn: Spawn) -> None:
+    def observe(self, engine: WorkflowEngine, dispatcher: Dispatcher, spawn: Spawn) -> None:
         """Once the engine exists and before any run: the metrics count from here (seeded from runs.stats)."""
         mc = self.config.metrics
         if not (mc.listen or mc.textfile):

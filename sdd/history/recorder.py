@@ -15,7 +15,7 @@ The same holds one level up for runs started by a detection: such a run's row is
 steps' rows and written whole, already final, with its outcome (one store write instead of three). Its row
 goes out on its own (`running`) first when one of its steps needs a committed intent, or once it has run
 `_INTENT_DELAY` seconds. A crash while it is held leaves no row, and its detection still `queued` (the
-daemon marks a detection `matched` only from `on_run_recorded`, called once the run's row is enqueued), so
+dispatcher marks a detection `matched` only from `on_run_recorded`, called once the run's row is enqueued), so
 the detection is dispatched again at start-up: exactly what resuming a run of idempotent steps would do.
 Runs started from the API or a schedule, and resumed runs, are written at once. Outcomes and run
 starts are enqueued without waiting (in order with every other write: anything enqueued before an awaited
@@ -37,6 +37,7 @@ from typing import Any
 
 from sdd.engine import PriorStep, StepStatus
 from sdd.engine.events import EngineEvent, RunFinished, RunStarted, StepFinished, StepStarted, StepWaiting
+from sdd.labels import DETECTION_ID, TRIGGER, Trigger, label_uid
 from sdd.store import Store, StoreError
 from sdd.store.codec import RawJSON
 from sdd.store.writer import Operation
@@ -52,19 +53,9 @@ from sdd.store.writes import (
 
 log = logging.getLogger("sdd.history")
 
-_MAX_NOTES = 100_000
 # How long a step whose intent need not be committed before it acts may run before its `running` row is
 # written anyway (for API readers); quicker steps get one row, written with their outcome.
 _INTENT_DELAY = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class RunNote:
-    """What the daemon knows about a run that the engine's events do not carry."""
-
-    detection_id: str | None = None   # the store's detection id (RunStarted carries the detection's own "id")
-    trigger: str = "detection"        # "detection" | "api" | "schedule"
-    uid: int | None = None            # who asked, for API-started runs
 
 
 @dataclass(slots=True)
@@ -79,9 +70,9 @@ class _HeldRun:
 
 
 class HistoryRecorder:
-    """`engine = WorkflowEngine(listeners=[HistoryRecorder(store)])`. Call `note_run` before `engine.start`
-    to attach the store's detection id, the trigger and the uid to a run (or pre-create the run with
-    `store.create_run(..., status="pending")`; the recorder's upsert keeps those fields).
+    """`engine = WorkflowEngine(listeners=[HistoryRecorder(store)])`. The store's detection id, the trigger
+    and the uid of a run come from its labels (`sdd.labels`, attached by `engine.start(labels=...)`); a run
+    without labels is recorded without a detection id, triggered by a detection if it was given one.
     `on_run_recorded(run_id, detection_id)` is called right after a run's row is enqueued (anything the
     caller enqueues from it is committed with or after that row)."""
 
@@ -90,19 +81,12 @@ class HistoryRecorder:
         self.store = store
         self.on_run_recorded = on_run_recorded
         self._held_runs: dict[str, _HeldRun] = {}
-        self._notes: dict[str, RunNote] = {}
         self._dry_runs: set[str] = set()  # their steps act on nothing: no intent needs waiting for
         self._snapshots: dict[int, tuple[Any, RawJSON | None]] = {}
         self._snapshot_cache_size = snapshot_cache_size
         # Intents not written yet, per run: (phase, step path) → the StepStarted event.
         self._held: dict[str, dict[tuple[str, str], StepStarted]] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
-
-    def note_run(self, run_id: str, *, detection_id: str | int | None = None, trigger: str = "detection",
-                 uid: int | None = None) -> None:
-        if len(self._notes) >= _MAX_NOTES:  # runs noted but never started must not pile up forever
-            self._notes.pop(next(iter(self._notes)))
-        self._notes[run_id] = RunNote(None if detection_id is None else str(detection_id), trigger, uid)
 
     def __call__(self, event: EngineEvent) -> Awaitable[Any] | None:
         try:
@@ -223,14 +207,11 @@ class HistoryRecorder:
     def _run_started(self, event: RunStarted) -> None:
         if event.dry_run:
             self._dry_runs.add(event.run_id)
-        note = self._notes.pop(event.run_id, None)
-        if note is not None:
-            detection_id: str | None = note.detection_id
-            trigger, uid = note.trigger, note.uid
-        else:
-            detection_id = self._detection_by_external_id(event.detection_id)
-            trigger, uid = ("detection" if event.detection_id is not None else "api"), None
-        if trigger == "detection" and not event.resumed:
+        labels = event.labels
+        detection_id = labels.get(DETECTION_ID)
+        trigger = labels.get(TRIGGER) or (Trigger.DETECTION if event.detection_id is not None else Trigger.API)
+        uid = label_uid(labels)
+        if trigger == Trigger.DETECTION and not event.resumed:
             self._held_runs[event.run_id] = _HeldRun(event, detection_id, trigger, uid)
             if self._flush_timer is None:
                 self._arm_flush()
@@ -275,7 +256,6 @@ class HistoryRecorder:
             summary = {"steps_completed": result.steps_completed, "steps_failed": result.steps_failed,
                        "steps_skipped": result.steps_skipped, "execution_time": result.execution_time,
                        "context": result.context}
-        self._notes.pop(event.run_id, None)
         self._dry_runs.discard(event.run_id)
         held = self._held.pop(event.run_id, None)
         if held:  # a step that never reported its outcome stays visible as it was left: running
@@ -305,15 +285,6 @@ class HistoryRecorder:
             self._recorded(started.run_id, run.detection_id)
 
     # --- helpers ----------------------------------------------------------------------------------------------
-    def _detection_by_external_id(self, external_id: Any) -> str | None:
-        if external_id is None or isinstance(external_id, bool) or not isinstance(external_id, (str, int)):
-            return None
-        try:
-            found = self.store.find_detection(str(external_id))
-        except StoreError:
-            return None
-        return None if found is None else found["detection_id"]
-
     def _snapshot(self, workflow: Any) -> RawJSON | None:
         """The workflow as JSON, encoded once per workflow object (a burst of runs shares one workflow)."""
         key = id(workflow)
@@ -355,4 +326,4 @@ def prior_steps(store: Store, run_id: str) -> dict[str, PriorStep]:
     return prior
 
 
-__all__ = ["HistoryRecorder", "RunNote", "prior_steps"]
+__all__ = ["HistoryRecorder", "prior_steps"]

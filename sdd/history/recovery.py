@@ -12,21 +12,19 @@ them from the database like any backlog, and skips starting runs for one that al
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdd.engine import RunHandle, Workflow, WorkflowEngine
+from sdd.engine import PriorStep, RunHandle, Workflow, WorkflowEngine
 from sdd.engine.statuses import RunStatus
+from sdd.labels import Trigger, external_id, run_labels
 from sdd.logging import kv
+from sdd.store import Store
 
 log = logging.getLogger(__name__)
-
-# Lets the daemon tie a resumed run to its detection before the engine announces it.
-BeforeStart = Callable[[str, "str | None", str], None]
 
 
 @dataclass
@@ -39,9 +37,10 @@ class RecoveryReport:
         return {"resumed": len(self.resumed), "abandoned": len(self.abandoned)}
 
 
-async def recover_runs(store: Any, engine: WorkflowEngine, prior_steps: Callable[[str], Any],
-                       before_start: BeforeStart | None = None) -> RecoveryReport:
-    """Resumes every run left `running` or `pending`; returns what was done."""
+async def recover_runs(store: Store, engine: WorkflowEngine,
+                       prior_steps: Callable[[str], Mapping[str, PriorStep]]) -> RecoveryReport:
+    """Resumes every run left `running` or `pending`, labelled as it was started (`sdd.labels`: its detection,
+    the producer's id read back from the detection, its trigger and uid); returns what was done."""
     report = RecoveryReport()
     rows: list[Mapping[str, Any]] = []
     for status in (RunStatus.RUNNING, RunStatus.PENDING):
@@ -61,13 +60,12 @@ async def recover_runs(store: Any, engine: WorkflowEngine, prior_steps: Callable
             detection = (found or {}).get("data") if found else None
         try:
             prior = prior_steps(run_id)
-            if inspect.isawaitable(prior):
-                prior = await prior
-            if before_start is not None:
-                before_start(run_id, detection_id, str(row.get("trigger") or "detection"))
+            labels = run_labels(detection_id=None if detection_id is None else str(detection_id),
+                                external_id=external_id(detection),
+                                trigger=Trigger(row.get("trigger") or Trigger.DETECTION), uid=row.get("uid"))
             context = row.get("context") or {}
             handle = engine.start(workflow, context, detection=detection, run_id=run_id,
-                                  dry_run=bool(row.get("dry_run")), prior=prior)
+                                  dry_run=bool(row.get("dry_run")), prior=prior, labels=labels)
         except Exception as exc:
             log.exception("cannot resume a run", extra=kv(run_id=run_id))
             await _abandon(store, run_id, f"cannot resume: {exc}")
@@ -80,6 +78,6 @@ async def recover_runs(store: Any, engine: WorkflowEngine, prior_steps: Callable
     return report
 
 
-async def _abandon(store: Any, run_id: str, reason: str) -> None:
+async def _abandon(store: Store, run_id: str, reason: str) -> None:
     log.error("run abandoned", extra=kv(run_id=run_id, reason=reason))
     await store.finish_run(run_id, RunStatus.INTERRUPTED.value, reason, time.time())

@@ -35,6 +35,9 @@ class Store:
         self._readers_lock = threading.Lock()
         self._stats_cache = reads.StatsCache()
         self._closed = False
+        # Counts exclusion changes, so the matcher keeps the exclusions in memory and reads them again only
+        # after a change instead of querying SQLite for every detection.
+        self.exclusions_version = 0
 
     @classmethod
     def open(cls, path: str | Path, *, max_batch: int = 1024) -> Store:
@@ -204,11 +207,17 @@ class Store:
 
     async def add_exclusion(self, kind: str, value: str, reason: str | None = None, actor: Any = None) -> bool:
         """Exclude a sha256 or a path (and everything under it). Writes its own audit record. True if new."""
-        return await self._writer.write(ledger.add_exclusion_op(kind, value, reason, actor))
+        try:
+            return await self._writer.write(ledger.add_exclusion_op(kind, value, reason, actor))
+        finally:
+            self.exclusions_version += 1
 
     async def remove_exclusion(self, kind: str, value: str, actor: Any = None) -> bool:
         """Writes its own audit record. True if it existed."""
-        return await self._writer.write(ledger.remove_exclusion_op(kind, value, actor))
+        try:
+            return await self._writer.write(ledger.remove_exclusion_op(kind, value, actor))
+        finally:
+            self.exclusions_version += 1
 
     async def log_false_positive(self, detection_id: str | int | None = None, *, run_id: str | None = None,
                                  sha256: str | None = None, file_path: str | None = None,

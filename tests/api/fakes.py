@@ -1,4 +1,4 @@
-"""A minimal stand-in for the Daemon facade, only for the unit tests of framing and authorisation.
+"""A minimal stand-in for the daemon's Control (sdd/api/control.py), only for the unit tests of framing and authorisation.
 
 End-to-end behaviour of the methods is tested against the real daemon (tests/support/daemon.py).
 """

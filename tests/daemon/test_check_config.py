@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess, sdd_command
-
-from .conftest import notify_workflow
+from tests.support.workflows import notify_workflow
 
 
 def check(d: DaemonProcess, *extra: str) -> subprocess.CompletedProcess[str]:

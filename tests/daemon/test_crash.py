@@ -7,8 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.support.daemon import DaemonProcess
-
-from .conftest import APPEND_SCRIPT, notify_workflow, script_workflow
+from tests.support.workflows import APPEND_SCRIPT, notify_workflow, script_workflow
 
 N = 300
 

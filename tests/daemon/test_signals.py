@@ -6,8 +6,7 @@ import signal
 from pathlib import Path
 
 from tests.support.daemon import DaemonProcess
-
-from .conftest import notify_workflow
+from tests.support.workflows import notify_workflow
 
 SLOW_SCRIPT = "#!/bin/sh\nsleep \"$1\"\n"
 

@@ -8,8 +8,7 @@ import signal
 from pathlib import Path
 
 from tests.support.daemon import DaemonProcess
-
-from .conftest import notify_workflow
+from tests.support.workflows import notify_workflow
 
 ACCOUNTED = "SELECT count(*) FROM detections WHERE state != 'queued'"
 

@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 
-from sdd.fleet import journal
-from sdd.logging import LogEvent, kv
+from sdd.logging import LogEvent, journal, kv
 from tests.support.daemon import DaemonProcess
 
 JOURNALD = "/lib/systemd/systemd-journald"

@@ -1,4 +1,4 @@
-"""The daemon's facade driven through the real socket API (sdd-client), plus exclusions, schedules,
+"""The daemon's Control driven through the real socket API (sdd-client), plus exclusions, schedules,
 back-pressure and the systemd watchdog, each on a live daemon."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess
-
-from .conftest import notify_workflow
+from tests.support.workflows import notify_workflow
 
 client = pytest.importorskip("sdd_client.client")
 
@@ -108,7 +107,7 @@ def test_an_exclusion_added_by_a_workflow_applies_to_the_next_detection(daemon: 
                     what="the excluded detection")
 
 
-def test_quarantine_restore_through_the_facade(tmp_path: Path) -> None:
+def test_quarantine_restore_through_the_control(tmp_path: Path) -> None:
     victim_dir = tmp_path / "files"
     victim_dir.mkdir()
     victim = victim_dir / "invoice.exe"

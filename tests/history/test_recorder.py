@@ -10,6 +10,7 @@ import pytest
 
 from sdd.engine import StepStatus, Workflow, WorkflowEngine
 from sdd.history.recorder import HistoryRecorder, prior_steps
+from sdd.labels import Trigger, run_labels
 from sdd.store import Store
 
 
@@ -48,7 +49,8 @@ async def test_non_idempotent_intent_is_on_disk_before_the_action_runs(store: St
     engine.register_action("unsafe", unsafe, idempotent=False)
     det = await store.add_detection({"type": "malware", "id": "ext-1", "file_path": "/tmp/f"})
     handle = engine.start(_workflow(), {"who": "me"}, detection={"type": "malware", "id": "ext-1",
-                                                                  "file_path": "/tmp/f"})
+                                                                  "file_path": "/tmp/f"},
+                          labels=run_labels(detection_id=det, external_id="ext-1", trigger=Trigger.DETECTION))
     result = await handle.wait()
     assert result.status.value == "completed"
     assert seen == [("running", 1)]
@@ -64,7 +66,7 @@ async def test_non_idempotent_intent_is_on_disk_before_the_action_runs(store: St
     assert store.run_stats("wf")[0]["completed"] == 1
 
 
-async def test_note_run_sets_detection_trigger_and_uid(store: Store) -> None:
+async def test_the_run_labels_set_detection_trigger_and_uid(store: Store) -> None:
     recorder = HistoryRecorder(store)
     engine = WorkflowEngine(listeners=[recorder])
 
@@ -74,8 +76,8 @@ async def test_note_run_sets_detection_trigger_and_uid(store: Store) -> None:
     engine.register_action("safe", safe, idempotent=True)
     engine.register_action("unsafe", safe, idempotent=False)
     det = await store.add_detection({"type": "malware"})
-    recorder.note_run("run-a", detection_id=det, trigger="api", uid=1000)
-    await engine.execute_workflow(_workflow(), run_id="run-a", detection={"type": "malware"}, dry_run=True)
+    await engine.execute_workflow(_workflow(), run_id="run-a", detection={"type": "malware"}, dry_run=True,
+                                  labels=run_labels(detection_id=det, external_id=None, trigger=Trigger.API, uid=1000))
     run = store.get_run("run-a")
     assert run is not None
     assert (run["detection_id"], run["trigger"], run["uid"], run["dry_run"]) == (det, "api", 1000, True)
@@ -261,10 +263,10 @@ async def test_a_detection_run_is_held_and_written_whole_when_it_finishes(store:
     wf = Workflow.from_dict({"workflow_id": "wf", "name": "held", "steps": [
         {"step_id": "first", "type": "action", "action": "safe", "params": {"n": 1}},
         {"step_id": "never", "type": "action", "action": "safe", "condition": "False"}]})
-    recorder.note_run("held", detection_id=det, trigger="detection")
     await store.flush()
     before = store.writer_stats().operations
-    handle = engine.start(wf, run_id="held", detection={"type": "malware", "file_path": "/tmp/h"})
+    handle = engine.start(wf, run_id="held", detection={"type": "malware", "file_path": "/tmp/h"},
+                          labels=run_labels(detection_id=det, external_id=None, trigger=Trigger.DETECTION))
     await entered.wait()
     await store.flush()
     assert _peek_run(db_path, "held") is None and _peek_step(db_path, "held", "first") is None
@@ -303,9 +305,9 @@ async def test_a_held_run_is_on_disk_before_a_non_idempotent_step_acts(store: St
     wf = Workflow.from_dict({"workflow_id": "wf", "name": "mixed", "steps": [
         {"step_id": "first", "type": "action", "action": "safe"},
         {"step_id": "hook", "type": "action", "action": "unsafe"}]})
-    recorder.note_run("mixed", detection_id=det, trigger="detection")
-    assert (await engine.execute_workflow(wf, run_id="mixed", detection={"type": "malware"})).status.value == \
-        "completed"
+    labels = run_labels(detection_id=det, external_id=None, trigger=Trigger.DETECTION)
+    assert (await engine.execute_workflow(wf, run_id="mixed", detection={"type": "malware"},
+                                          labels=labels)).status.value == "completed"
     # The run's row, the idempotent step before it and the intent were committed before the side effect.
     assert on_disk == [("running", ("completed", 1), ("running", 1), ["mixed"])]
     assert recorded == ["mixed"]
@@ -346,8 +348,8 @@ async def test_api_and_resumed_runs_are_written_at_once(store: Store, db_path: P
     engine, entered, release, _ = _blocking_engine(recorder)
     wf = Workflow.from_dict({"workflow_id": "wf", "name": "api", "steps": [
         {"step_id": "slow", "type": "action", "action": "safe"}]})
-    recorder.note_run("by-api", trigger="api", uid=1000)
-    handle = engine.start(wf, run_id="by-api")
+    handle = engine.start(wf, run_id="by-api",
+                          labels=run_labels(detection_id=None, external_id=None, trigger=Trigger.API, uid=1000))
     await entered.wait()
     await store.flush()
     assert _peek_run(db_path, "by-api") == "running"  # `sddctl run start` then `run show` finds it

@@ -12,8 +12,7 @@ import pytest
 from sdd.engine import load_workflow
 from sdd.store import Store
 from tests.support.daemon import DaemonProcess
-
-from .conftest import APPEND_SCRIPT
+from tests.support.workflows import APPEND_SCRIPT
 
 
 def workflow(log_path: Path, on_interrupt: str | None = None) -> str:

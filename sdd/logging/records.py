@@ -1,4 +1,4 @@
-"""Structured logging: one line per record on stderr, `key=value` pairs (logfmt), that journald keeps whole.
+"""Structured log records: one line per record, `key=value` pairs (logfmt), that journald keeps whole.
 
 Use `log.info("claimed", extra=kv(name=..., n=3))` to attach fields. When stderr is connected to the journal
 (`$JOURNAL_STREAM`), each line starts with the syslog priority prefix (`<3>`) that journald turns into the
@@ -8,20 +8,17 @@ entry's priority. Multi-line text (tracebacks, messages quoting input) is escape
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 class LogEvent(StrEnum):
     """The kinds of record a fleet watches for: `kv(event=LogEvent.RUN_FINISHED, ...)`. Each has a fixed journal
-    MESSAGE_ID (`sdd/fleet/journal.py`), so `journalctl MESSAGE_ID=...` finds them on every host."""
+    MESSAGE_ID (`sdd/logging/journal.py`), so `journalctl MESSAGE_ID=...` finds them on every host."""
 
     DETECTION_ACCEPTED = "detection.accepted"
     RUN_FINISHED = "run.finished"
@@ -72,38 +69,6 @@ class LogfmtFormatter(logging.Formatter):
         if self.journal:
             line = f"<{_PRIORITY.get(record.levelno, 6)}>" + line
         return line
-
-
-def setup_logging(level: str = "info", target: str = "auto") -> None:
-    """Routes every logger to one handler (idempotent): journald's native protocol when `target` is "journal",
-    or "auto" and stderr is the journal stream systemd gave us; else logfmt lines on stderr."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_sdd", False):
-            root.removeHandler(handler)
-            handler.close()
-    handler = _journal_handler(target) or logging.StreamHandler(sys.stderr)
-    if isinstance(handler, logging.StreamHandler):
-        handler.setFormatter(LogfmtFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
-    handler._sdd = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    root.setLevel(_LEVELS.get(level, logging.INFO))
-
-
-def _journal_handler(target: str) -> logging.Handler | None:
-    if target == "stderr":
-        return None
-    from .fleet import journal
-
-    path = os.environ.get("SDD_JOURNAL_SOCKET") or journal.JOURNAL_SOCKET  # (tests bind their own socket)
-    if target == "auto" and not journal.connected_to_journal():
-        return None
-    if not os.path.exists(path):
-        if target == "journal":
-            print(f"sdd: logging.target is \"journal\" but {path} does not exist; logging to stderr",
-                  file=sys.stderr)
-        return None
-    return journal.JournalHandler(path)
 
 
 def story(run_id: str | None = None, workflow: str | None = None, detection: str | None = None,

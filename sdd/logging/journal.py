@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..logging import LogEvent, LogfmtFormatter
+from .records import LogEvent, LogfmtFormatter
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SEND_TIMEOUT = 0.25
