@@ -26,11 +26,12 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .abortable import Abort, run_abortable
+from sdd.executor.abortable import Abort, run_abortable
+from sdd.executor.safepath import describe_type, lstat_at, open_parent
+
 from .clamd import Session, Verdict, clamd_conf, local_socket
 from .errors import ActionError, Forbidden, NotFound
 from .params import Params
-from .safepath import describe_type, lstat_at, open_parent
 from .services import ActionServices
 from .subproc import run_argv
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from sdd.config import ActionsConfig
 from sdd.engine.registry import current_step
+from sdd.executor import Executor, InProcessExecutor, Policy
 from sdd.logging import LogEvent, story
 
 from .errors import BreakerOpen, Forbidden, RateLimited
@@ -66,6 +67,8 @@ class ActionServices:
     store: Any | None = None          # sdd.store.Store; every action also works without one
     notify: NotifyFn | None = None    # desktop Notification(title, body, urgency) sink (hub → D-Bus)
     daemon_pid: int = field(default_factory=os.getpid)
+    # The seam to the host-changing primitives: in-process unless the daemon hands over a SocketExecutor.
+    executor: Executor | None = None
     guards: Guards = field(init=False)
     # Register as an engine listener (`engine.add_listener(services.run_log)`) so reports see step timing.
     run_log: RunLog = field(default_factory=RunLog)
@@ -83,6 +86,13 @@ class ActionServices:
         self.state_dir = Path(self.state_dir)
         self.guards = LoggedGuards(self.config.rate_limits, self.config.breaker_failures, self.config.breaker_reset,
                                    fields=self.log_fields)
+        if self.executor is None:
+            self.executor = InProcessExecutor(self.policy())
+
+    def policy(self) -> Policy:
+        """What the in-process executor enforces (the root executor builds the same from its own config)."""
+        return Policy.build(self.config.allowed_roots, self.vault_dir, self.config.protected_processes,
+                            {self.daemon_pid})
 
     @property
     def vault_dir(self) -> Path:
@@ -107,6 +117,10 @@ class ActionServices:
         if len(self._first_seen) > 4096:
             self._first_seen.clear()
         return self._first_seen.setdefault((key, pid), start_time)
+
+    def seen_before(self, key: str, pid: int) -> float | None:
+        """The start time `first_seen` recorded for this step and pid, if an earlier attempt saw it."""
+        return self._first_seen.get((key, pid))
 
     def delivered(self, key: str) -> set[str]:
         """The notification channels an earlier attempt of this step (idempotency key) delivered."""

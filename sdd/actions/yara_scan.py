@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from sdd.engine import path_problem
+from sdd.executor.abortable import Abort, run_abortable
 
-from .abortable import Abort, run_abortable
 from .errors import ActionError, Forbidden, InvalidParams, NotFound
 from .services import ActionServices
 
