@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -77,7 +78,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sdd: {err}", file=sys.stderr)
         print("sdd: refusing to start with an invalid configuration", file=sys.stderr)
         return 1
+    try:
+        start_executor(config)
+    except (OSError, ValueError) as exc:
+        print(f"sdd: {exc}", file=sys.stderr)
+        return 1
     return run_daemon(config, args.config)
+
+
+def start_executor(config: Config) -> None:
+    """System mode started as root (not by systemd's units, which start both): fork the root executor and
+    go on as `[actions] daemon_user` (docs/security.md). Returns in the daemon; the root side never does."""
+    from .executor.spawn import SOCKET_ENV, StartError, separate
+
+    if os.geteuid() != 0 or config.user_mode or not config.actions.daemon_user or os.environ.get(SOCKET_ENV):
+        return
+    try:
+        separate(config)
+    except StartError as exc:
+        raise ValueError(str(exc)) from None
 
 
 if __name__ == "__main__":

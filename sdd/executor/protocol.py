@@ -97,7 +97,7 @@ def _fail(op: str, name: str, why: str) -> InvalidRequest:
     return InvalidRequest(f"executor: {op}.{name}: {why}")
 
 
-def _check_field(op: str, name: str, value: Any) -> Any:  # noqa: C901 - one flat table of checks
+def _check_field(op: str, name: str, value: Any) -> Any:
     types = _TYPES[name]
     if isinstance(value, bool) and bool not in types:
         raise _fail(op, name, "expected " + "/".join(t.__name__ for t in types) + ", got bool")

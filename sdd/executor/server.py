@@ -145,7 +145,7 @@ class ExecutorServer:
         try:
             if isinstance(req, Kill):
                 task = asyncio.ensure_future(kill.kill(conn.policy, req, ask))
-                ctl.stop = lambda: None if task.cancel() else None
+                ctl.stop = lambda: None if task.cancel() else None  # noqa: RUF034 - cancel() returns a bool
                 result = await task
             else:
                 def before_act() -> None:
