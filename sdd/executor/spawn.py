@@ -106,6 +106,7 @@ def separate(config: Any) -> None:
     daemon_pid = os.fork()
     if daemon_pid == 0:
         listener.close()
+        os.umask(0o027)  # as sdd.service's UMask=
         drop_privileges(account)
         os.environ[SOCKET_ENV] = str(socket_path)
         return
@@ -116,6 +117,7 @@ def _start_executor(config: Any, listener: socket.socket, uid: int, daemon_pid: 
     pid = os.fork()
     if pid == 0:
         code = 1
+        os.umask(0o077)
         try:
             from .service import serve_forever
             serve_forever(config, listener, uid, {daemon_pid, supervisor})
