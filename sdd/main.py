@@ -19,8 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdd", description="Search & Destroy response daemon: turns malware detections into safe, "
                                 "audited responses.")
-    parser.add_argument("command", nargs="?", choices=("run", "check-config"), default="run",
-                        help="run the daemon (default) or check the configuration and workflows")
+    parser.add_argument("command", nargs="?", choices=("run", "check-config", "executor"), default="run",
+                        help="run the daemon (default), check the configuration and workflows, or run the "
+                             "root executor (sdd-executor.service)")
     parser.add_argument("--config", metavar="FILE", help="config file (default: $SDD_CONFIG, else "
                         "/etc/sdd/sdd.toml, or $XDG_CONFIG_HOME/sdd/sdd.toml with --user)")
     parser.add_argument("--user", action="store_true",
@@ -69,6 +70,9 @@ def run_daemon(config: Config, config_file: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "executor":
+        from .executor.service import main as executor_main
+        return executor_main(["--config", args.config] if args.config else [])
     if args.command == "check-config":
         return check_config(args.config, args.user)
     try:
