@@ -28,12 +28,12 @@ from typing import Any
 
 from sdd.executor.abortable import Abort, run_abortable
 from sdd.executor.safepath import describe_type, lstat_at, open_parent
+from sdd.executor.subproc import run_argv
 
 from .clamd import Session, Verdict, clamd_conf, local_socket
 from .errors import ActionError, Forbidden, NotFound
 from .params import Params
 from .services import ActionServices
-from .subproc import run_argv
 
 MAX_FINDINGS = 10_000
 MAX_ERRORS = 100

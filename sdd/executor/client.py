@@ -19,7 +19,7 @@ from sdd_client.protocol import encode, read_message
 
 from .abortable import Outcome
 from .errors import PrimitiveError, Unavailable, from_wire
-from .protocol import MAX_FRAME, Request, request_message
+from .protocol import MAX_FRAME, Request, idempotent, request_message
 from .seam import nothing
 
 _LOST: dict[str, Any] = {"lost": True}
@@ -102,6 +102,11 @@ class SocketExecutor:
                     self._send(writer, {"id": rid, "abort": True})
                     continue
                 if msg is _LOST:
+                    if not idempotent(req):
+                        # It may have run: never again by itself (the contract's rule for a step found in flight).
+                        raise PrimitiveError(f"executor: the connection was lost during {req.op}; its outcome is "
+                                             f"unknown and it is not idempotent, so it is not tried again",
+                                             retryable=False)
                     raise Unavailable(f"executor: the connection was lost during {req.op}; its outcome is "
                                       f"unknown, and another attempt will find it done or do it")
                 if msg.get("ready") is True:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import kill, script
 from .abortable import Abort
 from .errors import Forbidden, InvalidRequest, NotFound
 from .paths import checked_abs_path, under_roots
 from .policy import Policy
-from .protocol import Delete, Lookup, Quarantine, Restore
+from .protocol import Delete, Kill, Lookup, Quarantine, Restore, RunScript
 from .restoring import restore as restore_item
 from .safepath import lstat_at, open_parent, open_regular, unlink_same
 from .vault import Vault
@@ -96,4 +97,8 @@ def delete(policy: Policy, req: Delete, before_act: BeforeAct, abort: Abort) -> 
 
 
 Primitive = Callable[[Policy, Any, BeforeAct, Abort], dict[str, Any]]
+AsyncPrimitive = Callable[[Policy, Any, Callable[[], Awaitable[None]]], Awaitable[dict[str, Any]]]
+# In a worker thread, with an Abort: the file primitives. On the event loop: kill (pidfd waits) and
+# run_script (a child process group), which a cancellation stops.
 SYNC: dict[type, Primitive] = {Quarantine: quarantine, Restore: restore, Lookup: lookup, Delete: delete}
+ASYNC: dict[type, AsyncPrimitive] = {Kill: kill.kill, RunScript: script.run}

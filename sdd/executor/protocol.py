@@ -19,16 +19,20 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import InvalidRequest
 
-MAX_FRAME = 64 * 1024
+MAX_FRAME = 1024 * 1024   # run_script's stdin is the biggest field
 MAX_DEPTH = 4
 MAX_PATH = 4096
 MAX_TEXT = 512
 MAX_HINTS = 16
+MAX_ARGS = 256
+MAX_ARG = 64 * 1024
+MAX_ENV = 64
+MAX_STDIN = 512 * 1024
 QID_RE = re.compile(r"[0-9a-f]{32}")
 ON_CONFLICT = ("fail", "rename", "overwrite")
 
@@ -82,15 +86,29 @@ class Kill:
     dry_run: bool = False
 
 
-Request = Quarantine | Restore | Lookup | Delete | Kill
-OPS: dict[str, type[Any]] = {c.op: c for c in (Quarantine, Restore, Lookup, Delete, Kill)}
+@dataclass(frozen=True)
+class RunScript:
+    """Not idempotent: an executor lost while it runs leaves the outcome unknown (never retried by itself)."""
+
+    op = "run_script"
+    idempotent = False
+    script: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    stdin: str | None = None
+    timeout: float = 60.0
+
+
+Request = Quarantine | Restore | Lookup | Delete | Kill | RunScript
+OPS: dict[str, type[Any]] = {c.op: c for c in (Quarantine, Restore, Lookup, Delete, Kill, RunScript)}
 
 # field → (accepted types, check); `None` is accepted exactly where the dataclass default is None.
 _TYPES: dict[str, tuple[type, ...]] = {
     "path": (str,), "file_path": (str,), "detection_id": (str,), "threat_name": (str,), "run_id": (str,),
     "quarantine_id": (str,), "on_conflict": (str,), "hints": (list, tuple), "force": (bool,), "trust": (bool,),
     "include_children": (bool,), "dry_run": (bool,), "pid": (int,), "start_time": (int, float),
-    "grace": (int, float)}
+    "grace": (int, float), "script": (str,), "args": (list, tuple), "env": (dict,), "stdin": (str,),
+    "timeout": (int, float)}
 
 
 def _fail(op: str, name: str, why: str) -> InvalidRequest:
@@ -104,7 +122,7 @@ def _check_field(op: str, name: str, value: Any) -> Any:
     if not any(isinstance(value, t) for t in types):  # no narrowing: value stays Any
         raise _fail(op, name, "expected " + "/".join(t.__name__ for t in types) + f", got {type(value).__name__}")
     if isinstance(value, str):
-        limit = MAX_PATH if name in ("path", "file_path") else MAX_TEXT
+        limit = {"path": MAX_PATH, "file_path": MAX_PATH, "script": MAX_PATH, "stdin": MAX_STDIN}.get(name, MAX_TEXT)
         if len(value) > limit:
             raise _fail(op, name, f"longer than {limit} characters")
         if "\0" in value:
@@ -117,11 +135,22 @@ def _check_field(op: str, name: str, value: Any) -> Any:
         if len(value) > MAX_HINTS or not all(isinstance(h, str) and QID_RE.fullmatch(h) for h in value):
             raise _fail(op, name, f"expected at most {MAX_HINTS} quarantine ids")
         return tuple(value)
+    if name == "args":
+        if len(value) > MAX_ARGS or not all(isinstance(a, str) and len(a) <= MAX_ARG and "\0" not in a
+                                            for a in value):
+            raise _fail(op, name, f"expected at most {MAX_ARGS} strings of at most {MAX_ARG} characters")
+        return tuple(value)
+    if name == "env":
+        if len(value) > MAX_ENV or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 128
+                                           and len(v) <= MAX_ARG and "\0" not in k + v for k, v in value.items()):
+            raise _fail(op, name, f"expected at most {MAX_ENV} string names and values")
+        return dict(value)
     if name == "pid" and not 1 <= value <= 2**22:
         raise _fail(op, name, f"out of range: {value}")
-    if name in ("start_time", "grace"):
+    if name in ("start_time", "grace", "timeout"):
         value = float(value)
-        if not math.isfinite(value) or value < 0 or (name == "grace" and value > 300):
+        if (not math.isfinite(value) or value < 0 or (name == "grace" and value > 300)
+                or (name == "timeout" and not 0.1 <= value <= 3600)):
             raise _fail(op, name, f"out of range: {value}")
     return value
 
@@ -148,7 +177,7 @@ def parse_request(message: Mapping[str, Any]) -> tuple[int, Request]:
     values: dict[str, Any] = {}
     for name, f in known.items():
         if name not in args:
-            if f.default is f.default_factory:  # type: ignore[misc]  # MISSING both: a required field
+            if f.default is MISSING and f.default_factory is MISSING:
                 raise _fail(op, name, "required")
             continue
         value = args[name]
@@ -157,6 +186,10 @@ def parse_request(message: Mapping[str, Any]) -> tuple[int, Request]:
             continue
         values[name] = _check_field(op, name, value)
     return rid, cls(**values)
+
+
+def idempotent(req: Request) -> bool:
+    return bool(getattr(req, "idempotent", True))
 
 
 def request_message(rid: int, req: Request) -> dict[str, Any]:
@@ -170,5 +203,5 @@ def error_message(rid: int, code: str, message: str, retryable: bool, details: M
                                  "details": dict(details or {}), "committed": committed}}
 
 
-__all__ = ["MAX_FRAME", "OPS", "Delete", "Kill", "Lookup", "Quarantine", "Request", "Restore", "error_message",
-           "parse_request", "request_message"]
+__all__ = ["MAX_FRAME", "OPS", "Delete", "Kill", "Lookup", "Quarantine", "Request", "Restore", "RunScript",
+           "error_message", "idempotent", "parse_request", "request_message"]

@@ -13,11 +13,10 @@ import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import kill
 from .abortable import Outcome, run_abortable
 from .policy import Policy
-from .primitives import SYNC
-from .protocol import Kill, Request
+from .primitives import ASYNC, SYNC
+from .protocol import Request
 
 
 def nothing() -> None:
@@ -37,10 +36,11 @@ class InProcessExecutor:
         self.policy = policy
 
     async def call(self, req: Request, before_act: Callable[[], None] = nothing) -> Outcome[dict[str, Any]]:
-        if isinstance(req, Kill):
+        run_async = ASYNC.get(type(req))
+        if run_async is not None:
             async def act() -> None:
                 before_act()
-            return Outcome(await kill.kill(self.policy, req, act), False)
+            return Outcome(await run_async(self.policy, req, act), False)
         return await run_abortable(functools.partial(SYNC[type(req)], self.policy, req, before_act))
 
     async def close(self) -> None:

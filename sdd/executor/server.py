@@ -19,12 +19,11 @@ from typing import Any
 from sdd_client.errors import ProtocolError
 from sdd_client.protocol import encode, read_message
 
-from . import kill
 from .abortable import Abort, Aborted
 from .errors import Forbidden, PrimitiveError
 from .policy import Policy
-from .primitives import SYNC
-from .protocol import MAX_DEPTH, MAX_FRAME, Kill, Request, error_message, parse_request
+from .primitives import ASYNC, SYNC
+from .protocol import MAX_DEPTH, MAX_FRAME, Request, error_message, parse_request
 
 log = logging.getLogger("sdd.executor")
 MAX_INFLIGHT = 64
@@ -143,8 +142,9 @@ class ExecutorServer:
                 raise Aborted("the daemon did not go ahead")
 
         try:
-            if isinstance(req, Kill):
-                task = asyncio.ensure_future(kill.kill(conn.policy, req, ask))
+            run_async = ASYNC.get(type(req))
+            if run_async is not None:
+                task = asyncio.ensure_future(run_async(conn.policy, req, ask))
                 ctl.stop = lambda: None if task.cancel() else None  # noqa: RUF034 - cancel() returns a bool
                 result = await task
             else:

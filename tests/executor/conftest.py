@@ -16,6 +16,7 @@ import pytest
 from sdd_client.protocol import encode, read_message
 
 from sdd.executor import ExecutorServer, Policy
+from tests.support.trusted import trusted_dir
 
 from ..actions.procs import procs  # noqa: F401  (fixture)
 
@@ -56,6 +57,7 @@ class Box:
     root: Path      # the one allowed root
     outside: Path
     vault: Path
+    scripts: Path
     socket: Path
     server: ExecutorServer
 
@@ -80,7 +82,8 @@ async def box(tmp_public: Path) -> AsyncIterator[Box]:
     root, outside, state = tmp_public / "root", tmp_public / "outside", tmp_public / "state"
     for d in (root, outside, state):
         d.mkdir()
-    policy = Policy.build([root], state / "vault", protected_processes=())
+    scripts = trusted_dir("scripts")
+    policy = Policy.build([root], state / "vault", protected_processes=(), scripts_dir=scripts)
     server = ExecutorServer(policy, allowed_uid=os.geteuid())
     path = tmp_public / "executor.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -89,6 +92,6 @@ async def box(tmp_public: Path) -> AsyncIterator[Box]:
     sock.listen(8)
     await server.start(sock)
     try:
-        yield Box(tmp_public, root, outside, state / "vault", path, server)
+        yield Box(tmp_public, root, outside, state / "vault", scripts, path, server)
     finally:
         await server.close()

@@ -223,3 +223,53 @@ async def test_kill_dry_run_signals_nothing(box: Box, procs: Procs) -> None:
     await raw.close()
     assert msg["result"]["dry_run"] is True and msg["result"]["terminated"] == []
     assert procs.started[0].poll() is None
+
+
+# -- run_script --------------------------------------------------------------------------------------------
+
+
+def script(box: Box, name: str = "hello.sh", body: str = 'echo "{\\"argv\\": \\"$1\\", \\"key\\": \\"$SDD_RUN_ID\\"}"') -> Path:
+    path = box.scripts / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.mark.parametrize("where, reason", [
+    ("outside", "is not inside scripts_dir"), ("dotdot", "is not inside scripts_dir"),
+    ("missing", "no script")])
+async def test_run_script_refuses_what_is_not_in_scripts_dir(box: Box, where: str, reason: str) -> None:
+    target = {"outside": "/bin/sh", "dotdot": f"{box.scripts}/../../bin/sh", "missing": "nope.sh"}[where]
+    raw = await box.connect()
+    code, text = error(await raw.call("run_script", script=target, args=["-c", "touch /tmp/pwned"]))
+    await raw.close()
+    assert code in ("forbidden", "not_found") and reason in text
+
+
+async def test_run_script_refuses_a_script_someone_else_may_change(box: Box) -> None:
+    path = script(box, "shared.sh")
+    os.chmod(path, 0o777)
+    raw = await box.connect()
+    code, text = error(await raw.call("run_script", script=str(path)))
+    await raw.close()
+    assert code == "forbidden" and "writable by group or others" in text
+
+
+@pytest.mark.parametrize("env", [{"LD_PRELOAD": "/tmp/evil.so"}, {"SDD_ANYTHING": "x"}, {"BASH_ENV": "/tmp/x"},
+                                 {"bad name": "x"}])
+async def test_run_script_refuses_loader_and_interpreter_variables(box: Box, env: dict) -> None:
+    path = script(box)
+    raw = await box.connect()
+    code, text = error(await raw.call("run_script", script=str(path), env=env))
+    await raw.close()
+    assert code == "invalid_params" and "may not be set" in text
+
+
+async def test_run_script_runs_the_checked_script_with_its_argv(box: Box) -> None:
+    path = script(box)
+    raw = await box.connect()
+    msg = await raw.call("run_script", script=str(path), args=["a b; rm -rf /"], env={"SDD_RUN_ID": "r1"})
+    await raw.close()
+    result = msg["result"]
+    assert result["returncode"] == 0 and result["script"] == str(path)
+    assert b'"argv": "a b; rm -rf /"' in result["stdout_head"] and b'"key": "r1"' in result["stdout_head"]
