@@ -91,7 +91,7 @@ class SocketExecutor:
         cancelled = False
         refusal: BaseException | None = None
         try:
-            self._send(writer, request_message(rid, req))
+            self._send(writer, request_message(rid, req, confirm=before_act is not nothing))
             while True:
                 try:
                     msg = await queue.get()

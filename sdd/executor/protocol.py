@@ -3,7 +3,7 @@
 Frames are the socket API's (`client/sdd_client/protocol.py`: 4-byte length + one msgpack map), with a
 smaller bound (`MAX_FRAME`) and depth. Messages, all tagged with the request's `id`:
 
-- daemon → executor: `{"id", "op", "args"}` (a request), `{"id", "go": bool}` (the answer to `ready`),
+- daemon → executor: `{"id", "op", "args", "confirm"}` (a request; `confirm: false` = no `ready` wanted), `{"id", "go": bool}` (the answer to `ready`),
   `{"id", "abort": true}` (the step was cancelled: stop before the commit point if not past it);
 - executor → daemon: `{"id", "ready": true}` (checks passed, about to act: the daemon takes its rate limit
   now, so a refused request never uses it up), then `{"id", "result": map}`, `{"id", "aborted": true}` or
@@ -155,12 +155,17 @@ def _check_field(op: str, name: str, value: Any) -> Any:
     return value
 
 
+def wants_confirmation(message: Mapping[str, Any]) -> bool:
+    """Whether the daemon asked to be asked (`ready`) before the act: it has a rate limit to take."""
+    return message.get("confirm") is not False
+
+
 def parse_request(message: Mapping[str, Any]) -> tuple[int, Request]:
     """(id, the typed request) of one incoming message; InvalidRequest naming the first problem."""
     rid = message.get("id")
     if not isinstance(rid, int) or isinstance(rid, bool) or not 0 < rid < 2**53:
         raise InvalidRequest("executor: id must be a positive integer")
-    extra = set(message) - {"id", "op", "args"}
+    extra = set(message) - {"id", "op", "args", "confirm"}
     if extra:
         raise InvalidRequest(f"executor: unknown message field(s): {', '.join(sorted(map(str, extra)))[:200]}")
     op = message.get("op")
@@ -168,6 +173,8 @@ def parse_request(message: Mapping[str, Any]) -> tuple[int, Request]:
     if cls is None or not isinstance(op, str):
         raise InvalidRequest(f"executor: unknown op {op!r:.60}; one of {', '.join(OPS)}")
     args = message.get("args")
+    if "confirm" in message and not isinstance(message["confirm"], bool):
+        raise InvalidRequest("executor: confirm must be a boolean")
     if not isinstance(args, Mapping):
         raise InvalidRequest(f"executor: {op}: args must be a map")
     known = {f.name: f for f in fields(cls)}
@@ -192,9 +199,9 @@ def idempotent(req: Request) -> bool:
     return bool(getattr(req, "idempotent", True))
 
 
-def request_message(rid: int, req: Request) -> dict[str, Any]:
+def request_message(rid: int, req: Request, confirm: bool = True) -> dict[str, Any]:
     args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(req).items()}
-    return {"id": rid, "op": req.op, "args": args}
+    return {"id": rid, "op": req.op, "args": args, "confirm": confirm}
 
 
 def error_message(rid: int, code: str, message: str, retryable: bool, details: Mapping[str, Any] | None = None,

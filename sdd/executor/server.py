@@ -23,7 +23,7 @@ from .abortable import Abort, Aborted
 from .errors import Forbidden, PrimitiveError
 from .policy import Policy
 from .primitives import ASYNC, SYNC
-from .protocol import MAX_DEPTH, MAX_FRAME, Request, error_message, parse_request
+from .protocol import MAX_DEPTH, MAX_FRAME, Request, error_message, parse_request, wants_confirmation
 
 log = logging.getLogger("sdd.executor")
 MAX_INFLIGHT = 64
@@ -43,6 +43,7 @@ class _Control:
     go: asyncio.Future[bool]
     stop: Callable[[], None] = lambda: None
     aborted: bool = False
+    silent: bool = False   # the daemon has nothing to check at `ready`: go on without asking
 
 
 @dataclass(eq=False)
@@ -128,6 +129,9 @@ class ExecutorServer:
                 continue
             loop = asyncio.get_running_loop()
             ctl = conn.inflight[rid] = _Control(loop.create_future())
+            if not wants_confirmation(msg):
+                ctl.go.set_result(True)
+                ctl.silent = True
             task = asyncio.create_task(self._run(conn, rid, req, ctl))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -137,7 +141,8 @@ class ExecutorServer:
         abort = Abort()
 
         async def ask() -> None:
-            conn.send({"id": rid, "ready": True})
+            if not ctl.silent:
+                conn.send({"id": rid, "ready": True})
             if not await ctl.go:
                 raise Aborted("the daemon did not go ahead")
 
@@ -149,6 +154,8 @@ class ExecutorServer:
                 result = await task
             else:
                 def before_act() -> None:
+                    if ctl.silent and not ctl.aborted:
+                        return
                     asyncio.run_coroutine_threadsafe(ask(), loop).result()
 
                 def stop() -> None:
