@@ -92,7 +92,8 @@ class ActionServices:
     def policy(self) -> Policy:
         """What the in-process executor enforces (the root executor builds the same from its own config)."""
         return Policy.build(self.config.allowed_roots, self.vault_dir, self.config.protected_processes,
-                            {self.daemon_pid}, scripts_dir=self.config.scripts_dir, user_mode=self.config.user_mode)
+                            {self.daemon_pid}, scripts_dir=self.config.scripts_dir, user_mode=self.config.user_mode,
+                            scanner=self.config.scanner, yara_rules=self.config.yara_rules)
 
     @property
     def vault_dir(self) -> Path:

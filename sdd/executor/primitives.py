@@ -14,12 +14,12 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import kill, script
+from . import kill, scan, script
 from .abortable import Abort
 from .errors import Forbidden, InvalidRequest, NotFound
 from .paths import checked_abs_path, under_roots
 from .policy import Policy
-from .protocol import Delete, Kill, Lookup, Quarantine, Restore, RunScript
+from .protocol import Delete, Kill, Lookup, Quarantine, Restore, RunScript, Scan
 from .restoring import restore as restore_item
 from .safepath import lstat_at, open_parent, open_regular, unlink_same
 from .vault import Vault
@@ -101,4 +101,4 @@ AsyncPrimitive = Callable[[Policy, Any, Callable[[], Awaitable[None]]], Awaitabl
 # In a worker thread, with an Abort: the file primitives. On the event loop: kill (pidfd waits) and
 # run_script (a child process group), which a cancellation stops.
 SYNC: dict[type, Primitive] = {Quarantine: quarantine, Restore: restore, Lookup: lookup, Delete: delete}
-ASYNC: dict[type, AsyncPrimitive] = {Kill: kill.kill, RunScript: script.run}
+ASYNC: dict[type, AsyncPrimitive] = {Kill: kill.kill, RunScript: script.run, Scan: scan.scan}

@@ -99,8 +99,20 @@ class RunScript:
     timeout: float = 60.0
 
 
-Request = Quarantine | Restore | Lookup | Delete | Kill | RunScript
-OPS: dict[str, type[Any]] = {c.op: c for c in (Quarantine, Restore, Lookup, Delete, Kill, RunScript)}
+@dataclass(frozen=True)
+class Scan:
+    """Scan a file or tree with the executor's configured scanner (`clamav`) or its YARA rules (`yara`)."""
+
+    op = "scan"
+    path: str
+    engine: str = "clamav"
+    timeout: float = 3600.0
+    max_file_size: int | None = None
+
+
+Request = Quarantine | Restore | Lookup | Delete | Kill | RunScript | Scan
+OPS: dict[str, type[Any]] = {c.op: c for c in (Quarantine, Restore, Lookup, Delete, Kill, RunScript, Scan)}
+ENGINES = ("clamav", "yara")
 
 # field → (accepted types, check); `None` is accepted exactly where the dataclass default is None.
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -108,7 +120,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "quarantine_id": (str,), "on_conflict": (str,), "hints": (list, tuple), "force": (bool,), "trust": (bool,),
     "include_children": (bool,), "dry_run": (bool,), "pid": (int,), "start_time": (int, float),
     "grace": (int, float), "script": (str,), "args": (list, tuple), "env": (dict,), "stdin": (str,),
-    "timeout": (int, float)}
+    "timeout": (int, float), "engine": (str,), "max_file_size": (int,)}
 
 
 def _fail(op: str, name: str, why: str) -> InvalidRequest:
@@ -129,6 +141,8 @@ def _check_field(op: str, name: str, value: Any) -> Any:
             raise _fail(op, name, "contains a NUL character")
         if name == "quarantine_id" and not QID_RE.fullmatch(value):
             raise _fail(op, name, f"expected 32 hexadecimal digits, got {value!r:.80}")
+        if name == "engine" and value not in ENGINES:
+            raise _fail(op, name, f"expected one of {', '.join(ENGINES)}, got {value!r:.80}")
         if name == "on_conflict" and value not in ON_CONFLICT:
             raise _fail(op, name, f"expected one of {', '.join(ON_CONFLICT)}, got {value!r:.80}")
     if name == "hints":
@@ -145,12 +159,14 @@ def _check_field(op: str, name: str, value: Any) -> Any:
                                            and len(v) <= MAX_ARG and "\0" not in k + v for k, v in value.items()):
             raise _fail(op, name, f"expected at most {MAX_ENV} string names and values")
         return dict(value)
+    if name == "max_file_size" and not 1 <= value <= 1 << 40:
+        raise _fail(op, name, f"out of range: {value}")
     if name == "pid" and not 1 <= value <= 2**22:
         raise _fail(op, name, f"out of range: {value}")
     if name in ("start_time", "grace", "timeout"):
         value = float(value)
         if (not math.isfinite(value) or value < 0 or (name == "grace" and value > 300)
-                or (name == "timeout" and not 0.1 <= value <= 3600)):
+                or (name == "timeout" and not 0.1 <= value <= 86400)):
             raise _fail(op, name, f"out of range: {value}")
     return value
 
@@ -211,4 +227,4 @@ def error_message(rid: int, code: str, message: str, retryable: bool, details: M
 
 
 __all__ = ["MAX_FRAME", "OPS", "Delete", "Kill", "Lookup", "Quarantine", "Request", "Restore", "RunScript",
-           "error_message", "idempotent", "parse_request", "request_message"]
+           "Scan", "error_message", "idempotent", "parse_request", "request_message"]

@@ -26,7 +26,8 @@ log = logging.getLogger("sdd.executor")
 def policy_of(config: Any, pids: Iterable[int] = ()) -> Policy:
     return Policy.build(config.actions.allowed_roots, config.paths.state / "vault",
                         config.actions.protected_processes, pids, scripts_dir=config.actions.scripts_dir,
-                        user_mode=config.actions.user_mode)
+                        user_mode=config.actions.user_mode, scanner=config.actions.scanner,
+                        yara_rules=config.actions.yara_rules)
 
 
 def serve_forever(config: Any, listener: socket.socket, uid: int, pids: Iterable[int] = ()) -> None:

@@ -273,3 +273,29 @@ async def test_run_script_runs_the_checked_script_with_its_argv(box: Box) -> Non
     result = msg["result"]
     assert result["returncode"] == 0 and result["script"] == str(path)
     assert b'"argv": "a b; rm -rf /"' in result["stdout_head"] and b'"key": "r1"' in result["stdout_head"]
+
+
+# -- scan --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, code, reason", [
+    ({"path": "/etc"}, "forbidden", "outside the allowed roots"),
+    ({"path": "relative"}, "invalid_params", "absolute path"),
+    ({"path": "/x", "engine": "sh"}, "invalid_params", "one of clamav, yara"),
+    ({"path": "/x", "timeout": -1}, "invalid_params", "out of range"),
+    ({"path": "/x", "max_file_size": "big"}, "invalid_params", "expected int"),
+])
+async def test_scan_refuses_paths_outside_the_roots_and_bad_fields(box: Box, args: dict, code: str,
+                                                                   reason: str) -> None:
+    raw = await box.connect()
+    got, text = error(await raw.call("scan", **args))
+    await raw.close()
+    assert got == code and reason in text
+
+
+async def test_scan_does_not_follow_a_symlinked_root(box: Box) -> None:
+    os.symlink(box.outside, box.root / "link")
+    raw = await box.connect()
+    code, text = error(await raw.call("scan", path=str(box.root / "link")))
+    await raw.close()
+    assert code == "forbidden" and "symbolic link" in text
