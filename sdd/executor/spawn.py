@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("sdd.executor")
+PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
 SOCKET_ENV = "SDD_EXECUTOR_SOCKET"
 RESTART_DELAY = 0.5
@@ -96,6 +97,12 @@ def drop_privileges(account: pwd.struct_passwd) -> None:
         raise OSError("privileges were not dropped")
 
 
+def set_name(name: str) -> None:
+    """The name `ps` shows (comm, at most 15 bytes): which half of sdd a process is."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
 def separate(config: Any) -> None:
     """In the root process: set up, fork, and supervise. Returns only in the daemon child (now the user)."""
     account = daemon_account(config.actions.daemon_user)
@@ -110,6 +117,7 @@ def separate(config: Any) -> None:
         drop_privileges(account)
         os.environ[SOCKET_ENV] = str(socket_path)
         return
+    set_name("sdd-monitor")
     _supervise(config, listener, account.pw_uid, daemon_pid, supervisor)
 
 
@@ -118,6 +126,7 @@ def _start_executor(config: Any, listener: socket.socket, uid: int, daemon_pid: 
     if pid == 0:
         code = 1
         os.umask(0o077)
+        set_name("sdd-executor")
         try:
             from .service import serve_forever
             serve_forever(config, listener, uid, {daemon_pid, supervisor})

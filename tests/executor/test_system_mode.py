@@ -113,6 +113,8 @@ def test_the_daemon_runs_unprivileged_and_quarantines_through_the_root_executor(
         assert daemon["Uid"].split() == [str(uid)] * 4 and daemon["CapEff"] == "0" * 16, daemon
         assert daemon["CapPrm"] == "0" * 16 and daemon["NoNewPrivs"] == "1"
         assert all(status(p.pid)["Uid"].split()[0] == "0" for p in (ps["executor"], ps["supervisor"]))
+        # What ps shows: the daemon as the user; as root only the executor and the monitor that restarts it.
+        assert (ps["executor"].name(), ps["supervisor"].name()) == ("sdd-executor", "sdd-monitor")
         assert ps["daemon"].threads() and ps["executor"].uids().effective == 0
 
         evil = d.root / "evil.exe"
@@ -157,5 +159,33 @@ def test_a_missing_daemon_user_is_a_clear_start_up_error(base: Path) -> None:
         assert d.proc is not None
         assert d.proc.wait(60) == 1
         assert "user 'no-such-sdd-user' does not exist" in d.log()
+    finally:
+        d.close()
+
+
+def test_kill_9_of_the_daemon_mid_step_loses_nothing_and_doubles_nothing(base: Path, procs: Procs) -> None:
+    uid = account()
+    d = start(base, uid)
+    try:
+        evil = d.root / "evil.exe"
+        evil.write_bytes(b"MZ not really evil " * 100)
+        terms = base / "terms"
+        holder = procs.python(holder_code(evil, extra=(
+            "import signal\n"
+            f"signal.signal(signal.SIGTERM, lambda *a: open({str(terms)!r}, 'a').write('term\\n'))")))
+        d.drop({"type": "malware", "file_path": str(evil), "process_id": holder.pid,
+                "process_start_time": psutil.Process(holder.pid).create_time()})
+        wait_until(terms.exists, "the first SIGTERM")  # the kill step is in flight in the executor
+        tree(d)["daemon"].kill()
+        assert d.proc is not None and d.proc.wait(60) == 128 + signal.SIGKILL  # the monitor ends with it
+        d.close()
+        d = start(base, uid)  # what systemd (Restart=) or an operator does
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status NOT IN ('pending', 'running')") == 1)
+        [run] = d.query("SELECT status FROM runs")
+        assert run["status"] == "completed", (dict(run), d.log())
+        holder.wait(30)
+        assert d.count("SELECT count(*) FROM quarantine") == 1  # the quarantine before the crash, once
+        assert d.count("SELECT count(*) FROM detections") == 1
+        assert d.count("SELECT count(*) FROM audit WHERE action = 'kill_process'") == 1
     finally:
         d.close()
