@@ -117,8 +117,9 @@ class ExecutorServer:
             try:
                 rid, req = parse_request(msg)
             except PrimitiveError as exc:
-                bad = msg.get("id") if isinstance(msg.get("id"), int) else 0
-                conn.send(error_message(bad if not isinstance(bad, bool) else 0, exc.code, str(exc), False))
+                raw_id = msg.get("id")
+                bad = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else 0
+                conn.send(error_message(bad, exc.code, str(exc), False))
                 continue
             if rid in conn.inflight:
                 conn.send(error_message(rid, "invalid_params", f"executor: request {rid} is already in flight",
