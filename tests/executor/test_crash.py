@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sdd.executor import Kill, PrimitiveError, RunScript, SocketExecutor, Unavailable
+from sdd.executor import Kill, PrimitiveError, Quarantine, RunScript, SocketExecutor, Unavailable
 from tests.support.trusted import trusted_dir
 
 from ..actions.procs import Procs, holder_code, wait_until
@@ -128,3 +128,22 @@ async def test_no_executor_at_all_is_a_retryable_failure(tmp_path: Path) -> None
     with pytest.raises(Unavailable, match="unreachable"):
         await c.call(Kill(pid=1, trust=True, start_time=0.0))
     await c.close()
+
+
+async def test_the_daemons_own_refusal_at_ready_wins_and_nothing_changes(executors: Executors,
+                                                                       client: SocketExecutor) -> None:
+    executors.start()
+    path = executors.base / "root" / "evil.exe"
+    path.write_bytes(b"MZ")
+
+    class RateLimited(Exception):
+        pass
+
+    def limit() -> None:
+        raise RateLimited("rate limit for quarantine_file reached")
+
+    with pytest.raises(RateLimited):
+        await asyncio.wait_for(client.call(Quarantine(str(path)), limit), 30)
+    assert path.read_bytes() == b"MZ"
+    done = await asyncio.wait_for(client.call(Quarantine(str(path)), lambda: None), 30)
+    assert done.value["already"] is False and not path.exists()  # the same connection goes on working

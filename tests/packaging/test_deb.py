@@ -190,6 +190,7 @@ def test_installed_daemon_runs_as_shipped_and_takes_a_clamav_submission(installe
         log_file = work / "daemon.log"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         listener.bind(str(notify))
+        os.chmod(notify, 0o666)  # READY=1 comes from the daemon, which runs as sdd
         listener.settimeout(0.5)
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(["/usr/bin/sdd", "--config", "/etc/sdd/sdd.toml"],
