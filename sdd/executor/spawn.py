@@ -52,10 +52,13 @@ def daemon_account(name: str) -> pwd.struct_passwd:
 def give_directories(account: pwd.struct_passwd, state: Path, spool: Path, socket_dir: Path) -> None:
     """The daemon's directories, its own (as StateDirectory= would); the vault inside stays root's."""
     for d in (state, spool, *(spool / s for s in ("tmp", "new", "cur", "rejected")), socket_dir):
+        existed = d.is_dir()
         d.mkdir(parents=True, exist_ok=True)
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            os.fchown(fd, account.pw_uid, account.pw_gid)
+            # The owner only: an existing directory keeps its group (the spool's is sdd-submit, whose
+            # members deliver detections) and its mode (tmpfiles.d's or the administrator's).
+            os.fchown(fd, account.pw_uid, -1 if existed else account.pw_gid)
         finally:
             os.close(fd)
     vault = state / "vault"
