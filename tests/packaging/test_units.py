@@ -196,7 +196,8 @@ def test_sysusers_and_tmpfiles_build_the_spool_in_a_fresh_root(tmp_path: Path) -
         assert st.st_gid == (0 if entry.group == "root" else gids[entry.group]), entry.path
     modes = {e.path: e.mode for e in tmpfiles_entries()}
     # Submitters may create in tmp/ and new/ but not list them, and cannot touch cur/ or rejected/.
-    assert modes["/var/spool/sdd/tmp"] == modes["/var/spool/sdd/new"] == 0o1730
+    # set-gid: each delivered file gets the group sdd-submit, which the daemon's user reads as a member.
+    assert modes["/var/spool/sdd/tmp"] == modes["/var/spool/sdd/new"] == 0o3730
     assert modes["/var/spool/sdd/cur"] == modes["/var/spool/sdd/rejected"] == 0o700
     # The vault is the executor's alone, inside the daemon's state directory.
     assert modes["/var/lib/sdd/vault"] == 0o700
