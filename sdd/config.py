@@ -111,6 +111,9 @@ class ActionsConfig:
     breaker_failures: int = 5
     breaker_reset: float = 60.0
     webhook_secret_file: str = ""  # HMAC key for call_webhook; or env SDD_WEBHOOK_SECRET
+    # System mode started as root: the daemon runs as this user, a root executor does the primitives
+    # (docs/security.md). "" keeps one root process (a host without the user; tests of other parts).
+    daemon_user: str = "sdd"
     user_mode: bool = False
 
 
@@ -329,6 +332,7 @@ def parse_config(raw: Mapping[str, Any], *, file: str = "<config>", user: bool =
         breaker_failures=p.positive_int(act_raw, "actions.breaker_failures", dflt.breaker_failures),
         breaker_reset=p.positive_number(act_raw, "actions.breaker_reset", dflt.breaker_reset),
         webhook_secret_file=p.typed(act_raw, "actions.webhook_secret_file", str, ""),
+        daemon_user=p.typed(act_raw, "actions.daemon_user", str, dflt.daemon_user),
         user_mode=user,
     )
 

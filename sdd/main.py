@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,8 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdd", description="Search & Destroy response daemon: turns malware detections into safe, "
                                 "audited responses.")
-    parser.add_argument("command", nargs="?", choices=("run", "check-config"), default="run",
-                        help="run the daemon (default) or check the configuration and workflows")
+    parser.add_argument("command", nargs="?", choices=("run", "check-config", "executor"), default="run",
+                        help="run the daemon (default), check the configuration and workflows, or run the "
+                             "root executor (sdd-executor.service)")
     parser.add_argument("--config", metavar="FILE", help="config file (default: $SDD_CONFIG, else "
                         "/etc/sdd/sdd.toml, or $XDG_CONFIG_HOME/sdd/sdd.toml with --user)")
     parser.add_argument("--user", action="store_true",
@@ -68,6 +70,9 @@ def run_daemon(config: Config, config_file: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "executor":
+        from .executor.service import main as executor_main
+        return executor_main(["--config", args.config] if args.config else [])
     if args.command == "check-config":
         return check_config(args.config, args.user)
     try:
@@ -77,7 +82,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sdd: {err}", file=sys.stderr)
         print("sdd: refusing to start with an invalid configuration", file=sys.stderr)
         return 1
+    try:
+        start_executor(config)
+    except (OSError, ValueError) as exc:
+        print(f"sdd: {exc}", file=sys.stderr)
+        return 1
     return run_daemon(config, args.config)
+
+
+def start_executor(config: Config) -> None:
+    """System mode started as root (not by systemd's units, which start both): fork the root executor and
+    go on as `[actions] daemon_user` (docs/security.md). Returns in the daemon; the root side never does."""
+    from .executor.spawn import SOCKET_ENV, StartError, separate
+
+    if os.geteuid() != 0 or config.user_mode or not config.actions.daemon_user or os.environ.get(SOCKET_ENV):
+        return
+    try:
+        separate(config)
+    except StartError as exc:
+        raise ValueError(str(exc)) from None
 
 
 if __name__ == "__main__":

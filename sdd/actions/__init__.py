@@ -1,11 +1,12 @@
 """sdd.actions: the built-in response actions, the quarantine vault and the guards. Re-exports only."""
 
+from sdd.executor.vault import Vault, quarantine_id
+
 from .builtin import BUILTINS, builtin_actions
 from .errors import BreakerOpen, RateLimited
 from .guards import BreakerState, Guards
 from .runlog import RunLog
 from .services import ActionServices, guards_status
-from .vault import Vault, quarantine_id
 
 __all__ = [
            "BUILTINS",

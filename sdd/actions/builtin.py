@@ -11,9 +11,11 @@ from typing import Any
 
 from sdd.engine import ActionSpec
 from sdd.engine.specs.params import param_specs
+from sdd.executor import PrimitiveError
 
 from .declarations import DECLARATIONS
 from .exclusions import add_exclusion, log_false_positive, remove_exclusion
+from .executing import engine_error
 from .files import delete_file, quarantine_file, restore_file
 from .notify import send_notification
 from .process import kill_process
@@ -48,7 +50,10 @@ BUILTINS: tuple[tuple[str, Impl, bool, bool, str], ...] = (
 def _bind(impl: Impl, services: ActionServices) -> Impl:
     @functools.wraps(impl)
     async def handler(*, context: dict[str, Any] | None = None, **params: Any) -> Any:
-        return await impl(services, context=context, **params)
+        try:
+            return await impl(services, context=context, **params)
+        except PrimitiveError as exc:  # from a path helper a handler used directly (scan's walk)
+            raise engine_error(exc) from exc
     return handler
 
 

@@ -9,21 +9,20 @@ and audit trail in step with the vault.
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import logging
-import os
-from collections.abc import Callable
 from typing import Any
 
+from sdd.executor import Delete, Lookup, Quarantine, Restore
+from sdd.executor.abortable import record
+from sdd.executor.paths import under_roots
+from sdd.executor.restoring import ON_CONFLICT
+from sdd.executor.vault import QID_RE
+
 from . import runinfo
-from .abortable import Abort, record, run_abortable
-from .errors import ActionError, Forbidden, InvalidParams, NotFound
-from .params import Params, under_roots
-from .restoring import ON_CONFLICT, restore
-from .safepath import lstat_at, open_parent, open_regular, unlink_same
+from .errors import ActionError, Forbidden, InvalidParams
+from .executing import execute
+from .params import Params
 from .services import ActionServices
-from .vault import QID_RE, Vault
 
 log = logging.getLogger("sdd.actions")
 
@@ -72,24 +71,17 @@ async def quarantine_file(services: ActionServices, *, context: dict[str, Any] |
     if runinfo.dry_run():
         return {"dry_run": True, "would": f"move {path} into the vault {services.vault_dir}",
                 "irreversible": False, "original_path": path}
-    vault = Vault(services.vault_dir)
     run_id, _, _ = runinfo.ids()
     # The rate limit's slot is waited for (the step shows `waiting`) before the path's lock is taken.
     async with services.guard_slot("quarantine_file") as slot, services.lock(path):
         hints = await asyncio.to_thread(index_hints, services, path)
         # Cancelled before its commit point, the copy stops and leaves nothing; after it, the quarantine
         # completes and is recorded here all the same (the engine then carries the cancellation on).
-        done = await run_abortable(functools.partial(
-            _quarantine, vault, path, detection_id=detection_id, threat_name=threat, run_id=run_id, hints=hints,
-            before_act=slot.use))
-    meta, already = done.value
+        done = await execute(services, Quarantine(path, detection_id, threat, run_id, hints), slot.use)
+    meta, already = done.value["meta"], bool(done.value["already"])
     await record(_record_quarantine(services, meta, already, path, detection_id, run_id, done.cancelled),
                  done.cancelled)
     return _result(meta, already)
-
-
-def _quarantine(vault: Vault, path: str, abort: Abort, **kw: Any) -> tuple[dict[str, Any], bool]:
-    return vault.quarantine(path, abort=abort, **kw)
 
 
 async def _record_quarantine(services: ActionServices, meta: dict[str, Any], already: bool, path: str,
@@ -124,30 +116,24 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
         # Undoing a quarantine: its result names the exact item, better than a lookup by path.
         candidate = info.step_result.get("quarantine_id")
         qid = candidate if isinstance(candidate, str) else None
-    vault = Vault(services.vault_dir)
+    # The vault is the executor's (root's in system mode): it looks the item up and checks its roots.
     if qid is not None:
         if not QID_RE.fullmatch(qid):
             raise p.fail("quarantine_id", f"expected 32 hexadecimal digits, got {qid!r:.80}")
-        meta = await asyncio.to_thread(vault.read_meta, qid)
-        if not under_roots(meta["original_path"], services.config.allowed_roots):
-            raise Forbidden(f"restore_file: {meta['original_path']} is outside the allowed roots")
+        meta = (await execute(services, Lookup(quarantine_id=qid))).value
     elif p.present("file_path"):
         path = _checked_path(p, services)
         hints = await asyncio.to_thread(index_hints, services, path)
-        found = (await asyncio.to_thread(vault.find, path, "quarantined", hints)
-                 or await asyncio.to_thread(vault.find, path, None, hints))
-        if found is None:
-            raise NotFound(f"restore_file: nothing from {path} is in the quarantine vault")
-        meta = found
-        qid = meta["quarantine_id"]
+        meta = (await execute(services, Lookup(path=path, hints=hints))).value
+        qid = str(meta["quarantine_id"])
     else:
         raise InvalidParams("restore_file: give quarantine_id or file_path")
     if runinfo.dry_run():
         return {"dry_run": True, "would": f"restore {qid} to {meta['original_path']}",
                 "quarantine_id": qid, "original_path": meta["original_path"]}
     async with services.lock(meta["original_path"]):
-        done = await run_abortable(functools.partial(_restore, vault, qid, on_conflict=on_conflict, force=force))
-    meta, already = done.value
+        done = await execute(services, Restore(qid, on_conflict, force))
+    meta, already = done.value["meta"], bool(done.value["already"])
     await record(_record_restore(services, qid, meta, already, on_conflict, done.cancelled), done.cancelled)
     out = {"quarantine_id": qid, "restored_path": meta["restored_path"], "original_path": meta["original_path"],
            "sha256": meta["sha256"], "size": meta["size"], "already_restored": already}
@@ -156,10 +142,6 @@ async def restore_file(services: ActionServices, *, context: dict[str, Any] | No
         if meta.get("forced_directory"):
             out["forced_directory"] = meta["forced_directory"]
     return out
-
-
-def _restore(vault: Vault, qid: str, abort: Abort, **kw: Any) -> tuple[dict[str, Any], bool]:
-    return restore(vault, qid, abort=abort, **kw)
 
 
 async def _record_restore(services: ActionServices, qid: str, meta: dict[str, Any], already: bool,
@@ -190,7 +172,7 @@ async def delete_file(services: ActionServices, *, context: dict[str, Any] | Non
     if runinfo.dry_run():
         return {"dry_run": True, "would": f"delete {path}", "irreversible": True, "file_path": path}
     async with services.guard_slot("delete_file") as slot, services.lock(path):
-        done = await run_abortable(functools.partial(_delete, path, slot.use))
+        done = await execute(services, Delete(path), slot.use)
     result = done.value
     if result["deleted"]:
         run_id, _, _ = runinfo.ids()
@@ -201,24 +183,3 @@ async def delete_file(services: ActionServices, *, context: dict[str, Any] | Non
         await record(services.audit("delete_file", path, "deleted", details, runinfo.text(det.get("id"), 256),
                                     run_id), done.cancelled)
     return result
-
-
-def _delete(path: str, before_act: Callable[[], None], abort: Abort) -> dict[str, Any]:
-    what = "delete_file"
-    with open_parent(path, what=what) as parent:
-        if lstat_at(parent) is None:
-            return {"deleted": False, "already_absent": True, "file_path": path, "sha256": None, "size": None,
-                    "irreversible": True}
-        fd, fst = open_regular(parent, what)
-        try:
-            before_act()  # the rate limit, once the file is known to be deletable
-            digest = hashlib.sha256()
-            while chunk := os.read(fd, 1 << 20):
-                abort.check()
-                digest.update(chunk)
-            abort.commit()
-            unlink_same(parent, fst, what)
-        finally:
-            os.close(fd)
-    return {"deleted": True, "already_absent": False, "file_path": path, "sha256": digest.hexdigest(),
-            "size": fst.st_size, "irreversible": True}

@@ -8,10 +8,11 @@ a bad workflow or detection fails its step clearly (and without retries) instead
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from sdd.executor.paths import checked_abs_path
 
 from .declarations import DECLARATIONS
 from .errors import InvalidParams
@@ -161,32 +162,6 @@ class Params:
         if not _HEX64.fullmatch(value):
             raise self.fail(name, f"expected 64 hexadecimal digits, got {value!r:.80}")
         return value
-
-
-def checked_abs_path(value: str, fail: Any, name: str) -> str:
-    """An absolute path with no `.`/`..` components, normalised (repeated and trailing slashes dropped).
-
-    `..` is refused rather than resolved: resolving it lexically could walk out of an allowed root, and
-    resolving it on disk would follow symlinks."""
-    if not value.startswith("/"):
-        raise fail(name, f"must be an absolute path, got {value!r:.200}")
-    parts = [p for p in value.split("/") if p]
-    if any(p in (".", "..") for p in parts):
-        raise fail(name, f"must not contain '.' or '..' components, got {value!r:.200}")
-    if not parts:
-        raise fail(name, "must not be the root directory")
-    return "/" + "/".join(parts)
-
-
-def under_roots(path: str, roots: Iterable[os.PathLike[str] | str]) -> bool:
-    """Whether a normalised absolute path lies strictly inside one of the roots (lexically: symlinks are
-    refused separately while walking, so the lexical answer is the real one)."""
-    for root in roots:
-        r = os.path.normpath(os.fspath(root))
-        prefix = r if r.endswith("/") else r + "/"
-        if path.startswith(prefix) and len(path) > len(prefix):
-            return True
-    return False
 
 
 def plain(value: Any, depth: int = 0) -> Any:

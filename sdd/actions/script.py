@@ -17,23 +17,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import stat
 from typing import Any
 
 from sdd.engine import path_problem
+from sdd.executor import RunScript
+from sdd.executor.script import DANGEROUS_ENV, ENV_NAME
 
 from . import runinfo
 from .errors import ActionError, Forbidden, NotFound
+from .executing import execute
 from .params import Params, plain
 from .services import ActionServices
-from .subproc import run_argv
 
 EX_TEMPFAIL = 75
-_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
-# Variables that change how the loader or an interpreter behaves: a detection value must never set them.
-_DANGEROUS_ENV = re.compile(r"^(LD_.*|BASH_ENV|ENV|BASH_FUNC_.*|IFS|PYTHON(PATH|STARTUP|HOME|INSPECT)|"
-                            r"PERL5(LIB|OPT)|RUBYOPT|RUBYLIB|NODE_OPTIONS|SHELLOPTS|PS4|GCONV_PATH|SDD_.*)$")
 
 
 def resolve_script(services: ActionServices, name: str) -> str:
@@ -67,39 +64,37 @@ async def run_script(services: ActionServices, *, context: dict[str, Any] | None
     p = Params("run_script", params)
     name = p.req_string("script", max_len=4096)
     args = p.str_list("args")
-    extra_env = p.str_map("env", key_pattern=_ENV_NAME)
+    extra_env = p.str_map("env", key_pattern=ENV_NAME.pattern)
     for env_name in extra_env:
-        if _DANGEROUS_ENV.match(env_name):
+        if DANGEROUS_ENV.match(env_name) or env_name.startswith("SDD_"):
             raise p.fail("env", f"{env_name} may not be set by a workflow")
     timeout = p.number("timeout", default=60.0, minimum=0.1, maximum=3600.0)
     assert timeout is not None
-    stdin: bytes | None = None
+    stdin: str | None = None
     if "stdin" in p.raw and p.raw["stdin"] is not None:
         try:
-            stdin = json.dumps(plain(p.raw["stdin"]), allow_nan=False).encode()
+            stdin = json.dumps(plain(p.raw["stdin"]), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise p.fail("stdin", f"is not JSON-serialisable: {exc}") from None
     real = await asyncio.to_thread(resolve_script, services, name)
     run_id, step_id, key = runinfo.ids()
     info = runinfo.step()
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "HOME": os.environ.get("HOME", "/root") if services.config.user_mode else "/root",
-           **extra_env, "SDD_IDEMPOTENCY_KEY": key or "", "SDD_RUN_ID": run_id or "",
+    env = {**extra_env, "SDD_IDEMPOTENCY_KEY": key or "", "SDD_RUN_ID": run_id or "",
            "SDD_STEP_ID": step_id or "", "SDD_WORKFLOW_ID": info.workflow_id if info else ""}
     if runinfo.dry_run():
         return {"dry_run": True, "would": f"run {real} {' '.join(args)}", "script": real}
-    done = await run_argv([real, *args], timeout=timeout, env=env, stdin=stdin,
-                          cwd=os.path.dirname(real), what="run_script")
-    if done.returncode != 0:
+    # The executor checks the script again and runs it (as root in system mode).
+    done = (await execute(services, RunScript(real, tuple(args), env, stdin, timeout))).value
+    if done["returncode"] != 0:
         raise ActionError(
-            f"run_script: {os.path.basename(real)} exited with status {done.returncode}: "
-            f"{done.stderr_tail.strip()[-500:]!r}", retryable=done.returncode == EX_TEMPFAIL)
-    if not done.stdout_truncated:
+            f"run_script: {os.path.basename(real)} exited with status {done['returncode']}: "
+            f"{str(done['stderr_tail']).strip()[-500:]!r}", retryable=done["returncode"] == EX_TEMPFAIL)
+    if not done["stdout_truncated"]:
         try:
-            parsed = json.loads(done.stdout_head)
+            parsed = json.loads(done["stdout_head"])
         except ValueError:
             parsed = None
         if isinstance(parsed, dict):
             return parsed
-    return {"exit_code": 0, "script": real, "stdout": done.stdout_tail, "stderr": done.stderr_tail,
-            "stdout_truncated": done.stdout_truncated}
+    return {"exit_code": 0, "script": real, "stdout": done["stdout_tail"], "stderr": done["stderr_tail"],
+            "stdout_truncated": done["stdout_truncated"]}

@@ -20,6 +20,7 @@ from typing import Any
 
 from sdd.config import ActionsConfig
 from sdd.engine.registry import current_step, report_waiting
+from sdd.executor import Executor, InProcessExecutor, Policy
 from sdd.logging import LogEvent, story
 
 from .errors import BreakerOpen, Forbidden, RateLimited
@@ -80,6 +81,8 @@ class ActionServices:
     store: Any | None = None          # sdd.store.Store; every action also works without one
     notify: NotifyFn | None = None    # desktop Notification(title, body, urgency) sink (hub → D-Bus)
     daemon_pid: int = field(default_factory=os.getpid)
+    # The seam to the host-changing primitives: in-process unless the daemon hands over a SocketExecutor.
+    executor: Executor | None = None
     guards: Guards = field(init=False)
     # Register as an engine listener (`engine.add_listener(services.run_log)`) so reports see step timing.
     run_log: RunLog = field(default_factory=RunLog)
@@ -102,6 +105,8 @@ class ActionServices:
                                    fields=self.log_fields, on_trip=self._guard_tripped)
         if self.store is not None:
             self._restore_guards()
+        if self.executor is None:
+            self.executor = InProcessExecutor(self.policy())
 
     def _restore_guards(self) -> None:
         """The rate limits' windows from the acts the audit trail records, and the steps that were waiting."""
@@ -128,6 +133,12 @@ class ActionServices:
             return self.guards.slot(action)
         return self.guards.slot(action, key=info.idempotency_key, on_wait=_report_waiting)
 
+    def policy(self) -> Policy:
+        """What the in-process executor enforces (the root executor builds the same from its own config)."""
+        return Policy.build(self.config.allowed_roots, self.vault_dir, self.config.protected_processes,
+                            {self.daemon_pid}, scripts_dir=self.config.scripts_dir, user_mode=self.config.user_mode,
+                            scanner=self.config.scanner, yara_rules=self.config.yara_rules)
+
     @property
     def vault_dir(self) -> Path:
         return self.state_dir / "vault"
@@ -151,6 +162,10 @@ class ActionServices:
         if len(self._first_seen) > 4096:
             self._first_seen.clear()
         return self._first_seen.setdefault((key, pid), start_time)
+
+    def seen_before(self, key: str, pid: int) -> float | None:
+        """The start time `first_seen` recorded for this step and pid, if an earlier attempt saw it."""
+        return self._first_seen.get((key, pid))
 
     def delivered(self, key: str) -> set[str]:
         """The notification channels an earlier attempt of this step (idempotency key) delivered."""

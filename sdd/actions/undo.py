@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdd.engine.statuses import TERMINAL_RUN_STATUSES
+from sdd.executor.restoring import ON_CONFLICT
 
 from . import runinfo
 from .errors import ActionError, Conflict, Forbidden, InvalidParams, NotFound
 from .files import restore_file
 from .params import Params
-from .restoring import ON_CONFLICT
 from .services import ActionServices
 
 

@@ -15,6 +15,8 @@ from sdd.actions.services import NotifyFn
 from sdd.config import Config
 from sdd.engine import ActionSpec, Workflow
 from sdd.engine.registry import discover_entry_points
+from sdd.executor import SocketExecutor
+from sdd.executor.spawn import SOCKET_ENV
 from sdd.store import Store
 
 
@@ -22,7 +24,7 @@ def load_actions(config: Config, store: Store | None,
                  notify: NotifyFn | None) -> tuple[ActionServices, list[ActionSpec], list[str]]:
     """(ActionServices, the built-in + plugin ActionSpecs, errors). Never raises: a broken plugin is listed."""
     errors: list[str] = []
-    services = ActionServices(config.actions, config.paths.state, store, notify)
+    services = ActionServices(config.actions, config.paths.state, store, notify, executor=executor_seam())
     specs = list(builtin_actions(services))
     try:
         plugins, plugin_errors = discover_entry_points()
@@ -38,6 +40,19 @@ def load_actions(config: Config, store: Store | None,
     errors.extend(scripts_dir_problems(config))
     errors.extend(yara_rules_problems(config))
     return services, specs, errors
+
+
+def executor_seam() -> SocketExecutor | None:
+    """The root executor's client when this daemon runs unprivileged beside one (system mode); else None:
+    the actions then run the primitives in-process (user mode, or one root process)."""
+
+    path = os.environ.get(SOCKET_ENV)
+    return SocketExecutor(path) if path else None
+
+
+def separated() -> bool:
+    """This daemon runs as the unprivileged user beside a root executor: system-mode rules still hold."""
+    return bool(os.environ.get(SOCKET_ENV))
 
 
 def scripts_dir_problems(config: Config) -> list[str]:
@@ -56,7 +71,7 @@ def yara_rules_problems(config: Config) -> list[str]:
 def _root_owned_problems(config: Config, key: str, directory: Any, why: str) -> list[str]:
     from sdd.engine import path_problem
 
-    if config.user_mode or os.geteuid() != 0 or not os.path.lexists(directory):
+    if config.user_mode or (os.geteuid() != 0 and not separated()) or not os.path.lexists(directory):
         return []
     reason = path_problem(os.path.abspath(directory))
     return [f"{config.source or 'config'}: actions.{key} refused: {reason} ({why})"] if reason else []
@@ -68,7 +83,7 @@ def load_workflows(config: Config, actions: list[ActionSpec]) -> tuple[dict[str,
     In system mode a file or directory writable by anyone but root is refused: its steps run as root."""
     from sdd.engine.specs import loader
 
-    require_root = not config.user_mode and os.geteuid() == 0
+    require_root = not config.user_mode and (os.geteuid() == 0 or separated())
     found, issues = loader.load_workflow_dirs(config.paths.workflows, actions, require_root_owned=require_root)
     return dict(found), [str(i) for i in issues]
 

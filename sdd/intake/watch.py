@@ -355,6 +355,14 @@ class Intake:
                 st = os.lstat(src)
             except FileNotFoundError:
                 return None
+            if isinstance(exc, PermissionError) and stat.S_ISREG(st.st_mode) and not os.path.lexists(dst):
+                # fs.protected_hardlinks: the unprivileged daemon may not link another user's file; a rename
+                # claims it as atomically (only the daemon writes cur/, so nothing appears at dst meanwhile).
+                try:
+                    os.rename(src, dst)
+                except FileNotFoundError:
+                    return None
+                return name
             reason = f"is {describe_mode(st.st_mode)}" if not stat.S_ISREG(st.st_mode) else f"cannot claim: {exc}"
             with self._cond:
                 self._inflight.discard(name)

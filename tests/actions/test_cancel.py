@@ -17,9 +17,9 @@ from typing import Any, Self
 
 import pytest
 
-from sdd.actions import abortable
-from sdd.actions import vault as vault_module
 from sdd.engine import Conflict, RunStatus, Workflow
+from sdd.executor import abortable
+from sdd.executor import vault as vault_module
 from sdd.store import Store
 from tests.support.daemon import DaemonProcess
 

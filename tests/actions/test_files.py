@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from sdd.actions import Vault, restoring
-from sdd.actions.safepath import open_parent, open_regular, unlink_same
+from sdd.actions import Vault
 from sdd.config import RateLimit
 from sdd.engine import Conflict, Forbidden, InvalidParams, NotFound
+from sdd.executor import errors as executor_errors
+from sdd.executor import restoring
+from sdd.executor.safepath import open_parent, open_regular, unlink_same
 
 from .conftest import Env, snapshot
 
@@ -202,7 +204,7 @@ async def test_file_replaced_during_operation_is_left_in_place(env: Env) -> None
         fd, st = open_regular(parent, "test")
         os.rename(path, env.root / "old")
         path.write_bytes(b"someone else's file")
-        with pytest.raises(Conflict, match="replaced"):
+        with pytest.raises(executor_errors.Conflict, match="replaced"):
             unlink_same(parent, st, "test")
         os.close(fd)
     assert path.read_bytes() == b"someone else's file"
@@ -282,7 +284,7 @@ async def test_symlink_swapped_in_mid_quarantine_does_not_redirect_it(env: Env,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # Provoke the race: right after the walk pinned the parent, the attacker swaps the directory for a
     # symlink to a victim directory holding a file of the same name.
-    import sdd.actions.vault as vault_module
+    import sdd.executor.vault as vault_module
     path = make(env, "d/evil.exe")
     (env.outside / "evil.exe").write_bytes(b"victim")
     real_open_regular = vault_module.open_regular

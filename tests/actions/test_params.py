@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdd.actions.params import checked_abs_path, under_roots
 from sdd.engine import InvalidParams
+from sdd.executor.paths import checked_abs_path, under_roots
 
 
 def _fail(name: str, message: str) -> InvalidParams:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sdd.actions import yara_scan
 from sdd.engine import ActionError, Forbidden, InvalidParams, NotFound
+from sdd.executor import yara_scan
 from tests.support.trusted import trusted_dir
 
 from .conftest import Env

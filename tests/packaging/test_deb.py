@@ -123,6 +123,7 @@ def test_installed_files_are_in_place(installed: dict[str, Path]) -> None:
                  "/usr/libexec/sdd/sdd-virusevent"):
         assert os.access(path, os.X_OK), path
     for path in ("/lib/systemd/system/sdd.service", "/lib/systemd/system/sdd.socket",
+                 "/lib/systemd/system/sdd-executor.service", "/lib/systemd/system/sdd-executor.socket",
                  "/usr/lib/sysusers.d/sdd.conf", "/usr/lib/tmpfiles.d/sdd.conf", "/etc/sdd/sdd.toml",
                  "/usr/share/doc/sdd/security.md", "/usr/share/doc/sdd/operations.md"):
         assert Path(path).is_file(), path
@@ -139,9 +140,12 @@ def test_installed_files_are_in_place(installed: dict[str, Path]) -> None:
 
 def test_groups_and_spool_are_created_with_their_modes(installed: dict[str, Path]) -> None:
     gids = {name: grp.getgrnam(name).gr_gid for name in GROUPS}
+    account = pwd.getpwnam("sdd")  # the daemon's user (sysusers.d, or the postinst's adduser)
+    assert account.pw_uid != 0 and account.pw_shell.endswith("nologin")
     for entry in tmpfiles_entries():
         st = os.lstat(entry.path)
         assert st.st_mode & 0o7777 == entry.mode, entry.path
+        assert st.st_uid == (0 if entry.user == "root" else account.pw_uid), entry.path
         assert st.st_gid == (0 if entry.group == "root" else gids[entry.group]), entry.path
     try:
         pwd.getpwnam("clamav")
@@ -159,7 +163,8 @@ def test_installed_units_verify_without_warnings(installed: dict[str, Path]) -> 
     # Documentation= are checked too when the package ships them and man is there to look.
     shipped_man = Path("/usr/share/man/man8/sdd.8.gz").exists() and Path("/usr/share/man/man1/sddctl.1.gz").exists()
     man = "--man=yes" if shipped_man and shutil.which("man", path=SYSTEM_ENV["PATH"]) else "--man=no"
-    result = _run([analyze, "verify", man, "/lib/systemd/system/sdd.service", "/lib/systemd/system/sdd.socket"])
+    result = _run([analyze, "verify", man, *(f"/lib/systemd/system/{u}" for u in (
+        "sdd.service", "sdd.socket", "sdd-executor.service", "sdd-executor.socket"))])
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
@@ -174,7 +179,8 @@ def test_installed_daemon_runs_as_shipped_and_takes_a_clamav_submission(installe
     """`/usr/bin/sdd --config /etc/sdd/sdd.toml` — the unit's ExecStart, on Debian's python3 and python3-*
     libraries and the shipped conffile, spool and templates — gets ready; clamd's VirusEvent command run as
     `clamav` (as the package set it up) submits a detection; the shipped critical_threat_response
-    workflow quarantines the file; SIGTERM stops the daemon cleanly."""
+    workflow quarantines the file — through the root executor, the daemon running as `sdd` — and SIGTERM
+    stops both cleanly."""
     work = Path(tempfile.mkdtemp(prefix="sdd-deb-run-", dir="/tmp"))
     try:
         work.chmod(0o755)
@@ -184,6 +190,7 @@ def test_installed_daemon_runs_as_shipped_and_takes_a_clamav_submission(installe
         log_file = work / "daemon.log"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         listener.bind(str(notify))
+        os.chmod(notify, 0o666)  # READY=1 comes from the daemon, which runs as sdd
         listener.settimeout(0.5)
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(["/usr/bin/sdd", "--config", "/etc/sdd/sdd.toml"],
@@ -202,6 +209,10 @@ def test_installed_daemon_runs_as_shipped_and_takes_a_clamav_submission(installe
             status = _run(["/usr/bin/sddctl", "status", "--json"], timeout=60)
             assert status.returncode == 0, status.stdout + status.stderr
             assert json.loads(status.stdout)["state"] == "running"
+            # Started as root outside systemd: the daemon runs as sdd, only the executor side as root.
+            kids = {int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()}
+            uids = {pid: int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]) for pid in kids}
+            assert sorted(uids.values()) == sorted([0, pwd.getpwnam("sdd").pw_uid]), uids
 
             # clamd's VirusEvent: `sddctl submit --clamav` with only the two variables, as user clamav.
             event = {"CLAM_VIRUSEVENT_FILENAME": str(victim), "CLAM_VIRUSEVENT_VIRUSNAME": "Test.Sample"}

@@ -1,7 +1,9 @@
-"""The capability set of systemd/sdd.service is enough for the actions, and is really what limits them.
+"""The capability set of systemd/sdd-executor.service is enough for the primitives, and is really what
+limits them.
 
-systemd cannot start units here (it is not PID 1), so the unit's `CapabilityBoundingSet=` and
-`NoNewPrivileges=` are applied the same way by `setpriv` to a real daemon (running as root, system mode).
+systemd cannot start units here (it is not PID 1), so the executor unit's `CapabilityBoundingSet=` and
+`NoNewPrivileges=` are applied the same way by `setpriv` to a real daemon running the primitives in its own
+process (root, system mode, `[actions] daemon_user = ""`: the executor's code in-process).
 It then quarantines a file in another user's 0700 home, deletes another user's file from a sticky
 directory, kills another user's process and restores the quarantined file to its owner — each of which
 needs one of the capabilities the unit keeps. The control: without CAP_KILL, the kill is refused.
@@ -25,7 +27,7 @@ import pytest
 from tests.support import daemon as daemon_support
 from tests.support.daemon import DaemonProcess
 
-from .units import SERVICE, unit_settings
+from .units import EXECUTOR, unit_settings
 
 SETPRIV = shutil.which("setpriv")
 SDDCTL = Path(sys.executable).parent / "sddctl"
@@ -56,7 +58,7 @@ steps:
 
 
 def unit_capabilities() -> list[str]:
-    return unit_settings(SERVICE)["CapabilityBoundingSet"][0].split()
+    return unit_settings(EXECUTOR)["CapabilityBoundingSet"][0].split()
 
 
 def _setpriv_caps(caps: list[str]) -> str:

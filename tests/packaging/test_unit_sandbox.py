@@ -1,14 +1,18 @@
-"""Every kind of step still works inside (an emulation of) the sandbox of systemd/sdd.service.
+"""Every kind of step still works inside (an emulation of) the sandboxes of systemd/sdd.service and
+systemd/sdd-executor.service: the daemon as an unprivileged user in the first, the root executor in the
+second, talking over the executor's socket as under systemd.
 
-systemd is not PID 1 here, so the unit's restrictions are applied by hand to a real daemon (root, system
-mode): in a private mount namespace (`unshare`) everything but the unit's ReadWritePaths= is made
+systemd is not PID 1 here, so each unit's restrictions are applied by hand to its real process: in a
+private mount namespace (`unshare`) everything but the unit's ReadWritePaths= is made
 read-only (ProtectSystem=strict), /dev holds only the pseudo devices (PrivateDevices=) and /proc/sys and
 /sys are read-only (ProtectKernelTunables=); `setpriv` sets the unit's CapabilityBoundingSet= and
 NoNewPrivileges=; seccomp_exec.py (run by Debian's python3 with python3-seccomp) installs the unit's
 SystemCallFilter= (resolved from systemd's own group lists), RestrictAddressFamilies=,
 MemoryDenyWriteExecute= and RestrictSUIDSGID=. Not emulated: ProtectKernelModules=, ProtectKernelLogs=
 and ProtectControlGroups= beyond /sys being read-only (changing the clock or the hostname is refused by
-the syscall filter already). The test daemon keeps its spool and state under /tmp, a writable path.
+the syscall filter already), ProtectHome=, PrivateTmp= and ProtectProc=. The daemon's ReadWritePaths=
+(/var/lib/sdd, /var/spool/sdd, /run/sdd) are stood in for by the test daemon's state, spool and runtime
+directories. The executor gets its socket from `LISTEN_FDS`, as from sdd-executor.socket.
 
 One detection then drives a workflow with a scan (clamscan), quarantine, delete, kill, report, email
 (to a local SMTP server), a notification in the log (a desktop one needs a bus, which this daemon has
@@ -37,10 +41,12 @@ import psutil
 import pytest
 from aiosmtpd.controller import Controller
 
+from sdd.executor.spawn import give_directories
+from tests.executor.test_system_mode import USER, account, python_path
 from tests.support import daemon as daemon_support
 from tests.support.daemon import DaemonProcess
 
-from .units import SERVICE, syscall_allow_list, unit_settings
+from .units import EXECUTOR, SERVICE, syscall_allow_list, unit_settings
 
 HERE = Path(__file__).resolve().parent
 ANALYZE = shutil.which("systemd-analyze")
@@ -114,11 +120,11 @@ def _cap_number(name: str) -> int:
     return numbers[name]
 
 
-def _policy(path: Path) -> dict[str, Any]:
-    s = unit_settings(SERVICE)
+def _policy(unit: Path) -> dict[str, Any]:
+    s = unit_settings(unit)
     families = [int(getattr(socket, name)) for name in s["RestrictAddressFamilies"][0].split()]
     return {
-        "allow": sorted(syscall_allow_list(SERVICE, ANALYZE)),  # type: ignore[arg-type]
+        "allow": sorted(syscall_allow_list(unit, ANALYZE)),  # type: ignore[arg-type]
         "address_families": families,
         "deny_write_execute": s["MemoryDenyWriteExecute"] == ["yes"],
         "restrict_suid_sgid": s["RestrictSUIDSGID"] == ["yes"],
@@ -205,30 +211,76 @@ def _sddctl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
+def _sandboxed(unit: Path, writable: list[str], policy: Path, identity: list[str], program: list[str]) -> list[str]:
+    """`program` inside the unit's emulated sandbox: mounts, then identity and capabilities, then seccomp."""
+    caps = [c for v in unit_settings(unit)["CapabilityBoundingSet"] for c in v.split()]
+    bounding = "-all" + "".join(",+" + c.removeprefix("CAP_").lower() for c in caps)
+    policy.write_text(json.dumps(_policy(unit)))
+    return [UNSHARE, "--mount", "--propagation", "private",
+            SYSTEM_PYTHON, "-I", str(HERE / "seccomp_exec.py"), "--protect-system", ":".join(writable), "--",
+            SETPRIV, *identity, f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
+            SYSTEM_PYTHON, "-I", str(HERE / "seccomp_exec.py"), str(policy), "--", *program]
+
+
+def _status(pid: int) -> dict[str, str]:
+    return {k: v.strip() for k, v in (line.split(":\t", 1) for line in
+                                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)}
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="sddsbx-", dir="/tmp"))
+    os.chmod(d, 0o711)  # the daemon's user must reach its directories below
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_every_step_type_works_inside_the_units_sandbox(
-        tmp_path: Path, scene: dict[str, Any], servers: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps(_policy(SERVICE)))
-    caps = unit_settings(SERVICE)["CapabilityBoundingSet"][0].split()
-    bounding = "-all," + ",".join("+" + c.removeprefix("CAP_").lower() for c in caps)
-    writable = [p.lstrip("-") for v in unit_settings(SERVICE)["ReadWritePaths"] for p in v.split()]
-    assert str(tmp_path).startswith("/tmp/") and "/tmp" in writable
-    command = [UNSHARE, "--mount", "--propagation", "private",
-               SYSTEM_PYTHON, "-I", str(HERE / "seccomp_exec.py"), "--protect-system", ":".join(writable), "--",
-               SETPRIV, f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
-               SYSTEM_PYTHON, "-I", str(HERE / "seccomp_exec.py"), str(policy), "--",
-               *daemon_support.sdd_command()]
-    monkeypatch.setattr(daemon_support, "sdd_command", lambda: command)
-    d = DaemonProcess(tmp_path, workflows={"sandboxed": WORKFLOW, "setuidtest": SETUID_WORKFLOW}, scripts={"hello.sh": SCRIPT},
-                      user_mode=False, config_overrides={
+        tmp_path: Path, base: Path, scene: dict[str, Any], servers: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    uid = account()
+    import pwd
+    caps = unit_settings(EXECUTOR)["CapabilityBoundingSet"][0].split()
+    executor_writable = [p.lstrip("-") for v in unit_settings(EXECUTOR)["ReadWritePaths"] for p in v.split()]
+    assert "/tmp" in executor_writable  # the scene's victims live under /tmp
+    assert unit_settings(SERVICE)["CapabilityBoundingSet"] == [""]
+    d = DaemonProcess(base, workflows={"sandboxed": WORKFLOW, "setuidtest": SETUID_WORKFLOW},
+                      scripts={"hello.sh": SCRIPT}, user_mode=False,
+                      env={**python_path(), "SDD_EXECUTOR_SOCKET": str(base / "executor.sock")}, config_overrides={
                           "api": {"socket_group": "root"},
                           "actions": {"allowed_roots": [str(scene["base"] / "home"), str(scene["base"] / "tmp")],
-                                      "protected_processes": [],
+                                      "protected_processes": [], "daemon_user": USER,
                                       "scanner": [CLAMSCAN, "-d", str(scene["db"])],
                                       "smtp": {"host": "localhost", "port": servers["smtp_port"]}},
                       })
+    give_directories(pwd.getpwuid(uid), d.state, d.spool, d.runtime)
+    sdd = daemon_support.sdd_command()  # the venv's, for the executor (root reads root's pyenv)
+    # The daemon: user sdd, no capabilities, writing only its state, spool and runtime directories.
+    daemon_cmd = _sandboxed(SERVICE, [str(d.state), str(d.spool), str(d.runtime)], base / "service.json",
+                            [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"],
+                            [SYSTEM_PYTHON, "-c", "import sys; from sdd.main import main; sys.exit(main())"])
+    monkeypatch.setattr(daemon_support, "sdd_command", lambda: daemon_cmd)
+    # The executor: root with the unit's capabilities, its socket handed over as fd 3 (LISTEN_FDS).
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(base / "executor.sock"))
+    os.chmod(base / "executor.sock", 0o666)
+    listener.listen(8)
+    fd = listener.fileno()
+    executor_cmd = _sandboxed(EXECUTOR, executor_writable, tmp_path / "executor.json", [], [
+        "/bin/bash", "-c", 'exec 3<&"$0"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', str(fd),  # dash: fds 0-9 only
+        *sdd, "executor", "--config", str(d.config_file)])
+    with open(tmp_path / "executor.log", "wb") as log:
+        executor = subprocess.Popen(executor_cmd, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT)
+    old = os.umask(0o011)  # the test's notify socket must take the daemon user's READY=1
     try:
-        d.start()
+        d.start(wait_ready=False)
+    finally:
+        os.umask(old)
+    try:
+        d.wait_notify("READY=1", d.start_timeout)
         proc = psutil.Process(scene["proc"].pid)
         d.drop({"type": "sandboxtest", "file_path": str(scene["evil"]), "other_file": str(scene["other"]),
                 "process_id": proc.pid, "process_start_time": proc.create_time(),
@@ -240,7 +292,7 @@ def test_every_step_type_works_inside_the_units_sandbox(
         run = json.loads(shown.stdout)
         statuses = {s["step_id"]: s["status"] for s in run["steps"]}
         assert run["status"] == "completed" and statuses == dict.fromkeys(STEPS, "completed"), (
-            json.dumps(run["steps"], indent=1)[-4000:] + d.log())
+            json.dumps(run["steps"], indent=1)[-4000:] + d.log() + (tmp_path / "executor.log").read_text())
         results = {s["step_id"]: s["result"] for s in run["steps"]}
         assert results["scan"]["threats_found"] == 1
         assert results["script"]["seen"] == str(scene["evil"])
@@ -253,14 +305,16 @@ def test_every_step_type_works_inside_the_units_sandbox(
         assert scene["evil"].read_bytes() == b"sandboxed sample\n" * 64
         assert scene["evil"].stat().st_uid == VICTIM_UID
 
-        # The restrictions were really in force on the daemon (setpriv exec'd into it: same pid).
-        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{d.pid}/status").read_text().splitlines()
-                      if ":\t" in line)
-        assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
-        assert int(status["CapBnd"], 16) == sum(1 << _cap_number(c) for c in caps)
-        mounts = Path(f"/proc/{d.pid}/mountinfo").read_text().splitlines()
-        assert any(m.split()[4] == "/" and m.split()[5].startswith("ro") for m in mounts)
-        assert any(m.split()[4] == "/dev" and "tmpfs" in m.split(" - ")[1] for m in mounts)
+        # The restrictions were really in force (setpriv and the wrappers exec'd into them: same pids).
+        daemon, root_side = _status(d.pid), _status(executor.pid)
+        assert daemon["Uid"].split()[0] == str(uid) and int(daemon["CapEff"], 16) == int(daemon["CapBnd"], 16) == 0
+        assert root_side["Uid"].split()[0] == "0"
+        assert int(root_side["CapBnd"], 16) == sum(1 << _cap_number(c) for c in caps)
+        for pid, status in ((d.pid, daemon), (executor.pid, root_side)):
+            assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1"
+            mounts = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+            assert any(m.split()[4] == "/" and m.split()[5].startswith("ro") for m in mounts)
+            assert any(m.split()[4] == "/dev" and "tmpfs" in m.split(" - ")[1] for m in mounts)
 
         # RestrictSUIDSGID=: a set-uid file can be quarantined, but not restored with its set-uid bit.
         d.drop({"type": "setuidtest", "file_path": str(scene["setuid"])})
@@ -276,3 +330,6 @@ def test_every_step_type_works_inside_the_units_sandbox(
         assert not [p for p in scene["setuid"].parent.iterdir() if p.name.startswith(".sdd-restore")]
     finally:
         d.close()
+        executor.kill()
+        executor.wait()
+        listener.close()

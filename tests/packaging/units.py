@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = REPO / "systemd"
 SERVICE = SYSTEMD_DIR / "sdd.service"
 SOCKET = SYSTEMD_DIR / "sdd.socket"
+EXECUTOR = SYSTEMD_DIR / "sdd-executor.service"
+EXECUTOR_SOCKET = SYSTEMD_DIR / "sdd-executor.socket"
 SYSUSERS = SYSTEMD_DIR / "sdd.sysusers"
 TMPFILES = SYSTEMD_DIR / "sdd.tmpfiles"
 NOTIFIER = SYSTEMD_DIR / "sdd-notifier.service"
@@ -57,10 +59,19 @@ def tmpfiles_entries(path: Path = TMPFILES) -> list[TmpfilesEntry]:
 
 
 def sysusers_groups(path: Path = SYSUSERS) -> list[str]:
+    """The groups the file makes: its `g` lines, and the group of the same name each `u` line makes."""
     return [
         line.split()[1]
         for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.lstrip().startswith("#") and line.split()[0] == "g"
+        if line.strip() and not line.lstrip().startswith("#") and line.split()[0] in ("g", "u")
+    ]
+
+
+def sysusers_users(path: Path = SYSUSERS) -> list[str]:
+    return [
+        line.split()[1]
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and line.split()[0] == "u"
     ]
 
 

@@ -115,7 +115,9 @@ class DaemonProcess:
                       "workflows": [str(self.workflows_dir)]},
             "dbus": {"bus": "none"},
             "engine": {"shutdown_grace": 10.0},
-            "actions": {"allowed_roots": [str(self.root), "/tmp"], "scripts_dir": str(self.scripts_dir)},
+            # daemon_user "": one process, as before; tests/executor run the two-process system mode.
+            "actions": {"allowed_roots": [str(self.root), "/tmp"], "scripts_dir": str(self.scripts_dir),
+                        "daemon_user": ""},
         }
         for section, values in (config_overrides or {}).items():
             config.setdefault(section, {}).update(values)

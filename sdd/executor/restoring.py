@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from .abortable import Abort
-from .errors import ActionError, Conflict, Forbidden, NotFound
+from .errors import Conflict, Forbidden, NotFound, PrimitiveError
 from .safepath import Parent, describe_type, generation, lstat_at, open_parent, open_regular
 from .vault import NEW_FILE, Vault, decoded, sha256_fd, write_all
 
@@ -125,7 +125,7 @@ def write_restored(vault: Vault, parent: Parent, target: str, qid: str, meta: di
                 write_all(tfd, chunk)
             os.fsync(tfd)
             if sha256_fd(tfd, abort) != meta["sha256"]:
-                raise ActionError(f"{what}: restored bytes of {qid} do not match SHA-256 {meta['sha256']}",
+                raise PrimitiveError(f"{what}: restored bytes of {qid} do not match SHA-256 {meta['sha256']}",
                                   retryable=False)
             _give_back(tfd, qid, meta)
             os.fsync(tfd)

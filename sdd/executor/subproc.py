@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ActionError, NotFound
+from .errors import NotFound, PrimitiveError
 
 TERM_GRACE = 2.0
 
@@ -100,7 +100,7 @@ async def run_argv(argv: Sequence[str], *, timeout: float, env: Mapping[str, str
     except FileNotFoundError:
         raise NotFound(f"{what}: {argv[0]} not found") from None
     except PermissionError:
-        raise ActionError(f"{what}: {argv[0]} is not executable", retryable=False) from None
+        raise PrimitiveError(f"{what}: {argv[0]} is not executable", retryable=False) from None
     out = _Sink(head_limit, tail_limit, on_stdout_line)
     err = _Sink(0, tail_limit, None)
     tasks = [asyncio.ensure_future(_pump(proc.stdout, out)), asyncio.ensure_future(_pump(proc.stderr, err))]
@@ -112,7 +112,7 @@ async def run_argv(argv: Sequence[str], *, timeout: float, env: Mapping[str, str
             returncode = await proc.wait()
     except TimeoutError:
         await _stop_group(proc, tasks)
-        raise ActionError(f"{what}: timed out after {timeout:g} s; its process group was killed "
+        raise PrimitiveError(f"{what}: timed out after {timeout:g} s; its process group was killed "
                           f"(stderr: {err.tail_text()[-500:]!r})") from None
     except BaseException:
         # Cancelled (run cancelled, step timeout): the group must not outlive the step.

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import ActionError
+from .errors import PrimitiveError
 
 DEFAULT_CONF = "/etc/clamav/clamd.conf"
 WINDOW = 8              # requests in flight: clamd scans them on its threads while we walk the tree
@@ -46,7 +46,7 @@ def local_socket(conf: str) -> str:
         with open(conf, encoding="utf-8", errors="replace") as fh:
             lines = fh.read(1 << 20).splitlines()
     except OSError as exc:
-        raise ActionError(f"run_scan: cannot read clamd's configuration {conf}: {exc.strerror}",
+        raise PrimitiveError(f"run_scan: cannot read clamd's configuration {conf}: {exc.strerror}",
                           retryable=False) from None
     found = None
     for line in lines:
@@ -54,7 +54,7 @@ def local_socket(conf: str) -> str:
         if key == "LocalSocket" and value.strip():
             found = value.strip()  # the last one wins, as in clamd
     if found is None:
-        raise ActionError(f"run_scan: {conf} sets no LocalSocket; sdd passes file descriptors to clamd, which "
+        raise PrimitiveError(f"run_scan: {conf} sets no LocalSocket; sdd passes file descriptors to clamd, which "
                           f"needs its local socket", retryable=False)
     return found
 
@@ -87,7 +87,7 @@ class Session:
             sock.sendall(b"zIDSESSION\0")
         except OSError as exc:
             sock.close()
-            raise ActionError(f"run_scan: cannot reach clamd at {self.path}: {exc.strerror or exc}") from None
+            raise PrimitiveError(f"run_scan: cannot reach clamd at {self.path}: {exc.strerror or exc}") from None
         sock.settimeout(READ_TICK)
         self.sock, self.next_id, self.buffer = sock, 0, b""
 
@@ -133,7 +133,7 @@ class Session:
 
     def _lost(self, why: str) -> None:
         self.close()
-        raise ActionError(f"run_scan: {why}; the scan is incomplete")
+        raise PrimitiveError(f"run_scan: {why}; the scan is incomplete")
 
     def _read_one(self) -> None:
         assert self.sock is not None

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .abortable import Abort
-from .errors import ActionError, Forbidden, NotFound
+from .errors import Forbidden, NotFound, PrimitiveError
 from .safepath import (
     Parent,
     generation,
@@ -89,7 +89,7 @@ def read_chunks(fd: int, offset: int = 0) -> Iterator[bytes]:
 def decoded(fd: int) -> Iterator[bytes]:
     header = os.pread(fd, HEADER_LEN, 0)
     if len(header) != HEADER_LEN or not header.startswith(MAGIC):
-        raise ActionError("vault blob has no valid header; it is damaged", retryable=False)
+        raise PrimitiveError("vault blob has no valid header; it is damaged", retryable=False)
     xor = _Xor(header[len(MAGIC):])
     for chunk in read_chunks(fd, HEADER_LEN):
         yield xor(chunk)
@@ -155,7 +155,7 @@ class Vault:
         finally:
             os.close(fd)
         if not isinstance(meta, dict) or meta.get("quarantine_id") != qid:
-            raise ActionError(f"vault metadata for {qid} is damaged", retryable=False)
+            raise PrimitiveError(f"vault metadata for {qid} is damaged", retryable=False)
         return meta
 
     def items(self) -> list[dict[str, Any]]:
@@ -170,7 +170,7 @@ class Vault:
                 if name.endswith(".json") and QID_RE.fullmatch(name[:-5]):
                     try:
                         out.append(self._read_meta(vfd, name[:-5]))
-                    except (ActionError, ValueError, OSError):
+                    except (PrimitiveError, ValueError, OSError):
                         continue
             return sorted(out, key=lambda m: m.get("quarantined_at", 0), reverse=True)
         finally:
@@ -187,7 +187,7 @@ class Vault:
         for qid in hints:
             try:
                 meta = self.read_meta(qid)
-            except (NotFound, ActionError, ValueError):
+            except (NotFound, PrimitiveError, ValueError):
                 continue
             if wanted(meta):
                 return meta
@@ -270,7 +270,7 @@ class Vault:
             os.fsync(bfd)
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns) != (fst.st_size, fst.st_mtime_ns) or size != fst.st_size:
-                raise ActionError(f"{what}: {parent.path} changed while being copied; left in place")
+                raise PrimitiveError(f"{what}: {parent.path} changed while being copied; left in place")
             sha = digest.hexdigest()
             # Check what reached the disk, not what we meant to write, before the original goes.
             check = hashlib.sha256()
@@ -278,7 +278,7 @@ class Vault:
                 abort.check()
                 check.update(chunk)
             if check.hexdigest() != sha:
-                raise ActionError(f"{what}: the vault copy of {parent.path} does not verify; left in place")
+                raise PrimitiveError(f"{what}: the vault copy of {parent.path} does not verify; left in place")
             return sha, size
         finally:
             os.close(bfd)
@@ -308,7 +308,7 @@ class Vault:
             }
             try:
                 previous: dict[str, Any] | None = self._read_meta(vfd, qid)
-            except (NotFound, ActionError, ValueError):
+            except (NotFound, PrimitiveError, ValueError):
                 previous = None
             abort.commit()  # the point of no return: from here on the quarantine completes or is undone
             os.rename(tmp, f"{qid}.bin", src_dir_fd=vfd, dst_dir_fd=vfd)

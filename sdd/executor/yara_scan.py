@@ -31,11 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdd.engine import path_problem
-
 from .abortable import Abort, run_abortable
-from .errors import ActionError, Forbidden, InvalidParams, NotFound
-from .services import ActionServices
+from .errors import Forbidden, InvalidRequest, NotFound, PrimitiveError
+from .safepath import not_root_owned
 
 RULE_SUFFIXES = (".yar", ".yara")
 MAX_RULE_FILES = 1000
@@ -68,14 +66,20 @@ def _yara() -> Any:
     try:
         import yara
     except ImportError:
-        raise ActionError(f"run_scan: {INSTALL_HINT}", retryable=False) from None
+        raise PrimitiveError(f"run_scan: {INSTALL_HINT}", retryable=False) from None
     return yara
 
 
 def rules_dir_problem(directory: Path | str, *, user_mode: bool) -> str | None:
     """Why the rules directory may not be used, or None: in system mode it must be root's all the way from /
-    (as scripts_dir must, whoever runs the scan); in user mode the user may own it too."""
-    return path_problem(os.path.abspath(directory), owners=_trusted_owners(user_mode), allow_sticky=user_mode)
+    (as scripts_dir must, whoever runs the scan). The daemon's handler checks it first, with the engine's
+    `path_problem` (symlinks and their directories too); this is the executor's own check of the resolved
+    directory. In user mode there is no boundary, and the handler's check (the user may own it) is the one."""
+    if user_mode:
+        return None
+    if not os.path.lexists(directory):
+        return f"{directory} does not exist"
+    return not_root_owned(os.path.realpath(directory))
 
 
 def _trusted_owners(user_mode: bool) -> set[int]:
@@ -101,7 +105,7 @@ def read_rule_files(directory: Path | str, *, user_mode: bool) -> list[tuple[str
     try:
         names = sorted(n for n in os.listdir(dfd) if n.endswith(RULE_SUFFIXES) and not n.startswith("."))
         if len(names) > MAX_RULE_FILES:
-            raise ActionError(f"run_scan: {where} holds {len(names)} rule files; at most {MAX_RULE_FILES}",
+            raise PrimitiveError(f"run_scan: {where} holds {len(names)} rule files; at most {MAX_RULE_FILES}",
                               retryable=False)
         for name in names:
             data = _read_rule(dfd, where, name, owners, MAX_RULE_BYTES - total)
@@ -122,7 +126,7 @@ def _read_rule(dfd: int, where: str, name: str, owners: set[int], budget: int) -
         if exc.errno == errno.ELOOP:
             raise Forbidden(f"run_scan: the YARA rule file {path} is a symbolic link; rule files must be regular "
                             f"files in yara_rules") from None
-        raise ActionError(f"run_scan: cannot open the YARA rule file {path}: {exc.strerror}",
+        raise PrimitiveError(f"run_scan: cannot open the YARA rule file {path}: {exc.strerror}",
                           retryable=False) from None
     try:
         st = os.fstat(fd)
@@ -136,7 +140,7 @@ def _read_rule(dfd: int, where: str, name: str, owners: set[int], budget: int) -
         while chunk := os.read(fd, _READ):
             size += len(chunk)
             if size > budget:
-                raise ActionError(f"run_scan: the YARA rules in {where} exceed {MAX_RULE_BYTES} bytes",
+                raise PrimitiveError(f"run_scan: the YARA rules in {where} exceed {MAX_RULE_BYTES} bytes",
                                   retryable=False)
             chunks.append(chunk)
         return b"".join(chunks)
@@ -169,21 +173,21 @@ def compiled_rules(directory: Path | str, *, user_mode: bool) -> RuleSet:
         for name, data in files:
             namespace = namespace_of(name)
             if namespace in sources:
-                raise ActionError(f"run_scan: {where} has two rule files for namespace {namespace!r} "
+                raise PrimitiveError(f"run_scan: {where} has two rule files for namespace {namespace!r} "
                                   f"({namespace}.yar and {namespace}.yara)", retryable=False)
             try:
                 sources[namespace] = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise ActionError(f"run_scan: the YARA rule file {os.path.join(where, name)} is not UTF-8 "
+                raise PrimitiveError(f"run_scan: the YARA rule file {os.path.join(where, name)} is not UTF-8 "
                                   f"(byte {exc.start})", retryable=False) from None
         try:
             rules = yara.compile(sources=sources, includes=False)
         except yara.SyntaxError as exc:
             # yara names the line; the namespace tells which file (sources carry no file names).
-            raise ActionError(f"run_scan: the YARA rules in {where} do not compile: {exc}",
+            raise PrimitiveError(f"run_scan: the YARA rules in {where} do not compile: {exc}",
                               retryable=False) from None
         except yara.Error as exc:
-            raise ActionError(f"run_scan: the YARA rules in {where} cannot be used: {exc}", retryable=False) from None
+            raise PrimitiveError(f"run_scan: the YARA rules in {where} cannot be used: {exc}", retryable=False) from None
         found = RuleSet(rules, where, tuple(name for name, _ in files), key)
         _compiled[where] = found
         return found
@@ -206,7 +210,7 @@ def read_whole(fd: int, limit: int) -> bytes | None:
 
 def _scan(ruleset: RuleSet, root: str, abort: Abort, tally: Any, max_size: int, deadline: float) -> int:
     """Walk and match; returns how many files were skipped as larger than `max_size`."""
-    from .scanner import walk
+    from .scan import walk
 
     yara = _yara()
     large = 0
@@ -254,19 +258,17 @@ def check_max_file_size(value: int | None) -> int:
     if value is None:
         return DEFAULT_MAX_FILE_SIZE
     if not 1 <= value <= MAX_FILE_SIZE:
-        raise InvalidParams(f"run_scan: max_file_size must be between 1 and {MAX_FILE_SIZE} bytes, got {value}")
+        raise InvalidRequest(f"run_scan: max_file_size must be between 1 and {MAX_FILE_SIZE} bytes, got {value}")
     return value
 
 
-async def scan_yara(services: ActionServices, path: str, tally: Any, max_file_size: int,
+async def scan_yara(yara_rules: str, user_mode: bool, path: str, tally: Any, max_file_size: int,
                     timeout: float) -> tuple[str, dict[str, Any]]:
     """Match `[actions] yara_rules` against every regular file under `path`; fills `tally`. Returns the
     scanner's label and what the result adds for this engine."""
-    config = services.config
     deadline = time.monotonic() + timeout
     abort = Abort()
-    ruleset = (await run_abortable(lambda _: compiled_rules(config.yara_rules, user_mode=config.user_mode),
-                                   abort)).value
+    ruleset = (await run_abortable(lambda _: compiled_rules(yara_rules, user_mode=user_mode), abort)).value
     large = (await run_abortable(lambda a: _scan(ruleset, path, a, tally, max_file_size, deadline), abort)).value
     import yara
 
