@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -145,25 +146,53 @@ def exe(pid: int) -> tuple[str | None, os.stat_result | None]:
 
 def links(pid: int, ident: FileIdentity) -> list[str]:
     """How `pid` holds the detected file: "executes", "open", "mapped" (empty: it does not)."""
-    found = []
+    return _links_many(pid, (ident,))[0]
+
+
+def scan_links(idents: Sequence[FileIdentity]) -> list[dict[int, list[str]]]:
+    """One walk of /proc for several detected files (fuser for many at once): for each file, in order, the
+    processes linked to it and how, as `links` says. Each process's exe, fds and maps are read once."""
+    found: list[dict[int, list[str]]] = [{} for _ in idents]
+    if not idents:
+        return found
+    for pid in pids():
+        for i, how in enumerate(_links_many(pid, idents)):
+            if how:
+                found[i][pid] = how
+    return found
+
+
+def _links_many(pid: int, idents: Sequence[FileIdentity]) -> list[list[str]]:
+    found: list[list[str]] = [[] for _ in idents]
+    inodes = {ident.ino for ident in idents}
     _, st = exe(pid)
-    if st is not None and ident.matches(st):
-        found.append("executes")
+    if st is not None and st.st_ino in inodes:
+        for i, ident in enumerate(idents):
+            if ident.matches(st):
+                found[i].append("executes")
+    opened = [False] * len(idents)
     with contextlib.suppress(OSError):
         for name in os.listdir(f"/proc/{pid}/fd")[:MAX_FDS]:
             try:
                 fst = os.stat(f"/proc/{pid}/fd/{name}")
             except OSError:
                 continue
-            if ident.matches(fst):
-                found.append("open")
+            if fst.st_ino not in inodes:
+                continue
+            for i, ident in enumerate(idents):
+                if not opened[i] and ident.matches(fst):
+                    opened[i] = True
+                    found[i].append("open")
+            if all(opened):
                 break
+    mapped = [False] * len(idents)
+    wanted = {str(ino).encode() for ino in inodes}
     with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", "rb") as fh:
         for n, line in enumerate(fh):
             if n >= MAX_MAP_LINES:
                 break
             parts = line.split(maxsplit=5)
-            if len(parts) < 5 or parts[4] == b"0":
+            if len(parts) < 5 or parts[4] not in wanted:
                 continue
             major, _, minor = parts[3].partition(b":")
             try:
@@ -171,8 +200,11 @@ def links(pid: int, ident: FileIdentity) -> list[str]:
             except ValueError:
                 continue
             name = os.fsdecode(parts[5].rstrip(b"\n")) if len(parts) > 5 else ""
-            if ident.matches_mapping(dev, ino, name):
-                found.append("mapped")
+            for i, ident in enumerate(idents):
+                if not mapped[i] and ident.matches_mapping(dev, ino, name):
+                    mapped[i] = True
+                    found[i].append("mapped")
+            if all(mapped):
                 break
     return found
 
