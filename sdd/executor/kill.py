@@ -440,17 +440,21 @@ async def kill(policy: Policy, req: Kill, before_act: Callable[[], Awaitable[Non
     if path is not None and not trust and not under_roots(path, policy.allowed_roots):
         raise Forbidden(f"kill_process: {path} is outside the allowed roots; no process is linked to a "
                         f"file there")
-    never = _never(policy)
     protected = policy.protected_processes
-    ident = None
-    if not trust:
-        ident = await asyncio.to_thread(_evidence, policy, path or "", qid, req.run_id, req.hints)
+
+    def checked() -> tuple[_Never, FileIdentity | None, tuple[Pinned, dict[str, Any]] | None]:
+        # One trip to a worker thread for what is read before any signal (each read as before, in order).
+        never = _never(policy)
+        ident = None if trust else _evidence(policy, path or "", qid, req.run_id, req.hints)
+        claimed = _pin_claimed(pid, expected, ident, never, protected) if pid is not None else None
+        return never, ident, claimed
+
+    never, ident, pinned = await asyncio.to_thread(checked)
     base: dict[str, Any] = {"process_id": pid, "file_path": req.file_path, "start_time": expected,
                             "already_gone": False, "processes": [], "terminated": [], "killed": [], "skipped": [],
                             "evidence": None if ident is None else {"source": ident.source, "path": ident.path,
                                                                      "dev": ident.dev, "ino": ident.ino}}
     if pid is not None:
-        pinned = await asyncio.to_thread(_pin_claimed, pid, expected, ident, never, protected)
         if pinned is None:
             return {**base, "already_gone": True}
         targets, base["processes"] = [pinned[0]], [pinned[1]]
