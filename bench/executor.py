@@ -82,7 +82,7 @@ def _cases(root: Path, scripts: Path, gone_pid: int) -> dict[str, tuple[int, Cal
         "delete_absent": (N, lambda ex, side, i: ex.call(Delete(f"{root}/absent{side}{i}"))),
         "quarantine_restore_4k": (N, quarantine_restore),
         "kill_gone": (N, lambda ex, side, i: ex.call(Kill(pid=gone_pid, trust=True, start_time=0.0))),
-        "run_script_true": (N // 4, lambda ex, side, i: ex.call(RunScript(str(scripts / "true.sh")))),
+        "run_script_true": (N // 2, lambda ex, side, i: ex.call(RunScript(str(scripts / "true.sh")))),
     }
 
 
