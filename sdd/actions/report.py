@@ -185,24 +185,44 @@ status {e(str(run.get('status')))}, detection <code>{e(str(run.get('detection_id
 """
 
 
-def _write(directory: str, name: str, data: bytes) -> str:
+def _write(directory: str, files: list[tuple[str, bytes]]) -> list[str]:
+    """Write each (name, data) in `directory` atomically (temporary file, fsync, rename), the directory
+    fsync'd once after the renames."""
     os.makedirs(directory, mode=0o750, exist_ok=True)
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        tmp = f".tmp-{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=dfd)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        written = []
+        for name, data in files:
+            tmp = f".tmp-{secrets.token_hex(8)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                         dir_fd=dfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            written.append((tmp, name))
+        for tmp, name in written:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    return os.path.join(directory, name)
+    return [os.path.join(directory, name) for name, _ in files]
+
+
+def _render_and_write(directory: str, base: str, fmt: str, report: dict[str, Any]) -> dict[str, str]:
+    """The report's files (one trip to a worker thread: encoding, rendering and writing)."""
+    files: list[tuple[str, bytes]] = []
+    keys = []
+    if fmt in ("json", "both"):
+        files.append((base + ".json", json.dumps(report, indent=1, sort_keys=True, default=str).encode()))
+        keys.append("json_path")
+    if fmt in ("html", "both"):
+        files.append((base + ".html", render_html(report).encode()))
+        keys.append("html_path")
+    return dict(zip(keys, _write(directory, files), strict=True))
 
 
 async def generate_report(services: ActionServices, *, context: dict[str, Any] | None = None,
@@ -235,11 +255,6 @@ async def generate_report(services: ActionServices, *, context: dict[str, Any] |
     out: dict[str, Any] = {"report_type": report_type, "report_id": base, "steps": len(report["steps"]),
                            "quarantine_ids": [q["quarantine_id"] for q in report["quarantine"]],
                            "hashes": report["hashes"], "killed_pids": [k["pid"] for k in report["killed"]]}
-    directory = str(services.reports_dir)
-    if fmt in ("json", "both"):
-        data = json.dumps(report, indent=1, sort_keys=True, default=str).encode()
-        out["json_path"] = await asyncio.to_thread(_write, directory, base + ".json", data)
-    if fmt in ("html", "both"):
-        page = await asyncio.to_thread(render_html, report)
-        out["html_path"] = await asyncio.to_thread(_write, directory, base + ".html", page.encode())
+    # Encoded and rendered in the thread: `report` is this step's own copy (built above, on the loop).
+    out.update(await asyncio.to_thread(_render_and_write, str(services.reports_dir), base, fmt, report))
     return out

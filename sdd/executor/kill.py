@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import stat
+import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -47,13 +50,61 @@ TRUST_HINT = ("a detection's process_id is a claim; set trust_process_id: true o
 
 
 class _Never:
-    """The processes kill_process never signals, not even to stop them: pid 1, sdd and its ancestors."""
+    """The processes kill_process never signalled, not even to stop them: pid 1, sdd and its ancestors.
 
-    def __init__(self, policy: Policy) -> None:
-        self.sdd = set(policy.sdd_pids)
+    Built once per set of sdd's pids and reused (`_never`) while it is still true: a process's parent changes
+    only when the parent exits (the child is reparented), so while every process of the chains is alive the
+    chains are what they were. Each member is pinned with a pidfd when the chain is read; one `poll` of those
+    pidfds (no /proc read) tells whether any has exited since, and then the chains are read again."""
+
+    def __init__(self, sdd_pids: frozenset[int]) -> None:
+        self.sdd = set(sdd_pids)
         self.pids = {0, 1}
-        for pid in self.sdd:
-            self.pids |= procfs.ancestors(pid)
+        self._pins: list[Pinned] = []
+        self.complete = True   # every member pinned, each parent read while both were alive
+        try:
+            for pid in self.sdd:
+                self.pids |= self._chain(pid)
+        except BaseException:
+            self.close()
+            raise
+
+    def _chain(self, pid: int) -> set[int]:
+        """`pid` and its ancestors (as `procfs.ancestors`), each pinned before its parent is read."""
+        out: set[int] = set()
+        below: Pinned | None = None
+        while pid > 1 and pid not in out:
+            out.add(pid)
+            try:
+                pin = Pinned(pid)
+            except (Gone, NotAProcess):
+                pin = None
+            ppid = procfs.parent(pid)
+            if pin is None or not pin.alive() or (below is not None and procfs.parent(below.pid) != pid):
+                self.complete = False  # it exited (or its child was reparented) while being read: not cached
+            if pin is not None:
+                self._pins.append(pin)
+            if ppid is None:
+                break
+            below, pid = pin, ppid
+        return out
+
+    def current(self) -> bool:
+        """Still true: every process of the chains is alive (so no parent has changed)."""
+        if not self.complete:
+            return False
+        fds = [p.fd for p in self._pins]
+        if not fds:
+            return True
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        return not poller.poll(0)
+
+    def close(self) -> None:
+        self.complete = False  # a closed set is never current: its pidfds are gone
+        _close(self._pins)
+        self._pins = []
 
     def reason(self, pid: int) -> str | None:
         if pid == 1:
@@ -65,6 +116,31 @@ class _Never:
         if procfs.is_kernel_thread(pid):
             return f"pid {pid} is a kernel thread"
         return None
+
+
+_NEVER_CACHED = 16     # sets of sdd pids remembered (one per executor connection; tests make many)
+_nevers: dict[frozenset[int], _Never] = {}
+_nevers_lock = threading.Lock()
+
+
+def _never(policy: Policy) -> _Never:
+    """The never-signalled set for `policy`'s sdd pids: the cached one while it is current, else read anew."""
+    key = frozenset(policy.sdd_pids)
+    with _nevers_lock:
+        cached = _nevers.get(key)
+        if cached is not None and cached.current():
+            return cached
+    fresh = _Never(key)
+    with _nevers_lock:
+        old = _nevers.pop(key, None)
+        if old is not None and old is not cached:
+            old.close()
+        if cached is not None:
+            cached.close()  # nobody holds it past a kill's own reads: kill() takes it anew each request
+        while len(_nevers) >= _NEVER_CACHED:
+            _nevers.pop(next(iter(_nevers))).close()
+        _nevers[key] = fresh
+    return fresh
 
 
 def _protection(pid: int, protected: frozenset[str]) -> str | None:
@@ -186,16 +262,74 @@ def _pin_claimed(pid: int, expected: float | None, ident: FileIdentity | None,
         raise
 
 
-def _pin_holders(ident: FileIdentity, never: _Never,
+class _HolderScans:
+    """The /proc walks that find a file's holders (`procfs.scan_links`), shared by concurrent requests.
+
+    A walk reads every process's exe, fds and maps, whatever the files: during an outbreak many kill requests
+    want it at once. A request arriving while no walk runs starts one; requests arriving while a walk runs are
+    answered together by the next walk (which starts after they arrived, so it sees what they would have
+    seen), each with its own file's holders. The holders found are candidates only: `_pin_holders` pins each
+    and checks its links again, as it did when it walked /proc itself."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[FileIdentity, asyncio.Future[dict[int, list[str]]]]] = []
+        self._walker: asyncio.Task[None] | None = None
+        self.walks = 0  # how many walks were made (tests, bench)
+
+    async def holders(self, ident: FileIdentity) -> dict[int, list[str]]:
+        fut: asyncio.Future[dict[int, list[str]]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((ident, fut))
+        if self._walker is None:
+            self._walker = asyncio.create_task(self._walk())
+        return await fut
+
+    async def _walk(self) -> None:
+        batch: list[tuple[FileIdentity, asyncio.Future[dict[int, list[str]]]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = [w for w in self._waiting if not w[1].done()], []
+                if not batch:
+                    continue
+                self.walks += 1
+                try:
+                    found = await asyncio.to_thread(procfs.scan_links, [ident for ident, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each request gets the walk's failure as its own
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), holders in zip(batch, found, strict=True):
+                    if not fut.done():
+                        fut.set_result(holders)
+                batch = []
+        finally:
+            self._walker = None
+            for _, fut in batch + self._waiting:  # the walker itself was cancelled (the loop is closing)
+                fut.cancel()
+            self._waiting = []
+
+
+_scans: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _HolderScans] = weakref.WeakKeyDictionary()
+
+
+def holder_scans() -> _HolderScans:
+    """This event loop's shared holder scans."""
+    loop = asyncio.get_running_loop()
+    scans = _scans.get(loop)
+    if scans is None:
+        scans = _scans[loop] = _HolderScans()
+    return scans
+
+
+def _pin_holders(ident: FileIdentity, candidates: Iterable[int], never: _Never,
                  protected: frozenset[str]) -> tuple[list[Pinned], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every process executing, holding open or mapping the file (fuser), pinned; refused ones listed."""
+    """Every process executing, holding open or mapping the file (fuser), pinned; refused ones listed.
+    `candidates` are the pids a walk of /proc found linked to it (`_HolderScans`)."""
     targets: list[Pinned] = []
     found: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     try:
-        for pid in procfs.pids():
-            if not procfs.links(pid, ident):
-                continue
+        for pid in sorted(candidates):
             try:
                 target = Pinned(pid)
             except (Gone, NotAProcess):
@@ -306,24 +440,33 @@ async def kill(policy: Policy, req: Kill, before_act: Callable[[], Awaitable[Non
     if path is not None and not trust and not under_roots(path, policy.allowed_roots):
         raise Forbidden(f"kill_process: {path} is outside the allowed roots; no process is linked to a "
                         f"file there")
-    never = await asyncio.to_thread(_Never, policy)
     protected = policy.protected_processes
-    ident = None
-    if not trust:
-        ident = await asyncio.to_thread(_evidence, policy, path or "", qid, req.run_id, req.hints)
+
+    def checked() -> tuple[_Never, FileIdentity | None, tuple[Pinned, dict[str, Any]] | None]:
+        # One trip to a worker thread for what is read before any signal (each read as before, in order).
+        never = _never(policy)
+        ident = None if trust else _evidence(policy, path or "", qid, req.run_id, req.hints)
+        claimed = _pin_claimed(pid, expected, ident, never, protected) if pid is not None else None
+        return never, ident, claimed
+
+    never, ident, pinned = await asyncio.to_thread(checked)
     base: dict[str, Any] = {"process_id": pid, "file_path": req.file_path, "start_time": expected,
                             "already_gone": False, "processes": [], "terminated": [], "killed": [], "skipped": [],
                             "evidence": None if ident is None else {"source": ident.source, "path": ident.path,
                                                                      "dev": ident.dev, "ino": ident.ino}}
     if pid is not None:
-        pinned = await asyncio.to_thread(_pin_claimed, pid, expected, ident, never, protected)
         if pinned is None:
             return {**base, "already_gone": True}
         targets, base["processes"] = [pinned[0]], [pinned[1]]
         base["start_time"] = pinned[0].start_time
     else:
         assert ident is not None
-        targets, base["processes"], base["skipped"] = await asyncio.to_thread(_pin_holders, ident, never, protected)
+        holders = await holder_scans().holders(ident)
+        if holders:
+            targets, base["processes"], base["skipped"] = await asyncio.to_thread(_pin_holders, ident, holders,
+                                                                                  never, protected)
+        else:
+            targets = []
     try:
         return await _stop(targets, req, never, protected, base, before_act)
     finally:

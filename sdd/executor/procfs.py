@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -25,6 +26,7 @@ import psutil
 PF_KTHREAD = 0x00200000
 MAX_FDS = 65536          # per process: enough for any real one, and a bound on the work a claim can cause
 MAX_MAP_LINES = 262144
+MAPS_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -145,36 +147,87 @@ def exe(pid: int) -> tuple[str | None, os.stat_result | None]:
 
 def links(pid: int, ident: FileIdentity) -> list[str]:
     """How `pid` holds the detected file: "executes", "open", "mapped" (empty: it does not)."""
-    found = []
-    _, st = exe(pid)
-    if st is not None and ident.matches(st):
-        found.append("executes")
+    return _links_many(pid, (ident,))[0]
+
+
+def scan_links(idents: Sequence[FileIdentity]) -> list[dict[int, list[str]]]:
+    """One walk of /proc for several detected files (fuser for many at once): for each file, in order, the
+    processes linked to it and how, as `links` says. Each process's exe, fds and maps are read once."""
+    found: list[dict[int, list[str]]] = [{} for _ in idents]
+    if not idents:
+        return found
+    for pid in pids():
+        for i, how in enumerate(_links_many(pid, idents)):
+            if how:
+                found[i][pid] = how
+    return found
+
+
+def _links_many(pid: int, idents: Sequence[FileIdentity]) -> list[list[str]]:
+    found: list[list[str]] = [[] for _ in idents]
+    inodes = {ident.ino for ident in idents}
+    try:
+        st: os.stat_result | None = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        st = None
+    if st is not None and st.st_ino in inodes:
+        for i, ident in enumerate(idents):
+            if ident.matches(st):
+                found[i].append("executes")
+    opened = [False] * len(idents)
     with contextlib.suppress(OSError):
         for name in os.listdir(f"/proc/{pid}/fd")[:MAX_FDS]:
             try:
                 fst = os.stat(f"/proc/{pid}/fd/{name}")
             except OSError:
                 continue
-            if ident.matches(fst):
-                found.append("open")
+            if fst.st_ino not in inodes:
+                continue
+            for i, ident in enumerate(idents):
+                if not opened[i] and ident.matches(fst):
+                    opened[i] = True
+                    found[i].append("open")
+            if all(opened):
                 break
+    mapped = [False] * len(idents)
+    tokens = [b" %d" % ino for ino in inodes]
     with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", "rb") as fh:
-        for n, line in enumerate(fh):
-            if n >= MAX_MAP_LINES:
+        lines, tail = 0, b""
+        while lines < MAX_MAP_LINES and not all(mapped):
+            chunk = fh.read(MAPS_CHUNK)
+            if not chunk:
                 break
-            parts = line.split(maxsplit=5)
-            if len(parts) < 5 or parts[4] == b"0":
+            block, newline, rest = (tail + chunk).rpartition(b"\n")
+            if not newline:
+                tail = rest  # no complete line yet
                 continue
-            major, _, minor = parts[3].partition(b":")
-            try:
-                dev, ino = os.makedev(int(major, 16), int(minor, 16)), int(parts[4])
-            except ValueError:
-                continue
-            name = os.fsdecode(parts[5].rstrip(b"\n")) if len(parts) > 5 else ""
-            if ident.matches_mapping(dev, ino, name):
-                found.append("mapped")
-                break
+            tail = rest
+            # Most blocks name none of the inodes: skip them without splitting a line (a false hit only
+            # costs the exact parse below).
+            if any(t in block for t in tokens):
+                _match_maps(block.split(b"\n")[:MAX_MAP_LINES - lines], idents, mapped, found)
+            lines += block.count(b"\n") + 1
+        if tail and lines < MAX_MAP_LINES and any(t in tail for t in tokens):
+            _match_maps([tail], idents, mapped, found)  # a last line without its newline
     return found
+
+
+def _match_maps(lines: list[bytes], idents: Sequence[FileIdentity], mapped: list[bool],
+                found: list[list[str]]) -> None:
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5 or parts[4] == b"0":
+            continue
+        major, _, minor = parts[3].partition(b":")
+        try:
+            dev, ino = os.makedev(int(major, 16), int(minor, 16)), int(parts[4])
+        except ValueError:
+            continue
+        name = os.fsdecode(parts[5]) if len(parts) > 5 else ""
+        for i, ident in enumerate(idents):
+            if not mapped[i] and ident.matches_mapping(dev, ino, name):
+                mapped[i] = True
+                found[i].append("mapped")
 
 
 class Gone(Exception):
