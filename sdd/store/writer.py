@@ -81,6 +81,27 @@ class GroupCommitWriter:
         self._put(_Op(fn, loop, future, durable))
         return future
 
+    def sync(self) -> asyncio.Future[None]:
+        """Resolves (on this loop) once every write committed before this call is on disk: after an fdatasync
+        of the WAL that began after the call. For a caller that acts on a commit at once and needs it durable
+        only later (intake deletes a detection's spool file only then; its run may start before)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        op = _Op(_nothing, loop, future, True)
+        if self._wal is None:  # no WAL: a durable batch of nothing, at synchronous=FULL
+            self._put(op)
+            return future
+        with self._cond:
+            if self._closing or self._dead is not None:
+                raise StoreClosed("the store is closed" if self._dead is None
+                                  else f"the store writer stopped: {self._dead}")
+        with self._sync_cond:
+            if self._sync_closing:
+                raise StoreClosed("the store is closed")
+            self._to_sync.append((op, None, None))
+            self._sync_cond.notify()
+        return future
+
     def write_sync(self, fn: Operation, timeout: float | None = None) -> Any:
         """Enqueue from a plain thread and block until committed (for tools, tests and non-async callers)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -299,6 +320,10 @@ class GroupCommitWriter:
             self._thread.join(timeout)
             if self._syncer is not None and threading.current_thread() is not self._syncer:
                 self._syncer.join(timeout)
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
 
 
 def _wal_path(conn: sqlite3.Connection) -> str | None:

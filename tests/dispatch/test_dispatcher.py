@@ -207,6 +207,40 @@ async def test_a_spool_file_is_committed_before_intake_deletes_it(centre: Centre
         await asyncio.to_thread(intake.stop)
 
 
+async def test_a_spool_file_goes_only_after_a_flush_of_the_wal_that_covers_its_detection(
+        centre: Centre, tmp_path: Path) -> None:
+    """The detection is queued as soon as it is committed, but intake is told to delete its file only once an
+    fdatasync of the WAL that began after that commit has returned."""
+    spool = tmp_path / "spool"
+    writer = centre.store._writer
+    seen: dict[str, int] = {}
+    intake = Intake(spool, centre.dispatcher.deliver, rescan_interval=3600.0)
+    accepted, done = centre.dispatcher.accepted, intake.done
+
+    def on_accepted(added: Any, detection: dict[str, Any], source: str = "spool") -> None:
+        seen["committed_by"] = writer.transactions  # the commit is among these
+        accepted(added, detection, source)
+
+    def on_done(names: list[str]) -> None:
+        seen["synced_when_done"] = writer.synced_transactions
+        done(names)
+
+    centre.dispatcher.accepted = on_accepted  # type: ignore[method-assign]
+    intake.done = on_done  # type: ignore[method-assign]
+    centre.dispatcher.attach_intake(intake)
+    (spool / "tmp").mkdir(parents=True, exist_ok=True)
+    (spool / "new").mkdir(parents=True, exist_ok=True)
+    intake.start()
+    try:
+        (spool / "tmp" / "two.json").write_text(json.dumps({"type": "malware", "file_path": "/tmp/two"}))
+        os.rename(spool / "tmp" / "two.json", spool / "new" / "two.json")
+        await _until(lambda: not os.listdir(spool / "cur") and not os.listdir(spool / "new"))
+        assert seen["synced_when_done"] >= seen["committed_by"] > 0
+        await _until(lambda: centre.acted == ["/tmp/two"])
+    finally:
+        await asyncio.to_thread(intake.stop)
+
+
 async def _until(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := probe()):
