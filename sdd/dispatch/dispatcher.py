@@ -121,6 +121,7 @@ class Dispatcher:
 
     def attach_intake(self, intake: Intake) -> None:
         self.intake = intake
+        intake.make_durable = self.store.flush_to_disk  # what `done` names is on disk before the files go
         self.update_pause()
 
     def _changed(self) -> None:
@@ -146,7 +147,8 @@ class Dispatcher:
 
     async def _commit(self, claimed: list[Claimed]) -> None:
         """Commits an intake batch and queues its detections at once; their spool files go only once the
-        commit is also on disk (`store.sync()`: an fdatasync of the WAL). Their runs may start in between:
+        commit is also on disk (intake calls `store.flush_to_disk()` before deleting). Their runs may start
+        in between:
         nothing they write can outlive the detection (the WAL keeps commit order, so a power loss that took
         the detection takes every later row too), and the file, still in cur/, brings it back at start-up."""
         store, intake = self.store, self.intake
@@ -190,6 +192,7 @@ class Dispatcher:
             except Exception:  # committed: the dispatcher finds it in the database anyway
                 log.exception("cannot queue a detection", extra=kv(name=c.name))
                 self._backlog = True
+        intake.done(done)  # (intake flushes the store to disk before it deletes them)
         if refused:
             intake.reject_claimed(refused)
         if failed:
@@ -197,14 +200,6 @@ class Dispatcher:
         self.update_pause()
         self.wake.set()
         self._changed()
-        if done:
-            try:
-                await store.sync()
-            except Exception as exc:  # noqa: BLE001 -- not known to be on disk: the files stay for the next start
-                log.error("cannot flush detections to disk", extra=kv(count=len(done), error=exc))
-                intake.release(done)
-            else:
-                intake.done(done)
 
     async def submit(self, detection: dict[str, Any], *, spool_name: str | None = None,
                      source: str = "api") -> AddedDetection:

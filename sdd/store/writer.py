@@ -66,6 +66,8 @@ class GroupCommitWriter:
         self._to_sync: list[tuple[_Op, Any, BaseException | None]] = []
         self._sync_closing = False
         self._syncer: threading.Thread | None = None
+        self._flush_lock = threading.Lock()   # flush_to_disk's own descriptor of the WAL
+        self._flush_fd, self._flush_ino = -1, -1
         if self._wal is not None:
             self._syncer = threading.Thread(target=self._sync_main, name=f"{name}-sync", daemon=True)
             self._syncer.start()
@@ -81,26 +83,27 @@ class GroupCommitWriter:
         self._put(_Op(fn, loop, future, durable))
         return future
 
-    def sync(self) -> asyncio.Future[None]:
-        """Resolves (on this loop) once every write committed before this call is on disk: after an fdatasync
-        of the WAL that began after the call. For a caller that acts on a commit at once and needs it durable
-        only later (intake deletes a detection's spool file only then; its run may start before)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        op = _Op(_nothing, loop, future, True)
+    def flush_to_disk(self) -> None:
+        """Blocks until every write committed before the call is on disk: an fdatasync of the WAL from the
+        calling thread. For a thread that acts on a commit only later and needs it durable by then (intake
+        deletes a detection's spool file only after this; its run may start before). StoreError if it fails
+        (then the writer stops: nothing may be reported durable any more)."""
         if self._wal is None:  # no WAL: a durable batch of nothing, at synchronous=FULL
-            self._put(op)
-            return future
-        with self._cond:
-            if self._closing or self._dead is not None:
-                raise StoreClosed("the store is closed" if self._dead is None
-                                  else f"the store writer stopped: {self._dead}")
-        with self._sync_cond:
-            if self._sync_closing:
-                raise StoreClosed("the store is closed")
-            self._to_sync.append((op, None, None))
-            self._sync_cond.notify()
-        return future
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            self._put(_Op(_nothing, None, future, True))
+            future.result()
+            return
+        with self._flush_lock:
+            if self._dead is not None:
+                raise StoreClosed(f"the store writer stopped: {self._dead}")
+            try:
+                self._flush_fd, self._flush_ino = _sync_wal(self._wal, self._flush_fd, self._flush_ino)
+            except OSError as exc:
+                log.error("store: cannot flush the WAL to disk: %s", exc)
+                error = StoreError(f"fsync of the WAL failed: {exc}")
+                self._die(error)
+                raise error from exc
+            self.syncs += 1
 
     def write_sync(self, fn: Operation, timeout: float | None = None) -> Any:
         """Enqueue from a plain thread and block until committed (for tools, tests and non-async callers)."""
@@ -320,6 +323,10 @@ class GroupCommitWriter:
             self._thread.join(timeout)
             if self._syncer is not None and threading.current_thread() is not self._syncer:
                 self._syncer.join(timeout)
+        with self._flush_lock:
+            if self._flush_fd >= 0:
+                os.close(self._flush_fd)
+                self._flush_fd = -1
 
 
 def _nothing(conn: sqlite3.Connection) -> None:

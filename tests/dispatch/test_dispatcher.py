@@ -209,25 +209,21 @@ async def test_a_spool_file_is_committed_before_intake_deletes_it(centre: Centre
 
 async def test_a_spool_file_goes_only_after_a_flush_of_the_wal_that_covers_its_detection(
         centre: Centre, tmp_path: Path) -> None:
-    """The detection is queued as soon as it is committed, but intake is told to delete its file only once an
-    fdatasync of the WAL that began after that commit has returned."""
+    """The detection is queued as soon as it is committed, but intake deletes its file only after a flush of
+    the store to disk (an fdatasync of the WAL) that began after that commit."""
     spool = tmp_path / "spool"
-    writer = centre.store._writer
-    seen: dict[str, int] = {}
+    seen: list[tuple[list[str], list[str]]] = []
     intake = Intake(spool, centre.dispatcher.deliver, rescan_interval=3600.0)
-    accepted, done = centre.dispatcher.accepted, intake.done
-
-    def on_accepted(added: Any, detection: dict[str, Any], source: str = "spool") -> None:
-        seen["committed_by"] = writer.transactions  # the commit is among these
-        accepted(added, detection, source)
-
-    def on_done(names: list[str]) -> None:
-        seen["synced_when_done"] = writer.synced_transactions
-        done(names)
-
-    centre.dispatcher.accepted = on_accepted  # type: ignore[method-assign]
-    intake.done = on_done  # type: ignore[method-assign]
     centre.dispatcher.attach_intake(intake)
+    flush = intake.make_durable
+    assert flush is not None
+
+    def flush_and_look() -> None:
+        rows = centre.store._read().execute("SELECT spool_name FROM detections").fetchall()
+        seen.append(([r[0] for r in rows], sorted(os.listdir(spool / "cur"))))  # committed, file still there
+        flush()
+
+    intake.make_durable = flush_and_look
     (spool / "tmp").mkdir(parents=True, exist_ok=True)
     (spool / "new").mkdir(parents=True, exist_ok=True)
     intake.start()
@@ -235,7 +231,7 @@ async def test_a_spool_file_goes_only_after_a_flush_of_the_wal_that_covers_its_d
         (spool / "tmp" / "two.json").write_text(json.dumps({"type": "malware", "file_path": "/tmp/two"}))
         os.rename(spool / "tmp" / "two.json", spool / "new" / "two.json")
         await _until(lambda: not os.listdir(spool / "cur") and not os.listdir(spool / "new"))
-        assert seen["synced_when_done"] >= seen["committed_by"] > 0
+        assert seen and seen[0] == (["two.json"], ["two.json"])
         await _until(lambda: centre.acted == ["/tmp/two"])
     finally:
         await asyncio.to_thread(intake.stop)

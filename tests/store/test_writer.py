@@ -214,6 +214,20 @@ async def test_one_flush_covers_the_durable_writes_of_many_commits(store: Store)
     assert len(store._read().execute("SELECT id FROM detections").fetchall()) == 200
 
 
+async def test_flush_to_disk_from_a_thread_flushes_the_wal_and_fails_loudly_when_it_cannot(
+        store: Store, tmp_path: Path) -> None:
+    writer = store._writer
+    await store.write(lambda conn: None)
+    syncs = writer.syncs
+    await asyncio.to_thread(store.flush_to_disk)
+    assert writer.syncs == syncs + 1
+    writer._wal = str(tmp_path / "no-such-wal")
+    with pytest.raises(StoreError, match="fsync of the WAL failed"):
+        await asyncio.to_thread(store.flush_to_disk)
+    with pytest.raises(StoreClosed):
+        await store.write(lambda conn: None)
+
+
 def test_a_store_not_in_wal_mode_commits_durable_batches_at_synchronous_full(tmp_path: Path) -> None:
     conn = sqlite3.connect(str(tmp_path / "plain.db"), isolation_level=None, check_same_thread=False)
     conn.execute("CREATE TABLE t (x)")
