@@ -236,6 +236,8 @@ class Intake:
                         del self._pending[name]
                         batch.append(name)
                     self._inflight.update(batch)
+            if batch:  # new detections first: the flush and the deletions below can wait, they cannot
+                self._process(batch)
             cur = self._cur
             if unlink and self._durable():
                 for name in unlink:
@@ -254,8 +256,6 @@ class Intake:
                     self._first_scan_done = True
                     if self.on_first_scan is not None:
                         self.on_first_scan()
-            elif batch:
-                self._process(batch)
 
     def _durable(self) -> bool:
         """Whether the detections `done` named may lose their files (one flush for all of them)."""
