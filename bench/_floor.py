@@ -3,7 +3,7 @@
 inotify on `new/` (sdd's own `NameWatch`, one thread), then per file: read it, `json.loads`, one SQLite row
 (WAL, `synchronous=NORMAL`) committed on its own, and the file unlinked. No workflow, no audit trail, no
 durability barrier: it does NOT fsync per commit (a power loss can lose the last commits); sdd does (its
-intake commits with `synchronous=FULL` before the spool file goes). `python -m bench._floor SPOOL DB`
+intake's commit is flushed with an fdatasync of the WAL before the spool file goes). `python -m bench._floor SPOOL DB`
 prints `ready` once the watch is armed; on SIGTERM it writes `DB.times.json` ({name: time.time() after the
 commit}) and exits.
 """

@@ -284,8 +284,8 @@ BURST = 10_000
 PACED = 2_000
 PACED_RATE = 1000.0
 FLOOR_DURABILITY = ("the floor does not fsync per commit (WAL, synchronous=NORMAL: a power loss can lose its "
-                    "last commits); sdd does (each intake batch commits with synchronous=FULL before the spool "
-                    "file goes)")
+                    "last commits); sdd does (each intake batch's commit is flushed with an fdatasync of the WAL "
+                    "before the spool file goes)")
 
 
 def _pct(values: list[float], q: float) -> float:

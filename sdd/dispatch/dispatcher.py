@@ -1,9 +1,9 @@
 """The dispatcher: a detection's way from its arrival to its runs — the one place that commits a detection.
 
 Every detection is committed here, whichever way it came: intake (its own thread) hands over a parsed batch
-→ `_commit()` records each detection in the store (state `queued`, fsync'd) and only then lets intake delete
-the spool files; one from the API (`detections.submit`) or pushed over NATS goes through `submit()`. Both
-end in `accepted()`: counted, announced on the hub, queued. The dispatch loop takes queued detections while
+→ `_commit()` records each detection in the store (state `queued`), queues it, and lets intake delete the
+spool files only once that commit is fsync'd; one from the API (`detections.submit`) or pushed over NATS
+goes through `submit()`. Both end in `accepted()`: counted, announced on the hub, queued. The dispatch loop takes queued detections while
 fewer than `max_concurrent_runs` runs are active, matches them (triggers, exclusions, de-duplication) and
 starts their runs, each labelled (`sdd.labels`) with its detection ids and trigger, which travel with the run
 in every engine event; a detection is marked `matched` once the history has enqueued the rows of all its
@@ -121,6 +121,7 @@ class Dispatcher:
 
     def attach_intake(self, intake: Intake) -> None:
         self.intake = intake
+        intake.make_durable = self.store.flush_to_disk  # what `done` names is on disk before the files go
         self.update_pause()
 
     def _changed(self) -> None:
@@ -145,6 +146,11 @@ class Dispatcher:
             self._spawn(self._commit(claimed), "commit")
 
     async def _commit(self, claimed: list[Claimed]) -> None:
+        """Commits an intake batch and queues its detections at once; their spool files go only once the
+        commit is also on disk (intake calls `store.flush_to_disk()` before deleting). Their runs may start
+        in between:
+        nothing they write can outlive the detection (the WAL keeps commit order, so a power loss that took
+        the detection takes every later row too), and the file, still in cur/, brings it back at start-up."""
         store, intake = self.store, self.intake
         assert intake is not None
         results: list[AddedDetection | BaseException | None] = [None] * len(claimed)
@@ -156,14 +162,13 @@ class Dispatcher:
                 results[i] = exc
         if ops:
             # The whole batch as one operation: one future and one wake-up instead of one per detection.
-            # fsync'd (durable) before the spool files go.
             try:
-                added = await store.write(record_detections_op([op for _, op in ops]), durable=True)
+                added = await store.write(record_detections_op([op for _, op in ops]))
             except Exception:  # noqa: BLE001 -- one of them failed: nothing committed; one write each
                 waits: list[Awaitable[Any]] = []
                 for _, op in ops:
                     try:
-                        waits.append(store.write(op, durable=True))
+                        waits.append(store.write(op))
                     except Exception as exc:  # noqa: BLE001 -- e.g. the store is closed
                         waits.append(_failed(exc))
                 added = await asyncio.gather(*waits, return_exceptions=True)
@@ -187,7 +192,7 @@ class Dispatcher:
             except Exception:  # committed: the dispatcher finds it in the database anyway
                 log.exception("cannot queue a detection", extra=kv(name=c.name))
                 self._backlog = True
-        intake.done(done)
+        intake.done(done)  # (intake flushes the store to disk before it deletes them)
         if refused:
             intake.reject_claimed(refused)
         if failed:

@@ -7,8 +7,9 @@ Where a detection enters sdd. The order of operations is what makes it lossless:
 - an inotify queue overflow and a slow timer both trigger a rescan of `new/`;
 - a file is claimed by `link(new/x, cur/x)` + `unlink(new/x)` — no moved-out event for any watcher to hold
   back (watchdog held them ~0.5 s, field-notes.md) — and a name found in both directories counts as claimed;
-- it is deleted from `cur/` only after the daemon has committed the detection (`Intake.done`); anything left
-  in `cur/` at start-up is delivered again, marked `leftover` so the daemon can de-duplicate by spool name.
+- it is deleted from `cur/` only after the daemon has committed the detection (`Intake.done`) and, on this
+  thread, `make_durable()` (the store's flush to disk) has returned after that; anything left in `cur/` at
+  start-up is delivered again, marked `leftover` so the daemon can de-duplicate by spool name.
 
 The file work runs on one worker thread in batches; the event loop only receives parsed batches.
 Memory stays bounded with any number of files in the spool: at most `max_pending` names are remembered
@@ -73,6 +74,9 @@ class Intake:
         self.max_inflight = max_inflight
         self.max_pending = max_pending
         self.on_first_scan = on_first_scan
+        # Called (on the worker thread) before the files `done` names are deleted: whatever was committed
+        # before it is on disk once it returns. If it raises, the files stay in cur/ for the next start.
+        self.make_durable: Callable[[], None] | None = None
         self._observer_timeout = observer_timeout  # kept for callers; the direct inotify watch needs none
         self._cond = threading.Condition()
         self._pending: dict[str, None] = {}      # names to look at, in arrival order
@@ -115,8 +119,9 @@ class Intake:
         with self._cond:
             unlink, self._unlink = self._unlink, []
             late, self._late_rejects = self._late_rejects, []
-        for name in unlink:
-            self._remove(f"{self._cur}/{name}")
+        if unlink and self._durable():
+            for name in unlink:
+                self._remove(f"{self._cur}/{name}")
         rejected: list[Rejected] = []
         for name, reason in late:
             self._reject(self.layout.cur / name, name, reason, rejected)
@@ -231,9 +236,12 @@ class Intake:
                         del self._pending[name]
                         batch.append(name)
                     self._inflight.update(batch)
+            if batch:  # new detections first: the flush and the deletions below can wait, they cannot
+                self._process(batch)
             cur = self._cur
-            for name in unlink:
-                self._remove(f"{cur}/{name}")
+            if unlink and self._durable():
+                for name in unlink:
+                    self._remove(f"{cur}/{name}")
             if late:
                 rejected: list[Rejected] = []
                 for name, reason in late:
@@ -248,8 +256,18 @@ class Intake:
                     self._first_scan_done = True
                     if self.on_first_scan is not None:
                         self.on_first_scan()
-            elif batch:
-                self._process(batch)
+
+    def _durable(self) -> bool:
+        """Whether the detections `done` named may lose their files (one flush for all of them)."""
+        if self.make_durable is None:
+            return True
+        try:
+            self.make_durable()
+        except Exception as exc:  # noqa: BLE001 -- not known to be on disk: the files stay for the next start
+            log.error("cannot flush committed detections to disk; their spool files stay in cur/",
+                      extra=kv(error=exc))
+            return False
+        return True
 
     def _scan_new(self, reasons: list[str]) -> None:
         self.stats["rescans"] += 1
@@ -291,9 +309,10 @@ class Intake:
                 while not self._stopping and (self._paused or len(self._inflight) >= self.max_inflight):
                     self._cond.wait(1.0)
                     unlink, self._unlink = self._unlink, []
-                    for name in unlink:
-                        self._inflight.discard(name)
-                        self._remove(self.layout.cur / name)
+                    self._inflight.difference_update(unlink)
+                    if unlink and self._durable():
+                        for name in unlink:
+                            self._remove(self.layout.cur / name)
                 if self._stopping:
                     return
 

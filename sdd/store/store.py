@@ -85,6 +85,11 @@ class Store:
         """Enqueue from a thread without an event loop and block until committed."""
         return self._writer.write_sync(op, timeout)
 
+    def flush_to_disk(self) -> None:
+        """Blocks until every write committed before the call is on disk (survives a power loss); from any
+        thread but the event loop's (see `GroupCommitWriter.flush_to_disk`)."""
+        self._writer.flush_to_disk()
+
     async def flush(self) -> None:
         """Wait until every write enqueued before this call has committed."""
         await self._writer.write(_noop)

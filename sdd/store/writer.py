@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -58,17 +59,51 @@ class GroupCommitWriter:
         self.operations = 0
         self.failed_operations = 0
         self.largest_batch = 0
+        self.syncs = 0                   # fdatasyncs of the WAL made for durable writes
+        self.synced_transactions = 0     # `transactions` as it was when the last of them began
+        self._wal = _wal_path(conn)      # None (not WAL): durable batches commit at synchronous=FULL
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._to_sync: list[tuple[_Op, Any, BaseException | None]] = []
+        self._sync_closing = False
+        self._syncer: threading.Thread | None = None
+        self._flush_lock = threading.Lock()   # flush_to_disk's own descriptor of the WAL
+        self._flush_fd, self._flush_ino = -1, -1
+        if self._wal is not None:
+            self._syncer = threading.Thread(target=self._sync_main, name=f"{name}-sync", daemon=True)
+            self._syncer.start()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
     # --- enqueueing -------------------------------------------------------------------------------------------
     def write(self, fn: Operation, *, durable: bool = False) -> asyncio.Future[Any]:
         """Enqueue from an event loop; the future resolves (on that loop) after the batch has committed.
-        `durable`: the batch is fsync'd before the future resolves (survives power loss, ~1 ms more)."""
+        `durable`: the WAL is also fsync'd after that commit before the future resolves (survives power loss)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._put(_Op(fn, loop, future, durable))
         return future
+
+    def flush_to_disk(self) -> None:
+        """Blocks until every write committed before the call is on disk: an fdatasync of the WAL from the
+        calling thread. For a thread that acts on a commit only later and needs it durable by then (intake
+        deletes a detection's spool file only after this; its run may start before). StoreError if it fails
+        (then the writer stops: nothing may be reported durable any more)."""
+        if self._wal is None:  # no WAL: a durable batch of nothing, at synchronous=FULL
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            self._put(_Op(_nothing, None, future, True))
+            future.result()
+            return
+        with self._flush_lock:
+            if self._dead is not None:
+                raise StoreClosed(f"the store writer stopped: {self._dead}")
+            try:
+                self._flush_fd, self._flush_ino = _sync_wal(self._wal, self._flush_fd, self._flush_ino)
+            except OSError as exc:
+                log.error("store: cannot flush the WAL to disk: %s", exc)
+                error = StoreError(f"fsync of the WAL failed: {exc}")
+                self._die(error)
+                raise error from exc
+            self.syncs += 1
 
     def write_sync(self, fn: Operation, timeout: float | None = None) -> Any:
         """Enqueue from a plain thread and block until committed (for tools, tests and non-async callers)."""
@@ -109,15 +144,24 @@ class GroupCommitWriter:
                 self._commit(batch)
         except BaseException as exc:  # a bug or a dead disk: fail everyone loudly instead of hanging them
             log.exception("store writer stopped")
-            with self._cond:
+            self._die(exc)
+        finally:
+            with self._sync_cond:  # the syncer flushes what was committed, then ends
+                self._sync_closing = True
+                self._sync_cond.notify()
+
+    def _die(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._dead is None:
                 self._dead = exc
-                pending = list(self._queue)
-                self._queue.clear()
-            self._resolve([(op, None, StoreClosed(f"the store writer stopped: {exc}")) for op in pending])
+            pending = list(self._queue)
+            self._queue.clear()
+        self._resolve([(op, None, StoreClosed(f"the store writer stopped: {exc}")) for op in pending])
 
     def _commit(self, batch: list[_Op]) -> None:
         durable = any(op.durable for op in batch)
-        if durable:
+        full = durable and self._wal is None
+        if full:
             self._conn.execute("PRAGMA synchronous = FULL")
         try:
             outcomes = self._run_fast(batch)
@@ -130,13 +174,22 @@ class GroupCommitWriter:
             error = StoreError(f"commit failed: {exc}")
             outcomes = [(op, None, error) for op in batch]
         finally:
-            if durable:
+            if full:
                 self._conn.execute("PRAGMA synchronous = NORMAL")
-                self.durable_transactions += 1
+        if durable:
+            self.durable_transactions += 1
         self.transactions += 1
         self.operations += len(batch)
         self.failed_operations += sum(1 for _, _, e in outcomes if e is not None)
         self.largest_batch = max(self.largest_batch, len(batch))
+        if durable and not full:
+            # Committed: the durable ones wait for the syncer's flush, the rest are told now.
+            later = [o for o in outcomes if o[0].durable and o[2] is None]
+            if later:
+                outcomes = [o for o in outcomes if not (o[0].durable and o[2] is None)]
+                with self._sync_cond:
+                    self._to_sync.extend(later)
+                    self._sync_cond.notify()
         self._resolve(outcomes)
         after = getattr(self._conn, "after_commit", None)  # the outbox wakes its sinks (outbox.py)
         if after is not None:
@@ -182,6 +235,49 @@ class GroupCommitWriter:
         conn.execute("COMMIT")
         return outcomes
 
+    # --- the syncer thread ------------------------------------------------------------------------------------
+    def _sync_main(self) -> None:
+        assert self._wal is not None
+        fd, ino = -1, -1
+        try:
+            while True:
+                with self._sync_cond:
+                    while not self._to_sync and not self._sync_closing:
+                        self._sync_cond.wait()
+                    if not self._to_sync:
+                        return  # the writer ended and everything it committed was flushed
+                    items, self._to_sync = self._to_sync, []
+                    # Everything in `items` committed before this point; so did transaction number `upto`.
+                    upto = self.transactions
+                try:
+                    fd, ino = _sync_wal(self._wal, fd, ino)
+                except OSError as exc:
+                    log.error("store: cannot flush the WAL to disk: %s", exc)
+                    error = StoreError(f"fsync of the WAL failed: {exc}")
+                    # What is on disk is unknown now: nothing may be reported durable any more.
+                    self._die(error)
+                    self._resolve([(op, None, error) for op, _, _ in items])
+                    self._fail_syncs(error)
+                    return
+                self.syncs += 1
+                self.synced_transactions = upto
+                self._resolve(items)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _fail_syncs(self, error: BaseException) -> None:
+        """After a failed flush: every later durable write fails too, until the writer has ended."""
+        while True:
+            with self._sync_cond:
+                while not self._to_sync and not self._sync_closing:
+                    self._sync_cond.wait()
+                items, self._to_sync = self._to_sync, []
+                closing = self._sync_closing
+            self._resolve([(op, None, error) for op, _, _ in items])
+            if closing:
+                return
+
     def _rollback(self) -> None:
         if self._conn.in_transaction:
             try:
@@ -225,6 +321,41 @@ class GroupCommitWriter:
             self._cond.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+            if self._syncer is not None and threading.current_thread() is not self._syncer:
+                self._syncer.join(timeout)
+        with self._flush_lock:
+            if self._flush_fd >= 0:
+                os.close(self._flush_fd)
+                self._flush_fd = -1
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
+
+
+def _wal_path(conn: sqlite3.Connection) -> str | None:
+    """The WAL file of `conn`'s main database, or None if it is not in WAL mode (or in memory)."""
+    if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        return None
+    for _, name, path in conn.execute("PRAGMA database_list"):
+        if name == "main" and path:
+            return f"{path}-wal"
+    return None
+
+
+def _sync_wal(path: str, fd: int, ino: int) -> tuple[int, int]:
+    """fdatasync of the WAL at `path` through `fd` of inode `ino` (opened, or opened again when the file at
+    `path` is another one); the fd and inode used. (SQLite deletes the WAL only when the last connection
+    closes, so while the writer's is open it stays the same file; checked anyway, one `stat` a flush.)"""
+    st = os.stat(path, follow_symlinks=False)
+    if fd < 0 or st.st_ino != ino:
+        if fd >= 0:
+            os.close(fd)
+            fd = -1
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        ino = os.fstat(fd).st_ino
+    os.fdatasync(fd)
+    return fd, ino
 
 
 def statement_runs(fns: Sequence[Operation]) -> Iterator[tuple[int, int]]:

@@ -207,6 +207,36 @@ async def test_a_spool_file_is_committed_before_intake_deletes_it(centre: Centre
         await asyncio.to_thread(intake.stop)
 
 
+async def test_a_spool_file_goes_only_after_a_flush_of_the_wal_that_covers_its_detection(
+        centre: Centre, tmp_path: Path) -> None:
+    """The detection is queued as soon as it is committed, but intake deletes its file only after a flush of
+    the store to disk (an fdatasync of the WAL) that began after that commit."""
+    spool = tmp_path / "spool"
+    seen: list[tuple[list[str], list[str]]] = []
+    intake = Intake(spool, centre.dispatcher.deliver, rescan_interval=3600.0)
+    centre.dispatcher.attach_intake(intake)
+    flush = intake.make_durable
+    assert flush is not None
+
+    def flush_and_look() -> None:
+        rows = centre.store._read().execute("SELECT spool_name FROM detections").fetchall()
+        seen.append(([r[0] for r in rows], sorted(os.listdir(spool / "cur"))))  # committed, file still there
+        flush()
+
+    intake.make_durable = flush_and_look
+    (spool / "tmp").mkdir(parents=True, exist_ok=True)
+    (spool / "new").mkdir(parents=True, exist_ok=True)
+    intake.start()
+    try:
+        (spool / "tmp" / "two.json").write_text(json.dumps({"type": "malware", "file_path": "/tmp/two"}))
+        os.rename(spool / "tmp" / "two.json", spool / "new" / "two.json")
+        await _until(lambda: not os.listdir(spool / "cur") and not os.listdir(spool / "new"))
+        assert seen and seen[0] == (["two.json"], ["two.json"])
+        await _until(lambda: centre.acted == ["/tmp/two"])
+    finally:
+        await asyncio.to_thread(intake.stop)
+
+
 async def _until(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := probe()):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdd.store import Store, StoreClosed, StoreValueError
+from sdd.store import Store, StoreClosed, StoreError, StoreValueError
+from sdd.store.writer import GroupCommitWriter
 
 
 def _hold_writer(store: Store) -> tuple[threading.Event, asyncio.Future[object]]:
@@ -184,15 +185,71 @@ async def test_reads_from_many_threads_while_writing(store: Store) -> None:
     assert len(store.list_runs(limit=1000).items) == 300
 
 
-async def test_durable_batches_are_fsynced_and_others_are_not(store: Store) -> None:
-    """A detection commit (the spool file is deleted right after) runs at synchronous=FULL; the rest at NORMAL."""
+async def test_a_durable_write_resolves_only_after_the_wal_is_flushed_past_its_commit(store: Store) -> None:
+    """A detection commit (the spool file is deleted right after) is reported only once an fdatasync of the
+    WAL that began after its COMMIT has returned; every commit itself runs at synchronous=NORMAL."""
+    writer = store._writer
 
     def level(conn: sqlite3.Connection) -> int:
         return conn.execute("PRAGMA synchronous").fetchone()[0]
 
+    syncs = writer.syncs
     assert await store.write(level) == 1  # NORMAL
-    assert await store.write(level, durable=True) == 2  # FULL
-    assert await store.write(level) == 1  # and back again for the next batch
-    before = store._writer.durable_transactions
+    assert writer.syncs == syncs  # nothing durable asked: no flush
+    assert await store.write(level, durable=True) == 1  # committed at NORMAL ...
+    assert writer.syncs == syncs + 1  # ... and flushed before the waiter was told
+    assert writer.synced_transactions == writer.transactions
+    before = writer.durable_transactions
     await store.record_detection({"type": "malware"}, spool_name="x.json")
-    assert store._writer.durable_transactions == before + 1
+    assert writer.durable_transactions == before + 1
+    assert writer.synced_transactions == writer.transactions
+
+
+async def test_one_flush_covers_the_durable_writes_of_many_commits(store: Store) -> None:
+    writer = store._writer
+    syncs = writer.syncs
+    await asyncio.gather(*(store.record_detection({"type": "malware"}, spool_name=f"d{i}") for i in range(200)))
+    assert writer.syncs - syncs <= writer.durable_transactions
+    assert writer.synced_transactions == writer.transactions
+    assert len(store._read().execute("SELECT id FROM detections").fetchall()) == 200
+
+
+async def test_flush_to_disk_from_a_thread_flushes_the_wal_and_fails_loudly_when_it_cannot(
+        store: Store, tmp_path: Path) -> None:
+    writer = store._writer
+    await store.write(lambda conn: None)
+    syncs = writer.syncs
+    await asyncio.to_thread(store.flush_to_disk)
+    assert writer.syncs == syncs + 1
+    writer._wal = str(tmp_path / "no-such-wal")
+    with pytest.raises(StoreError, match="fsync of the WAL failed"):
+        await asyncio.to_thread(store.flush_to_disk)
+    with pytest.raises(StoreClosed):
+        await store.write(lambda conn: None)
+
+
+def test_a_store_not_in_wal_mode_commits_durable_batches_at_synchronous_full(tmp_path: Path) -> None:
+    conn = sqlite3.connect(str(tmp_path / "plain.db"), isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE t (x)")
+    writer = GroupCommitWriter(conn)
+    try:
+        async def levels() -> tuple[int, int]:
+            def level(c: sqlite3.Connection) -> int:
+                return c.execute("PRAGMA synchronous").fetchone()[0]
+            return await writer.write(level, durable=True), await writer.write(level)
+        assert asyncio.run(levels()) == (2, 1)  # FULL for the durable batch, NORMAL after it
+        assert writer.syncs == 0
+    finally:
+        writer.close()
+        conn.close()
+
+
+async def test_a_failed_flush_fails_the_durable_write_and_stops_the_writer(store: Store, tmp_path: Path) -> None:
+    """When the WAL cannot be flushed, nothing may be reported durable: the waiter fails, the writer stops."""
+    writer = store._writer
+    await store.write(lambda conn: None, durable=True)  # the flush works
+    writer._wal = str(tmp_path / "no-such-wal")  # the next one cannot (a real failing stat/open)
+    with pytest.raises(StoreError, match="fsync of the WAL failed"):
+        await store.record_detection({"type": "malware"}, spool_name="lost.json")
+    with pytest.raises(StoreClosed):
+        await store.write(lambda conn: None)
