@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 import tests.support.daemon as daemon_support
 from tests.support.daemon import DaemonProcess
+from tests.support.trusted import traversable_tmpdir
 
 from ..actions.procs import SYSTEM_PYTHON, Procs, holder_code, wait_until
 
@@ -56,12 +56,8 @@ def status(pid: int) -> dict[str, str]:
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="sddsys-", dir="/tmp"))
-    os.chmod(d, 0o711)  # the daemon's user must reach its directories below
-    try:
+    with traversable_tmpdir("sddsys-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -45,6 +45,7 @@ from sdd.executor.spawn import give_directories
 from tests.executor.test_system_mode import USER, account, python_path
 from tests.support import daemon as daemon_support
 from tests.support.daemon import DaemonProcess
+from tests.support.trusted import traversable_tmpdir
 
 from .units import EXECUTOR, SERVICE, syscall_allow_list, unit_settings
 
@@ -229,12 +230,8 @@ def _status(pid: int) -> dict[str, str]:
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="sddsbx-", dir="/tmp"))
-    os.chmod(d, 0o711)  # the daemon's user must reach its directories below
-    try:
+    with traversable_tmpdir("sddsbx-") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_every_step_type_works_inside_the_units_sandbox(

@@ -5,9 +5,11 @@ and writable by no one else, which pytest's tmp_path (under the world-writable /
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 _base: Path | None = None
@@ -26,3 +28,15 @@ def trusted_dir(name: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_base))
     os.chmod(path, 0o755)
     return path
+
+
+@contextlib.contextmanager
+def traversable_tmpdir(prefix: str) -> Iterator[Path]:
+    """A new directory under /tmp that other users may pass through (0711): an unprivileged daemon's user must
+    reach its directories below. Removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(d, 0o711)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
