@@ -201,7 +201,7 @@ async def test_a_spool_file_is_committed_before_intake_deletes_it(centre: Centre
         found = await _until(lambda: centre.store.list_detections(limit=5).to_dict()["items"])
         row = await centre.settled(str(found[0]["detection_id"]))
         assert row["state"] == "matched" and row["spool_name"] == "one.json"
-        await _until(lambda: not os.listdir(spool / "cur") and not os.listdir(spool / "new"))
+        await _until(lambda: not os.listdir(spool / "new") and not os.listdir(spool / "cur"))
         assert centre.acted == ["/tmp/spooled"]
     finally:
         await asyncio.to_thread(intake.stop)
@@ -230,7 +230,8 @@ async def test_a_spool_file_goes_only_after_a_flush_of_the_wal_that_covers_its_d
     try:
         (spool / "tmp" / "two.json").write_text(json.dumps({"type": "malware", "file_path": "/tmp/two"}))
         os.rename(spool / "tmp" / "two.json", spool / "new" / "two.json")
-        await _until(lambda: not os.listdir(spool / "cur") and not os.listdir(spool / "new"))
+        # new/ first: a file moves new/ -> cur/ -> gone, so looking at cur/ first could miss it in between.
+        await _until(lambda: not os.listdir(spool / "new") and not os.listdir(spool / "cur"))
         assert seen and seen[0] == (["two.json"], ["two.json"])
         await _until(lambda: centre.acted == ["/tmp/two"])
     finally:
