@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 from sdd.actions import ActionServices, builtin_actions
 from sdd.config import ActionsConfig
 from sdd.engine import Workflow, WorkflowEngine
-from tests.support.trusted import trusted_dir
+from tests.support.trusted import traversable_tmpdir, trusted_dir
 
 from .procs import procs  # noqa: F401  (fixture)
 
@@ -84,9 +82,5 @@ def env(tmp_path: Path) -> Env:
 @pytest.fixture
 def area() -> Iterator[Path]:
     """An allowed root other users can reach (pytest's tmp_path is root's alone)."""
-    base = Path(tempfile.mkdtemp(prefix="sdd-act-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with traversable_tmpdir("sdd-act-", 0o755) as d:
+        yield d

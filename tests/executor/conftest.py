@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 from sdd_client.protocol import encode, read_message
 
 from sdd.executor import ExecutorServer, Policy
-from tests.support.trusted import trusted_dir
+from tests.support.trusted import traversable_tmpdir, trusted_dir
 
 from ..actions.procs import procs  # noqa: F401  (fixture)
 
@@ -69,12 +67,8 @@ class Box:
 @pytest.fixture
 def tmp_public() -> Iterator[Path]:
     """A directory other uids can reach (pytest's tmp_path is root's 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="sddx-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    try:
+    with traversable_tmpdir("sddx-", 0o755) as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

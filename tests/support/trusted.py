@@ -31,11 +31,12 @@ def trusted_dir(name: str) -> Path:
 
 
 @contextlib.contextmanager
-def traversable_tmpdir(prefix: str) -> Iterator[Path]:
-    """A new directory under /tmp that other users may pass through (0711): an unprivileged daemon's user must
-    reach its directories below. Removed afterwards."""
+def traversable_tmpdir(prefix: str, mode: int = 0o711) -> Iterator[Path]:
+    """A new directory under /tmp that other users may pass through (0711) or also list (0755): pytest's
+    tmp_path is root's alone, and an unprivileged daemon or a child of another uid must reach below it.
+    Removed afterwards."""
     d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    os.chmod(d, 0o711)
+    os.chmod(d, mode)
     try:
         yield d
     finally:
