@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from sdd_client.errors import ProtocolError
+from msgpack import packb
+from sdd_client.errors import FrameTooLarge, ProtocolError
 
 # Event names published on the hub (the `event` field of the socket API's subscribe stream): one list,
 # shared with the clients.
@@ -39,7 +40,7 @@ from sdd_client.events import (
     STEP_STARTED,
     STEP_WAITING,
 )
-from sdd_client.protocol import encode, event_message
+from sdd_client.protocol import HEADER, MAX_FRAME, encode, event_message, pack_payload
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,20 @@ Encoder = Callable[[str, Mapping[str, Any]], bytes]
 TAKE_MAX = 1024  # events one `take()` hands over: bounds a single write to a subscriber's socket
 
 
+# The msgpack bytes every frame of a kind starts with: a map of two, "event" and its name, then the "data"
+# key; only the data is packed per event (the bytes are those of `encode(event_message(name, data))`).
+_FRAME_PREFIXES = {name: b"\x82" + packb("event") + packb(name) + packb("data") for name in EVENT_NAMES}
+
+
 def socket_frame(name: str, data: Mapping[str, Any]) -> bytes:
     """The subscribe stream's frame of one event (length prefix + msgpack map)."""
-    return encode(event_message(name, data))
+    prefix = _FRAME_PREFIXES.get(name)
+    if prefix is None or type(data) is not dict:
+        return encode(event_message(name, data))
+    payload = prefix + pack_payload(data)
+    if len(payload) > MAX_FRAME:
+        raise FrameTooLarge(f"message of {len(payload)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return HEADER.pack(len(payload)) + payload
 
 
 class Published:
@@ -91,11 +103,15 @@ class Subscription:
 
     def _offer(self, event: Published) -> None:
         self.offered += 1
-        if len(self._queue) >= self.maxsize:
+        queue = self._queue
+        if len(queue) >= self.maxsize:
             self._dropped += 1
+            self._wakeup.set()
         else:
-            self._queue.append(event)
-        self._wakeup.set()
+            # The reader waits only on an empty queue: the first event wakes it, the rest need not.
+            if not queue:
+                self._wakeup.set()
+            queue.append(event)
 
     def take(self, limit: int = TAKE_MAX) -> list[Published]:
         """What is queued now, oldest first (at most `limit`), without waiting; a `lagged` event first when

@@ -44,7 +44,7 @@ log = logging.getLogger("sdd.bus")
 # not read fast enough can never make the daemon's memory grow without bound.
 MAX_WRITE_BACKLOG = 10_000
 CONNECT_TIMEOUT = 10.0
-SIGNAL_WINDOW = 0.002  # at most one write of signals per this many seconds
+SIGNAL_WINDOW = 0.01  # at most one write of signals per this many seconds (a desktop does not see 10 ms)
 
 
 class BridgeState(str, enum.Enum):
@@ -308,17 +308,11 @@ class BusBridge:
         # A signal after a quiet spell goes out at once; those of a burst are gathered for up to
         # SIGNAL_WINDOW and go out as one write.
         while (batch := await sub.batch(SIGNAL_WINDOW)) is not None:
-            signals = []
-            trigger = False
-            for event in batch:
-                name = event.name
-                if name in SIGNAL_EVENTS:
-                    signals.append(event)
-                elif name == hub_events.LAGGED:
-                    log.warning("D-Bus: fell behind the hub and dropped %s events", event.data.get("missed"))
-                if name in PROPERTY_TRIGGERS:
-                    trigger = True
-            if trigger:
+            signals = [event for event in batch if event.name in SIGNAL_EVENTS]
+            if batch and batch[0].name == hub_events.LAGGED:  # (take() puts it first)
+                log.warning("D-Bus: fell behind the hub and dropped %s events", batch[0].data.get("missed"))
+            # (in a burst a flush is already pending: the batch need not be looked at again)
+            if self._flush_handle is None and any(event.name in PROPERTY_TRIGGERS for event in batch):
                 self._schedule_flush()
             if signals and self.connected:
                 self._emit(signals)
@@ -331,14 +325,15 @@ class BusBridge:
         if room < len(events):
             self.dropped_signals += len(events) - max(room, 0)
             events = events[:max(room, 0)]
-        messages = []
+        messages: list[bytes] = []
+        append, next_serial = messages.append, bus.next_serial
         for event in events:
             sig = signal_for(event.name, event.data)
             if sig is None:
                 continue
             member, args = sig
             try:
-                messages.append(signal_message(member, args, bus.next_serial()))
+                append(signal_message(member, args, next_serial()))
             except Exception:
                 # A marshalling bug must not stop the bridge; the arguments are already cleaned.
                 log.exception("D-Bus: could not emit %s", member)

@@ -54,27 +54,37 @@ for _signature in SIGNALS.values():
         raise ValueError(f"wire: signature {_signature!r} has a type this module does not marshal")
 
 
+# A clean string → its marshalled form (u32 length, UTF-8, NUL). A run's id, its workflow's and steps' ids and
+# the statuses recur in every signal of the run, so most strings are marshalled once; bounded, and only short
+# strings are kept (file paths, which rarely recur, are not).
+_PIECES: dict[str, bytes] = {}
+_PIECES_MAX = 4096
+_PIECE_MAX_LEN = 128
+
+
+def _piece(text: str) -> bytes:
+    data = text.encode("utf-8")
+    piece = _U32.pack(len(data)) + data + b"\0"
+    if len(data) <= _PIECE_MAX_LEN:
+        if len(_PIECES) >= _PIECES_MAX:
+            _PIECES.clear()
+        _PIECES[text] = piece
+    return piece
+
+
 def body(signature: str, args: Sequence[str | float]) -> bytes:
     """The marshalled body of `args` for a signature of strings (`s`) and doubles (`d`). Strings must be
     valid D-Bus strings already (model.clean_str)."""
     if len(signature) != len(args):
         raise ValueError(f"wire: {len(args)} arguments for signature {signature!r}")
-    parts: list[bytes] = []
-    append = parts.append
-    offset = 0
+    out = b""
+    cached = _PIECES.get
     for code, value in zip(signature, args):
         if code == "s":
-            data = value.encode("utf-8")  # type: ignore[union-attr]
-            pad = -offset % 4
-            append(_PADS[pad] + _U32.pack(len(data)))
-            append(data)
-            append(b"\0")
-            offset += pad + 5 + len(data)
+            out += _PADS[-len(out) % 4] + (cached(value) or _piece(value))  # type: ignore[arg-type]
         else:
-            pad = -offset % 8
-            append(_PADS[pad] + _DOUBLE.pack(value))
-            offset += pad + 8
-    return b"".join(parts)
+            out += _PADS[-len(out) % 8] + _DOUBLE.pack(value)
+    return out
 
 
 def signal_message(member: str, args: Sequence[str | float], serial: int) -> bytes:

@@ -32,3 +32,18 @@ def test_signal_bytes_equal_dbus_next_marshalling(member: str, text: str) -> Non
 def test_the_contract_signatures_are_the_exported_ones() -> None:
     assert SIGNALS == {"DetectionReceived": "ssss", "RunStarted": "sss", "StepFinished": "sssd",
                        "RunFinished": "sssd", "Notification": "sss"}
+
+
+def test_marshalled_strings_are_kept_for_reuse_within_a_bound() -> None:
+    from sdd.bus import wire
+
+    run = "0190abcdef0123456789abcdef012345"
+    first = signal_message("StepFinished", [run, "s1", "completed", 0.5], 3)
+    assert run in wire._PIECES  # a run's id recurs in each of its signals
+    assert signal_message("StepFinished", [run, "s1", "completed", 0.5], 3) == first
+    long_path = "/home/alice/" + "d" * 200
+    signal_message("DetectionReceived", ["1", "malware", "high", long_path], 4)
+    assert long_path not in wire._PIECES  # long strings (file paths) rarely recur and are not kept
+    for i in range(wire._PIECES_MAX * 2):
+        signal_message("RunStarted", [f"run-{i}", "wf", "det"], 5)
+    assert len(wire._PIECES) <= wire._PIECES_MAX

@@ -140,3 +140,39 @@ async def test_a_burst_is_gathered_into_one_batch_and_an_event_after_a_quiet_spe
     assert [e.data["i"] for e in await asyncio.wait_for(later, 10) or []] == [1, 2, 3]
     sub.close()
     assert await sub.batch(0.05) is None
+
+
+def test_a_frame_holds_the_same_bytes_as_the_protocol_encoder_for_hostile_data() -> None:
+    import msgpack
+    import pytest
+    from sdd_client.errors import FrameTooLarge
+    from sdd_client.protocol import MAX_FRAME, decode, encode, event_message
+
+    hostile = [{}, {"file_path": "/tmp/bad-\udcff\udcfe.exe", "nested": {"list": [1, None, 2.5, "é"]}},
+               {"run_id": "r", "status": "completed", "seconds": 0.25, "error": None}, {"nul": "a\x00b"}]
+    for name in (*sorted(EVENT_NAMES), "a.kind.the.hub.does.not.know"):
+        for data in hostile:
+            frame = socket_frame(name, data)
+            assert frame == encode(event_message(name, data))
+            assert decode(frame[4:]) == {"event": name, "data": msgpack.unpackb(encode(data)[4:])}
+    view = {"x": 1}.items().mapping  # a Mapping that is not a dict goes the general way, with the same bytes
+    assert socket_frame(RUN_STARTED, view) == encode(event_message(RUN_STARTED, {"x": 1}))
+    with pytest.raises(FrameTooLarge, match="exceeds"):
+        socket_frame(STEP_FINISHED, {"error": "x" * MAX_FRAME})
+
+
+async def test_a_reader_woken_by_the_first_event_of_a_burst_gets_all_of_it_and_waits_again_when_empty() -> None:
+    hub = EventHub()
+    sub = hub.subscribe(maxsize=3)
+    reader = asyncio.ensure_future(sub.batch(0.0))
+    await asyncio.sleep(0)  # the reader waits on the empty queue
+    for i in range(5):  # only the first wakes it; two are dropped
+        hub.publish(RUN_STARTED, {"i": i})
+    batch = await asyncio.wait_for(reader, 10) or []
+    assert [(e.name, e.data) for e in batch] == [(LAGGED, {"missed": 2})] + [(RUN_STARTED, {"i": i}) for i in range(3)]
+    reader = asyncio.ensure_future(sub.batch(0.0))
+    await asyncio.sleep(0.01)
+    assert not reader.done()  # empty now: it waits
+    hub.publish(RUN_FINISHED, {"i": 9})
+    assert [e.data for e in await asyncio.wait_for(reader, 10) or []] == [{"i": 9}]
+    sub.close()
