@@ -143,7 +143,8 @@ def decode(payload: bytes, max_size: int = MAX_FRAME, max_depth: int = MAX_DEPTH
         raise MalformedFrame(f"payload is not valid msgpack: {str(exc) or type(exc).__name__}") from None
     if not isinstance(value, dict):
         raise MalformedFrame(f"payload must be a msgpack map, got {type(value).__name__}")
-    check_depth(value, max_depth)
+    if len(payload) > max_depth:  # each level of nesting takes at least a byte: a short payload cannot be deep
+        check_depth(value, max_depth)
     return value
 
 

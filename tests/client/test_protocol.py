@@ -44,6 +44,20 @@ def test_decode_refuses_malformed_payloads(payload, fragment):
         protocol.decode(payload)
 
 
+def test_the_depth_limit_holds_at_its_edge_for_the_shortest_payloads():
+    # decode skips the depth walk for a payload no longer than the limit (each level takes a byte). The
+    # tightest payloads of each depth around the limit show that nothing deeper slips through.
+    for limit in range(1, 10):
+        for lists in range(0, 12):
+            payload = b"\x81\xa0" + b"\x91" * lists + b"\x80"  # {"": [[...[{}]...]]}: one byte a level
+            depth = lists + 2
+            if depth > limit:
+                with pytest.raises(MalformedFrame, match=f"deeper than {limit}"):
+                    protocol.decode(payload, max_depth=limit)
+            else:
+                assert protocol.decode(payload, max_depth=limit) is not None
+
+
 def test_length_prefix_over_one_mebibyte_is_refused_before_reading():
     with pytest.raises(FrameTooLarge):
         protocol.frame_length(struct.pack(">I", 0xFFFFFFFF))
