@@ -48,7 +48,7 @@ def test_the_depth_limit_holds_at_its_edge_for_the_shortest_payloads():
     # decode skips the depth walk for a payload no longer than the limit (each level takes a byte). The
     # tightest payloads of each depth around the limit show that nothing deeper slips through.
     for limit in range(1, 10):
-        for lists in range(0, 12):
+        for lists in range(12):
             payload = b"\x81\xa0" + b"\x91" * lists + b"\x80"  # {"": [[...[{}]...]]}: one byte a level
             depth = lists + 2
             if depth > limit:
