@@ -11,8 +11,9 @@ missing or refuses us, the bridge logs it and a reconnect loop tries again with 
 (waiting on an event, not polling); when the bus comes back the object is exported again and the name
 re-requested. Hub events that arrive while disconnected are consumed and dropped (signals are not replayed).
 Signals are batched: a signal after a quiet spell goes out at once, those of a burst are gathered for up to
-`SIGNAL_WINDOW` and go out as one write of ready-made message bytes (`wire`, marshalled without dbus-next's
-generic marshaller), in order, with the signatures of the contract.
+`SIGNAL_WINDOW` (`BURST_WINDOW` while writes carry `BURST_EVENTS` or more) and go out as one write of
+ready-made message bytes (`wire`, marshalled without dbus-next's generic marshaller), in order, with the
+signatures of the contract.
 `PropertiesChanged` is coalesced: at most one per `coalesce_interval` however many events a burst brings.
 """
 
@@ -44,7 +45,14 @@ log = logging.getLogger("sdd.bus")
 # not read fast enough can never make the daemon's memory grow without bound.
 MAX_WRITE_BACKLOG = 10_000
 CONNECT_TIMEOUT = 10.0
-SIGNAL_WINDOW = 0.01  # at most one write of signals per this many seconds (a desktop does not see 10 ms)
+SIGNAL_WINDOW = 0.002  # at most one write of signals per this many seconds...
+BURST_WINDOW = 0.01  # ...or this many while a burst goes on (a desktop does not see 10 ms): dbus-daemon and
+BURST_EVENTS = 32    # the daemon wake a fifth as often. A burst: the last write carried this many events.
+
+
+def next_window(events_in_last_batch: int) -> float:
+    """How long the bridge gathers signals before its next write, after a write of this many events."""
+    return BURST_WINDOW if events_in_last_batch >= BURST_EVENTS else SIGNAL_WINDOW
 
 
 class BridgeState(str, enum.Enum):
@@ -306,8 +314,10 @@ class BusBridge:
 
     async def _pump(self, sub: Subscription) -> None:
         # A signal after a quiet spell goes out at once; those of a burst are gathered for up to
-        # SIGNAL_WINDOW and go out as one write.
-        while (batch := await sub.batch(SIGNAL_WINDOW)) is not None:
+        # SIGNAL_WINDOW (BURST_WINDOW once the writes are big) and go out as one write.
+        window = SIGNAL_WINDOW
+        while (batch := await sub.batch(window)) is not None:
+            window = next_window(len(batch))
             signals = [event for event in batch if event.name in SIGNAL_EVENTS]
             if batch and batch[0].name == hub_events.LAGGED:  # (take() puts it first)
                 log.warning("D-Bus: fell behind the hub and dropped %s events", batch[0].data.get("missed"))

@@ -527,3 +527,12 @@ async def test_stop_releases_the_name_and_unsubscribes(private_bus: Any, status:
     finally:
         close_bus(watcher)
 
+
+
+def test_signals_are_gathered_longer_only_while_a_burst_goes_on() -> None:
+    from sdd.bus.bridge import BURST_EVENTS, BURST_WINDOW, SIGNAL_WINDOW, next_window
+
+    assert next_window(1) == SIGNAL_WINDOW  # one-off signals wait at most the short window
+    assert next_window(BURST_EVENTS - 1) == SIGNAL_WINDOW
+    assert next_window(BURST_EVENTS) == BURST_WINDOW  # a big write: the next one gathers for longer
+    assert SIGNAL_WINDOW < BURST_WINDOW <= 0.01
