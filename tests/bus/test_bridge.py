@@ -528,7 +528,6 @@ async def test_stop_releases_the_name_and_unsubscribes(private_bus: Any, status:
         close_bus(watcher)
 
 
-
 def test_signals_are_gathered_longer_only_while_a_burst_goes_on() -> None:
     from sdd.bus.bridge import BURST_EVENTS, BURST_WINDOW, SIGNAL_WINDOW, next_window
 

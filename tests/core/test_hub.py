@@ -7,6 +7,11 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import msgpack
+import pytest
+from sdd_client.errors import FrameTooLarge
+from sdd_client.protocol import MAX_FRAME, decode, encode, event_message
+
 from sdd.hub import EVENT_NAMES, LAGGED, RUN_FINISHED, RUN_STARTED, STEP_FINISHED, EventHub, socket_frame
 
 
@@ -143,11 +148,6 @@ async def test_a_burst_is_gathered_into_one_batch_and_an_event_after_a_quiet_spe
 
 
 def test_a_frame_holds_the_same_bytes_as_the_protocol_encoder_for_hostile_data() -> None:
-    import msgpack
-    import pytest
-    from sdd_client.errors import FrameTooLarge
-    from sdd_client.protocol import MAX_FRAME, decode, encode, event_message
-
     hostile = [{}, {"file_path": "/tmp/bad-\udcff\udcfe.exe", "nested": {"list": [1, None, 2.5, "é"]}},
                {"run_id": "r", "status": "completed", "seconds": 0.25, "error": None}, {"nul": "a\x00b"}]
     for name in (*sorted(EVENT_NAMES), "a.kind.the.hub.does.not.know"):
@@ -171,7 +171,8 @@ async def test_a_reader_woken_by_the_first_event_of_a_burst_gets_all_of_it_and_w
     batch = await asyncio.wait_for(reader, 10) or []
     assert [(e.name, e.data) for e in batch] == [(LAGGED, {"missed": 2})] + [(RUN_STARTED, {"i": i}) for i in range(3)]
     reader = asyncio.ensure_future(sub.batch(0.0))
-    await asyncio.sleep(0.01)
+    for _ in range(3):  # loop turns, not time: the reader has had every chance to run
+        await asyncio.sleep(0)
     assert not reader.done()  # empty now: it waits
     hub.publish(RUN_FINISHED, {"i": 9})
     assert [e.data for e in await asyncio.wait_for(reader, 10) or []] == [{"i": 9}]
