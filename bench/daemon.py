@@ -388,6 +388,14 @@ class _Watcher:
         return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def _bridge_pid(daemon_pid: int) -> int:
+    """The daemon's D-Bus bridge process (`sdd.bus.child`), its only child in these benches."""
+    for child in Path(f"/proc/{daemon_pid}/task/{daemon_pid}/children").read_text().split():
+        if "sdd.bus.child" in Path(f"/proc/{child}/cmdline").read_text():
+            return int(child)
+    raise AssertionError("the daemon has no D-Bus bridge process")
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -459,14 +467,15 @@ def run_watchers(rounds: int = 5) -> dict[str, Any]:
                 b.wait_for(lambda: b.client().call("status")["bus"]["state"] == "connected", timeout=20,
                            what="the D-Bus bridge connected")
                 unwatched, watched, missed = [], [], 0
-                cpu: dict[str, list[float]] = {"unwatched_daemon": [], "watched_daemon": [], "watcher": [],
-                                               "dbus_daemon": []}
+                cpu: dict[str, list[float]] = {"unwatched_daemon": [], "watched_daemon": [], "dbus_bridge": [],
+                                               "watcher": [], "dbus_daemon": []}
                 for r in range(rounds):
                     before = _cpu_seconds(a.pid)
                     unwatched.append(_daemon_burst(a, f"a{r}_"))
                     cpu["unwatched_daemon"].append(_cpu_seconds(a.pid) - before)
                     watcher = _Watcher(b.socket)
-                    pids = {"watched_daemon": b.pid, "watcher": watcher.proc.pid, "dbus_daemon": bus.proc.pid}
+                    pids = {"watched_daemon": b.pid, "dbus_bridge": _bridge_pid(b.pid), "watcher": watcher.proc.pid,
+                            "dbus_daemon": bus.proc.pid}
                     before_all = {k: _cpu_seconds(pid) for k, pid in pids.items()}
                     watched.append(_daemon_burst(b, f"b{r}_"))
                     for k, pid in pids.items():
@@ -483,8 +492,8 @@ def run_watchers(rounds: int = 5) -> dict[str, Any]:
     out["burst_watched_per_s"] = [round(x) for x in watched]
     out["burst_watched_subscriber_missed"] = missed
     out["burst_watched_dbus_state"] = bus_info.get("state")
-    # CPU per detection of each process in the bursts: on 2 cores the watcher and dbus-daemon compete with
-    # the daemon for CPU, so the daemon's own cost and the machine's are both shown.
+    # CPU per detection of each process in the bursts: on 2 cores the D-Bus bridge process, the watcher and
+    # dbus-daemon compete with the daemon for CPU, so the daemon's own cost and the machine's are both shown.
     out["burst_cpu_us_per_detection"] = {k: round(min(v) / BURST * 1e6) for k, v in cpu.items()}
     out["watched_over_unwatched"] = round(best_b / best_a, 3)
     # The machine's own speed drifts by tens of percent between bursts here (a shared VM): the ratio of each

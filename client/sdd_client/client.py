@@ -217,8 +217,7 @@ class EventStream:
             sock.close()
             raise
         sock.settimeout(None)  # events may be minutes apart
-        self._buf = b""  # bytes received and not yet handed out, from self._pos on
-        self._pos = 0
+        self._frames = protocol.FrameBuffer()
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -233,7 +232,7 @@ class EventStream:
     def __next__(self) -> Event:
         # Events come in bursts: one recv takes many frames, which are then handed out from the buffer.
         while True:
-            payload = self._buffered_payload()
+            payload = self._frames.payload()
             if payload is not None:
                 return _event(protocol.decode(payload, max_depth=protocol.REPLY_MAX_DEPTH))
             try:
@@ -243,23 +242,10 @@ class EventStream:
             except OSError as exc:
                 raise DaemonUnreachable(self._where, exc.strerror or str(exc)) from None
             if not chunk:
-                if len(self._buf) > self._pos:
-                    raise TruncatedFrame(f"connection closed inside a frame ({len(self._buf) - self._pos} bytes)")
+                if self._frames.pending:
+                    raise TruncatedFrame(f"connection closed inside a frame ({self._frames.pending} bytes)")
                 raise StopIteration
-            self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) else chunk
-            self._pos = 0
-
-    def _buffered_payload(self) -> bytes | None:
-        """The next whole frame's payload in the buffer, or None when more bytes are needed."""
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < protocol.HEADER_SIZE:
-            return None
-        start = pos + protocol.HEADER_SIZE
-        end = start + protocol.frame_length(buf[pos:start])
-        if len(buf) < end:
-            return None
-        self._pos = end
-        return buf[start:end]
+            self._frames.feed(chunk)
 
     def close(self) -> None:
         self._sock.close()

@@ -116,6 +116,39 @@ def frame_length(header: bytes, max_size: int = MAX_FRAME) -> int:
     return length
 
 
+class FrameBuffer:
+    """Whole frames out of a byte stream that arrives in chunks: events come in bursts, so one read can carry
+    many frames, which are then handed out from the buffer (one chunk copied once, not once per frame)."""
+
+    __slots__ = ("_buf", "_pos", "max_size")
+
+    def __init__(self, max_size: int = MAX_FRAME) -> None:
+        self.max_size = max_size
+        self._buf = b""  # bytes received and not yet handed out, from self._pos on
+        self._pos = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) else chunk
+        self._pos = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a frame not yet whole."""
+        return len(self._buf) - self._pos
+
+    def payload(self) -> bytes | None:
+        """The next whole frame's payload, or None when more bytes are needed; ProtocolError on a bad prefix."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return None
+        start = pos + HEADER_SIZE
+        end = start + frame_length(buf[pos:start], self.max_size)
+        if len(buf) < end:
+            return None
+        self._pos = end
+        return buf[start:end]
+
+
 def decode(payload: bytes, max_size: int = MAX_FRAME, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     """Unpacks one msgpack map from a frame's payload, within explicit limits."""
     if len(payload) > max_size:

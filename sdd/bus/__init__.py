@@ -1,8 +1,22 @@
-"""sdd.bus: the D-Bus bridge, the only part of the daemon that imports dbus-next. Re-exports only; see bridge.py."""
+"""sdd.bus: the D-Bus bridge. Re-exports only; see bridge.py (the bridge), process.py (the daemon's side of it,
+which runs it in a process of its own) and child.py (that process).
+
+Only the bridge process imports dbus-next: `BusBridge` loads on first use, so the daemon that imports
+`sdd.bus.process` does not load it."""
+
+from typing import Any
 
 from .address import BusKind, parse_bus_spec, resolve_address
-from .bridge import BridgeState, BusBridge
-from .model import BUS_NAME, INTERFACE, MAX_STRING, OBJECT_PATH, Properties, clean_str, signal_for
+from .model import (
+    BUS_NAME,
+    INTERFACE,
+    MAX_STRING,
+    OBJECT_PATH,
+    BridgeState,
+    Properties,
+    clean_str,
+    signal_for,
+)
 
 __all__ = [
     "BUS_NAME",
@@ -18,3 +32,11 @@ __all__ = [
     "resolve_address",
     "signal_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BusBridge":
+        from .bridge import BusBridge
+
+        return BusBridge
+    raise AttributeError(f"module 'sdd.bus' has no attribute {name!r}")

@@ -20,7 +20,6 @@ signatures of the contract.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -35,7 +34,15 @@ from sdd.hub import EventHub, Published, Subscription
 
 from .address import BusKind, parse_bus_spec, resolve_address
 from .interface import Sdd1Interface
-from .model import BUS_NAME, OBJECT_PATH, PROPERTY_TRIGGERS, SIGNAL_EVENTS, Properties, signal_for
+from .model import (
+    BUS_NAME,
+    OBJECT_PATH,
+    PROPERTY_TRIGGERS,
+    SIGNAL_EVENTS,
+    BridgeState,
+    Properties,
+    signal_for,
+)
 from .quirks import open_message_bus, quiet_client_errors, send_batch, write_backlog
 from .wire import signal_message
 
@@ -55,13 +62,6 @@ def next_window(events_in_last_batch: int) -> float:
     return BURST_WINDOW if events_in_last_batch >= BURST_EVENTS else SIGNAL_WINDOW
 
 
-class BridgeState(str, enum.Enum):
-    DISABLED = "disabled"  # bus = "none", or an unusable bus spec
-    STOPPED = "stopped"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-
-
 class BusBridge:
     """Publishes hub events on D-Bus; see the module docstring. Start and stop it from the event loop."""
 
@@ -75,8 +75,10 @@ class BusBridge:
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         queue_size: int = 1000,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self._hub = hub
+        self._on_change = on_change  # called after every change of state, name ownership or last error
         self._status = status
         self.bus_spec = bus_spec
         self.coalesce_interval = coalesce_interval
@@ -118,10 +120,12 @@ class BusBridge:
         except ValueError as e:
             log.error("D-Bus disabled: %s", e)
             self.state, self.last_error = BridgeState.DISABLED, str(e)
+            self._changed()
             return
         if self._kind is BusKind.NONE:
             log.info("D-Bus disabled (dbus.bus = \"none\")")
             self.state = BridgeState.DISABLED
+            self._changed()
             return
         quiet_client_errors()
         self._stop.clear()
@@ -174,6 +178,12 @@ class BusBridge:
         self._connected.clear()
         if self.state is not BridgeState.DISABLED:
             self.state = BridgeState.STOPPED
+        self._changed()
+
+    def _changed(self) -> None:
+        self._state_changed.set()
+        if self._on_change is not None:
+            self._on_change()
 
     @staticmethod
     async def _barrier(bus: MessageBus, timeout: float) -> None:
@@ -240,6 +250,7 @@ class BusBridge:
                 else:
                     log.debug("D-Bus: still cannot connect: %s", self.last_error)
                 self._first_attempt.set()
+                self._changed()
                 await self._wait_stop(delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
@@ -252,8 +263,8 @@ class BusBridge:
             # The new bus has no subscriber who saw older values: take the current ones as the baseline.
             self._emitted = self._read_properties().as_dbus()
             self._connected.set()
-            self._state_changed.set()
             self._first_attempt.set()
+            self._changed()
             log.info("D-Bus: connected to %s as %s, owning %s", self.address, bus.unique_name, BUS_NAME)
             try:
                 await bus.wait_for_disconnect()
@@ -263,13 +274,13 @@ class BusBridge:
                 self.last_error = f"connection lost: {type(e).__name__}: {e}"
             finally:
                 self._connected.clear()
-                self._state_changed.set()
                 self._bus = None
                 self.owns_name = False
                 close_transport(bus)
             if self._stop.is_set():
                 break
             self.state = BridgeState.CONNECTING
+            self._changed()
             log.warning("D-Bus: lost the bus at %s; reconnecting in the background", self.address)
             # Reconnect at once: a bus restart is usually quick, and failures back off from here.
 
@@ -302,6 +313,7 @@ class BusBridge:
         if (msg.sender == "org.freedesktop.DBus" and msg.member in ("NameAcquired", "NameLost")
                 and msg.body and msg.body[0] == BUS_NAME):
             self.owns_name = msg.member == "NameAcquired"
+            self._changed()
             log.info("D-Bus: %s %s", "now owning" if self.owns_name else "lost", BUS_NAME)
 
     async def _wait_stop(self, seconds: float) -> None:

@@ -3,6 +3,7 @@ status gives, and the cleaning that makes hostile detection fields safe to send.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +14,17 @@ from sdd import hub as hub_events
 BUS_NAME = "org.searchanddestroy.Sdd1"
 OBJECT_PATH = "/org/searchanddestroy/Sdd1"
 INTERFACE = "org.searchanddestroy.Sdd1"
+
+
+class BridgeState(str, enum.Enum):
+    """Where the bridge's connection stands (`status()["bus"]["state"]`)."""
+
+    DISABLED = "disabled"  # bus = "none", or an unusable bus spec
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+
+
 # The contract's signals and their D-Bus signatures: the exported interface and the wire encoder read them here.
 SIGNALS = {
     "DetectionReceived": "ssss",

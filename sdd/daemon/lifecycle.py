@@ -40,7 +40,7 @@ from sdd.sdnotify import Notifier, watchdog_interval
 from sdd.store import Store
 
 if TYPE_CHECKING:
-    from sdd.bus import BusBridge
+    from sdd.bus.process import BridgeProcess
 
 log = logging.getLogger("sdd.daemon")
 
@@ -79,7 +79,7 @@ class Daemon:
         self.intake: Intake | None = None
         self.scheduler: Scheduler | None = None
         self.api: ApiServer | None = None
-        self.bus: BusBridge | None = None
+        self.bus: BridgeProcess | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._first_scan = asyncio.Event()
@@ -372,15 +372,21 @@ class Daemon:
     async def _start_bus(self) -> None:
         if self.config.dbus.bus == "none":
             return
-        from sdd.bus import BusBridge  # (dbus-next loads only when a bus is configured)
+        from sdd.bus.process import BridgeProcess  # (its own process: the daemon never loads dbus-next)
 
         try:
-            bridge = BusBridge(self.hub, self.status, self.config.dbus.bus)
+            bridge = BridgeProcess(self.hub, self._bus_properties, self.config.dbus.bus,
+                                   log_level=self.config.logging.level, log_target=self.config.logging.target)
             await bridge.start()
         except Exception as exc:  # noqa: BLE001 -- must not stop the daemon
             log.error("D-Bus bridge failed to start; running without it", extra=kv(error=exc))
             return
         self.bus = bridge
+
+    def _bus_properties(self) -> dict[str, Any]:
+        """What the bus's properties show (Version, State, ActiveRuns, QueuedDetections), as in status()."""
+        return {"version": __version__, "state": self.state.value, "active_runs": len(self.engine.active_runs),
+                "queued_detections": self.dispatcher.queued}
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
