@@ -166,7 +166,7 @@ class BridgeProcess:
             if self._stopping.is_set():
                 return
             self.state = BridgeState.CONNECTING
-            self.last_error = f"the D-Bus bridge process ended ({how}); starting it again in {delay:g}s"
+            self.last_error = f"the bridge process ended ({how}); starting it again in {delay:g}s"
             log.error("D-Bus: %s", self.last_error)
             try:
                 await asyncio.wait_for(self._stopping.wait(), delay)

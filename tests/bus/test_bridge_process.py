@@ -126,6 +126,7 @@ async def test_a_killed_bridge_process_is_started_again_and_signals_flow(
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(noticed(), WAIT)
+    assert b.state is BridgeState.CONNECTING and "killed by SIGKILL" in (b.last_error or ""), b.last_error
     await asyncio.wait_for(replaced(), WAIT)
     assert pid_gone(first) and b.restarts == 1
     collector: SignalCollector = await collector_factory(private_bus.address)
