@@ -71,6 +71,15 @@ async def get_property(address: str, name: str) -> Any:
         close_bus(bus)
 
 
+def bridge_child(daemon_pid: int) -> int:
+    """The daemon's only child, which must be its D-Bus bridge process."""
+    with open(f"/proc/{daemon_pid}/task/{daemon_pid}/children") as f:
+        (child,) = (int(p) for p in f.read().split())
+    with open(f"/proc/{child}/cmdline", "rb") as f:
+        assert b"sdd.bus.child" in f.read()
+    return child
+
+
 def pid_gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -204,3 +213,25 @@ async def test_a_bus_that_is_not_there_is_reported_and_bus_none_starts_no_proces
     finally:
         await missing.stop()
     assert pid_gone(missing.pid) and missing.state is BridgeState.STOPPED
+
+
+async def test_a_daemon_killed_with_sigkill_takes_its_bridge_process_and_the_name_with_it(
+        tmp_path: Any, private_bus: Any) -> None:
+    from tests.support.daemon import DaemonProcess
+
+    d = DaemonProcess(tmp_path, config_overrides={"dbus": {"bus": private_bus.address}})
+    try:
+        await asyncio.to_thread(d.start)
+        await asyncio.to_thread(d.wait_for, lambda: d.client().call("status")["bus"]["state"] == "connected",
+                                20, 0.05, "the bridge connected")
+        child = bridge_child(d.pid)
+        assert await name_owner(private_bus.address) is not None
+        d.kill()  # SIGKILL: no stop(), no last words; the socket's end of file is all the child gets
+
+        async def gone() -> None:
+            while not pid_gone(child) or await name_owner(private_bus.address) is not None:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(gone(), WAIT)
+    finally:
+        await asyncio.to_thread(d.close)
