@@ -113,6 +113,10 @@ class Subscription:
                 self._wakeup.set()
             queue.append(event)
 
+    def __len__(self) -> int:
+        """Events queued and not yet taken."""
+        return len(self._queue)
+
     def take(self, limit: int = TAKE_MAX) -> list[Published]:
         """What is queued now, oldest first (at most `limit`), without waiting; a `lagged` event first when
         events were dropped since the last take."""

@@ -197,6 +197,11 @@ class BusBridge:
             log.debug("D-Bus: no answer to the final ping: %s", e)
 
     @property
+    def queued(self) -> int:
+        """Hub events waiting for the bridge to take them (for a feeder that must not outrun it)."""
+        return len(self._sub) if self._sub is not None else 0
+
+    @property
     def connected(self) -> bool:
         return self._bus is not None and self._bus.connected and self._connected.is_set()
 

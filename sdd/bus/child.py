@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import socket
 import sys
@@ -26,8 +27,14 @@ from sdd.logging import setup_logging
 
 from .bridge import BusBridge
 
+log = logging.getLogger("sdd.bus")
+
 MAX_DEPTH = 8  # (the first message's check; see _decode)
 READ_CHUNK = 256 * 1024
+# The bridge's queue here. One read can bring several of the daemon's batches (up to 1,024 events each) when
+# this process fell behind; the reads pause while half of it is taken, so the socket pushes back on the
+# daemon, whose own queue then drops with a `lagged` count, as it would for a bridge inside the daemon.
+QUEUE = 16_384
 _unpackb = msgpack.unpackb
 
 
@@ -59,7 +66,7 @@ async def serve(fd: int, bus_spec: str) -> int:
             "unique_name": b.info()["unique_name"], "reconnects": max(b.connections - 1, 0),
             "dropped_signals": b.dropped_signals, "sent_signals": b.sent_signals, "first_attempt": started}}))
 
-    bridge = BusBridge(hub, lambda: props, bus_spec, on_change=report)
+    bridge = BusBridge(hub, lambda: props, bus_spec, on_change=report, queue_size=QUEUE)
     drain_timeout, stopping = 1.0, False
     try:
         first = await protocol.read_message(reader, max_depth=MAX_DEPTH)  # the values to serve from the start
@@ -88,8 +95,10 @@ async def serve(fd: int, bus_spec: str) -> int:
                 elif "stop" in message:
                     drain_timeout, stopping = float(message["stop"]), True
                     break
+            while bridge.queued > QUEUE // 2:
+                await asyncio.sleep(0.001)
     except (ConnectionError, protocol.ProtocolError, ValueError, TypeError) as exc:
-        print(f"sdd-dbus: reading the daemon's socket: {exc}", file=sys.stderr)
+        log.error("D-Bus: the bridge process cannot read the daemon's socket: %s", exc)
     finally:
         await bridge.stop(drain_timeout)
         report()

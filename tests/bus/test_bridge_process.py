@@ -235,3 +235,23 @@ async def test_a_daemon_killed_with_sigkill_takes_its_bridge_process_and_the_nam
         await asyncio.wait_for(gone(), WAIT)
     finally:
         await asyncio.to_thread(d.close)
+
+
+async def test_a_burst_bigger_than_the_bridges_own_queue_arrives_whole(
+        private_bus: Any, collector_factory: Any) -> None:
+    # The feed hands over up to 1,024 events a write and the child may read several writes at once: it must
+    # pause its reads rather than drop what its bridge has not taken yet.
+    hub = EventHub()
+    b = BridgeProcess(hub, Props(), private_bus.address, log_level="warning", queue_size=100_000)
+    await b.start()
+    try:
+        assert b.connected
+        collector: SignalCollector = await collector_factory(private_bus.address)
+        n = 12_000
+        for i in range(n):
+            hub.publish(ev.STEP_FINISHED, {"run_id": "r", "step_id": f"s{i}", "status": "completed", "seconds": 0})
+        got = await collector.wait_for("StepFinished", n, timeout=50)
+        assert [m.body[1] for m in got] == [f"s{i}" for i in range(n)]
+    finally:
+        await b.stop()
+    assert b.report.get("sent_signals") == n
