@@ -56,6 +56,16 @@ def child_command() -> list[str]:
     return [sys.executable, "-P", "-m", "sdd.bus.child"]
 
 
+def _how(code: int | None) -> str:
+    """How a child ended, from its return code."""
+    if code is None or code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 class BridgeProcess:
     """The D-Bus bridge as a child process; same surface as `BusBridge` for the daemon. See the module doc."""
 
@@ -121,6 +131,7 @@ class BridgeProcess:
             self.state = BridgeState.DISABLED
             return
         self.state = BridgeState.CONNECTING
+        self._stopping.clear()
         self._sub = self._hub.subscribe(self._queue_size, SIGNAL_EVENTS | PROPERTY_TRIGGERS)
         first = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._supervise(first), name="sdd-bus-process")
@@ -215,8 +226,7 @@ class BridgeProcess:
                 proc.kill()
                 await proc.wait()
             writer.close()
-        code = proc.returncode
-        return f"exit status {code}" if code is None or code >= 0 else f"killed by {signal.Signals(-code).name}"
+        return _how(proc.returncode)
 
     async def _pump(self, writer: asyncio.StreamWriter) -> None:
         sub = self._sub

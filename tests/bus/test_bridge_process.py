@@ -255,3 +255,21 @@ async def test_a_burst_bigger_than_the_bridges_own_queue_arrives_whole(
     finally:
         await b.stop()
     assert b.report.get("sent_signals") == n
+
+
+async def test_a_stopped_bridge_process_starts_again(private_bus: Any, collector_factory: Any) -> None:
+    hub = EventHub()
+    b = BridgeProcess(hub, Props(), private_bus.address, log_level="warning")
+    await b.start()
+    first = b.pid
+    await b.stop()
+    assert first is not None and pid_gone(first)
+    await b.start()
+    try:
+        assert b.connected and b.pid != first
+        collector: SignalCollector = await collector_factory(private_bus.address)
+        hub.publish(ev.RUN_STARTED, {"run_id": "r3", "workflow_id": "wf", "detection_id": "1"})
+        (started,) = await collector.wait_for("RunStarted")
+        assert started.body == ["r3", "wf", "1"]
+    finally:
+        await b.stop()
