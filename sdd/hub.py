@@ -113,8 +113,9 @@ class Subscription:
                 self._wakeup.set()
             queue.append(event)
 
-    def __len__(self) -> int:
-        """Events queued and not yet taken."""
+    @property
+    def queued(self) -> int:
+        """Events queued and not yet taken (a property, not __len__: an empty subscription stays truthy)."""
         return len(self._queue)
 
     def take(self, limit: int = TAKE_MAX) -> list[Published]:

@@ -34,13 +34,17 @@ from sdd.hub import EventHub, Published, Subscription
 
 from .address import BusKind, parse_bus_spec, resolve_address
 from .interface import Sdd1Interface
-from .model import (
+from .model import (  # (the windows are re-exported here for the bridge's tests and readers)
+    BURST_EVENTS,
+    BURST_WINDOW,
     BUS_NAME,
     OBJECT_PATH,
     PROPERTY_TRIGGERS,
     SIGNAL_EVENTS,
+    SIGNAL_WINDOW,
     BridgeState,
     Properties,
+    next_window,
     signal_for,
 )
 from .quirks import open_message_bus, quiet_client_errors, send_batch, write_backlog
@@ -52,14 +56,7 @@ log = logging.getLogger("sdd.bus")
 # not read fast enough can never make the daemon's memory grow without bound.
 MAX_WRITE_BACKLOG = 10_000
 CONNECT_TIMEOUT = 10.0
-SIGNAL_WINDOW = 0.002  # at most one write of signals per this many seconds...
-BURST_WINDOW = 0.01  # ...or this many while a burst goes on (a desktop does not see 10 ms): dbus-daemon and
-BURST_EVENTS = 32    # the daemon wake a fifth as often. A burst: the last write carried this many events.
-
-
-def next_window(events_in_last_batch: int) -> float:
-    """How long the bridge gathers signals before its next write, after a write of this many events."""
-    return BURST_WINDOW if events_in_last_batch >= BURST_EVENTS else SIGNAL_WINDOW
+__all__ = ["BURST_EVENTS", "BURST_WINDOW", "SIGNAL_WINDOW", "BusBridge", "next_window"]
 
 
 class BusBridge:
@@ -199,7 +196,7 @@ class BusBridge:
     @property
     def queued(self) -> int:
         """Hub events waiting for the bridge to take them (for a feeder that must not outrun it)."""
-        return len(self._sub) if self._sub is not None else 0
+        return self._sub.queued if self._sub is not None else 0
 
     @property
     def connected(self) -> bool:

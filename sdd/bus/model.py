@@ -25,6 +25,20 @@ class BridgeState(str, enum.Enum):
     CONNECTED = "connected"
 
 
+# Signals go out in batches: at most one write per SIGNAL_WINDOW seconds, or per BURST_WINDOW while a burst
+# goes on (a desktop does not see 10 ms; dbus-daemon and the daemon wake a fifth as often). A burst: the last
+# write carried BURST_EVENTS events or more. The bridge's writes to the bus and the daemon's to the bridge
+# process both keep to it.
+SIGNAL_WINDOW = 0.002
+BURST_WINDOW = 0.01
+BURST_EVENTS = 32
+
+
+def next_window(events_in_last_batch: int) -> float:
+    """How long to gather signals before the next write, after a write of this many events."""
+    return BURST_WINDOW if events_in_last_batch >= BURST_EVENTS else SIGNAL_WINDOW
+
+
 # The contract's signals and their D-Bus signatures: the exported interface and the wire encoder read them here.
 SIGNALS = {
     "DetectionReceived": "ssss",

@@ -9,7 +9,7 @@ and, from a hub subscription to the events that become signals or may change a p
 - reads the child's reports (`{"report": ...}`: state, whether it owns the name, the last error), which
   `status()` and desktop notifications go by, as they went by the in-process bridge's attributes.
 
-Batches go out at most one per `bridge.SIGNAL_WINDOW` (`BURST_WINDOW` in a burst), as the bridge writes them.
+Batches go out at most one per `model.SIGNAL_WINDOW` (`BURST_WINDOW` in a burst), as the bridge writes them.
 A child that ends on its own is started again with a growing back-off; what the hub published meanwhile is
 dropped, as signals are while the bus is away. `stop()` sends what is queued, the final property values and
 `{"stop": drain_timeout}`; the child stops its bridge (which flushes them to the bus and waits for the bus to
@@ -35,20 +35,12 @@ from sdd import hub as hub_events
 from sdd.hub import EventHub, Subscription
 
 from .address import BusKind, parse_bus_spec
-from .model import BUS_NAME, PROPERTY_TRIGGERS, SIGNAL_EVENTS, BridgeState
+from .model import BUS_NAME, PROPERTY_TRIGGERS, SIGNAL_EVENTS, SIGNAL_WINDOW, BridgeState, next_window
 
 log = logging.getLogger("sdd.bus")
 
-# The same windows as the bridge's own writes (bridge.py; kept here so that the daemon need not import it).
-SIGNAL_WINDOW = 0.002
-BURST_WINDOW = 0.01
-BURST_EVENTS = 32
 START_TIMEOUT = 10.0  # for the child's first report: interpreter start, imports, the first connection attempt
 REPORT_MAX_DEPTH = 4
-
-
-def next_window(events_in_last_batch: int) -> float:
-    return BURST_WINDOW if events_in_last_batch >= BURST_EVENTS else SIGNAL_WINDOW
 
 
 def child_command() -> list[str]:
