@@ -34,9 +34,7 @@ from sdd.hub import EventHub, Published, Subscription
 
 from .address import BusKind, parse_bus_spec, resolve_address
 from .interface import Sdd1Interface
-from .model import (  # (the windows are re-exported here for the bridge's tests and readers)
-    BURST_EVENTS,
-    BURST_WINDOW,
+from .model import (
     BUS_NAME,
     OBJECT_PATH,
     PROPERTY_TRIGGERS,
@@ -56,7 +54,6 @@ log = logging.getLogger("sdd.bus")
 # not read fast enough can never make the daemon's memory grow without bound.
 MAX_WRITE_BACKLOG = 10_000
 CONNECT_TIMEOUT = 10.0
-__all__ = ["BURST_EVENTS", "BURST_WINDOW", "SIGNAL_WINDOW", "BusBridge", "next_window"]
 
 
 class BusBridge:
@@ -218,7 +215,7 @@ class BusBridge:
         return True
 
     def info(self) -> dict[str, Any]:
-        """For the daemon's `status()["bus"]`."""
+        """The connection as the bridge process reports it to the daemon (`process.BridgeProcess.report`)."""
         return {
             "bus": self.bus_spec,
             "state": self.state.value,

@@ -60,11 +60,8 @@ async def serve(fd: int, bus_spec: str) -> int:
     def report() -> None:
         if bridge is None or writer.is_closing():
             return
-        b = bridge
-        writer.write(protocol.encode({"report": {
-            "state": b.state.value, "owns_name": b.owns_name, "last_error": b.last_error, "address": b.address,
-            "unique_name": b.info()["unique_name"], "reconnects": max(b.connections - 1, 0),
-            "dropped_signals": b.dropped_signals, "sent_signals": b.sent_signals, "first_attempt": started}}))
+        writer.write(protocol.encode({"report": {**bridge.info(), "sent_signals": bridge.sent_signals,
+                                                 "first_attempt": started}}))
 
     bridge = BusBridge(hub, lambda: props, bus_spec, on_change=report, queue_size=QUEUE)
     drain_timeout, stopping = 1.0, False

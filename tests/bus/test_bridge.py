@@ -529,7 +529,7 @@ async def test_stop_releases_the_name_and_unsubscribes(private_bus: Any, status:
 
 
 def test_signals_are_gathered_longer_only_while_a_burst_goes_on() -> None:
-    from sdd.bus.bridge import BURST_EVENTS, BURST_WINDOW, SIGNAL_WINDOW, next_window
+    from sdd.bus.model import BURST_EVENTS, BURST_WINDOW, SIGNAL_WINDOW, next_window
 
     assert next_window(1) == SIGNAL_WINDOW  # one-off signals wait at most the short window
     assert next_window(BURST_EVENTS - 1) == SIGNAL_WINDOW
