@@ -11,7 +11,11 @@ named `x\\nRule /etc/passwd` cannot make up a match. YARA-X's ndjson has one JSO
 `{"path": ..., "rules": [{"identifier", "namespace"?, "meta"?, "tags"?, "strings"?}]}` (`rules` is empty
 for a file without matches), so names are unambiguous there.
 
-Consecutive lines for the same path make one detection: `type` `yara`, `severity` `high` (or the first
+The lines for one file make one detection, even when they are not consecutive: `yara` scans with several
+threads (32 by default) and prints each rule match, with its string lines, under a lock, so another file's
+lines can fall between two rules of the same file. A matched file is therefore kept open until
+`WINDOW` other files have matched after it, a line that is not a match comes, or the output ends (yara
+block-buffers its output to a pipe, so a match arrives about that late anyway). Each detection has `type` `yara`, `severity` `high` (or the first
 matching rule's `severity` meta when it is critical/high/medium/low), `threat_name` the first rule,
 `file_path`, `scanner` `yara` or `yara-x`, `source` `yara`, and everything the output said under `yara`.
 No `id`: the next scan of the same file is a new observation, not a replay.
@@ -40,6 +44,7 @@ _STRING = re.compile(rb"0x[0-9a-fA-F]+:(?:[0-9]+:)?\$[A-Za-z0-9_]*(?:: .*)?", re
 _META_ITEM = re.compile(r'([A-Za-z_][A-Za-z0-9_]*) ?=(?:"((?:[^"\\]|\\.)*)"|(-?[0-9]+)|(true|false))')
 SEVERITIES = ("critical", "high", "medium", "low")
 MAX_STRINGS = 100  # string-match lines kept per detection
+WINDOW = 64  # matched files kept open for more of their rules: twice yara's most threads (YR_MAX_THREADS)
 
 
 class _Match:
@@ -85,7 +90,8 @@ class YaraAdapter:
     name = "yara"
 
     def __init__(self) -> None:
-        self.pending: _Match | None = None
+        self.pending: _Match | None = None  # the last match line: newline continuations and strings go to it
+        self.open: dict[bytes, _Match] = {}  # finished matches, by path, oldest first, waiting for more rules
 
     def feed(self, lineno: int, line: bytes) -> Iterable[Outcome]:
         if line.startswith(b"{"):
@@ -118,30 +124,46 @@ class YaraAdapter:
             rule["tags"] = [t for t in m.group("tags").decode("ascii").split(",") if t]
         if m.group("meta") is not None:
             rule["meta"] = _meta(m.group("meta").decode("utf-8", "backslashreplace"))
-        path = m.group("path")
-        if pending is not None and pending.path == path:
-            pending.rules.append(rule)
-            pending.lines.append(lineno)
-            return ()
-        out = self._flush()
-        self.pending = _Match(lineno, path, rule)
+        out = self._close_pending()
+        self.pending = _Match(lineno, m.group("path"), rule)
         return out
 
     def end(self) -> Iterable[Outcome]:
         return self._flush()
 
-    def _flush(self) -> list[Outcome]:
+    def _close_pending(self) -> list[Outcome]:
+        """The last match line is complete (its path can grow no more): joins it to an open match of the
+        same file, or opens one — and emits the oldest open match once WINDOW files are open."""
         pending, self.pending = self.pending, None
         if pending is None:
             return []
-        lines = tuple(pending.lines)
-        path = absolute_path(os.fsdecode(pending.path))
+        same = self.open.pop(pending.path, None)
+        if same is not None:
+            same.rules.extend(pending.rules)
+            same.lines.extend(pending.lines)
+            same.strings.extend(pending.strings[:MAX_STRINGS - len(same.strings)])
+            same.warnings.extend(w for w in pending.warnings if w not in same.warnings)
+            pending = same
+        self.open[pending.path] = pending  # re-inserted: the newest
+        if len(self.open) <= WINDOW:
+            return []
+        oldest = next(iter(self.open))
+        return [self._emit(self.open.pop(oldest))]
+
+    def _flush(self) -> list[Outcome]:
+        out = self._close_pending()
+        matches, self.open = sorted(self.open.values(), key=lambda match: match.lines[0]), {}
+        return [*out, *(self._emit(match) for match in matches)]
+
+    def _emit(self, match: _Match) -> Outcome:
+        lines = tuple(sorted(match.lines))
+        path = absolute_path(os.fsdecode(match.path))
         if path is None:
-            return [Rejected(lines, "the matched path is not usable (NUL or longer than 4096 characters)")]
-        original: dict[str, Any] = {"path": path, "rules": pending.rules}
-        if pending.strings:
-            original["strings"] = pending.strings
-        return [self._detection(lines, path, pending.rules, "yara", original, pending.warnings)]
+            return Rejected(lines, "the matched path is not usable (NUL or longer than 4096 characters)")
+        original: dict[str, Any] = {"path": path, "rules": match.rules}
+        if match.strings:
+            original["strings"] = match.strings
+        return self._detection(lines, path, match.rules, "yara", original, match.warnings)
 
     def _ndjson(self, lineno: int, line: bytes) -> Outcome:
         try:
