@@ -13,12 +13,12 @@ for a file without matches), so names are unambiguous there.
 
 The lines for one file make one detection, even when they are not consecutive: `yara` scans with several
 threads (32 by default) and prints each rule match, with its string lines, under a lock, so another file's
-lines can fall between two rules of the same file. A matched file is therefore kept open until
-`WINDOW` other files have matched after it, a line that is not a match comes, or the output ends (yara
-block-buffers its output to a pipe, so a match arrives about that late anyway). Each detection has `type` `yara`, `severity` `high` (or the first
-matching rule's `severity` meta when it is critical/high/medium/low), `threat_name` the first rule,
-`file_path`, `scanner` `yara` or `yara-x`, `source` `yara`, and everything the output said under `yara`.
-No `id`: the next scan of the same file is a new observation, not a replay.
+lines can fall between two rules of the same file. A matched file is therefore kept open until `WINDOW`
+other files have matched after it, a line that is not a match comes, or the output ends (yara block-buffers
+its output to a pipe, so a match arrives about that late anyway). Each detection has `type` `yara`,
+`severity` `high` (or the first matching rule's `severity` meta when it is critical/high/medium/low),
+`threat_name` the first rule, `file_path`, `scanner` `yara` or `yara-x`, `source` `yara`, and everything the
+output said under `yara`. No `id`: the next scan of the same file is a new observation, not a replay.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ WINDOW = 64  # matched files kept open for more of their rules: twice yara's mos
 
 
 class _Match:
-    """One matched file being assembled from consecutive `yara` lines."""
+    """One matched file being assembled from its `yara` lines."""
 
     __slots__ = ("lines", "path", "rules", "strings", "warnings")
 
