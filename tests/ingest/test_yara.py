@@ -216,7 +216,7 @@ def test_a_files_rules_split_by_another_threads_lines_make_one_detection(tmp_pat
         ["EvilMarker"]
 
 
-def test_a_match_is_emitted_once_the_window_of_open_files_is_full(tmp_path: Path) -> None:
+def test_a_match_is_emitted_once_the_window_of_open_files_is_full() -> None:
     from sdd_client.ingest.yara import WINDOW
 
     adapter = YaraAdapter()
