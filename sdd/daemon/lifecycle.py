@@ -153,6 +153,7 @@ class Daemon:
         self.reporter = RunReporter(self.engine, self.recorder, self.hub, self.stats,
                                     None if self.services is None else self.services.run_log,
                                     slot_freed=self.dispatcher.run_finished, run_waiting=self.dispatcher.run_waiting,
+                                    run_recording=self.dispatcher.run_recording,
                                     on_change=self.publish_status)
         self.engine.add_listener(self.reporter)
         self.control = Control(life=self, config=cfg, store=store, hub=self.hub, engine=self.engine,

@@ -31,7 +31,8 @@ log = logging.getLogger("sdd.daemon")
 class RunReporter:
     def __init__(self, engine: WorkflowEngine, recorder: HistoryRecorder, hub: EventHub, stats: dict[str, int],
                  run_log: RunLog | None, *, slot_freed: Callable[[str], None],
-                 run_waiting: Callable[[str, bool], None], on_change: Callable[[], None]) -> None:
+                 run_waiting: Callable[[str, bool], None], run_recording: Callable[[str], None],
+                 on_change: Callable[[], None]) -> None:
         self.engine = engine
         self.recorder = recorder
         self.hub = hub
@@ -39,6 +40,7 @@ class RunReporter:
         self.run_log = run_log        # fed the events of runs that read it
         self._slot_freed = slot_freed      # (run id): the run ended, its slot is free
         self._run_waiting = run_waiting    # (run id, waiting): a guard holds one of its steps, or let it go
+        self._run_recording = run_recording  # (run id): its steps are done, its final record is being committed
         self._on_change = on_change
         self._logged_runs: set[str] = set()                    # runs whose events go to the run log
         self._reads_log: dict[int, tuple[Workflow, bool]] = {}  # workflow object → reads_run_log() of it
@@ -51,6 +53,8 @@ class RunReporter:
             self._feed_run_log(self.run_log, ev)
         pending = self.recorder(ev)
         if pending is not None and inspect.isawaitable(pending):
+            if type(ev) is RunFinished:
+                self._run_recording(ev.run_id)
             return self._publish_after(pending, ev)
         self._publish_engine_event(ev)
         return None
@@ -81,7 +85,13 @@ class RunReporter:
         return {"detection": handle.labels.get(DETECTION_ID), "external_id": handle.labels.get(EXTERNAL_ID)}
 
     async def _publish_after(self, pending: Awaitable[Any], ev: EngineEvent) -> None:
-        await pending
+        try:
+            await pending
+        except BaseException:
+            # Not announced (its record is not on disk), but over all the same: its slot must not stay taken.
+            if type(ev) is RunFinished:
+                self._slot_freed(ev.run_id)
+            raise
         self._publish_engine_event(ev)
 
     def _publish_engine_event(self, ev: EngineEvent) -> None:

@@ -4,7 +4,8 @@ Every detection is committed here, whichever way it came: intake (its own thread
 → `_commit()` records each detection in the store (state `queued`), queues it, and lets intake delete the
 spool files only once that commit is fsync'd; one from the API (`detections.submit`) or pushed over NATS
 goes through `submit()`. Both end in `accepted()`: counted, announced on the hub, queued. The dispatch loop takes queued detections while
-fewer than `max_concurrent_runs` runs are active, matches them (triggers, exclusions, de-duplication) and
+fewer than `max_concurrent_runs` runs are busy (active, and neither held by a guard nor only waiting for
+their record's commit), matches them (triggers, exclusions, de-duplication) and
 starts their runs, each labelled (`sdd.labels`) with its detection ids and trigger, which travel with the run
 in every engine event; a detection is marked `matched` once the history has enqueued the rows of all its
 runs (`run_recorded`). When runs are saturated, detections wait in the database, not in memory: only a
@@ -45,6 +46,7 @@ log = logging.getLogger("sdd.daemon")
 
 READY_WINDOW = 1000         # detections the dispatcher keeps in memory; the rest wait in the database
 WAITING_RUNS_FACTOR = 4     # runs held by a guard, beyond max_concurrent_runs, at most this x the limit
+RECORDING_RUNS_FACTOR = 4   # runs whose steps are done, waiting for their record's commit: likewise
 
 Spawn = Callable[[Awaitable[Any], str], Any]
 
@@ -111,6 +113,9 @@ class Dispatcher:
         # Runs with a step a guard holds (a rate limit's slot): they do not count against max_concurrent_runs
         # (up to a bound), so steps waiting for a kill slot cannot starve new quarantines.
         self.waiting_runs: set[str] = set()
+        # Runs whose steps are all done and whose final record is being committed: they act no more, so
+        # they do not count either (up to a bound): a commit's latency must not idle the run slots.
+        self.recording_runs: set[str] = set()
         self.on_detection: Callable[[str, str], None] | None = None  # (source, outcome), for the metrics
 
     def configure(self, settings: DispatchSettings) -> None:
@@ -298,8 +303,10 @@ class Dispatcher:
 
     def _busy_runs(self, limit: int) -> int:
         """Active runs that count against max_concurrent_runs: those a guard holds (a step waiting for a rate
-        limit's slot) do not, up to WAITING_RUNS_FACTOR x the limit (issue 13: waits must not starve the rest)."""
-        return len(self.engine.active_runs) - min(len(self.waiting_runs), WAITING_RUNS_FACTOR * limit)
+        limit's slot) do not, up to WAITING_RUNS_FACTOR x the limit (issue 13: waits must not starve the rest),
+        nor those only waiting for their record's commit, up to RECORDING_RUNS_FACTOR x the limit."""
+        return (len(self.engine.active_runs) - min(len(self.waiting_runs), WAITING_RUNS_FACTOR * limit)
+                - min(len(self.recording_runs), RECORDING_RUNS_FACTOR * limit))
 
     def run_waiting(self, run_id: str, waiting: bool) -> None:
         """A guard began (or stopped) holding one of the run's steps; a held run's slot may go to the next."""
@@ -309,9 +316,16 @@ class Dispatcher:
         else:
             self.waiting_runs.discard(run_id)
 
+    def run_recording(self, run_id: str) -> None:
+        """A run's steps are done and its final record is being committed: it acts no more, its slot may go
+        to the next detection (the run stays active until the commit, then `run_finished`)."""
+        self.recording_runs.add(run_id)
+        self.wake.set()
+
     def run_finished(self, run_id: str) -> None:
         """A run ended: its slot is free."""
         self.waiting_runs.discard(run_id)
+        self.recording_runs.discard(run_id)
         self.wake.set()
 
     def _next_detection(self) -> tuple[str, dict[str, Any], bool] | None:

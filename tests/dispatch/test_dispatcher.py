@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 
 from sdd import hub as events
-from sdd.dispatch.dispatcher import READY_WINDOW, Dispatcher, DispatchSettings
+from sdd.daemon.reporting import RunReporter
+from sdd.dispatch.dispatcher import READY_WINDOW, RECORDING_RUNS_FACTOR, Dispatcher, DispatchSettings
 from sdd.engine import Workflow, WorkflowEngine
 from sdd.engine.events import RunStarted
 from sdd.errors import NotAccepting
@@ -259,3 +261,66 @@ async def test_a_backlog_bigger_than_the_ready_window_leaves_nothing_queued(cent
     await _until(lambda: centre.store.counts().get("queued_detections", 0) == 0 and not centre.dispatcher.queued)
     assert centre.store.list_detections(limit=1, state="no_match").to_dict()["items"]
     assert centre.dispatcher.stats["no_match"] == total
+
+
+async def test_runs_waiting_only_for_their_record_s_commit_hand_their_slots_on_up_to_a_bound(tmp_path: Path) -> None:
+    """A run whose steps are done and whose final record is being committed acts no more: its slot goes to
+    the next detection, up to RECORDING_RUNS_FACTOR x the limit, so a slow commit does not idle the slots.
+    The commit is held up for real, by another connection holding the database's write lock."""
+    limit, total = 2, 20
+    bound = limit + RECORDING_RUNS_FACTOR * limit
+    store = Store.open(tmp_path / "state" / "sdd.db")
+    hub = EventHub()
+    acted: list[str] = []
+    go = asyncio.Event()
+
+    async def gate(*, context: dict[str, Any], path: str) -> dict[str, Any]:
+        await go.wait()
+        acted.append(path)
+        return {"path": path}
+
+    engine = WorkflowEngine(workflows={"contain": Workflow.from_dict({
+        "workflow_id": "contain", "name": "contain", "trigger": {"type": "malware"},
+        "steps": [{"step_id": "act", "type": "action", "action": "gate",
+                   "params": {"path": "{{ detection.file_path }}"}}]})})
+    engine.register_action("gate", gate, idempotent=True)
+    life = Life()
+    tasks: list[asyncio.Task[Any]] = []
+    dispatcher = Dispatcher(store, hub, engine, dict.fromkeys(
+        ("received", "rejected", "duplicates", "excluded", "no_match", "runs_started", "runs_finished"), 0),
+        DispatchSettings(max_concurrent_runs=limit, dedup_window=0.0, max_queued=100), life=life,
+        spawn=lambda coro, name: tasks.append(asyncio.ensure_future(coro)))
+    recorder = HistoryRecorder(store, on_run_recorded=dispatcher.run_recorded)
+    engine.add_listener(RunReporter(engine, recorder, hub, dispatcher.stats, None, slot_freed=dispatcher.run_finished,
+                                    run_waiting=dispatcher.run_waiting, run_recording=dispatcher.run_recording,
+                                    on_change=lambda: None))
+    loop = asyncio.ensure_future(dispatcher.run())
+    lock = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        added = [await dispatcher.submit({"type": "malware", "file_path": f"/tmp/r{i}"}) for i in range(total)]
+        await _until(lambda: len(engine.active_runs) == limit)
+        lock.execute("BEGIN IMMEDIATE")  # from here no commit of the store's lands
+        go.set()
+        await _until(lambda: len(acted) == bound and len(dispatcher.recording_runs) == bound)
+        for _ in range(200):  # nothing but the loop could start another run: give it every chance to
+            await asyncio.sleep(0)
+        assert len(acted) == bound and len(engine.active_runs) == bound, "the bound holds"
+        assert store.get_detection(added[-1].detection_id)["state"] == "queued"
+        lock.execute("ROLLBACK")
+        await _until(lambda: len(acted) == total and not engine.active_runs)
+        await store.flush()
+        runs = [store.runs_for_detection(a.detection_id) for a in added]
+        assert [[r["status"] for r in rs] for rs in runs] == [["completed"]] * total
+        assert sorted(acted) == sorted(f"/tmp/r{i}" for i in range(total))
+        assert not dispatcher.recording_runs and not dispatcher.waiting_runs
+    finally:
+        lock.close()
+        go.set()
+        life.stopping = True
+        dispatcher.wake.set()
+        await asyncio.wait_for(loop, 10)
+        for handle in list(engine.active_runs.values()):
+            await handle.wait()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        store.close()
