@@ -96,14 +96,19 @@ async def centre(tmp_path: Path) -> AsyncIterator[Centre]:
     try:
         yield Centre(store, hub, engine, dispatcher, life, acted)
     finally:
-        life.stopping = True
-        dispatcher.wake.set()
-        await asyncio.wait_for(loop, 10)
-        for handle in list(engine.active_runs.values()):
-            await handle.wait()
-        if tasks:
-            await asyncio.wait(list(tasks), timeout=10)
-        store.close()
+        await _stop(life, dispatcher, loop, list(tasks))
+
+
+async def _stop(life: Life, dispatcher: Dispatcher, loop: asyncio.Future[Any], tasks: list[asyncio.Task[Any]]) -> None:
+    """Stop the dispatch loop, let the runs and spawned tasks end, close the store."""
+    life.stopping = True
+    dispatcher.wake.set()
+    await asyncio.wait_for(loop, 10)
+    for handle in list(dispatcher.engine.active_runs.values()):
+        await handle.wait()
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
+    dispatcher.store.close()
 
 
 async def _names_until(sub: Subscription, last: str) -> list[str]:
@@ -316,11 +321,4 @@ async def test_runs_waiting_only_for_their_record_s_commit_hand_their_slots_on_u
     finally:
         lock.close()
         go.set()
-        life.stopping = True
-        dispatcher.wake.set()
-        await asyncio.wait_for(loop, 10)
-        for handle in list(engine.active_runs.values()):
-            await handle.wait()
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
-        store.close()
+        await _stop(life, dispatcher, loop, tasks)
