@@ -92,15 +92,19 @@ async def run_argv(argv: Sequence[str], *, timeout: float, env: Mapping[str, str
                    what: str = "program", pass_fds: Sequence[int] = ()) -> Completed:
     """Run `argv` to completion within `timeout` seconds; on timeout or cancellation the whole process
     group gets SIGTERM, then SIGKILL after a short grace. `pass_fds` are inherited under the same numbers."""
+    starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True, pass_fds=tuple(pass_fds)))
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True, pass_fds=tuple(pass_fds))
+        proc = await asyncio.shield(starting)
     except FileNotFoundError:
         raise NotFound(f"{what}: {argv[0]} not found") from None
     except PermissionError:
         raise PrimitiveError(f"{what}: {argv[0]} is not executable", retryable=False) from None
+    except asyncio.CancelledError:
+        await _kill_started(starting)
+        raise
     out = _Sink(head_limit, tail_limit, on_stdout_line)
     err = _Sink(0, tail_limit, None)
     tasks = [asyncio.ensure_future(_pump(proc.stdout, out)), asyncio.ensure_future(_pump(proc.stderr, err))]
@@ -123,6 +127,17 @@ async def run_argv(argv: Sequence[str], *, timeout: float, env: Mapping[str, str
             await asyncio.wait_for(proc.wait(), 5)
         raise
     return Completed(tuple(argv), returncode, bytes(out.head), out.truncated, out.tail_text(), err.tail_text())
+
+
+async def _kill_started(starting: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    """Cancelled while the program was starting: it is running already (the fork is done before the first
+    await), and asyncio's own clean-up on cancelling the start would kill only the group's leader, then wait
+    for pipes that the leader's children still hold. So the start is let finish, then the group is killed.
+    (A cancel of every task at once, as at the loop's shutdown, still reaches the start itself.)"""
+    with contextlib.suppress(BaseException):
+        proc = await asyncio.wait_for(asyncio.shield(starting), 5)
+        _killpg(proc.pid, signal.SIGKILL)
+        await asyncio.wait_for(proc.communicate(), 5)
 
 
 async def _stop_group(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]]) -> None:
