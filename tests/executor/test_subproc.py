@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sdd.executor.errors import NotFound
 from sdd.executor.subproc import run_argv
 
 from ..actions.procs import gone, wait_until
@@ -53,7 +54,7 @@ async def test_a_cancel_while_the_program_runs_kills_its_group(tmp_path: Path) -
 
 
 async def test_a_program_that_is_not_there_is_not_found_and_one_that_runs_completes(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="not found"):
+    with pytest.raises(NotFound, match="not found"):
         await run_argv([str(tmp_path / "absent")], timeout=5)
     done = await run_argv(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], timeout=30)
     assert (done.returncode, done.stdout_head, done.stderr_tail) == (3, b"out\n", "err\n")
