@@ -91,8 +91,8 @@ def _message(services: ActionServices, title: str, body: str, recipients: list[s
 def _send_mail(services: ActionServices, title: str, body: str, recipients: list[str], urgency: str,
                message_id: str) -> None:
     """Build the message and send it, in a worker thread: the email package's header parsing costs about
-    2 ms a message, which on the event loop held back every other run (a fifth of the loop's time in a
-    200-file outbreak, each run mailing root)."""
+    2 ms a message, which on the event loop held back every other run (a third of the loop's busy time in
+    a 200-file outbreak, each run mailing root)."""
     msg = _message(services, title, body, recipients, urgency, message_id)
     cfg = services.config.smtp
     password = ""
