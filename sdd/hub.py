@@ -40,7 +40,7 @@ from sdd_client.events import (
     STEP_STARTED,
     STEP_WAITING,
 )
-from sdd_client.protocol import HEADER, MAX_FRAME, encode, event_message, pack_payload
+from sdd_client.protocol import HEADER, MAX_FRAME, encode, event_message, new_packer, pack_payload
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,33 @@ def socket_frame(name: str, data: Mapping[str, Any]) -> bytes:
     if len(payload) > MAX_FRAME:
         raise FrameTooLarge(f"message of {len(payload)} bytes exceeds the {MAX_FRAME}-byte limit")
     return HEADER.pack(len(payload)) + payload
+
+
+def frame_encoder() -> Encoder:
+    """`socket_frame` with a Packer of its own, for one thread (an `EventHub`'s): the same bytes, at half the
+    cost a frame (the per-thread packer lookup and the layers around it were half of it). A failed pack
+    (a name that is not UTF-8, a value msgpack cannot take) gets a new Packer and goes the general way,
+    which escapes such a name or raises as `socket_frame` does."""
+    pack = new_packer().pack
+    header = HEADER.pack
+    prefixes = _FRAME_PREFIXES
+
+    def encode_frame(name: str, data: Mapping[str, Any]) -> bytes:
+        nonlocal pack
+        prefix = prefixes.get(name)
+        if prefix is None or type(data) is not dict:
+            return socket_frame(name, data)
+        try:
+            body = pack(data)
+        except (TypeError, ValueError, OverflowError):  # (UnicodeEncodeError is a ValueError: the general way escapes it)
+            pack = new_packer().pack  # whatever the old one holds of the failed message is not reused
+            return socket_frame(name, data)
+        size = len(prefix) + len(body)
+        if size > MAX_FRAME:
+            raise FrameTooLarge(f"message of {size} bytes exceeds the {MAX_FRAME}-byte limit")
+        return header(size) + prefix + body
+
+    return encode_frame
 
 
 class Published:
@@ -180,8 +207,8 @@ class Subscription:
 class EventHub:
     """Fan-out of daemon events. Must be used from the event loop's thread."""
 
-    def __init__(self, encoder: Encoder = socket_frame) -> None:
-        self.encoder = encoder
+    def __init__(self, encoder: Encoder | None = None) -> None:
+        self.encoder = encoder if encoder is not None else frame_encoder()
         self._subscribers: list[Subscription] = []
         self._everything: tuple[Subscription, ...] = ()  # subscribers of every event
         self._routes: dict[str, tuple[Subscription, ...]] = {}  # kind -> every subscriber that wants it
@@ -229,5 +256,5 @@ __all__ = [
     "DETECTION_DUPLICATE", "DETECTION_EXCLUDED", "DETECTION_MATCHED", "DETECTION_NO_MATCH", "DETECTION_RECEIVED",
     "DETECTION_REJECTED", "EVENT_NAMES", "GUARD_TRIPPED", "LAGGED", "NOTIFICATION", "RUN_FINISHED", "RUN_STARTED",
     "STATUS_CHANGED", "STEP_FINISHED", "STEP_STARTED", "STEP_WAITING", "Encoder", "EventHub", "Published",
-    "Subscription", "socket_frame",
+    "Subscription", "frame_encoder", "socket_frame",
 ]

@@ -64,10 +64,15 @@ _packer_options = {"use_bin_type": True, "default": _default, "datetime": False}
 _packers = threading.local()  # one reusable Packer per thread: packb() builds a new one on every call
 
 
+def new_packer() -> msgpack.Packer:
+    """A Packer with the protocol's options (for one thread: a Packer is not thread-safe)."""
+    return msgpack.Packer(**_packer_options)
+
+
 def _packer() -> msgpack.Packer:
     packer = getattr(_packers, "packer", None)
     if packer is None:
-        packer = _packers.packer = msgpack.Packer(**_packer_options)
+        packer = _packers.packer = new_packer()
     return packer
 
 
@@ -315,6 +320,7 @@ __all__ = [
     "error_reply",
     "event_message",
     "frame_length",
+    "new_packer",
     "pack_payload",
     "parse_request",
     "read_message",

@@ -12,7 +12,16 @@ import pytest
 from sdd_client.errors import FrameTooLarge
 from sdd_client.protocol import MAX_FRAME, decode, encode, event_message
 
-from sdd.hub import EVENT_NAMES, LAGGED, RUN_FINISHED, RUN_STARTED, STEP_FINISHED, EventHub, socket_frame
+from sdd.hub import (
+    EVENT_NAMES,
+    LAGGED,
+    RUN_FINISHED,
+    RUN_STARTED,
+    STEP_FINISHED,
+    EventHub,
+    frame_encoder,
+    socket_frame,
+)
 
 
 async def test_every_subscriber_gets_every_event_in_order() -> None:
@@ -159,6 +168,24 @@ def test_a_frame_holds_the_same_bytes_as_the_protocol_encoder_for_hostile_data()
     assert socket_frame(RUN_STARTED, view) == encode(event_message(RUN_STARTED, {"x": 1}))
     with pytest.raises(FrameTooLarge, match="exceeds"):
         socket_frame(STEP_FINISHED, {"error": "x" * MAX_FRAME})
+
+
+def test_the_hubs_own_encoder_gives_the_protocols_bytes_and_recovers_from_a_failed_pack() -> None:
+    encode_frame = frame_encoder()
+    hostile = [{}, {"file_path": "/tmp/bad-\udcff\udcfe.exe", "nested": {"list": [1, None, 2.5, "é"]}},
+               {"run_id": "r", "status": "completed", "seconds": 0.25, "error": None}, {"nul": "a\x00b"},
+               {"x": 1}.items().mapping]
+    for name in (*sorted(EVENT_NAMES), "a.kind.the.hub.does.not.know"):
+        for data in hostile:
+            assert encode_frame(name, data) == encode(event_message(name, dict(data)))
+    # A value msgpack cannot take fails half-way through a map: the next frame must not carry its remains.
+    with pytest.raises(TypeError):
+        encode_frame(RUN_STARTED, {"run_id": "r1", "oops": object()})
+    assert encode_frame(RUN_STARTED, {"run_id": "r2"}) == encode(event_message(RUN_STARTED, {"run_id": "r2"}))
+    with pytest.raises(FrameTooLarge, match="exceeds"):
+        encode_frame(STEP_FINISHED, {"error": "x" * MAX_FRAME})
+    assert encode_frame(STEP_FINISHED, {"error": None}) == encode(event_message(STEP_FINISHED, {"error": None}))
+    assert EventHub().encoder is not EventHub().encoder  # each hub (one thread) has a Packer of its own
 
 
 async def test_a_reader_woken_by_the_first_event_of_a_burst_gets_all_of_it_and_waits_again_when_empty() -> None:
