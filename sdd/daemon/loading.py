@@ -121,11 +121,22 @@ def reads_run_log(workflow: Workflow, workflows: Mapping[str, Workflow]) -> bool
     return steps_read(workflow.steps)
 
 
+# Net new container objects that start a young collection (CPython's default: 700). A burst's work lives for
+# milliseconds and is freed by reference counting, yet its peaks (a batch of detections read at once, their
+# runs, their events) crossed 700 about 1,250 times a 10,000-file burst: 1,250 young and 115 middle
+# collections that found nothing, 4-5 % of the burst's wall time, and each walked what was alive. At 20,000
+# no collection ran in a burst, watched or not (see docs/performance.md). What is cyclic garbage waits longer
+# to go, at most about this many objects' worth.
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
 def freeze_long_lived() -> None:
     """What is loaded by now (modules, actions, workflows, schemas) lives as long as the process, or until the
     next reload: take it out of the cyclic collector's sight, or every full collection in a burst walks all of
     it again (measured: ~10% of burst throughput). Later garbage is collected as usual; on a reload the set it
-    replaced is unfrozen first, so it can go (as can the few objects of runs that were in flight)."""
+    replaced is unfrozen first, so it can go (as can the few objects of runs that were in flight). Young
+    collections start at `YOUNG_COLLECTION_THRESHOLD` new objects, not at 700."""
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
     gc.unfreeze()
     gc.collect()
     gc.freeze()
