@@ -19,6 +19,7 @@ from sdd.engine import (
     validate_text,
     workflow_schema,
 )
+from sdd.engine.specs.parsing import MAX_NESTING
 from sdd.engine.specs.schema_check import schema
 from tests.support.trusted import trusted_dir
 
@@ -174,6 +175,20 @@ def test_a_yaml_alias_that_contains_itself_is_an_issue_naming_file_and_line() ->
     assert found == [("wf.yaml:6:12: the alias *all is used inside the value it names (anchored &all on "
                      "line 2): a value may not contain itself")]
     assert issues_of("a: &x {b: [1, {c: *x}]}\n")[0].startswith("wf.yaml:1:19: the alias *x is used inside")
+
+
+def test_yaml_nested_past_the_bound_is_one_issue_naming_where_flow_block_or_map() -> None:
+    # `[[[[...` of thousands of brackets made the scanner work for seconds (on the daemon's loop, for any
+    # `workflows.validate` caller) and then failed as a bare "maximum recursion depth exceeded".
+    bound = f"collections nest deeper than {MAX_NESTING} levels"
+    assert issues_of("a: " + "[" * 200_000) == [f"wf.yaml:1:{4 + MAX_NESTING}: YAML syntax error: {bound}"]
+    assert issues_of("a: " + "{b: " * 50_000)[0].endswith(bound)
+    block = "a:\n" + "".join(" " * i + "-\n" for i in range(1, 900))
+    assert issues_of(block) == [f"wf.yaml:{MAX_NESTING + 1}:{MAX_NESTING + 1}: YAML syntax error: {bound}"]
+    # Up to the bound is YAML like any other (here: not a workflow, so the schema speaks, not the parser).
+    deepest = "a: " + "[" * (MAX_NESTING - 1) + "]" * (MAX_NESTING - 1) + "\n"
+    assert not any(bound in issue for issue in issues_of(deepest))
+    assert not any("YAML" in issue for issue in issues_of(deepest))
 
 
 def test_a_yaml_alias_used_beside_its_anchor_is_fine() -> None:

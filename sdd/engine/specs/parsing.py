@@ -13,6 +13,10 @@ from ..errors import ValidationIssue
 from .issues import Marks, format_path
 
 MAX_NODES = 100_000
+# Collections nested in each other, at most (a workflow needs a handful). Without a bound, `[[[[...` of a few
+# thousand brackets cost the scanner over a second (it scans ahead over every open flow collection, each a
+# possible key), on the daemon's event loop for a `workflows.validate` from any user of the socket.
+MAX_NESTING = 64
 
 
 def _expanded_size(node: yaml.Node) -> int:
@@ -75,9 +79,29 @@ class _Composer(yaml.SafeLoader):
         super().__init__(text)
         self._open: list[tuple[str, Any]] = []           # (anchor, its mark) of values being composed
         self.recursive: tuple[str, Any, Any] | None = None   # (anchor, alias mark, anchor mark)
+        self._depth = 0                                        # collections being composed
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # (PyYAML's name for the argument)
+        if self.flow_level >= MAX_NESTING:
+            raise yaml.scanner.ScannerError(None, None, f"collections nest deeper than {MAX_NESTING} levels",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()
+        event: Any = self.peek_event()
+        if not isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            return self._compose_node(parent, index, event)
+        if self._depth >= MAX_NESTING:  # (block collections: the scanner bounds the flow ones)
+            start: Any = event.start_mark  # (the stubs allow libyaml's Mark here; this loader is pure Python)
+            raise yaml.composer.ComposerError(None, None, f"collections nest deeper than {MAX_NESTING} levels",
+                                              start)
+        self._depth += 1
+        try:
+            return self._compose_node(parent, index, event)
+        finally:
+            self._depth -= 1
+
+    def _compose_node(self, parent: yaml.Node | None, index: Any, event: Any) -> yaml.Node | None:
         if isinstance(event, yaml.AliasEvent):
             if self.recursive is None:
                 for name, mark in self._open:
@@ -126,4 +150,4 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Marks, list[ValidationIssue
         loader.dispose()
 
 
-__all__ = ["MAX_NODES", "parse_yaml"]
+__all__ = ["MAX_NESTING", "MAX_NODES", "parse_yaml"]
