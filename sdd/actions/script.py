@@ -28,6 +28,7 @@ from . import runinfo
 from .errors import ActionError, Forbidden, NotFound
 from .executing import execute
 from .params import Params, plain
+from .replies import parse_reply
 from .services import ActionServices
 
 EX_TEMPFAIL = 75
@@ -90,10 +91,7 @@ async def run_script(services: ActionServices, *, context: dict[str, Any] | None
             f"run_script: {os.path.basename(real)} exited with status {done['returncode']}: "
             f"{str(done['stderr_tail']).strip()[-500:]!r}", retryable=done["returncode"] == EX_TEMPFAIL)
     if not done["stdout_truncated"]:
-        try:
-            parsed = json.loads(done["stdout_head"])
-        except ValueError:
-            parsed = None
+        parsed, _ = parse_reply(done["stdout_head"])
         if isinstance(parsed, dict):
             return parsed
     return {"exit_code": 0, "script": real, "stdout": done["stdout_tail"], "stderr": done["stderr_tail"],

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from . import runinfo
 from .errors import ActionError
 from .params import Params, plain
+from .replies import parse_reply
 from .services import ActionServices
 
 METHODS = ("POST", "PUT", "PATCH")
@@ -121,10 +122,9 @@ async def call_webhook(services: ActionServices, *, context: dict[str, Any] | No
         raise ActionError(f"call_webhook: {method} {parts.hostname} failed: {type(exc).__name__}: {exc}") from exc
     response: Any = data.decode("utf-8", "replace")
     if "json" in ctype:
-        try:
-            response = json.loads(data)
-        except ValueError:
-            pass
+        parsed, unparsed = parse_reply(data)  # (kept as text when it is not JSON safe to keep)
+        if unparsed is None:
+            response = parsed
     result = {"status": status, "ok": 200 <= status < 300, "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
               "method": method, "idempotency_key": idem, "signed": bool(secret), "response": response}
     if 200 <= status < 300:

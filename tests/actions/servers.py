@@ -63,6 +63,7 @@ class Server:
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         """`tls`: (certificate, key) to serve HTTPS instead of HTTP."""
         self.requests: list[dict[str, Any]] = []
+        self.answers: dict[str, bytes] = {}  # path → a JSON body to answer 200 with instead of the usual one
         self.release = threading.Event()
         server = self
 
@@ -77,7 +78,7 @@ class Server:
                 if self.path.startswith("/slow"):
                     server.release.wait(5)
                 code = {"/bad": 400, "/err": 503, "/moved": 302}.get(self.path, 200)
-                data = json.dumps({"received": True}).encode()
+                data = server.answers.get(self.path) or json.dumps({"received": True}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

@@ -149,6 +149,21 @@ async def test_missing_script(env: Env) -> None:
         await env.call("run_script", script="nope.sh")
 
 
+async def test_stdout_too_deep_to_keep_is_kept_as_text_and_the_script_succeeds(env: Env) -> None:
+    # json.loads raised RecursionError: a script that had run (and exited 0) was recorded as failed.
+    script(env, "deep.sh", "#!/bin/sh\nhead -c 50000 /dev/zero | tr '\\0' '['\n")
+    result = await env.step("run_script", {"script": "deep.sh"})
+    assert result.status is RunStatus.COMPLETED, result.error
+    out = result.step_results["s"].result
+    assert out["exit_code"] == 0 and not out["stdout_truncated"] and out["stdout"] == "[" * 16 * 1024  # (its tail)
+    nested = '{"a": ' * 65 + "1" + "}" * 65
+    script(env, "nested.sh", f"#!/bin/sh\necho '{nested}'\n")
+    assert (await env.call("run_script", script="nested.sh"))["exit_code"] == 0  # not parsed: 65 levels
+    bound = '{"a": ' * 64 + "1" + "}" * 64
+    script(env, "bound.sh", f"#!/bin/sh\necho '{bound}'\n")
+    assert await env.call("run_script", script="bound.sh") == json.loads(bound)
+
+
 async def test_json_stdout_becomes_result(env: Env) -> None:
     script(env, "j.sh", "#!/bin/sh\necho '{\"isolated\": true, \"hosts\": 3}'\n")
     assert await env.call("run_script", script="j.sh") == {"isolated": True, "hosts": 3}

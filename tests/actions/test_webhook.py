@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sdd.actions import BreakerOpen
+from sdd.actions.replies import MAX_NESTING
 from sdd.engine import ActionError, InvalidParams, RunStatus
 
 from .conftest import Env
@@ -47,6 +48,26 @@ async def test_posts_signed_json_with_idempotency_key(env: Env, server: Server, 
     assert req["headers"]["X-Team"] == "soc"
     out = result.step_results["s"].result
     assert out["status"] == 200 and out["response"] == {"received": True} and out["signed"]
+
+
+async def test_a_response_too_deep_to_keep_is_kept_as_text_and_the_delivered_call_succeeds(
+        env: Env, server: Server) -> None:
+    # json.loads raised RecursionError on `[[[[...`: the step failed after its request had been delivered
+    # (and would be sent again on a retry); a few hundred levels parsed, and no `sddctl show` of the run
+    # could then be read (its reply nested past the client's bound).
+    nested = lambda n: ("[" * n + "]" * n).encode()
+    server.answers.update({"/deepest": b"[" * 60_000, "/deep": nested(MAX_NESTING + 1),
+                           "/bound": nested(MAX_NESTING), "/nan": b'{"a": NaN}'})
+    for path, expected in (("/deepest", "[" * 60_000), ("/deep", nested(MAX_NESTING + 1).decode()),
+                           ("/nan", '{"a": NaN}')):
+        server.requests.clear()
+        result = await env.step("call_webhook", {"url": server.url + path}, max_retries=2, retry_delay=0)
+        assert result.status is RunStatus.COMPLETED, (path, result.error)
+        assert result.step_results["s"].result["response"] == expected
+        assert len(server.requests) == 1
+    # Positive control: nested as deep as a detection may be, it is parsed.
+    out = await env.call("call_webhook", url=server.url + "/bound", payload={})
+    assert out["response"] == json.loads(nested(MAX_NESTING))
 
 
 async def test_secret_from_environment(env: Env, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
