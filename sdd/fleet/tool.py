@@ -19,7 +19,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sdd_client.detection import parse_json
+from sdd_client.output import safe
+
 from .nats_link import host_token
+
+MAX_FIELD = 4096  # characters of one field of a `tail` line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("stream")
     t.add_argument("--count", type=int, default=0, help="stop after N events (default: follow until Ctrl-C)")
     t.add_argument("--timeout", type=float, default=0.0, help="with --count: give up after S seconds (exit 1)")
-    t.add_argument("--json", action="store_true", help="print each event as received (one JSON per line)")
+    t.add_argument("--json", action="store_true", help="print each event as JSON, one object per line")
     u = sub.add_parser("push", help="publish one detection (the spool's JSON model) to a host's subject")
     u.add_argument("host")
     u.add_argument("detection", help="the detection as JSON")
@@ -54,12 +59,26 @@ async def _connect(args: argparse.Namespace) -> Any:
     return await nats.connect(**options)
 
 
+def event_of(data: bytes) -> dict[str, Any]:
+    """A stream's message as an event. Every host of the fleet publishes to the stream, and a compromised one
+    publishes what it likes: what is not strict JSON holding an object (`[[[[…` raised RecursionError here)
+    becomes `{"message": its first 200 characters}`."""
+    try:
+        event = parse_json(data.decode("utf-8"))
+    except ValueError:
+        event = None
+    return event if isinstance(event, dict) else {"message": data[:200].decode("utf-8", "replace")}
+
+
 def line(event: dict[str, Any], subject: str) -> str:
-    """One human line per event: host, class and activity, what it says."""
-    host = (event.get("device") or {}).get("hostname") or subject.rsplit(".", 1)[-1]
+    """One human line per event: host, class and activity, status, what it says; tab-separated, each field
+    printable text (another host's event cannot write escape sequences to the terminal, nor a line of its
+    own), whatever its type."""
+    device = event.get("device")
+    host = (device.get("hostname") if isinstance(device, dict) else None) or subject.rsplit(".", 1)[-1]
     what = event.get("type_name") or f"{event.get('class_uid')}:{event.get('activity_id')}"
-    status = event.get("status") or ""
-    return f"{host}\t{what}\t{status}\t{event.get('message', '')}"
+    fields = (host, what, event.get("status") or "", event.get("message", ""))
+    return "\t".join(safe(field, MAX_FIELD) for field in fields)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -106,11 +125,9 @@ async def _tail(js: Any, args: argparse.Namespace) -> int:
                 return 1
             continue
         seen += 1
-        try:
-            event = json.loads(msg.data)
-        except ValueError:
-            event = {"message": msg.data[:200].decode("utf-8", "replace")}
-        print(msg.data.decode("utf-8", "replace") if args.json else line(event, msg.subject), flush=True)
+        event = event_of(msg.data)
+        # --json: one line per event, ASCII (escapes for the rest), so that no message can split or forge lines
+        print(json.dumps(event, ensure_ascii=True) if args.json else line(event, msg.subject), flush=True)
     return 0
 
 
