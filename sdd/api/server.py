@@ -74,6 +74,7 @@ class ApiServer:
         self._per_uid: dict[int, int] = {}
         self._closing = False
         self.refusals = RefusalAudit(lambda: getattr(self.daemon, "store", None))
+        self.validating = asyncio.Lock()  # workflows.validate: one at a time, in a thread (methods.py)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 

@@ -71,6 +71,10 @@ def _marks(node: yaml.Node, source: str) -> tuple[Marks, list[ValidationIssue]]:
     return Marks(values, keys), issues
 
 
+class _TooLarge(yaml.composer.ComposerError):
+    """More than MAX_NODES nodes: not a syntax error, so reported without that word."""
+
+
 class _Composer(yaml.SafeLoader):
     """SafeLoader that notices an alias used inside the value it names (`a: &x [*x]`): such a document is a
     value that contains itself, which nothing downstream (schema, semantic checks, the runner) can walk."""
@@ -80,6 +84,7 @@ class _Composer(yaml.SafeLoader):
         self._open: list[tuple[str, Any]] = []           # (anchor, its mark) of values being composed
         self.recursive: tuple[str, Any, Any] | None = None   # (anchor, alias mark, anchor mark)
         self._depth = 0                                        # collections being composed
+        self._nodes = 0                                        # nodes composed so far (aliases once)
 
     def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # (PyYAML's name for the argument)
         if self.flow_level >= MAX_NESTING:
@@ -89,10 +94,14 @@ class _Composer(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event: Any = self.peek_event()
+        self._nodes += 1
+        if self._nodes > MAX_NODES:  # stop here: composing all of a large document costs ~45 µs a node
+            start: Any = event.start_mark
+            raise _TooLarge(None, None, f"the document is too large (more than {MAX_NODES} values)", start)
         if not isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             return self._compose_node(parent, index, event)
         if self._depth >= MAX_NESTING:  # (block collections: the scanner bounds the flow ones)
-            start: Any = event.start_mark  # (the stubs allow libyaml's Mark here; this loader is pure Python)
+            start = event.start_mark  # (Any: the stubs allow libyaml's Mark here; this loader is pure Python)
             raise yaml.composer.ComposerError(None, None, f"collections nest deeper than {MAX_NESTING} levels",
                                               start)
         self._depth += 1
@@ -143,7 +152,9 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Marks, list[ValidationIssue
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
         what = " ".join(x for x in (exc.context, exc.problem) if x)
-        return None, Marks(), [ValidationIssue(source, line, col, "", f"YAML syntax error: {what}")]
+        if not isinstance(exc, _TooLarge):
+            what = f"YAML syntax error: {what}"
+        return None, Marks(), [ValidationIssue(source, line, col, "", what)]
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         return None, Marks(), [ValidationIssue(source, None, None, "", f"YAML error: {exc}")]
     finally:
