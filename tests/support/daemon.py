@@ -157,6 +157,40 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    def cpu_seconds(self) -> float:
+        """The CPU time (user + system) the daemon's process has used so far."""
+        with open(f"/proc/{self.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def answers_during(self, method: str, timeout: float = 120.0, **params: Any) -> Any:
+        """Calls `method` (work that keeps the daemon busy for a while) on a connection of its own, in a thread;
+        once the daemon has spent 0.3 s of CPU on it, five `status` calls on another connection must be answered
+        before it replies: with that work on the event loop, the first status came after it, and by the last
+        its reply had been read too. Returns its reply."""
+        from sdd_client.client import Client
+
+        done: dict[str, Any] = {}
+
+        def call() -> None:
+            with Client(self.socket, timeout=timeout) as other:
+                done["reply"] = other.call(method, **params)
+
+        with self.client() as client:
+            before = self.cpu_seconds()
+            worker = threading.Thread(target=call)
+            worker.start()
+            try:
+                deadline = time.monotonic() + 60
+                while self.cpu_seconds() < before + 0.3:  # the idle daemon is at work on the call
+                    assert time.monotonic() < deadline and worker.is_alive(), f"{method} never kept the daemon busy"
+                    time.sleep(0.01)
+                answered = [client.call("status")["state"] for _ in range(5)]
+                assert "reply" not in done and answered == ["running"] * 5, f"status waited for {method}"
+            finally:
+                worker.join(timeout)
+        return done["reply"]
+
     def start(self, wait_ready: bool = True) -> DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             raise DaemonError("already running")
