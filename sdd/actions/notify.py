@@ -31,6 +31,9 @@ log = logging.getLogger("sdd.notify")
 CHANNELS = ("desktop", "email", "syslog", "log")
 URGENCIES = ("low", "normal", "critical")
 _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Every character str.splitlines() ends a line at: the email package refuses a header holding any of them
+# (ValueError), so a file named with U+2028 in a title failed the mail that was to tell of it.
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 _ADDR = re.compile(r"[^@\s<>\"',;:()\[\]\\]+@[^@\s<>\"',;:()\[\]\\]+")
 _SYSLOG_PRIORITY = {"low": syslog.LOG_INFO, "normal": syslog.LOG_NOTICE, "critical": syslog.LOG_CRIT}
 SYSLOG_SOCKET = "/dev/log"  # where syslog(3) sends (journald and rsyslog listen here)
@@ -148,7 +151,7 @@ async def send_notification(services: ActionServices, *, context: dict[str, Any]
     false) without failing the step."""
     p = Params("send_notification", params)
     body = _clean(p.req_string("message", max_len=1 << 20), 64 * 1024)
-    title = _clean(p.string("title", default="sdd", max_len=4096) or "sdd", 200).replace("\n", " ").strip()
+    title = _LINE_BREAKS.sub(" ", _clean(p.string("title", default="sdd", max_len=4096) or "sdd", 200)).strip()
     urgency = p.string("urgency", default="normal", choices=URGENCIES) or "normal"
     recipients = _recipients(p)
     channels = _channels(p, recipients, services)

@@ -43,6 +43,21 @@ async def test_email_reaches_the_relay(env: Env, smtp) -> None:
     assert "Found <Win.Trojan>" in msg.get_payload()
 
 
+@pytest.mark.parametrize("brk", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"])
+async def test_every_line_break_python_knows_is_gone_from_the_subject_and_the_mail_goes(
+        env: Env, smtp, brk: str) -> None:
+    # The email package refuses a header holding any line break str.splitlines() knows (ValueError): a file
+    # named with U+2028, say, in the title failed the mail, and no one was told of that detection.
+    inbox, port = smtp
+    env.configure(smtp=SmtpConfig(host="127.0.0.1", port=port, sender="sdd@test", timeout=5))
+    res = await env.call("send_notification", recipient="root@localhost", title=f"Threat in /tmp/x{brk}Bcc: evil@x",
+                         message=f"Found in /tmp/x{brk}.exe", urgency="critical")
+    assert res["channels"] == ["email"]
+    [env_] = inbox.messages
+    msg = message_from_bytes(env_.content)
+    assert msg["Subject"] == "Threat in /tmp/x Bcc: evil@x" and msg["Bcc"] is None
+
+
 async def test_rejected_recipient_is_a_permanent_failure(env: Env, smtp) -> None:
     _, port = smtp
     env.configure(smtp=SmtpConfig(host="127.0.0.1", port=port, timeout=5))
