@@ -109,9 +109,13 @@ def cmd_status(ctx: Ctx) -> int:
                           "disconnected", "yellow"))))
     pairs.extend(_guard_lines(ctx, status.get("guards")))
     pairs.extend(_export_lines(ctx, status.get("export")))
+    full_since = status.get("database_full_since")
+    full = isinstance(full_since, (int, float)) and not isinstance(full_since, bool)
     for key, label in (("socket", "Socket"), ("spool", "Spool"), ("database", "Database")):
         if status.get(key):
-            pairs.append((label, safe(status[key])))
+            pairs.append((label, safe(status[key]) + (ctx.style.paint(
+                f" (its disk is full, since {relative_time(full_since)}: writes are held and tried again, "
+                "new detections wait in the spool)", "red") if key == "database" and full else "")))
     if status.get("user_mode"):
         pairs.append(("Mode", "user"))
     lines = output.key_values(pairs, indent="     ")

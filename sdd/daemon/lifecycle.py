@@ -256,6 +256,8 @@ class Daemon:
                     "state": "disabled" if bus is None else bus.state.value},
             "socket": str(self.config.paths.socket),
             "database": str(self.config.database),
+            # (wall clock) since when commits fail for a full disk and are held and tried again; else None
+            "database_full_since": self.store.writer_stats().full_since if self.store is not None else None,
             "spool": str(self.config.paths.spool),
             "intake": {"paused": self.dispatcher.paused, **(self.intake.stats if self.intake else {})},
             "user_mode": self.config.user_mode,

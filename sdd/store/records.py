@@ -75,6 +75,7 @@ class WriterStats:
     failed_operations: int
     queued: int
     largest_batch: int
+    full_since: float | None = None  # (wall clock) commits fail for a full disk and are being tried again
 
 
 __all__ = ["AddedDetection", "DetectionState", "ExclusionKind", "Page", "RunTrigger", "WriterStats"]

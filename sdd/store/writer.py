@@ -22,6 +22,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,23 @@ from .records import WriterStats
 log = logging.getLogger("sdd.store")
 
 Operation = Callable[[sqlite3.Connection], Any]
+
+# A commit that fails because the disk is full (SQLITE_FULL) is tried again, the same batch, after RETRY_FIRST
+# seconds, then twice as long each time, at most RETRY_MAX; its waiters wait. Failing them lost what they
+# recorded: a run's steps and outcome, a detection's state, while their files and actions had gone ahead.
+# Meanwhile the queue grows only as fast as its callers are let to go on (intake stops claiming once its
+# in-flight detections wait), and a closing writer stops trying: what was not committed is then failed, and
+# the spool files and runs still in flight bring it back at the next start.
+RETRY_FIRST = 0.25
+RETRY_MAX = 5.0
+STILL_FULL_EVERY = 30.0  # seconds between the log lines saying that commits still fail
+_SQLITE_FULL = 13
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's "database or disk is full"."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF == _SQLITE_FULL
 
 
 @dataclass(slots=True)
@@ -59,6 +77,7 @@ class GroupCommitWriter:
         self.operations = 0
         self.failed_operations = 0
         self.largest_batch = 0
+        self.full_since: float | None = None  # (wall clock) commits fail for a full disk and are being retried
         self.syncs = 0                   # fdatasyncs of the WAL made for durable writes
         self.synced_transactions = 0     # `transactions` as it was when the last of them began
         self._wal = _wal_path(conn)      # None (not WAL): durable batches commit at synchronous=FULL
@@ -164,15 +183,7 @@ class GroupCommitWriter:
         if full:
             self._conn.execute("PRAGMA synchronous = FULL")
         try:
-            outcomes = self._run_fast(batch)
-            if outcomes is None:  # one operation failed: redo the batch with one savepoint per operation
-                outcomes = self._run_isolated(batch)
-        except sqlite3.Error as exc:
-            # The transaction as a whole failed (disk full, I/O error): nothing in it is durable.
-            self._rollback()
-            log.error("store commit of %d operations failed: %s", len(batch), exc)
-            error = StoreError(f"commit failed: {exc}")
-            outcomes = [(op, None, error) for op in batch]
+            outcomes = self._attempts(batch)
         finally:
             if full:
                 self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -195,6 +206,41 @@ class GroupCommitWriter:
         if after is not None:
             after()
 
+    def _attempts(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]]:
+        """The batch's outcomes; tried again while the disk is full (see RETRY_FIRST), unless closing."""
+        delay, started, told = RETRY_FIRST, 0.0, 0.0
+        while True:
+            try:
+                outcomes = self._run_fast(batch)
+                if outcomes is None:  # one operation failed: redo the batch with one savepoint per operation
+                    outcomes = self._run_isolated(batch)
+            except sqlite3.Error as exc:
+                # The transaction as a whole failed (disk full, I/O error): nothing in it is durable.
+                self._rollback()
+                with self._cond:
+                    closing = self._closing
+                if disk_full(exc) and not closing:
+                    now = time.monotonic()
+                    if not started:
+                        started, told, self.full_since = now, now, time.time()
+                        log.error("store: the disk is full; holding %d operations (and what comes after them) "
+                                  "and trying again", len(batch))
+                    elif now - told >= STILL_FULL_EVERY:
+                        told = now
+                        log.error("store: the disk is still full after %.0fs; %d operations wait", now - started,
+                                  len(batch) + len(self._queue))
+                    with self._cond:
+                        self._cond.wait_for(lambda: self._closing, timeout=delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
+                log.error("store commit of %d operations failed: %s", len(batch), exc)
+                error = StoreError(f"commit failed: {exc}")
+                outcomes = [(op, None, error) for op in batch]
+            if started:
+                self.full_since = None
+                log.warning("store: commits work again after %.1fs of a full disk", time.monotonic() - started)
+            return outcomes
+
     def _run_fast(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]] | None:
         """The common case, without savepoints (they double the cost of a small write). If an operation
         raises, everything is rolled back and None returned — or, alone in its batch, it just fails.
@@ -208,7 +254,9 @@ class GroupCommitWriter:
         for i, j in statement_runs(fns):
             try:
                 result = run_slice(conn, fns, i, j)
-            except Exception as exc:  # noqa: BLE001 -- any failure fails only its own waiter
+            except Exception as exc:  # any failure fails only its own waiter, but a full disk
+                if disk_full(exc):
+                    raise  # not this operation's fault: the whole batch waits for room (_attempts)
                 self._rollback()
                 if len(batch) == 1:
                     return [(batch[0], None, exc)]
@@ -225,7 +273,9 @@ class GroupCommitWriter:
             conn.execute("SAVEPOINT op")
             try:
                 result = op.fn(conn)
-            except Exception as exc:  # noqa: BLE001 -- any failure fails only its own waiter
+            except Exception as exc:  # any failure fails only its own waiter, but a full disk
+                if disk_full(exc):
+                    raise
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 outcomes.append((op, None, exc))
@@ -312,7 +362,8 @@ class GroupCommitWriter:
     def stats(self) -> WriterStats:
         with self._cond:
             queued = len(self._queue)
-        return WriterStats(self.transactions, self.operations, self.failed_operations, queued, self.largest_batch)
+        return WriterStats(self.transactions, self.operations, self.failed_operations, queued, self.largest_batch,
+                           self.full_since)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop accepting writes, commit everything queued, and wait for the thread to finish."""

@@ -129,16 +129,40 @@ async def test_reads_from_other_threads_use_their_own_connection(store: Store) -
     assert seen == 1
 
 
-async def test_a_full_database_fails_the_writes_and_recovers(store: Store) -> None:
-    # SQLITE_FULL without filling the real disk: cap the file at its current size.
+async def _fill_up(store: Store) -> list[asyncio.Future[object]]:
+    """SQLITE_FULL without filling the real disk: the file capped at its size, then three large writes and a
+    small one queued; returns once the writer has met the full disk."""
     pages = await store.write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
     await store.write(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}"))
-    big = [asyncio.ensure_future(store.add_detection({"type": "m", "blob": "x" * 200_000})) for _ in range(3)]
-    results = await asyncio.gather(*big, return_exceptions=True)
-    assert all(isinstance(r, sqlite3.OperationalError) and "full" in str(r) for r in results)
-    await store.write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
-    assert await store.add_detection({"type": "after"})
-    assert [d["type"] for d in store.list_detections().items] == ["after"]
+    writes = [asyncio.ensure_future(store.add_detection({"type": "m", "blob": "x" * 200_000})) for _ in range(3)]
+    writes.append(asyncio.ensure_future(store.add_detection({"type": "after"})))
+    deadline = asyncio.get_running_loop().time() + 30
+    while store.writer_stats().full_since is None:
+        assert asyncio.get_running_loop().time() < deadline, "the writer never met the full disk"
+        await asyncio.sleep(0.01)
+    return writes
+
+
+async def test_a_full_disk_holds_the_writes_until_there_is_room(store: Store,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    # Failing them lost a run's steps and outcome and a detection's state while their actions went ahead.
+    writes = await _fill_up(store)
+    await asyncio.sleep(0.3)  # (a retry or two: still nothing resolved, nothing lost)
+    assert not any(w.done() for w in writes) and store.writer_stats().failed_operations == 0
+    store._writer._conn.execute("PRAGMA max_page_count = 1073741823")  # room again (its mutex serialises this)
+    ids = await asyncio.gather(*writes)
+    assert len(set(ids)) == 4 and store.writer_stats().full_since is None
+    assert [d["type"] for d in store.list_detections().items] == ["after", "m", "m", "m"]
+    said = [r.getMessage() for r in caplog.records if r.name == "sdd.store"]
+    assert any("the disk is full; holding" in m for m in said) and any("commits work again" in m for m in said)
+
+
+async def test_a_writer_closing_on_a_full_disk_fails_what_it_holds_and_stops(db_path: Path) -> None:
+    store = Store.open(db_path)
+    writes = await _fill_up(store)
+    await asyncio.get_running_loop().run_in_executor(None, store.close)
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert all(isinstance(r, StoreError) and "full" in str(r) for r in results)
 
 
 async def test_info_reports_path_version_size_and_counters(store: Store, db_path: Path) -> None:
