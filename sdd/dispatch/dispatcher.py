@@ -181,14 +181,15 @@ class Dispatcher:
                 results[i] = res
         done: list[str] = []
         failed: list[str] = []
+        failure: BaseException | None = None
         refused: list[tuple[str, str]] = []
         for c, res in zip(claimed, results):
             if isinstance(res, BaseException):
                 if isinstance(res, ValueError):
                     refused.append((c.name, f"refused by the database: {res}"))
-                else:  # the database is failing: keep the file in cur/ for the next start
-                    log.error("cannot record a detection", extra=kv(name=c.name, error=res))
+                else:  # the database is failing: the file stays in cur/, delivered again (intake.release)
                     failed.append(c.name)
+                    failure = res
                 continue
             assert res is not None
             done.append(c.name)
@@ -200,7 +201,9 @@ class Dispatcher:
         intake.done(done)  # (intake flushes the store to disk before it deletes them)
         if refused:
             intake.reject_claimed(refused)
-        if failed:
+        if failed:  # one line a batch: a failing database must not flood the log a line a detection
+            log.error("cannot record detections; their files stay in cur/ and are delivered again",
+                      extra=kv(count=len(failed), first=failed[0], error=failure))
             intake.release(failed)
         self.update_pause()
         self.wake.set()

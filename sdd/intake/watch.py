@@ -57,6 +57,12 @@ class Rejected:
 Deliver = Callable[[list[Claimed], list[Rejected]], None]
 
 
+# Delivering again the files whose commit failed: first after RETRY_FIRST seconds, then twice as long each
+# time commits still fail, at most RETRY_MAX.
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
+
+
 class Intake:
     """Owns the spool. `deliver(claimed, rejected)` is called on the worker thread after each batch."""
 
@@ -84,13 +90,18 @@ class Intake:
         self._deferred: set[str] = set()         # seen again while in flight: look once it is done
         self._unlink: list[str] = []
         self._late_rejects: list[tuple[str, str]] = []
+        # Claimed files whose commit failed (a full disk, say): delivered again once `_retry_at` comes, after
+        # a delay that doubles while commits keep failing (RETRY_FIRST .. RETRY_MAX) and resets when one works.
+        self._retry: dict[str, None] = {}
+        self._retry_at = 0.0
+        self._retry_delay = RETRY_FIRST
         self._rescan_reasons: list[str] = []
         self._paused = False
         self._stopping = False
         self._first_scan_done = False
         self._thread: threading.Thread | None = None
         self._observer: NameWatch | None = None
-        self.stats = {"claimed": 0, "rejected": 0, "rescans": 0, "overflows": 0}
+        self.stats = {"claimed": 0, "rejected": 0, "rescans": 0, "overflows": 0, "retried": 0}
 
     # -- lifecycle
     def start(self) -> None:
@@ -159,13 +170,23 @@ class Intake:
         """The detections in cur/NAMES are committed: their files may go."""
         with self._cond:
             self._unlink.extend(names)
+            if names:
+                self._retry_delay = RETRY_FIRST
             self._cond.notify()
 
     def release(self, names: list[str]) -> None:
-        """Claimed files whose detections could not be committed: they stay in cur/ (and are delivered again
-        at the next start, like a crash's leftovers) but no longer count against the in-flight bound."""
+        """Claimed files whose detections could not be committed: they stay in cur/, no longer count against
+        the in-flight bound, and are delivered again (as leftovers: the daemon de-duplicates by spool name)
+        after a delay, and at the next start if the daemon stops first. Without the retry, a database that
+        failed for a while (its disk full) left them unprocessed until a restart."""
+        if not names:
+            return
         with self._cond:
             self._inflight.difference_update(names)
+            if not self._retry:
+                self._retry_at = time.monotonic() + self._retry_delay
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+            self._retry.update(dict.fromkeys(names))
             self._cond.notify()
 
     def reject_claimed(self, items: list[tuple[str, str]]) -> None:
@@ -201,14 +222,32 @@ class Intake:
     def _can_claim(self) -> bool:
         return bool(self._pending) and not self._paused and len(self._inflight) < self.max_inflight
 
+    def _take(self, names: dict[str, None]) -> list[str]:
+        """The first of `names` (removed from it) that fit in a batch and the in-flight bound, now in flight."""
+        room = min(self.batch_size, self.max_inflight - len(self._inflight))
+        batch: list[str] = []
+        while names and len(batch) < room:
+            name = next(iter(names))
+            del names[name]
+            batch.append(name)
+        self._inflight.update(batch)
+        return batch
+
+    def _retry_due(self, now: float) -> bool:
+        return bool(self._retry) and now >= self._retry_at and not self._paused and \
+            len(self._inflight) < self.max_inflight
+
     def _run(self) -> None:
         next_safety = time.monotonic() + self.rescan_interval
         leftovers = True
         while True:
             with self._cond:
                 while not self._stopping and not self._unlink and not self._late_rejects and not self._can_claim() and not (
-                        self._rescan_reasons and not self._paused and not self._pending):
+                        self._rescan_reasons and not self._paused and not self._pending) and not self._retry_due(
+                        time.monotonic()):
                     timeout = next_safety - time.monotonic()
+                    if self._retry:
+                        timeout = min(timeout, max(self._retry_at - time.monotonic(), 0.001))
                     if timeout <= 0:
                         if "safety timer" not in self._rescan_reasons:
                             self._rescan_reasons.append("safety timer")
@@ -227,17 +266,19 @@ class Intake:
                 scan = bool(self._rescan_reasons) and not self._paused and not self._pending
                 reasons: list[str] = []
                 batch: list[str] = []
+                retry: list[str] = []
+                if self._retry_due(time.monotonic()):
+                    retry = self._take(self._retry)
+                    if self._retry:  # the rest in the next turns, as room comes
+                        self._retry_at = time.monotonic()
                 if scan:
                     reasons, self._rescan_reasons = self._rescan_reasons, []
                 elif self._can_claim():
-                    room = min(self.batch_size, self.max_inflight - len(self._inflight))
-                    while self._pending and len(batch) < room:
-                        name = next(iter(self._pending))
-                        del self._pending[name]
-                        batch.append(name)
-                    self._inflight.update(batch)
+                    batch = self._take(self._pending)
             if batch:  # new detections first: the flush and the deletions below can wait, they cannot
                 self._process(batch)
+            if retry:
+                self._redeliver(retry)
             cur = self._cur
             if unlink and self._durable():
                 for name in unlink:
@@ -315,6 +356,16 @@ class Intake:
                             self._remove(self.layout.cur / name)
                 if self._stopping:
                     return
+
+    def _redeliver(self, names: list[str]) -> None:
+        """Claimed files whose commit failed, delivered again from cur/ (see `release`)."""
+        self.stats["retried"] += len(names)
+        log.warning("delivering again detections whose commit failed", extra=kv(count=len(names)))
+        claimed: list[Claimed] = []
+        rejected: list[Rejected] = []
+        for name in names:
+            self._read(name, claimed, rejected, leftover=True)
+        self._hand_over(claimed, rejected)
 
     def _drop_claimed_twin(self, name: str) -> None:
         """A crash between link and unlink leaves the same file in new/ and cur/: it counts as claimed."""

@@ -245,6 +245,32 @@ async def test_a_spool_file_goes_only_after_a_flush_of_the_wal_that_covers_its_d
         await asyncio.to_thread(intake.stop)
 
 
+async def test_spool_files_whose_commit_failed_are_delivered_again_while_the_daemon_runs(
+        centre: Centre, tmp_path: Path) -> None:
+    """They stayed in cur/ until a restart: a database that failed for a while left them unprocessed."""
+    spool = tmp_path / "spool"
+    intake = Intake(spool, centre.dispatcher.deliver, rescan_interval=3600.0)
+    centre.dispatcher.attach_intake(intake)
+    (spool / "tmp").mkdir(parents=True, exist_ok=True)
+    (spool / "new").mkdir(parents=True, exist_ok=True)
+    writer = centre.store._writer._conn
+    writer.execute("PRAGMA query_only = 1")  # every write fails: "attempt to write a readonly database"
+    intake.start()
+    try:
+        for name in ("a", "b", "c"):
+            (spool / "tmp" / name).write_text(json.dumps({"type": "malware", "file_path": f"/tmp/{name}"}))
+            os.rename(spool / "tmp" / name, spool / "new" / name)
+        await _until(lambda: intake.stats["retried"] >= 3, timeout=30)  # delivered again, failed again
+        assert sorted(os.listdir(spool / "cur")) == ["a", "b", "c"] and not centre.store.list_detections(limit=10).to_dict()["items"]
+        writer.execute("PRAGMA query_only = 0")
+        await _until(lambda: not os.listdir(spool / "cur"), timeout=30)
+        rows = centre.store.list_detections(limit=10).to_dict()["items"]
+        assert sorted(r["spool_name"] for r in rows) == ["a", "b", "c"]
+        await _until(lambda: sorted(centre.acted) == ["/tmp/a", "/tmp/b", "/tmp/c"])
+    finally:
+        await asyncio.to_thread(intake.stop)
+
+
 async def _until(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := probe()):
