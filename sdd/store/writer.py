@@ -236,6 +236,10 @@ class GroupCommitWriter:
                 log.error("store commit of %d operations failed: %s", len(batch), exc)
                 error = StoreError(f"commit failed: {exc}")
                 outcomes = [(op, None, error) for op in batch]
+                if started:  # (closing, or another failure now: not "work again")
+                    self.full_since = None
+                    log.error("store: gave up a batch held %.1fs for a full disk", time.monotonic() - started)
+                return outcomes
             if started:
                 self.full_since = None
                 log.warning("store: commits work again after %.1fs of a full disk", time.monotonic() - started)
