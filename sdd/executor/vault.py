@@ -59,14 +59,20 @@ def quarantine_id(sha256: str, original_path: str) -> str:
 
 
 class _Xor:
+    """The vault's keystream, built as long as the longest chunk it has met (a CHUNK's worth built up front
+    cost more than the quarantine of a small file: a seventh of the daemon's time in an outbreak)."""
+
     def __init__(self, key: bytes) -> None:
-        self.stream = key * (CHUNK // KEY_LEN + 1)
+        self.key = key
+        self.stream = b""
         self.offset = 0
 
     def __call__(self, data: bytes) -> bytes:
         n = len(data)
         start = self.offset % KEY_LEN
         self.offset += n
+        if len(self.stream) < start + n:
+            self.stream = self.key * ((start + n) // KEY_LEN + 1)
         ks = self.stream[start:start + n]
         return (int.from_bytes(data, "little") ^ int.from_bytes(ks, "little")).to_bytes(n, "little")
 
