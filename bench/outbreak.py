@@ -10,8 +10,13 @@ makes (`sigtool --md5`), one `clamdscan --multiscan` of a directory of 200 infec
   in the daemon's database), and runs_s_after_scan until all 200 runs are finished. Target: vault <= 5 s.
   step_p50_ms: each step's median duration over the 200 runs (where a run's time goes).
 
-Ratios: hook_over_true (target <= 3), hook_over_move. Self-contained: clamd, the daemon and the SMTP sink are
-started in a temp dir and stopped. Skipped ({"skipped": reason}) when ClamAV is not installed.
+Three rounds, each of the three scans in turn (a fresh daemon, clamd and directory each time): the scan times are
+the medians of the rounds (one scan lasts a fraction of a second, and a single one moved the ratio by a third
+between runs), every round's figures are under `rounds`, and the containment figures are the worst round's
+(vault_s_after_scan, runs_s_after_scan: the slowest; files_left_on_disk, guard_trips: the sum; runs, mails:
+summed over the rounds). Ratios: hook_over_true (target <= 3), hook_over_move. Self-contained: clamd, the
+daemon and the SMTP sink are started in a temp dir and stopped. Skipped ({"skipped": reason}) when ClamAV is
+not installed.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tests.support.daemon import DaemonProcess
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "templates" / "critical_threat_response.yaml"
 N = 200
+ROUNDS = 3
 VAULT_TARGET_S = 5.0
 
 
@@ -111,24 +117,44 @@ def run() -> dict[str, Any]:
         return {"skipped": "ClamAV is not installed (apt-get install clamav clamav-daemon clamdscan)"}
     _build_hook()
     base = "/" if os.access("/", os.W_OK) else "/var/tmp"  # a fresh directory, as bench/hook.py
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix=".sdd-bench-outbreak-", dir=base) as tmp:
-        work = Path(tmp)
-        sample = work / "sample"
+        sample = Path(tmp) / "sample"
         sample.write_bytes(SAMPLE)
-        (work / "test.hdb").write_text(subprocess.run([str(SIGTOOL), "--md5", str(sample)], capture_output=True,
-                                                      text=True, check=True).stdout)
-        out: dict[str, Any] = {"files": N, "config": "default rate limits; shipped critical_threat_response"}
-        out.update(_contained(work))
-        for name, event in (("true", "/bin/true"), ("move", None)):
-            clamd = _Clamd(work, f"clamd-{name}", event)
-            try:
-                target = _infected(work / f"outbreak-{name}", N)
-                extra = [f"--move={_spool(work / 'moved')}"] if name == "move" else []
-                out[f"scan_s_{name}"] = round(clamd.scan(target, *extra), 3)
-            finally:
-                clamd.stop()
+        signatures = subprocess.run([str(SIGTOOL), "--md5", str(sample)], capture_output=True, text=True,
+                                    check=True).stdout
+        for r in range(ROUNDS):
+            work = Path(tmp) / f"round-{r}"
+            work.mkdir()
+            (work / "test.hdb").write_text(signatures)
+            one = _contained(work)
+            for name, event in (("true", "/bin/true"), ("move", None)):
+                clamd = _Clamd(work, f"clamd-{name}", event)
+                try:
+                    target = _infected(work / f"outbreak-{name}", N)
+                    extra = [f"--move={_spool(work / 'moved')}"] if name == "move" else []
+                    one[f"scan_s_{name}"] = round(clamd.scan(target, *extra), 3)
+                finally:
+                    clamd.stop()
+            rounds.append(one)
+    out: dict[str, Any] = {"files": N, "config": "default rate limits; shipped critical_threat_response",
+                           "rounds_run": ROUNDS}
+    for key in ("scan_s_hook", "scan_s_true", "scan_s_move"):
+        out[key] = round(statistics.median(one[key] for one in rounds), 3)
+    for key in ("vault_s_after_scan", "runs_s_after_scan"):
+        out[key] = max(one[key] for one in rounds)
+    for key in ("files_left_on_disk", "guard_trips", "mails"):
+        out[key] = sum(one[key] for one in rounds)
+    statuses: dict[str, int] = {}
+    for one in rounds:
+        for status, count in one["runs"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    out["runs"] = statuses
+    out["step_p50_ms"] = rounds[-1]["step_p50_ms"]  # (the last round's)
     out["hook_over_true"] = round(out["scan_s_hook"] / out["scan_s_true"], 2)
     out["hook_over_move"] = round(out["scan_s_hook"] / out["scan_s_move"], 2)
+    out["rounds"] = [{k: one[k] for k in ("scan_s_hook", "scan_s_true", "scan_s_move", "vault_s_after_scan")}
+                     | {"hook_over_true": round(one["scan_s_hook"] / one["scan_s_true"], 2)} for one in rounds]
     out["targets"] = {"hook_over_true": 3.0, "vault_s_after_scan": VAULT_TARGET_S}
     return out
 
