@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -42,8 +43,8 @@ def next_due(schedule: Schedule, now: float, last_due: float | None = None) -> f
     stall does not fire a burst. `at`: the next local wall-clock HH:MM (today or tomorrow)."""
     if schedule.every is not None:
         period = float(schedule.every)
-        if period <= 0:
-            raise ValueError("schedule every: must be > 0")
+        if not math.isfinite(period) or period <= 0:  # (validation refuses them; a NaN here never slept)
+            raise ValueError(f"schedule every: must be a positive number of seconds, got {period!r}")
         due = (last_due if last_due is not None else now) + period
         if due <= now:
             due += period * (int((now - due) // period) + 1)

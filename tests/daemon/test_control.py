@@ -66,6 +66,18 @@ def test_a_scheduled_workflow_runs_on_its_own(tmp_path: Path) -> None:
                    >= 2, timeout=30, what="two scheduled runs")
 
 
+def test_a_schedule_of_nan_seconds_is_not_loaded_and_the_daemon_answers(tmp_path: Path) -> None:
+    # It loaded once, and the scheduler's loop then neither slept nor yielded: no call was answered again.
+    tick = notify_workflow("tick", 1).replace("trigger:\n  type: malware\n", "trigger:\n  schedule: {every: .nan}\n")
+    with DaemonProcess(tmp_path, workflows={"tick": tick, "on_malware": notify_workflow("on_malware", 1)}) as d:
+        with client.Client(d.socket, timeout=10) as c:
+            assert [w["workflow_id"] for w in c.call("workflows.list")["items"]] == ["on_malware"]
+        d.drop({"type": "malware", "file_path": "/tmp/still-served"})
+        d.wait_for(lambda: completed(d) == 1, what="the valid workflow's run")
+        assert d.count("SELECT count(*) FROM runs WHERE trigger = 'schedule'") == 0
+        assert "tick.yaml:3:21: trigger.schedule.every must be a finite number, got .nan" in d.log()
+
+
 def test_back_pressure_keeps_the_backlog_in_the_spool_and_database(tmp_path: Path) -> None:
     slow = notify_workflow("slow", 1).replace("steps:\n", "steps:\n  - step_id: pause\n    action: run_script\n"
                                               "    params: {script: pause.sh}\n")

@@ -443,3 +443,55 @@ def test_param_declarations_are_in_the_published_schema() -> None:
         "'message' is a required property", "Additional properties are not allowed ('mesage' was unexpected)"]
     assert errors({"step_id": "p", "action": "plugin", "params": {"x": 1}}) == []
     assert "allOf" not in schema()["$defs"]["step"]   # the structure alone declares no action
+
+
+def test_numbers_that_are_not_finite_are_refused_wherever_they_are() -> None:
+    # `every: .nan` loaded, and the scheduler's loop then never slept nor yielded: the daemon stopped
+    # answering and its log grew by the line. YAML spells NaN and infinity; no field of a workflow means them.
+    found = issues_of("""\
+        workflow_id: nan
+        trigger: {schedule: {every: .nan}}
+        timeout: .inf
+        steps:
+          - step_id: a
+            action: kill_process
+            params: {process_id: 1, signal: -.Inf}
+            retry_delay: .NaN
+            max_retries: 1
+            total_timeout: 1.0e+999
+        """)
+    assert found == [
+        "wf.yaml:2:29: trigger.schedule.every must be a finite number, got .nan",
+        "wf.yaml:3:10: timeout must be a finite number, got .inf",
+        "wf.yaml:7:37: steps[0].params.signal must be a finite number, got -.inf",
+        "wf.yaml:8:18: steps[0].retry_delay must be a finite number, got .nan",
+        "wf.yaml:10:20: steps[0].total_timeout must be a finite number, got .inf",
+    ]
+
+
+def test_durations_given_as_text_must_be_positive_and_a_schedule_at_least_a_second() -> None:
+    found = issues_of("""\
+        workflow_id: zero
+        trigger: {schedule: {every: 1ms}}
+        timeout: 0s
+        steps:
+          - step_id: a
+            action: kill_process
+            params: {process_id: 1}
+            timeout: 0m
+        """)
+    assert found == [
+        "wf.yaml:2:29: trigger.schedule.every must be at least 1s, got '1ms'",
+        "wf.yaml:3:10: timeout must be a positive duration, got '0s'",
+        "wf.yaml:8:14: steps[0].timeout must be a positive duration, got '0m'",
+    ]
+    assert issues_of("workflow_id: half\ntrigger: {schedule: {every: 0.5}}\nsteps: [{step_id: a, action: kill_process, "
+                     "params: {process_id: 1}}]\n") == [
+        "wf.yaml:2:29: trigger.schedule.every must be at least 1s, got 0.5"]
+    # The positive controls: a second, hours, and a numeric zero still get the schema's one message.
+    for every in ("1", "1s", "6h", "1h30m"):
+        assert issues_of(f"workflow_id: ok\ntrigger: {{schedule: {{every: {every}}}}}\nsteps: [{{step_id: a, "
+                         "action: kill_process, params: {process_id: 1}}]\n") == [], every
+    zero = issues_of("workflow_id: z\ntrigger: {schedule: {every: 0}}\nsteps: [{step_id: a, action: kill_process, "
+                     "params: {process_id: 1}}]\n")
+    assert len(zero) == 1 and "must be a positive number of seconds" in zero[0]

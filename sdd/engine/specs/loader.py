@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from ..errors import ValidationIssue, WorkflowValidationError
 from .compilation import precompile
+from .durations import parse_duration
 from .issues import Marks, did_you_mean, format_path
 from .model import BranchCase, Schedule, Trigger, Workflow, WorkflowStep
 from .params import Catalogue, catalogue
@@ -209,32 +209,6 @@ def _check_references(found: dict[str, Workflow], refs: dict[str, list[tuple[str
 
 
 # ---- building the model from validated dicts ---------------------------------------------------------
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like "90", "30s", "5m", "6h", "1d", "1h30m"."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")  # noqa: TRY004 - callers catch ValueError
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip().lower()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if text[pos:m.start()].strip():
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos == 0 or text[pos:].strip():
-        raise ValueError(f"not a duration: {value!r} (use seconds or e.g. 30s, 5m, 6h, 1d)")
-    return total
-
 
 def _target(value: Any) -> tuple[list[WorkflowStep], str | None]:
     if isinstance(value, str):

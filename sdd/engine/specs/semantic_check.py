@@ -1,17 +1,19 @@
 """The semantic layer of validation: what the schema cannot express. What each step type needs and which
 keys apply to it, duplicate step ids, unknown actions, params against the action's declared parameters,
 expressions and templates that do not parse, references to unknown steps, sub-workflow self-references, and
-cycles across a set of workflows.
+cycles across a set of workflows; numbers that are not finite, and durations given as text that are not positive.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ExpressionError
 from ..expressions import compile_expression, template_expressions
+from .durations import MIN_SCHEDULE_EVERY, parse_duration
 from .issues import Path_, _Collector, did_you_mean, format_path
 from .params import Catalogue, param_problems
 from .vocabulary import LEAF_TYPES, STEP_TYPES, TYPE_ACTIONS
@@ -82,6 +84,8 @@ class _Semantics:
         c = self.c
         if not isinstance(step, Mapping):
             return
+        for key in ("timeout", "total_timeout"):
+            positive_duration(step.get(key), (*path, key), c)
         sid = step.get("step_id")
         if isinstance(sid, str):
             if sid in self.ids:
@@ -230,6 +234,36 @@ class _Semantics:
                 self.c.add(path, f"refers to unknown step {ref!r}{did_you_mean(ref, self.ids)}")
 
 
+def non_finite(data: Any, c: _Collector) -> None:
+    """YAML's `.nan` and `.inf` (and floats too large to be one, `1.0e+999`) anywhere: no duration, limit or
+    count of a workflow means them, and each compares in ways nothing downstream expects (a schedule of
+    every `.nan` seconds fired in a loop that never yielded: the daemon stopped answering)."""
+    stack: list[tuple[Any, Path_]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                spelled = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+                c.add(path, f"{format_path(path) or 'the document'} must be a finite number, got {spelled}")
+        elif isinstance(value, Mapping):
+            stack.extend((v, (*path, k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(value))
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return parse_duration(value)
+    except (TypeError, ValueError):
+        return None  # (the schema layer says what is wrong with it)
+
+
+def positive_duration(value: Any, path: Path_, c: _Collector) -> None:
+    """A duration given as text must come to more than zero ("0s", "0m"): the schema checks numbers."""
+    if isinstance(value, str) and (seconds := _seconds(value)) is not None and seconds <= 0:
+        c.add(path, f"{format_path(path)} must be a positive duration, got {value!r}")
+
+
 def _trigger(trigger: Any, c: _Collector, refs: list[tuple[str, Path_]]) -> None:
     if not isinstance(trigger, Mapping):
         return
@@ -238,6 +272,11 @@ def _trigger(trigger: Any, c: _Collector, refs: list[tuple[str, Path_]]) -> None
     _check_expr(trigger.get("when"), ("trigger", "when"), c, refs)
     sched = trigger.get("schedule")
     if isinstance(sched, Mapping):
+        every = sched.get("every")
+        seconds = None if isinstance(every, (int, float)) and every <= 0 else _seconds(every)
+        if seconds is not None and seconds < MIN_SCHEDULE_EVERY:  # (NaN is non_finite's)
+            c.add(("trigger", "schedule", "every"),
+                  f"trigger.schedule.every must be at least {MIN_SCHEDULE_EVERY:g}s, got {every!r}")
         if "every" in sched and "at" in sched:
             c.add(("trigger", "schedule"), "give either 'every' or 'at', not both")
         elif "every" not in sched and "at" not in sched:

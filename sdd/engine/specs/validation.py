@@ -21,7 +21,7 @@ from ..errors import ValidationIssue, WorkflowValidationError
 from .issues import Marks, Path_, _Collector, _type_name
 from .params import catalogue
 from .schema_check import _schema_issues
-from .semantic_check import _Semantics, _trigger
+from .semantic_check import _Semantics, _trigger, non_finite, positive_duration
 
 
 def collect_issues(data: Any, source: str = "", marks: Marks | None = None,
@@ -33,6 +33,8 @@ def collect_issues(data: Any, source: str = "", marks: Marks | None = None,
         c.add((), f"a workflow file must hold a mapping (workflow_id, steps, ...), not {_type_name(data)}")
         return c.issues, []
     _schema_issues(data, c)
+    non_finite(data, c)
+    positive_duration(data.get("timeout"), ("timeout",), c)
     wid = data.get("workflow_id") if isinstance(data.get("workflow_id"), str) else None
     sem = _Semantics(c, actions, wid)
     sem.steps(data.get("steps"), ("steps",))
@@ -55,6 +57,7 @@ def validate_step_dict(data: Any, actions: Any = None) -> None:
         c.add((), f"a step must be a mapping, not {_type_name(data)}")
     else:
         _schema_issues(data, c, step=True)
+        non_finite(data, c)
         sem = _Semantics(c, catalogue(actions), None)
         sem.step(data, ())
     if c.issues:
