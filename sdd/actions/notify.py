@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from . import runinfo
+from . import outbound, runinfo
 from .errors import ActionError, InvalidParams
 from .params import Params
 from .services import ActionServices
@@ -130,7 +130,7 @@ async def _email(services: ActionServices, title: str, body: str, recipients: li
     message_id = make_msgid(domain="sdd.localhost")
     services.guards.before_call(key)
     try:
-        await asyncio.to_thread(_send_mail, services, title, body, recipients, urgency, message_id)
+        await outbound.call(services.on_outbound, _send_mail, services, title, body, recipients, urgency, message_id)
     except (TimeoutError, smtplib.SMTPException, OSError) as exc:
         services.guards.record_failure(key, f"{type(exc).__name__}: {exc}")
         raise ActionError(f"send_notification: email via {cfg.host}:{cfg.port} failed: {exc}",

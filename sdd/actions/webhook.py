@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import http.client
@@ -25,7 +24,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import runinfo
+from . import outbound, runinfo
 from .errors import ActionError
 from .params import Params, plain
 from .replies import parse_reply
@@ -112,8 +111,8 @@ async def call_webhook(services: ActionServices, *, context: dict[str, Any] | No
     breaker = f"webhook:{parts.hostname}:{port or (443 if parts.scheme == 'https' else 80)}"
     services.guards.before_call(breaker)
     try:
-        status, ctype, data = await asyncio.to_thread(
-            _request, parts.scheme, parts.hostname, port, method, target, body, headers, timeout)
+        status, ctype, data = await outbound.call(
+            services.on_outbound, _request, parts.scheme, parts.hostname, port, method, target, body, headers, timeout)
     except ssl.SSLCertVerificationError as exc:
         raise ActionError(f"call_webhook: {method} {parts.hostname}: the TLS certificate was not accepted "
                           f"({exc.verify_message or exc.reason}); nothing was sent", retryable=False) from exc

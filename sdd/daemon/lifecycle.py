@@ -150,6 +150,8 @@ class Daemon:
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
         self.dispatcher = Dispatcher(store, self.hub, self.engine, self.stats, DispatchSettings.of(cfg), life=self,
                                      spawn=self.spawn, on_change=self.publish_status)
+        if self.services is not None:  # (a step waiting on a mail relay or webhook lets its run's slot go)
+            self.services.on_outbound = self.dispatcher.run_outbound
         self.recorder = HistoryRecorder(store, on_run_recorded=self.dispatcher.run_recorded)
         self.reporter = RunReporter(self.engine, self.recorder, self.hub, self.stats,
                                     None if self.services is None else self.services.run_log,

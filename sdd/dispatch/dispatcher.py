@@ -47,6 +47,7 @@ log = logging.getLogger("sdd.daemon")
 READY_WINDOW = 1000         # detections the dispatcher keeps in memory; the rest wait in the database
 WAITING_RUNS_FACTOR = 4     # runs held by a guard, beyond max_concurrent_runs, at most this x the limit
 RECORDING_RUNS_FACTOR = 4   # runs whose steps are done, waiting for their record's commit: likewise
+OUTBOUND_RUNS_FACTOR = 4    # runs with a step waiting on a remote party (mail relay, webhook): likewise
 
 Spawn = Callable[[Awaitable[Any], str], Any]
 
@@ -116,6 +117,10 @@ class Dispatcher:
         # Runs whose steps are all done and whose final record is being committed: they act no more, so
         # they do not count either (up to a bound): a commit's latency must not idle the run slots.
         self.recording_runs: set[str] = set()
+        # Runs with a step waiting on a remote party (`actions.outbound`), by how many: they act on nothing
+        # meanwhile, so they do not count either (up to a bound): a mail relay that never answers must not
+        # hold up the quarantine of the next detections for its timeout.
+        self.outbound_runs: dict[str, int] = {}
         self.on_detection: Callable[[str, str], None] | None = None  # (source, outcome), for the metrics
 
     def configure(self, settings: DispatchSettings) -> None:
@@ -307,9 +312,13 @@ class Dispatcher:
     def _busy_runs(self, limit: int) -> int:
         """Active runs that count against max_concurrent_runs: those a guard holds (a step waiting for a rate
         limit's slot) do not, up to WAITING_RUNS_FACTOR x the limit (issue 13: waits must not starve the rest),
-        nor those only waiting for their record's commit, up to RECORDING_RUNS_FACTOR x the limit."""
+        nor those only waiting for their record's commit, up to RECORDING_RUNS_FACTOR x the limit, nor those
+        waiting on a remote party (a mail relay, a webhook), up to OUTBOUND_RUNS_FACTOR x the limit."""
+        outbound = len(self.outbound_runs) if not self.waiting_runs else \
+            sum(1 for run_id in self.outbound_runs if run_id not in self.waiting_runs)
         return (len(self.engine.active_runs) - min(len(self.waiting_runs), WAITING_RUNS_FACTOR * limit)
-                - min(len(self.recording_runs), RECORDING_RUNS_FACTOR * limit))
+                - min(len(self.recording_runs), RECORDING_RUNS_FACTOR * limit)
+                - min(outbound, OUTBOUND_RUNS_FACTOR * limit))
 
     def run_waiting(self, run_id: str, waiting: bool) -> None:
         """A guard began (or stopped) holding one of the run's steps; a held run's slot may go to the next."""
@@ -318,6 +327,17 @@ class Dispatcher:
             self.wake.set()
         else:
             self.waiting_runs.discard(run_id)
+
+    def run_outbound(self, run_id: str, waiting: bool) -> None:
+        """One of the run's steps began (or ended) waiting on a remote party; meanwhile its slot may go to the
+        next detection. Counted: two parallel steps may each wait."""
+        count = self.outbound_runs.get(run_id, 0) + (1 if waiting else -1)
+        if count > 0:
+            self.outbound_runs[run_id] = count
+        else:
+            self.outbound_runs.pop(run_id, None)
+        if waiting:
+            self.wake.set()
 
     def run_recording(self, run_id: str) -> None:
         """A run's steps are done and its final record is being committed: it acts no more, its slot may go
@@ -329,6 +349,7 @@ class Dispatcher:
         """A run ended: its slot is free."""
         self.waiting_runs.discard(run_id)
         self.recording_runs.discard(run_id)
+        self.outbound_runs.pop(run_id, None)
         self.wake.set()
 
     def _next_detection(self) -> tuple[str, dict[str, Any], bool] | None:

@@ -180,3 +180,23 @@ async def test_https_refuses_a_certificate_that_does_not_verify_and_sends_nothin
     # Not a failure of the host: its circuit breaker counts nothing.
     breakers = env.services.guards.status()["breakers"]
     assert all(b["consecutive_failures"] == 0 for b in breakers.values()), breakers
+
+
+async def test_the_call_waits_in_a_pool_of_its_own_and_says_its_run_waits_on_the_network(
+        env: Env, server: Server) -> None:
+    # asyncio's default pool (local work: reports, index look-ups) is full: the webhook goes out regardless.
+    import asyncio
+    import threading
+
+    told: list[tuple[str, bool]] = []
+    env.services.on_outbound = lambda run_id, waiting: told.append((run_id, waiting))
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    blockers = [loop.run_in_executor(None, release.wait, 30) for _ in range(64)]
+    try:
+        result = await asyncio.wait_for(env.step("call_webhook", {"url": server.url + "/"}), 20)
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)
+    assert result.status is RunStatus.COMPLETED and len(server.requests) == 1
+    assert told == [(result.run_id, True), (result.run_id, False)]
