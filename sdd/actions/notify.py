@@ -128,9 +128,9 @@ async def _email(services: ActionServices, title: str, body: str, recipients: li
     cfg = services.config.smtp
     key = f"smtp:{cfg.host}:{cfg.port}"
     message_id = make_msgid(domain="sdd.localhost")
-    services.guards.before_call(key)
     try:
-        await outbound.call(services.on_outbound, _send_mail, services, title, body, recipients, urgency, message_id)
+        await outbound.call(_send_mail, services, title, body, recipients, urgency, message_id,
+                            on_outbound=services.on_outbound, before=lambda: services.guards.before_call(key))
     except (TimeoutError, smtplib.SMTPException, OSError) as exc:
         services.guards.record_failure(key, f"{type(exc).__name__}: {exc}")
         raise ActionError(f"send_notification: email via {cfg.host}:{cfg.port} failed: {exc}",

@@ -3,10 +3,15 @@
 A mail relay that accepts connections and never answers held each mail for its timeout (30 s) in a thread
 of asyncio's default pool, the six threads that local work shares (reports, quarantine's index look-ups),
 and held its run's `max_concurrent_runs` slot meanwhile: in an outbreak, the sixteen runs that reached their
-email step stopped every other detection's quarantine for a minute. Here such a call runs in a pool of its
-own, and while it waits its run is said to wait on the network (`ActionServices.on_outbound`): the daemon
-does not count it against `max_concurrent_runs` (up to a bound, `dispatch.dispatcher.OUTBOUND_RUNS_FACTOR`),
-so the next detections are contained meanwhile.
+email step stopped every other detection's quarantine for a minute. Here:
+- such a call runs in a pool of its own (OUTBOUND_THREADS); calls beyond it wait for a thread on the event
+  loop, and the caller's `before` check (the integration's circuit breaker) is made when the call gets its
+  thread, not when it joined the line: once the breaker has opened, the calls still in line fail at once
+  instead of each waiting out the timeout again;
+- once a call has kept its step waiting for LEND_AFTER seconds, its run is said to wait on the network
+  (`ActionServices.on_outbound`) until the call returns: the daemon does not count it against
+  `max_concurrent_runs` meanwhile (up to a bound, `dispatch.dispatcher.OUTBOUND_RUNS_FACTOR`), so the next
+  detections are contained. A relay that answers at once changes nothing: its runs keep their slots.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -23,10 +30,14 @@ from sdd.engine.registry import current_step
 
 T = TypeVar("T")
 
-OUTBOUND_THREADS = 32  # calls waiting on remote parties at once; more queue here, holding nothing else
+# Calls talking to remote parties at once: as many as asyncio's default pool has threads, so that mail and
+# webhooks keep the concurrency they had there (more, in an outbreak, only took CPU from the scanner).
+OUTBOUND_THREADS = min(32, (os.cpu_count() or 1) + 4)
+LEND_AFTER = 0.25      # seconds a call may keep its step waiting before its run lends its slot
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_lines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -37,19 +48,41 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-async def call(on_outbound: Callable[[str, bool], None] | None, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in the outbound pool (with the caller's context, as `asyncio.to_thread` does); the run of
-    the step calling it is reported waiting on the network (`on_outbound(run_id, True)`) until it returns."""
+def _line(loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
+    line = _lines.get(loop)
+    if line is None:
+        line = _lines[loop] = asyncio.Semaphore(OUTBOUND_THREADS)
+    return line
+
+
+async def call(fn: Callable[..., T], *args: Any, on_outbound: Callable[[str, bool], None] | None = None,
+               before: Callable[[], None] | None = None) -> T:
+    """`fn(*args)` in the outbound pool, with the caller's context (as `asyncio.to_thread`); `before()` first,
+    on the event loop, once a thread is free (it raises to refuse the call). After LEND_AFTER seconds the run
+    of the step calling it is reported waiting on the network (`on_outbound(run_id, True)`) until it ends."""
+    loop = asyncio.get_running_loop()
     step = current_step()
-    run_id = step.run_id if step is not None and on_outbound is not None else None
-    if run_id is not None:
-        on_outbound(run_id, True)  # type: ignore[misc]
+    lent = False
+
+    def lend() -> None:
+        nonlocal lent
+        assert on_outbound is not None and step is not None
+        lent = True
+        on_outbound(step.run_id, True)
+
+    timer = loop.call_later(LEND_AFTER, lend) if on_outbound is not None and step is not None else None
     try:
-        task = functools.partial(contextvars.copy_context().run, fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(_executor(), task)
+        async with _line(loop):
+            if before is not None:
+                before()
+            task = functools.partial(contextvars.copy_context().run, fn, *args)
+            return await loop.run_in_executor(_executor(), task)
     finally:
-        if run_id is not None:
-            on_outbound(run_id, False)  # type: ignore[misc]
+        if timer is not None:
+            timer.cancel()
+        if lent:
+            assert on_outbound is not None and step is not None
+            on_outbound(step.run_id, False)
 
 
-__all__ = ["OUTBOUND_THREADS", "call"]
+__all__ = ["LEND_AFTER", "OUTBOUND_THREADS", "call"]

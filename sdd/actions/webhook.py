@@ -109,10 +109,10 @@ async def call_webhook(services: ActionServices, *, context: dict[str, Any] | No
         headers["X-Sdd-Signature"] = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     breaker = f"webhook:{parts.hostname}:{port or (443 if parts.scheme == 'https' else 80)}"
-    services.guards.before_call(breaker)
     try:
         status, ctype, data = await outbound.call(
-            services.on_outbound, _request, parts.scheme, parts.hostname, port, method, target, body, headers, timeout)
+            _request, parts.scheme, parts.hostname, port, method, target, body, headers, timeout,
+            on_outbound=services.on_outbound, before=lambda: services.guards.before_call(breaker))
     except ssl.SSLCertVerificationError as exc:
         raise ActionError(f"call_webhook: {method} {parts.hostname}: the TLS certificate was not accepted "
                           f"({exc.verify_message or exc.reason}); nothing was sent", retryable=False) from exc

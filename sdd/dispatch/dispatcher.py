@@ -47,7 +47,7 @@ log = logging.getLogger("sdd.daemon")
 READY_WINDOW = 1000         # detections the dispatcher keeps in memory; the rest wait in the database
 WAITING_RUNS_FACTOR = 4     # runs held by a guard, beyond max_concurrent_runs, at most this x the limit
 RECORDING_RUNS_FACTOR = 4   # runs whose steps are done, waiting for their record's commit: likewise
-OUTBOUND_RUNS_FACTOR = 4    # runs with a step waiting on a remote party (mail relay, webhook): likewise
+OUTBOUND_RUNS_FACTOR = 16   # runs with a step waiting on a remote party (mail relay, webhook): likewise
 
 Spawn = Callable[[Awaitable[Any], str], Any]
 
@@ -313,7 +313,7 @@ class Dispatcher:
         """Active runs that count against max_concurrent_runs: those a guard holds (a step waiting for a rate
         limit's slot) do not, up to WAITING_RUNS_FACTOR x the limit (issue 13: waits must not starve the rest),
         nor those only waiting for their record's commit, up to RECORDING_RUNS_FACTOR x the limit, nor those
-        waiting on a remote party (a mail relay, a webhook), up to OUTBOUND_RUNS_FACTOR x the limit."""
+        kept waiting by a remote party (a mail relay, a webhook), up to OUTBOUND_RUNS_FACTOR x the limit."""
         outbound = len(self.outbound_runs) if not self.waiting_runs else \
             sum(1 for run_id in self.outbound_runs if run_id not in self.waiting_runs)
         return (len(self.engine.active_runs) - min(len(self.waiting_runs), WAITING_RUNS_FACTOR * limit)

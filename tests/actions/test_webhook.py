@@ -27,6 +27,7 @@ def shared_server() -> Iterator[Server]:
 @pytest.fixture
 def server(shared_server: Server) -> Server:
     shared_server.requests.clear()
+    shared_server.release.clear()
     return shared_server
 
 
@@ -182,9 +183,9 @@ async def test_https_refuses_a_certificate_that_does_not_verify_and_sends_nothin
     assert all(b["consecutive_failures"] == 0 for b in breakers.values()), breakers
 
 
-async def test_the_call_waits_in_a_pool_of_its_own_and_says_its_run_waits_on_the_network(
+async def test_the_call_waits_in_a_pool_of_its_own_and_a_slow_one_lends_its_run_s_slot(
         env: Env, server: Server) -> None:
-    # asyncio's default pool (local work: reports, index look-ups) is full: the webhook goes out regardless.
+    # asyncio's default pool (local work: reports, index look-ups) is full: the webhooks go out regardless.
     import asyncio
     import threading
 
@@ -194,9 +195,18 @@ async def test_the_call_waits_in_a_pool_of_its_own_and_says_its_run_waits_on_the
     loop = asyncio.get_running_loop()
     blockers = [loop.run_in_executor(None, release.wait, 30) for _ in range(64)]
     try:
-        result = await asyncio.wait_for(env.step("call_webhook", {"url": server.url + "/"}), 20)
+        fast = await asyncio.wait_for(env.step("call_webhook", {"url": server.url + "/"}), 20)
+        assert fast.status is RunStatus.COMPLETED and told == []  # answered at once: the run kept its slot
+        slow = asyncio.ensure_future(env.step("call_webhook", {"url": server.url + "/slow"}))
+        deadline = loop.time() + 20
+        while not told and loop.time() < deadline:  # the server holds the answer until released
+            await asyncio.sleep(0.01)
+        assert len(told) == 1 and told[0][1] is True
+        server.release.set()
+        result = await asyncio.wait_for(slow, 20)
     finally:
         release.set()
+        server.release.set()
         await asyncio.gather(*blockers)
-    assert result.status is RunStatus.COMPLETED and len(server.requests) == 1
+    assert result.status is RunStatus.COMPLETED and len(server.requests) == 2
     assert told == [(result.run_id, True), (result.run_id, False)]
