@@ -47,7 +47,10 @@ def test_an_outbreak_is_contained_while_the_mail_relay_says_nothing(tmp_path: Pa
         assert [f for f in files if f.exists()] == []
         with d.client() as c:
             assert c.call("status")["active_runs"] > RUNS  # the runs waiting on the relay let theirs go
-    finally:
         relay.close()  # the connections waiting in its backlog are reset: the mail steps fail now
+        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status = 'completed'") == FILES, timeout=120,
+                   what="every run completed, its mail failed")
+        assert d.count("SELECT count(*) FROM steps WHERE step_id = 'notify_admin' AND status = 'failed'") == FILES
+    finally:
+        relay.close()
         d.close()
-    assert d.count("SELECT count(*) FROM runs WHERE status = 'completed'") == FILES
