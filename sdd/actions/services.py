@@ -91,9 +91,9 @@ class ActionServices:
     # Told of each guard trip (rate limit reached with steps waiting, breaker opened): the daemon announces it
     # (a desktop Notification, an event on the stream).
     on_guard_trip: Callable[[Trip], None] | None = None
-    # Told (run id, True) when a step of the run begins to wait on a remote party (a mail relay, a webhook's
-    # server: `outbound.call`) and (run id, False) when it has its answer; the daemon lets other runs have
-    # the run's slot meanwhile. Called on the event loop.
+    # Told (run id, True) once a step of the run has waited `outbound.LEND_AFTER` on a remote party (a mail
+    # relay, a webhook's server: `outbound.call`) and (run id, False) when it has its answer; the daemon lets
+    # other runs have the run's slot meanwhile. Called on the event loop.
     on_outbound: Callable[[str, bool], None] | None = None
     # Without a store, exclusions and false-positive records are kept here (and logged), so workflows
     # and tests behave the same; they do not survive a restart.
