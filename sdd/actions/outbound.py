@@ -4,26 +4,28 @@ A mail relay that accepts connections and never answers held each mail for its t
 of asyncio's default pool, the six threads that local work shares (reports, quarantine's index look-ups),
 and held its run's `max_concurrent_runs` slot meanwhile: in an outbreak, the sixteen runs that reached their
 email step stopped every other detection's quarantine for a minute. Here:
-- such a call runs in a pool of its own (OUTBOUND_THREADS); calls beyond it wait for a thread on the event
-  loop, and the caller's `before` check (the integration's circuit breaker) is made when the call gets its
+- such a call runs in a thread of its own, at most OUTBOUND_THREADS at once; calls beyond them wait on the
+  event loop, and the caller's `before` check (the integration's circuit breaker) is made when the call gets its
   thread, not when it joined the line: once the breaker has opened, the calls still in line fail at once
   instead of each waiting out the timeout again;
 - once a call has kept its step waiting for LEND_AFTER seconds, its run is said to wait on the network
   (`ActionServices.on_outbound`) until the call returns: the daemon does not count it against
   `max_concurrent_runs` meanwhile (up to a bound, `dispatch.dispatcher.OUTBOUND_RUNS_FACTOR`), so the next
-  detections are contained. A relay that answers at once changes nothing: its runs keep their slots.
+  detections are contained. A relay that answers at once changes nothing: its runs keep their slots;
+- each call has a daemon thread of its own (a thread costs ~0.1 ms; the line above bounds how many): a
+  pool's threads are joined when the interpreter exits, so a session to a silent relay held the daemon's
+  stop for the relay's timeout (29 s of a 2 s `shutdown_grace`), past systemd's `TimeoutStopSec` once a
+  retry began late. The run was interrupted and recorded so by then; nothing waits for that thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import os
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sdd.engine.registry import current_step
@@ -35,17 +37,35 @@ T = TypeVar("T")
 OUTBOUND_THREADS = min(32, (os.cpu_count() or 1) + 4)
 LEND_AFTER = 0.25      # seconds a call may keep its step waiting before its run lends its slot
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 _lines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=OUTBOUND_THREADS, thread_name_prefix="sdd-outbound")
-        return _pool
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # (its step was cancelled meanwhile)
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+def _in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], args: tuple[Any, ...]) -> asyncio.Future[T]:
+    """`fn(*args)` in a daemon thread, with the caller's context; the future resolves on `loop`."""
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def work() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (context.run(fn, *args), None)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the awaiting step, which decides
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(_settle, future, *outcome)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=work, name="sdd-outbound", daemon=True).start()
+    return future
 
 
 def _line(loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
@@ -57,7 +77,7 @@ def _line(loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
 
 async def call(fn: Callable[..., T], *args: Any, on_outbound: Callable[[str, bool], None] | None = None,
                before: Callable[[], None] | None = None) -> T:
-    """`fn(*args)` in the outbound pool, with the caller's context (as `asyncio.to_thread`); `before()` first,
+    """`fn(*args)` in a thread of its own, with the caller's context (as `asyncio.to_thread`); `before()` first,
     on the event loop, once a thread is free (it raises to refuse the call). After LEND_AFTER seconds the run
     of the step calling it is reported waiting on the network (`on_outbound(run_id, True)`) until it ends."""
     loop = asyncio.get_running_loop()
@@ -75,8 +95,7 @@ async def call(fn: Callable[..., T], *args: Any, on_outbound: Callable[[str, boo
         async with _line(loop):
             if before is not None:
                 before()
-            task = functools.partial(contextvars.copy_context().run, fn, *args)
-            return await loop.run_in_executor(_executor(), task)
+            return await _in_thread(loop, fn, args)
     finally:
         if timer is not None:
             timer.cancel()

@@ -54,3 +54,40 @@ def test_an_outbreak_is_contained_while_the_mail_relay_says_nothing(tmp_path: Pa
     finally:
         relay.close()
         d.close()
+
+
+def test_a_mail_session_to_a_silent_relay_does_not_hold_up_the_daemon_s_stop(tmp_path: Path) -> None:
+    # The sessions ran in a thread pool, whose threads the interpreter joins at exit: the stop waited for the
+    # relay's timeout (here an hour), past systemd's TimeoutStopSec (45 s), whatever `shutdown_grace` said.
+    relay = socket.socket()
+    relay.bind(("127.0.0.1", 0))
+    relay.listen(16)
+    home = tmp_path / "home"
+    home.mkdir()
+    d = DaemonProcess(tmp_path / "d", workflows={"critical_threat_response": TEMPLATE.read_text("utf-8")},
+                      config_overrides={"engine": {"shutdown_grace": 1.0},
+                                        "actions": {"allowed_roots": [str(home)],
+                                                    "smtp": {"host": "127.0.0.1", "port": relay.getsockname()[1],
+                                                             "from": "sdd@localhost", "timeout": 3600}}})
+    try:
+        d.start()
+        for i in range(3):
+            (home / f"e{i}.exe").write_bytes(b"EVIL %d" % i)
+            d.drop({"type": "malware", "severity": "critical", "file_path": str(home / f"e{i}.exe")})
+        d.wait_for(lambda: d.count("SELECT count(*) FROM quarantine") == 3, what="the files in the vault")
+        d.wait_for(lambda: len(_peers(relay)) == 3, what="three sessions open at the relay")
+        assert d.proc is not None
+        d.proc.terminate()
+        assert d.proc.wait(timeout=60) == 0
+        assert dict(d.query("SELECT status, count(*) FROM runs GROUP BY status")) == {"interrupted": 3}
+    finally:
+        d.close()
+        relay.close()
+
+
+def _peers(relay: socket.socket) -> list[str]:
+    """The connections waiting in the relay's backlog (ESTABLISHED to its port, from /proc/net/tcp)."""
+    port = f"{relay.getsockname()[1]:04X}"
+    with open("/proc/net/tcp", encoding="ascii") as fh:
+        rows = [line.split() for line in fh.readlines()[1:]]
+    return [r[2] for r in rows if r[1].endswith(f":{port}") and r[3] == "01"]
