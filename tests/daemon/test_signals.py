@@ -24,6 +24,11 @@ steps:
 """
 
 
+def _workflows(d: DaemonProcess) -> int:
+    with d.client() as c:
+        return int(c.call("status")["workflows"])
+
+
 def test_sighup_with_a_broken_workflow_keeps_the_old_set(daemon: DaemonProcess) -> None:
     daemon.write_workflow("broken", "workflow_id: broken\nsteps:\n  - step_id: x\n    action: no_such_action\n")
     daemon.write_workflow("extra", notify_workflow("extra", 1, "pua"))
@@ -39,6 +44,9 @@ def test_sighup_with_a_broken_workflow_keeps_the_old_set(daemon: DaemonProcess) 
 
     (daemon.workflows_dir / "broken.yaml").unlink()
     daemon.signal(signal.SIGHUP)
+    # The reload reads and checks the files off the event loop: a detection that comes before it is done is
+    # matched against the old set (under load it did, and found no workflow).
+    daemon.wait_for(lambda: _workflows(daemon) == 2, what="the reload")
     daemon.drop({"type": "pua", "file_path": "/tmp/c"})
     daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM runs WHERE workflow_id = 'extra'") == 1,
                     what="the reloaded workflow's run")
