@@ -2,7 +2,8 @@
 `nats-server -js` (127.0.0.1, temp store), five-step no-op workflow (one OCSF event per detection).
 
 - burst: 5,000 files renamed into new/ at once → every run completed, detections/s, with `[export.nats]` off and
-  on (same run of the bench, so the ratio is what counts); with it on, also the time until the stream holds them.
+  on (same run of the bench, so the ratio is what counts), three interleaved rounds each, the best of each; with
+  it on, also the time until the stream holds them; the CPU a detection of the daemon (and of nats-server).
 - lag: detections paced at 1,000/s for 5 s (one-step workflow, so the daemon itself is not the bottleneck);
   outbox-to-stream: the daemon's own figure (commit into the outbox → JetStream ack, `status`); and end to end:
   from `metadata.logged_time` (the detection recorded, before its commit) to a JetStream consumer; p50/p99/max ms.
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.daemon import _cpu_seconds
 from tests.support.daemon import DaemonProcess
 from tests.support.nats import NatsServer, add_stream, js_call
 
@@ -82,20 +84,49 @@ def _outbox_depth(d: DaemonProcess) -> int:
     return int(sinks["nats"]["depth"]) if "nats" in sinks else 0
 
 
-def _burst(root: Path, nats: NatsServer | None, n: int = 5000) -> dict[str, Any]:
-    d = _daemon(root, "burst-nats" if nats else "burst-off", nats.url if nats else None)
-    with d:
-        names = _prepare(d, n, "b")
-        start = time.time()
-        for name in names:
-            os.rename(d.spool / "tmp" / name, d.spool / "new" / name)
-        d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status = 'completed'") == n, 600, interval=0.02)
-        elapsed = time.time() - start
-        out: dict[str, Any] = {"detections_per_s": round(n / elapsed, 1), "seconds": round(elapsed, 2)}
-        if nats:
-            d.wait_for(lambda: _outbox_depth(d) == 0, 600, interval=0.05)
-            out["all_in_stream_s"] = round(time.time() - start, 2)
+def _burst_round(d: DaemonProcess, prefix: str, exporting: bool, n: int) -> dict[str, Any]:
+    """One burst of `n` files into a running daemon: until every run is completed (and, exporting, until the
+    outbox is empty); rate and the daemon's CPU time a detection."""
+    names = _prepare(d, n, prefix)
+    done_before = d.count("SELECT count(*) FROM runs WHERE status = 'completed'")
+    cpu_before = _cpu_seconds(d.pid)
+    start = time.time()
+    for name in names:
+        os.rename(d.spool / "tmp" / name, d.spool / "new" / name)
+    d.wait_for(lambda: d.count("SELECT count(*) FROM runs WHERE status = 'completed'") >= done_before + n, 600,
+               interval=0.02)
+    elapsed = time.time() - start
+    out: dict[str, Any] = {"detections_per_s": round(n / elapsed, 1), "seconds": round(elapsed, 2)}
+    if exporting:
+        d.wait_for(lambda: _outbox_depth(d) == 0, 600, interval=0.05)
+        out["all_in_stream_s"] = round(time.time() - start, 2)
+    out["daemon_cpu_us_per_detection"] = round((_cpu_seconds(d.pid) - cpu_before) / n * 1e6)
     return out
+
+
+def _bursts(root: Path, nats: NatsServer, rounds: int = 3, n: int = 5000) -> dict[str, Any]:
+    """`[export.nats]` off and on, `rounds` interleaved bursts each into two daemons kept running: a single
+    2-second burst each way had moved the ratio between 0.82 and 0.98 from run to run on this shared VM."""
+    off_rounds: list[dict[str, Any]] = []
+    on_rounds: list[dict[str, Any]] = []
+    with _daemon(root, "burst-off", None) as off, _daemon(root, "burst-nats", nats.url) as on:
+        assert nats.proc is not None
+        for r in range(rounds):
+            off_rounds.append(_burst_round(off, f"a{r}_", False, n))
+            nats_cpu = _cpu_seconds(nats.proc.pid)
+            on_rounds.append(_burst_round(on, f"b{r}_", True, n))
+            on_rounds[-1]["nats_server_cpu_us_per_detection"] = round((_cpu_seconds(nats.proc.pid) - nats_cpu)
+                                                                      / n * 1e6)
+    best_off = max(off_rounds, key=lambda x: x["detections_per_s"])
+    best_on = max(on_rounds, key=lambda x: x["detections_per_s"])
+    paired = [b["detections_per_s"] / a["detections_per_s"] for a, b in zip(off_rounds, on_rounds, strict=True)]
+    return {"export_off": best_off, "export_nats": best_on,
+            "ratio": round(best_on["detections_per_s"] / best_off["detections_per_s"], 3),
+            "ratio_by_round": [round(x, 3) for x in paired],
+            "ratio_median_of_rounds": round(statistics.median(paired), 3),
+            "rounds": {"export_off": off_rounds, "export_nats": on_rounds},
+            "note": f"{n:,} files a burst, best of {rounds} interleaved rounds each way (the ratio is best over "
+                    "best; by round, each export-on burst over the export-off one just before it)"}
 
 
 def _consume(url: str, arrivals: list[tuple[float, float, str]], ready: threading.Event,
@@ -223,10 +254,7 @@ def run() -> dict[str, Any]:
     out: dict[str, Any] = {}
     with NatsServer(root / "burst") as nats:
         add_stream(nats.url, "SDD", ["sdd.events.>"])
-        off = _burst(root, None)
-        on = _burst(root, nats)
-        out["burst"] = {"export_off": off, "export_nats": on,
-                        "ratio": round(on["detections_per_s"] / off["detections_per_s"], 3)}
+        out["burst"] = _bursts(root, nats)
     with NatsServer(root / "lag") as nats:
         add_stream(nats.url, "SDD", ["sdd.events.>"])
         out["lag_1000_per_s"] = _lag(root, nats)
