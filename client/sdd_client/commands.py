@@ -108,6 +108,11 @@ def cmd_status(ctx: Ctx) -> int:
                       f"{safe(spec)} bus, " + ("connected" if bus.get("connected") else ctx.style.paint(
                           "disconnected", "yellow"))))
     pairs.extend(_guard_lines(ctx, status.get("guards")))
+    scans = status.get("scans") if isinstance(status.get("scans"), dict) else {}
+    if scans.get("running") or scans.get("waiting"):
+        line = (f"{safe(scans.get('running'))} running, {safe(scans.get('waiting'))} waiting "
+                f"(at most {safe(scans.get('at_once'))} at once)")
+        pairs.append(("Scans", line))
     pairs.extend(_export_lines(ctx, status.get("export")))
     full_since = status.get("database_full_since")
     full = isinstance(full_since, (int, float)) and not isinstance(full_since, bool)

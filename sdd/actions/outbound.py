@@ -8,10 +8,10 @@ email step stopped every other detection's quarantine for a minute. Here:
   event loop, and the caller's `before` check (the integration's circuit breaker) is made when the call gets its
   thread, not when it joined the line: once the breaker has opened, the calls still in line fail at once
   instead of each waiting out the timeout again;
-- once a call has kept its step waiting for LEND_AFTER seconds, its run is said to wait on the network
-  (`ActionServices.on_outbound`) until the call returns: the daemon does not count it against
-  `max_concurrent_runs` meanwhile (up to a bound, `dispatch.dispatcher.OUTBOUND_RUNS_FACTOR`), so the next
-  detections are contained. A relay that answers at once changes nothing: its runs keep their slots;
+- once a call has kept its step waiting for LEND_AFTER seconds, its run lends its slot until the call returns
+  (`lending.lent`): the daemon does not count it against `max_concurrent_runs` meanwhile (up to a bound,
+  `dispatch.dispatcher.OUTBOUND_RUNS_FACTOR`), so the next detections are contained. A relay that answers at
+  once changes nothing: its runs keep their slots;
 - each call has a daemon thread of its own (a thread costs ~0.1 ms; the line above bounds how many): a
   pool's threads are joined when the interpreter exits, so a session to a silent relay held the daemon's
   stop for the relay's timeout (29 s of a 2 s `shutdown_grace`), past systemd's `TimeoutStopSec` once a
@@ -28,14 +28,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sdd.engine.registry import current_step
+from .lending import LEND_AFTER, lent
 
 T = TypeVar("T")
 
 # Calls talking to remote parties at once: as many as asyncio's default pool has threads, so that mail and
 # webhooks keep the concurrency they had there (more, in an outbreak, only took CPU from the scanner).
 OUTBOUND_THREADS = min(32, (os.cpu_count() or 1) + 4)
-LEND_AFTER = 0.25      # seconds a call may keep its step waiting before its run lends its slot
 
 _lines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
@@ -81,27 +80,10 @@ async def call(fn: Callable[..., T], *args: Any, on_outbound: Callable[[str, boo
     on the event loop, once a thread is free (it raises to refuse the call). After LEND_AFTER seconds the run
     of the step calling it is reported waiting on the network (`on_outbound(run_id, True)`) until it ends."""
     loop = asyncio.get_running_loop()
-    step = current_step()
-    lent = False
-
-    def lend() -> None:
-        nonlocal lent
-        assert on_outbound is not None and step is not None
-        lent = True
-        on_outbound(step.run_id, True)
-
-    timer = loop.call_later(LEND_AFTER, lend) if on_outbound is not None and step is not None else None
-    try:
-        async with _line(loop):
-            if before is not None:
-                before()
-            return await _in_thread(loop, fn, args)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if lent:
-            assert on_outbound is not None and step is not None
-            on_outbound(step.run_id, False)
+    async with lent(on_outbound), _line(loop):
+        if before is not None:
+            before()
+        return await _in_thread(loop, fn, args)
 
 
 __all__ = ["LEND_AFTER", "OUTBOUND_THREADS", "call"]

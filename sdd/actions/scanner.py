@@ -19,6 +19,7 @@ from sdd.executor.subproc import run_argv
 
 from .errors import ActionError, Forbidden, NotFound
 from .executing import execute
+from .lending import lent
 from .params import Params
 from .services import ActionServices
 
@@ -43,7 +44,11 @@ async def run_scan(services: ActionServices, *, context: dict[str, Any] | None =
         raise Forbidden(f"run_scan: {path} is outside the allowed roots ({roots})")
     if engine == "yara":
         _check_rules_dir(services.config.yara_rules, services.config.user_mode)
-    done = (await execute(services, Scan(path, engine, timeout, max_file_size))).value
+    # A scan waits on another program (clamd, clamscan, or the executor's YARA): its run lends its slot while it
+    # waits, here and for its place among the scans at once, so a hung or long scan cannot hold up the
+    # containment of the next detections (`lending`).
+    async with lent(services.on_outbound), services.scans:
+        done = (await execute(services, Scan(path, engine, timeout, max_file_size))).value
     tally, more = done["tally"], dict(done["more"])
     return {
         "path": done["path"], "scan_type": scan_type, "engine": engine, "scanner": done["scanner"],

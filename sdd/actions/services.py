@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdd.config import ActionsConfig
+from sdd.config import ActionsConfig, EngineConfig
 from sdd.engine.registry import current_step, report_waiting
 from sdd.executor import Executor, InProcessExecutor, Policy
 from sdd.logging import LogEvent, story
 
 from .errors import BreakerOpen, Forbidden, RateLimited
 from .guards import Guards, Slot, Trip
+from .lending import Lane
 from .runlog import RunLog
 
 log = logging.getLogger("sdd.actions")
@@ -91,10 +92,14 @@ class ActionServices:
     # Told of each guard trip (rate limit reached with steps waiting, breaker opened): the daemon announces it
     # (a desktop Notification, an event on the stream).
     on_guard_trip: Callable[[Trip], None] | None = None
-    # Told (run id, True) once a step of the run has waited `outbound.LEND_AFTER` on a remote party (a mail
-    # relay, a webhook's server: `outbound.call`) and (run id, False) when it has its answer; the daemon lets
-    # other runs have the run's slot meanwhile. Called on the event loop.
+    # Told (run id, True) once a step of the run has waited `lending.LEND_AFTER` on another party (a mail
+    # relay, a webhook's server: `outbound.call`; a scanner, or its place in `scans`: `run_scan`) and (run id,
+    # False) when it has its answer; the daemon lets other runs have the run's slot meanwhile. Called on the
+    # event loop.
     on_outbound: Callable[[str, bool], None] | None = None
+    # The scans at once: the bound they had when each held a run slot throughout (the daemon keeps its limit
+    # at `engine.max_concurrent_runs`), now that a run waiting on its scanner lends its slot.
+    scans: Lane = field(default_factory=lambda: Lane(EngineConfig().max_concurrent_runs))
     # Without a store, exclusions and false-positive records are kept here (and logged), so workflows
     # and tests behave the same; they do not survive a restart.
     memory_exclusions: set[tuple[str, str]] = field(default_factory=set)

@@ -150,8 +150,9 @@ class Daemon:
         log.info("workflows loaded", extra=kv(count=len(self.workflows), errors=len(self.workflow_errors)))
         self.dispatcher = Dispatcher(store, self.hub, self.engine, self.stats, DispatchSettings.of(cfg), life=self,
                                      spawn=self.spawn, on_change=self.publish_status)
-        if self.services is not None:  # (a step waiting on a mail relay or webhook lets its run's slot go)
+        if self.services is not None:  # (a step waiting on a mail relay, webhook or scanner lets its run's slot go)
             self.services.on_outbound = self.dispatcher.run_outbound
+            self.services.scans.set_limit(cfg.engine.max_concurrent_runs)
         self.recorder = HistoryRecorder(store, on_run_recorded=self.dispatcher.run_recorded)
         self.reporter = RunReporter(self.engine, self.recorder, self.hub, self.stats,
                                     None if self.services is None else self.services.run_log,
@@ -254,6 +255,10 @@ class Daemon:
             "workflows": len(self.workflows),
             "workflow_errors": list(self.workflow_errors),
             "guards": guards,
+            # run_scan's steps: scanning now, and waiting for a place among the scans at once (`lending.Lane`)
+            "scans": {} if self.services is None else {"at_once": self.services.scans.limit,
+                                                       "running": self.services.scans.busy,
+                                                       "waiting": self.services.scans.waiting},
             "bus": {"spec": self.config.dbus.bus, "connected": bus is not None and bus.connected,
                     "state": "disabled" if bus is None else bus.state.value},
             "socket": str(self.config.paths.socket),
@@ -310,6 +315,8 @@ class Daemon:
                 log.warning("config change takes effect after a restart", extra=kv(section=section))
         self.config = self.control.config = replace(old, engine=new.engine, intake=new.intake, logging=new.logging)
         self.dispatcher.configure(DispatchSettings.of(self.config))
+        if self.services is not None:
+            self.services.scans.set_limit(new.engine.max_concurrent_runs)
         if new.logging != old.logging:
             setup_logging(new.logging.level, new.logging.target)
         if self.intake is not None:

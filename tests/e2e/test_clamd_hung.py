@@ -1,0 +1,113 @@
+"""A clamd that hangs holds up the scans waiting on it, not the containment of other detections: the real
+daemon, real clamd (found working, then stopped with SIGSTOP: connections are made and nothing answers), the
+shipped `suspicious_download` and `critical_threat_response` templates and two run slots. Before, the
+scans held every slot for their step's timeout (1200 s, then a retry) and no malware detection was contained
+meanwhile."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_clamav import (  # noqa: F401  (smtp, workdir: fixtures)
+    CLAMD,
+    CLAMDSCAN,
+    MALWARE,
+    REPO,
+    SDDCTL,
+    SIGTOOL,
+    TEMPLATE,
+    Clamd,
+    _Inbox,
+    _run,
+    smtp,
+    workdir,
+)
+from tests.support.daemon import DaemonProcess
+
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(None in (CLAMD, CLAMDSCAN, SIGTOOL),
+                                 reason="ClamAV is not installed (tests/system-deps.sh)")]
+
+RUNS = 2           # engine.max_concurrent_runs: also the scans at once
+SCANS = 3 * RUNS   # suspicious downloads whose scans clamd never answers
+MALWARE_FILES = 4
+DOWNLOAD = REPO / "templates" / "suspicious_download.yaml"
+
+
+def _scans(d: DaemonProcess) -> dict[str, Any]:
+    with d.client() as c:
+        scans: dict[str, Any] = c.call("status")["scans"]
+    return scans
+
+
+async def test_a_hung_clamd_holds_up_only_the_scans(workdir: Path, tmp_path: Path,  # noqa: F811
+                                                    smtp: tuple[_Inbox, int]) -> None:  # noqa: F811
+    _, smtp_port = smtp
+    home = workdir / "home"
+    first = home / "downloads" / "first" / "invoice.exe"
+    first.parent.mkdir(parents=True)
+    first.write_bytes(MALWARE)
+    daemon = DaemonProcess(
+        tmp_path,
+        workflows={"suspicious_download": DOWNLOAD.read_text("utf-8"),
+                   "critical_threat_response": TEMPLATE.read_text("utf-8")},
+        config_overrides={"logging": {"level": "warning"}, "engine": {"max_concurrent_runs": RUNS},
+                          "actions": {"allowed_roots": [str(home)],
+                                      # (where Clamd below writes its clamd.conf)
+                                      "scanner": ["clamdscan", "-c", str(workdir / "clamd" / "clamd.conf")],
+                                      "smtp": {"host": "127.0.0.1", "port": smtp_port, "from": "sdd@localhost"}}},
+    )
+    clamd = Clamd(workdir, first, Path(daemon.config["paths"]["spool"]))
+    assert daemon.config["actions"]["scanner"][-1] == str(clamd.conf)
+    # Without its VirusEvent: the control scan's finding is the workflow's to quarantine, not a detection of its own.
+    clamd.conf.write_text("".join(line for line in clamd.conf.read_text().splitlines(keepends=True)
+                                  if not line.startswith("VirusEvent ")))
+    try:
+        daemon.start()
+        clamd.start()
+        await clamd.wait_ready()
+        # Positive control: this clamd answers, and a suspicious download's finding is quarantined.
+        daemon.drop({"type": "suspicious_download", "file_path": str(first)})
+        daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM quarantine") == 1 and not first.exists(),
+                        what="the control download's finding in the vault")
+        assert clamd.proc is not None
+        os.kill(clamd.proc.pid, signal.SIGSTOP)
+
+        for i in range(SCANS):
+            clean = home / "downloads" / f"d{i}" / "notes.txt"
+            clean.parent.mkdir(parents=True)
+            clean.write_text("nothing to see")
+            daemon.drop({"type": "suspicious_download", "file_path": str(clean)})
+        daemon.wait_for(lambda: _scans(daemon) == {"at_once": RUNS, "running": RUNS, "waiting": SCANS - RUNS},
+                        what="the scans at once talking to clamd, the rest in line")
+
+        files = []
+        for i in range(MALWARE_FILES):
+            f = home / f"outbreak-{i}.exe"
+            f.write_bytes(b"EVIL %d" % i)
+            files.append(f)
+            daemon.drop({"type": "malware", "severity": "critical", "file_path": str(f), "threat_name": "T"})
+        daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM quarantine") == 1 + MALWARE_FILES, timeout=60,
+                        what="every malware file in the vault while clamd hangs")
+        assert [f for f in files if f.exists()] == []
+        daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM runs WHERE workflow_id = "
+                                             "'critical_threat_response' AND status = 'completed'") == MALWARE_FILES,
+                        timeout=60, what="the malware runs completed")
+        # The scans still wait on clamd: none finished, the line unchanged; `sddctl status` says so.
+        assert _scans(daemon) == {"at_once": RUNS, "running": RUNS, "waiting": SCANS - RUNS}
+        shown = await _run([str(SDDCTL), "--socket", str(daemon.socket), "status"])
+        assert shown.returncode == 0, shown.stderr
+        assert f"Scans: {RUNS} running, {SCANS - RUNS} waiting (at most {RUNS} at once)" in " ".join(shown.stdout.split())
+        # (a run of idempotent steps is written once it has run the recorder's intent delay)
+        daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM runs WHERE workflow_id = 'suspicious_download' "
+                                             "AND status = 'running'") == SCANS, what="the scans' runs recorded running")
+    finally:
+        if clamd.proc is not None and clamd.proc.poll() is None:
+            os.kill(clamd.proc.pid, signal.SIGCONT)
+        clamd.stop()
+        daemon.close()
