@@ -86,7 +86,7 @@ def cmd_status(ctx: Ctx) -> int:
     if details:
         header += f" ({', '.join(details)})"
     pairs: list[tuple[str, str]] = [("Version", safe(status.get("version")))]
-    pairs.append(("Active runs", safe(status.get("active_runs"))))
+    pairs.append(("Active runs", safe(status.get("active_runs")) + _slot_text(status.get("run_slots"))))
     queued = safe(status.get("queued_detections"))
     intake = status.get("intake") if isinstance(status.get("intake"), dict) else {}
     pairs.append(("Queued", queued + (" (intake paused: back-pressure)" if intake.get("paused") else "")))
@@ -127,6 +127,16 @@ def cmd_status(ctx: Ctx) -> int:
     lines += [f"     {ctx.style.paint('!', 'red')} {safe(e, 300)}" for e in errors[:10]]
     ctx.print(header, *lines)
     return 0
+
+
+def _slot_text(slots: Any) -> str:
+    """" (2 of 4 slots; 9 waiting on others, 1 held by a guard)": runs that only wait lend their slot."""
+    if not isinstance(slots, dict) or not isinstance(slots.get("limit"), int):
+        return ""
+    parts = [f"{n} {label}" for key, label in (("waiting_elsewhere", "waiting on others"),
+                                               ("held_by_guard", "held by a guard"), ("recording", "being recorded"))
+             if isinstance(n := slots.get(key), int) and n > 0]
+    return f" ({safe(slots.get('busy'))} of {safe(slots['limit'])} slots" + ("; " + ", ".join(parts) if parts else "") + ")"
 
 
 def _trigger_text(trigger: Any) -> str:

@@ -251,6 +251,7 @@ class Daemon:
             "uptime": round(time.monotonic() - self._started_mono, 3),
             "started_at": self.started_at,
             "active_runs": len(self.engine.active_runs),
+            "run_slots": self.dispatcher.slots(),
             "queued_detections": self.dispatcher.queued,
             "workflows": len(self.workflows),
             "workflow_errors": list(self.workflow_errors),

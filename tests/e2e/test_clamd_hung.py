@@ -39,9 +39,14 @@ MALWARE_FILES = 4
 DOWNLOAD = REPO / "templates" / "suspicious_download.yaml"
 
 
-def _scans(d: DaemonProcess) -> dict[str, Any]:
+def _status(d: DaemonProcess) -> dict[str, Any]:
     with d.client() as c:
-        scans: dict[str, Any] = c.call("status")["scans"]
+        status: dict[str, Any] = c.call("status")
+    return status
+
+
+def _scans(d: DaemonProcess) -> dict[str, Any]:
+    scans: dict[str, Any] = _status(d)["scans"]
     return scans
 
 
@@ -100,9 +105,14 @@ async def test_a_hung_clamd_holds_up_only_the_scans(workdir: Path, tmp_path: Pat
                         timeout=60, what="the malware runs completed")
         # The scans still wait on clamd: none finished, the line unchanged; `sddctl status` says so.
         assert _scans(daemon) == {"at_once": RUNS, "running": RUNS, "waiting": SCANS - RUNS}
+        daemon.wait_for(lambda: _status(daemon)["run_slots"] == {"limit": RUNS, "busy": 0, "held_by_guard": 0,
+                                                                  "waiting_elsewhere": SCANS, "recording": 0},
+                        what="the scans' runs lending their slots, nothing else active")
         shown = await _run([str(SDDCTL), "--socket", str(daemon.socket), "status"])
         assert shown.returncode == 0, shown.stderr
-        assert f"Scans: {RUNS} running, {SCANS - RUNS} waiting (at most {RUNS} at once)" in " ".join(shown.stdout.split())
+        text = " ".join(shown.stdout.split())
+        assert f"Active runs: {SCANS} (0 of {RUNS} slots; {SCANS} waiting on others)" in text, text
+        assert f"Scans: {RUNS} running, {SCANS - RUNS} waiting (at most {RUNS} at once)" in text, text
         # (a run of idempotent steps is written once it has run the recorder's intent delay)
         daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM runs WHERE workflow_id = 'suspicious_download' "
                                              "AND status = 'running'") == SCANS, what="the scans' runs recorded running")
