@@ -21,12 +21,12 @@ email step stopped every other detection's quarantine for a minute. Here:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import os
-import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from sdd.executor.threads import in_own_thread
 
 from .lending import LEND_AFTER, lent
 
@@ -37,34 +37,6 @@ T = TypeVar("T")
 OUTBOUND_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 _lines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # (its step was cancelled meanwhile)
-        return
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
-
-
-def _in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], args: tuple[Any, ...]) -> asyncio.Future[T]:
-    """`fn(*args)` in a daemon thread, with the caller's context; the future resolves on `loop`."""
-    future: asyncio.Future[T] = loop.create_future()
-    context = contextvars.copy_context()
-
-    def work() -> None:
-        try:
-            outcome: tuple[Any, BaseException | None] = (context.run(fn, *args), None)
-        except BaseException as exc:  # noqa: BLE001 -- handed to the awaiting step, which decides
-            outcome = (None, exc)
-        try:
-            loop.call_soon_threadsafe(_settle, future, *outcome)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-    threading.Thread(target=work, name="sdd-outbound", daemon=True).start()
-    return future
 
 
 def _line(loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
@@ -83,7 +55,7 @@ async def call(fn: Callable[..., T], *args: Any, on_outbound: Callable[[str, boo
     async with lent(on_outbound), _line(loop):
         if before is not None:
             before()
-        return await _in_thread(loop, fn, args)
+        return await in_own_thread(fn, *args, name="sdd-outbound")
 
 
 __all__ = ["LEND_AFTER", "OUTBOUND_THREADS", "call"]

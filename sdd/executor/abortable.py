@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from .threads import in_own_thread
+
 T = TypeVar("T")
 log = logging.getLogger("sdd.actions")
 
@@ -94,12 +96,16 @@ async def record(awaitable: Awaitable[T], cancelled: bool) -> T:
     return value
 
 
-async def run_abortable(work: Callable[[Abort], T], abort: Abort | None = None) -> Outcome[T]:
+async def run_abortable(work: Callable[[Abort], T], abort: Abort | None = None, *,
+                        own_thread: str | None = None) -> Outcome[T]:
     """Run `work(abort)` in a thread. Cancelled before its commit point: the work is stopped, its thread
     has ended and the cancellation is re-raised. Cancelled after it: the result, with `cancelled=True`.
-    `abort` may be shared by several calls that make up one piece of work (it is then stopped for all)."""
+    `abort` may be shared by several calls that make up one piece of work (it is then stopped for all).
+    `own_thread` (a thread name): a thread of its own rather than one of asyncio's default pool, for work
+    that may wait long on another party (`threads.in_own_thread`)."""
     abort = abort or Abort()
-    fut = asyncio.ensure_future(asyncio.to_thread(work, abort))
+    fut = asyncio.ensure_future(asyncio.to_thread(work, abort) if own_thread is None
+                                else in_own_thread(work, abort, name=own_thread))
     try:
         return Outcome(await asyncio.shield(fut), False)
     except asyncio.CancelledError:

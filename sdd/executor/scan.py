@@ -38,6 +38,10 @@ from .subproc import run_argv
 MAX_FINDINGS = 10_000
 MAX_ERRORS = 100
 MAX_DEPTH = 256
+# A scan's walk and its clamd session run in a thread of their own, never one of asyncio's default pool that the
+# other primitives share: a clamd that hangs held a pool thread per scan, and six of them stopped every
+# quarantine (`threads`). How many scans go at once is the daemon's to bound (`actions.lending.Lane`).
+SCAN_THREAD = "sdd-scan"
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _FD_LINE = re.compile(r"/proc/self/fd/(\d+): (.*) (FOUND|ERROR)")
@@ -222,7 +226,7 @@ async def _scan_program(argv: list[str], root: str, tally: Tally, timeout: float
     size = _batch_size()
     try:
         while True:
-            batch = (await run_abortable(lambda _: _next_batch(files, size), abort)).value
+            batch = (await run_abortable(lambda _: _next_batch(files, size), abort, own_thread=SCAN_THREAD)).value
             if not batch:
                 return worst
             by_fd = {fd: path for path, fd in batch}
@@ -291,7 +295,7 @@ async def scan(policy: Policy, req: Scan, before_act: Callable[[], Awaitable[Non
             elif os.path.basename(configured[0]) == "clamdscan":
                 sock = local_socket(clamd_conf(configured))
                 scanner = f"clamd:{sock}"
-                await run_abortable(lambda abort: _scan_clamd(sock, path, abort, tally))
+                await run_abortable(lambda abort: _scan_clamd(sock, path, abort, tally), own_thread=SCAN_THREAD)
             else:
                 argv = scanner_argv(configured)
                 scanner = argv[0]

@@ -34,6 +34,7 @@ from typing import Any
 from .abortable import Abort, run_abortable
 from .errors import Forbidden, InvalidRequest, NotFound, PrimitiveError
 from .safepath import not_root_owned
+from .scan import SCAN_THREAD
 
 RULE_SUFFIXES = (".yar", ".yara")
 MAX_RULE_FILES = 1000
@@ -269,7 +270,8 @@ async def scan_yara(yara_rules: str, user_mode: bool, path: str, tally: Any, max
     deadline = time.monotonic() + timeout
     abort = Abort()
     ruleset = (await run_abortable(lambda _: compiled_rules(yara_rules, user_mode=user_mode), abort)).value
-    large = (await run_abortable(lambda a: _scan(ruleset, path, a, tally, max_file_size, deadline), abort)).value
+    large = (await run_abortable(lambda a: _scan(ruleset, path, a, tally, max_file_size, deadline), abort,
+                                 own_thread=SCAN_THREAD)).value
     import yara
 
     return f"yara-python {yara.__version__}", {

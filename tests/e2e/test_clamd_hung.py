@@ -1,8 +1,8 @@
 """A clamd that hangs holds up the scans waiting on it, not the containment of other detections: the real
 daemon, real clamd (found working, then stopped with SIGSTOP: connections are made and nothing answers), the
-shipped `suspicious_download` and `critical_threat_response` templates and two run slots. Before, the
-scans held every slot for their step's timeout (1200 s, then a retry) and no malware detection was contained
-meanwhile."""
+shipped `suspicious_download` and `critical_threat_response` templates and the default config. Before, the
+scans held every run slot for their step's timeout (1200 s, then a retry), and each clamd session held a thread
+of the pool the quarantines share: no malware detection was contained meanwhile."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(None in (CLAMD, CLAMDSCAN, SIGTOOL),
                                  reason="ClamAV is not installed (tests/system-deps.sh)")]
 
-RUNS = 2           # engine.max_concurrent_runs: also the scans at once
-SCANS = 3 * RUNS   # suspicious downloads whose scans clamd never answers
+RUNS = 16                # engine.max_concurrent_runs by default: also the scans at once
+SCANS = RUNS + 4         # suspicious downloads whose scans clamd never answers
 MALWARE_FILES = 4
 DOWNLOAD = REPO / "templates" / "suspicious_download.yaml"
 
@@ -61,7 +61,7 @@ async def test_a_hung_clamd_holds_up_only_the_scans(workdir: Path, tmp_path: Pat
         tmp_path,
         workflows={"suspicious_download": DOWNLOAD.read_text("utf-8"),
                    "critical_threat_response": TEMPLATE.read_text("utf-8")},
-        config_overrides={"logging": {"level": "warning"}, "engine": {"max_concurrent_runs": RUNS},
+        config_overrides={"logging": {"level": "warning"},
                           "actions": {"allowed_roots": [str(home)],
                                       # (where Clamd below writes its clamd.conf)
                                       "scanner": ["clamdscan", "-c", str(workdir / "clamd" / "clamd.conf")],
