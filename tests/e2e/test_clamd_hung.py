@@ -167,13 +167,8 @@ async def test_in_system_mode_a_hung_clamd_holds_up_only_the_scans(smtp: tuple[_
         daemon = _daemon(base / "d", workdir, home, smtp[1], user_mode=False, env=python_path(), config={
             "api": {"socket_group": "root"}, "actions": {"daemon_user": USER, "protected_processes": []}})
         clamd = _clamd(workdir, daemon, first)
-        old = os.umask(0o011)  # the test's notify socket must take the daemon user's READY=1
         try:
-            daemon.start(wait_ready=False)
-        finally:
-            os.umask(old)
-        try:
-            daemon.wait_notify("READY=1", daemon.start_timeout)
+            daemon.start_dropping()
             await _hang_clamd_and_contain(daemon, clamd, home, first)
         finally:
             _stop(clamd, daemon)

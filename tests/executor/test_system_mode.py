@@ -80,17 +80,7 @@ def start(base: Path, uid: int) -> DaemonProcess:
     d = DaemonProcess(base, workflows={"contain": WORKFLOW}, user_mode=False, env=python_path(), config_overrides={
         "api": {"socket_group": "root"},
         "actions": {"daemon_user": USER, "protected_processes": []}})
-    old = os.umask(0o011)  # the test's notify socket must take the daemon user's READY=1
-    try:
-        d.start(wait_ready=False)
-    finally:
-        os.umask(old)
-    try:
-        d.wait_notify("READY=1", d.start_timeout)
-    except BaseException:
-        d.close()
-        raise
-    return d
+    return d.start_dropping()
 
 
 def tree(d: DaemonProcess) -> dict[str, psutil.Process]:

@@ -215,6 +215,21 @@ class DaemonProcess:
             self.wait_notify("READY=1", self.start_timeout)
         return self
 
+    def start_dropping(self) -> DaemonProcess:
+        """Starts a daemon that drops to another user (system mode, started as root) and waits for its READY=1:
+        the private notify socket is made writable by that user. Closed again if it never comes."""
+        old = os.umask(0o011)
+        try:
+            self.start(wait_ready=False)
+        finally:
+            os.umask(old)
+        try:
+            self.wait_notify("READY=1", self.start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     def wait_notify(self, line: str, timeout: float) -> list[str]:
         """Waits for a datagram containing `line` on the private NOTIFY_SOCKET."""
         return self.wait_notify_message(lambda msg: line in msg.splitlines(), timeout, line)
