@@ -21,6 +21,7 @@ from typing import Any
 from sdd.config import ActionsConfig, EngineConfig
 from sdd.engine.registry import current_step, report_waiting
 from sdd.executor import Executor, InProcessExecutor, Policy
+from sdd.executor.protocol import MAX_INFLIGHT
 from sdd.logging import LogEvent, story
 
 from .errors import BreakerOpen, Forbidden, RateLimited
@@ -97,8 +98,8 @@ class ActionServices:
     # False) when it has its answer; the daemon lets other runs have the run's slot meanwhile. Called on the
     # event loop.
     on_outbound: Callable[[str, bool], None] | None = None
-    # The scans at once: the bound they had when each held a run slot throughout (the daemon keeps its limit
-    # at `engine.max_concurrent_runs`), now that a run waiting on its scanner lends its slot.
+    # The scans at once: the bound they had when each held a run slot throughout (`set_max_runs`), now that a
+    # run waiting on its scanner lends its slot.
     scans: Lane = field(default_factory=lambda: Lane(EngineConfig().max_concurrent_runs))
     # Without a store, exclusions and false-positive records are kept here (and logged), so workflows
     # and tests behave the same; they do not survive a restart.
@@ -116,6 +117,12 @@ class ActionServices:
             self._restore_guards()
         if self.executor is None:
             self.executor = InProcessExecutor(self.policy())
+
+    def set_max_runs(self, runs: int) -> None:
+        """`engine.max_concurrent_runs` (at start and on reload). The scans at once follow it, up to half the
+        requests the executor takes in flight: a scan is in flight for its whole length, and quarantines and
+        kills must always find a place there."""
+        self.scans.set_limit(min(runs, MAX_INFLIGHT // 2))
 
     def _restore_guards(self) -> None:
         """The rate limits' windows from the acts the audit trail records, and the steps that were waiting."""

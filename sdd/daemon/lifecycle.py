@@ -152,7 +152,7 @@ class Daemon:
                                      spawn=self.spawn, on_change=self.publish_status)
         if self.services is not None:  # (a step waiting on a mail relay, webhook or scanner lets its run's slot go)
             self.services.on_outbound = self.dispatcher.run_outbound
-            self.services.scans.set_limit(cfg.engine.max_concurrent_runs)
+            self.services.set_max_runs(cfg.engine.max_concurrent_runs)
         self.recorder = HistoryRecorder(store, on_run_recorded=self.dispatcher.run_recorded)
         self.reporter = RunReporter(self.engine, self.recorder, self.hub, self.stats,
                                     None if self.services is None else self.services.run_log,
@@ -317,7 +317,7 @@ class Daemon:
         self.config = self.control.config = replace(old, engine=new.engine, intake=new.intake, logging=new.logging)
         self.dispatcher.configure(DispatchSettings.of(self.config))
         if self.services is not None:
-            self.services.scans.set_limit(new.engine.max_concurrent_runs)
+            self.services.set_max_runs(new.engine.max_concurrent_runs)
         if new.logging != old.logging:
             setup_logging(new.logging.level, new.logging.target)
         if self.intake is not None:

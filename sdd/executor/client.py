@@ -19,7 +19,7 @@ from sdd_client.protocol import encode, read_message
 
 from .abortable import Outcome
 from .errors import PrimitiveError, Unavailable, from_wire
-from .protocol import MAX_FRAME, Request, idempotent, request_message
+from .protocol import MAX_FRAME, MAX_INFLIGHT, Request, idempotent, request_message
 from .seam import nothing
 
 _LOST: dict[str, Any] = {"lost": True}
@@ -36,6 +36,10 @@ class SocketExecutor:
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._lock = asyncio.Lock()
+        # The executor refuses requests beyond MAX_INFLIGHT on a connection (`busy`): wait for a place instead.
+        # With engine.max_concurrent_runs raised to 64 for outbreaks, the quarantines and the scans at once
+        # (each in flight for its whole length) could pass it, and a refused quarantine failed its attempt.
+        self._places = asyncio.Semaphore(MAX_INFLIGHT)
 
     async def _connect(self) -> asyncio.StreamWriter:
         async with self._lock:
@@ -84,6 +88,10 @@ class SocketExecutor:
             writer.write(encode(message, MAX_FRAME))
 
     async def call(self, req: Request, before_act: Callable[[], None] = nothing) -> Outcome[dict[str, Any]]:
+        async with self._places:
+            return await self._call(req, before_act)
+
+    async def _call(self, req: Request, before_act: Callable[[], None]) -> Outcome[dict[str, Any]]:
         writer = await self._connect()
         rid = next(self._ids)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

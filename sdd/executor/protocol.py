@@ -26,6 +26,7 @@ from .errors import InvalidRequest
 
 MAX_FRAME = 1024 * 1024   # run_script's stdin is the biggest field
 MAX_DEPTH = 4
+MAX_INFLIGHT = 64          # requests in flight on one connection; the client waits for a place beyond it
 MAX_PATH = 4096
 MAX_TEXT = 512
 MAX_HINTS = 16

@@ -23,10 +23,17 @@ from .abortable import Abort, Aborted
 from .errors import Forbidden, PrimitiveError
 from .policy import Policy
 from .primitives import ASYNC, SYNC
-from .protocol import MAX_DEPTH, MAX_FRAME, Request, error_message, parse_request, wants_confirmation
+from .protocol import (
+    MAX_DEPTH,
+    MAX_FRAME,
+    MAX_INFLIGHT,
+    Request,
+    error_message,
+    parse_request,
+    wants_confirmation,
+)
 
 log = logging.getLogger("sdd.executor")
-MAX_INFLIGHT = 64
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

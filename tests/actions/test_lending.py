@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,15 @@ async def test_a_wait_lends_its_run_s_slot_only_past_lend_after(monkeypatch: pyt
         assert calls == [("run-1", True), ("run-1", False)]
     finally:
         _current_step.reset(token)
+
+
+def test_the_scans_at_once_follow_max_concurrent_runs_up_to_half_the_executor_s_places(tmp_path: Path) -> None:
+    from sdd.actions.services import ActionServices
+    from sdd.config import ActionsConfig
+    from sdd.executor.protocol import MAX_INFLIGHT
+
+    services = ActionServices(ActionsConfig(), tmp_path)
+    services.set_max_runs(4)
+    assert services.scans.limit == 4
+    services.set_max_runs(1000)  # a scan holds its place in the executor for its whole length
+    assert services.scans.limit == MAX_INFLIGHT // 2 == 32

@@ -147,3 +147,40 @@ async def test_the_daemons_own_refusal_at_ready_wins_and_nothing_changes(executo
     assert path.read_bytes() == b"MZ"
     done = await asyncio.wait_for(client.call(Quarantine(str(path)), lambda: None), 30)
     assert done.value["already"] is False and not path.exists()  # the same connection goes on working
+
+
+async def test_requests_beyond_the_executor_s_limit_in_flight_wait_for_a_place(
+        executors: Executors, client: SocketExecutor) -> None:
+    # The executor refuses a request past MAX_INFLIGHT on one connection (`busy`); the daemon's client waits
+    # for a place instead: with engine.max_concurrent_runs raised, a refused quarantine failed its attempt.
+    from sdd.executor.protocol import MAX_INFLIGHT
+
+    executors.start()
+    fifo = executors.base / "release"
+    os.mkfifo(fifo)
+    path = executors.scripts / "held.sh"
+    path.write_text(f"#!/bin/sh\nexec cat {fifo}\n")  # each waits until the test opens the FIFO to write
+    os.chmod(path, 0o755)
+    calls = [asyncio.ensure_future(client.call(RunScript(str(path), timeout=120.0))) for _ in range(MAX_INFLIGHT + 2)]
+    await asyncio.to_thread(wait_until, lambda: _readers(fifo) == MAX_INFLIGHT, "every place taken by a script")
+    assert not any(c.done() for c in calls)  # the last two wait: none refused
+    writer = await asyncio.to_thread(open, fifo, "w")  # the readers return (EOF once it is closed)
+    writer.close()
+    await asyncio.to_thread(wait_until, lambda: _readers(fifo) == 2, "the two that waited running")
+    writer = await asyncio.to_thread(open, fifo, "w")
+    writer.close()
+    done = await asyncio.wait_for(asyncio.gather(*calls), 60)
+    assert [d.value["returncode"] for d in done] == [0] * (MAX_INFLIGHT + 2)
+
+
+def _readers(fifo: Path) -> int:
+    """The scripts' `cat FIFO` processes (each blocked opening it until a writer comes), from /proc."""
+    want = f"cat\0{fifo}\0".encode()
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                count += fh.read() == want
+        except OSError:
+            pass
+    return count
