@@ -58,7 +58,7 @@ class Lane:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return sum(1 for w in list(self._waiters) if not w.done())  # (a copy: a scrape reads it from its thread)
 
     def set_limit(self, limit: int) -> None:
         self.limit = limit

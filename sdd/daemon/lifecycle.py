@@ -162,7 +162,7 @@ class Daemon:
         self.engine.add_listener(self.reporter)
         self.control = Control(life=self, config=cfg, store=store, hub=self.hub, engine=self.engine,
                                dispatcher=self.dispatcher, status=self.status, reload=self.reload)
-        self.fleet.observe(self.engine, self.dispatcher, self.spawn)
+        self.fleet.observe(self.engine, self.dispatcher, self.spawn, scans=self._scans)
 
         report = await recover_runs(store, self.engine, self.recorder.prior_steps)
         if report.resumed or report.abandoned:
@@ -236,6 +236,10 @@ class Daemon:
         return (f"{self.state.value}: {len(self.engine.active_runs)} active runs, {self.dispatcher.queued} queued, "
                 f"{len(self.workflows)} workflows")
 
+    def _scans(self) -> dict[str, int]:
+        lane = None if self.services is None else self.services.scans
+        return {} if lane is None else {"at_once": lane.limit, "running": lane.busy, "waiting": lane.waiting}
+
     def status(self) -> dict[str, Any]:
         guards: Any = {}
         if self.services is not None:
@@ -257,9 +261,7 @@ class Daemon:
             "workflow_errors": list(self.workflow_errors),
             "guards": guards,
             # run_scan's steps: scanning now, and waiting for a place among the scans at once (`lending.Lane`)
-            "scans": {} if self.services is None else {"at_once": self.services.scans.limit,
-                                                       "running": self.services.scans.busy,
-                                                       "waiting": self.services.scans.waiting},
+            "scans": self._scans(),
             "bus": {"spec": self.config.dbus.bus, "connected": bus is not None and bus.connected,
                     "state": "disabled" if bus is None else bus.state.value},
             "socket": str(self.config.paths.socket),

@@ -321,15 +321,17 @@ class Dispatcher:
                 - min(outbound, OUTBOUND_RUNS_FACTOR * limit))
 
     def slots(self) -> dict[str, int]:
-        """What the run slots are doing, for `status`: the limit, the runs counted against it, and the active
-        runs that are not (held by a guard, waiting on another party, or only being recorded), as counted by
-        `_busy_runs`."""
+        """What the run slots are doing, for `status` and the metrics: the limit, the runs counted against it,
+        and the active runs that are not (held by a guard, waiting on another party, or only being recorded),
+        as `_busy_runs` counts them. Safe from another thread (a scrape): it reads copies, each made in one
+        step under the GIL."""
         limit = self.settings.max_concurrent_runs
-        return {"limit": limit, "busy": max(self._busy_runs(limit), 0),
-                "held_by_guard": min(len(self.waiting_runs), WAITING_RUNS_FACTOR * limit),
-                "waiting_elsewhere": min(sum(1 for r in self.outbound_runs if r not in self.waiting_runs),
-                                         OUTBOUND_RUNS_FACTOR * limit),
-                "recording": min(len(self.recording_runs), RECORDING_RUNS_FACTOR * limit)}
+        waiting, outbound = set(self.waiting_runs), list(self.outbound_runs)
+        held = min(len(waiting), WAITING_RUNS_FACTOR * limit)
+        elsewhere = min(len(outbound) - len(waiting.intersection(outbound)), OUTBOUND_RUNS_FACTOR * limit)
+        recording = min(len(self.recording_runs), RECORDING_RUNS_FACTOR * limit)
+        return {"limit": limit, "busy": max(len(self.engine.active_runs) - held - elsewhere - recording, 0),
+                "held_by_guard": held, "waiting_elsewhere": elsewhere, "recording": recording}
 
     def run_waiting(self, run_id: str, waiting: bool) -> None:
         """A guard began (or stopped) holding one of the run's steps; a held run's slot may go to the next."""

@@ -8,7 +8,8 @@ Counters follow the engine's events and the intake's outcomes:
   daemon starts, so the two agree across restarts (a retention purge lowers `runs.stats`, never a counter);
 - `sdd_step_duration_seconds{action}` (histogram), `sdd_guard_refusals_total{action}`.
 Gauges are read when scraped: `sdd_spool_depth` (files in `new/`), `sdd_quarantine_items`, `sdd_outbox_depth{sink}`,
-`sdd_outbox_dropped_total`, `sdd_active_runs`, `sdd_queued_detections`, `sdd_up`, `sdd_build_info{version}`.
+`sdd_outbox_dropped_total`, `sdd_active_runs`, `sdd_queued_detections`, `sdd_run_slots{state}` and
+`sdd_run_slots_limit`, `sdd_scans{state}`, `sdd_up`, `sdd_build_info{version}`.
 """
 
 from __future__ import annotations
@@ -161,6 +162,21 @@ class _Gauges:
         yield GaugeMetricFamily("sdd_active_runs", "Runs in progress.", value=g.get("active_runs", 0))
         yield GaugeMetricFamily("sdd_queued_detections", "Detections committed and waiting for a run.",
                                 value=g.get("queued_detections", 0))
+        slots = g.get("run_slots") or {}
+        if slots:
+            yield GaugeMetricFamily("sdd_run_slots_limit", "engine.max_concurrent_runs.", value=slots["limit"])
+            runs = GaugeMetricFamily("sdd_run_slots", "Active runs: counted against the limit (busy), or lending "
+                                     "their slot while they wait.", labels=["state"])
+            for state in ("busy", "held_by_guard", "waiting_elsewhere", "recording"):
+                runs.add_metric([state], slots[state])
+            yield runs
+        scans = g.get("scans") or {}
+        if scans:
+            family = GaugeMetricFamily("sdd_scans", "run_scan steps scanning, and waiting for a place among the "
+                                       "scans at once.", labels=["state"])
+            for state in ("running", "waiting"):
+                family.add_metric([state], scans[state])
+            yield family
 
 
 __all__ = ["Metrics"]

@@ -74,8 +74,10 @@ class Fleet:
             drain.wake_threadsafe()
 
     # --- metrics ----------------------------------------------------------------------------------------------
-    def observe(self, engine: WorkflowEngine, dispatcher: Dispatcher, spawn: Spawn) -> None:
-        """Once the engine exists and before any run: the metrics count from here (seeded from runs.stats)."""
+    def observe(self, engine: WorkflowEngine, dispatcher: Dispatcher, spawn: Spawn,
+                scans: Callable[[], dict[str, int]] | None = None) -> None:
+        """Once the engine exists and before any run: the metrics count from here (seeded from runs.stats).
+        `scans`: the scans running and waiting, as `status` shows them."""
         mc = self.config.metrics
         if not (mc.listen or mc.textfile):
             return
@@ -85,7 +87,8 @@ class Fleet:
             status = self.status()
             return {"active_runs": len(engine.active_runs), "queued_detections": dispatcher.queued,
                     "outbox": {name: s["depth"] for name, s in status["sinks"].items()},
-                    "dropped": status["dropped"]}
+                    "dropped": status["dropped"], "run_slots": dispatcher.slots(),
+                    "scans": scans() if scans is not None else {}}
         try:
             metrics = Metrics(mc, version=self.version, spool_new=str(self.config.paths.spool / "new"),
                               store=self._store, gauges=gauges)

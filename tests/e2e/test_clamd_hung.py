@@ -77,7 +77,8 @@ def _clamd(work: Path, daemon: DaemonProcess, sample: Path) -> Clamd:
     return clamd
 
 
-async def _hang_clamd_and_contain(daemon: DaemonProcess, clamd: Clamd, home: Path, first: Path) -> None:
+async def _hang_clamd_and_contain(daemon: DaemonProcess, clamd: Clamd, home: Path, first: Path,
+                                  metrics_port: int | None = None) -> None:
     clamd.start()
     await clamd.wait_ready()
     # Positive control: this clamd answers, and a suspicious download's finding is quarantined.
@@ -117,6 +118,15 @@ async def _hang_clamd_and_contain(daemon: DaemonProcess, clamd: Clamd, home: Pat
     text = " ".join(shown.stdout.split())
     assert f"Active runs: {SCANS} (0 of {RUNS} slots; {SCANS} waiting on others)" in text, text
     assert f"Scans: {RUNS} running, {SCANS - RUNS} waiting (at most {RUNS} at once)" in text, text
+    if metrics_port is not None:  # and the metrics a fleet scrapes
+        from tests.fleet.test_metrics import scrape, value
+
+        samples = scrape(metrics_port)
+        assert value(samples, "sdd_scans", state="running") == RUNS
+        assert value(samples, "sdd_scans", state="waiting") == SCANS - RUNS
+        assert value(samples, "sdd_run_slots_limit") == RUNS
+        assert value(samples, "sdd_run_slots", state="waiting_elsewhere") == SCANS
+        assert value(samples, "sdd_run_slots", state="busy") == 0
     # (a run of idempotent steps is written once it has run the recorder's intent delay)
     daemon.wait_for(lambda: daemon.count("SELECT count(*) FROM runs WHERE workflow_id = 'suspicious_download' "
                                          "AND status = 'running'") == SCANS, what="the scans' runs recorded running")
@@ -138,13 +148,16 @@ def _sample(home: Path) -> Path:
 
 async def test_a_hung_clamd_holds_up_only_the_scans(workdir: Path, tmp_path: Path,  # noqa: F811
                                                     smtp: tuple[_Inbox, int]) -> None:  # noqa: F811
+    from tests.fleet.test_metrics import free_port
+
     home = workdir / "home"
     first = _sample(home)
-    daemon = _daemon(tmp_path, workdir, home, smtp[1])
+    port = free_port()
+    daemon = _daemon(tmp_path, workdir, home, smtp[1], config={"metrics": {"listen": f"127.0.0.1:{port}"}})
     clamd = _clamd(workdir, daemon, first)
     try:
         daemon.start()
-        await _hang_clamd_and_contain(daemon, clamd, home, first)
+        await _hang_clamd_and_contain(daemon, clamd, home, first, metrics_port=port)
     finally:
         _stop(clamd, daemon)
 
