@@ -310,26 +310,25 @@ class Dispatcher:
                 self._set_state(item[0], "no_match", f"dispatch failed: {type(exc).__name__}: {exc}")
 
     def _busy_runs(self, limit: int) -> int:
-        """Active runs that count against max_concurrent_runs: those a guard holds (a step waiting for a rate
-        limit's slot) do not, up to WAITING_RUNS_FACTOR x the limit (issue 13: waits must not starve the rest),
-        nor those only waiting for their record's commit, up to RECORDING_RUNS_FACTOR x the limit, nor those
-        kept waiting by a remote party (a mail relay, a webhook), up to OUTBOUND_RUNS_FACTOR x the limit."""
-        outbound = len(self.outbound_runs) if not self.waiting_runs else \
-            sum(1 for run_id in self.outbound_runs if run_id not in self.waiting_runs)
-        return (len(self.engine.active_runs) - min(len(self.waiting_runs), WAITING_RUNS_FACTOR * limit)
-                - min(len(self.recording_runs), RECORDING_RUNS_FACTOR * limit)
-                - min(outbound, OUTBOUND_RUNS_FACTOR * limit))
+        """Active runs that count against max_concurrent_runs (`_lending`)."""
+        held, elsewhere, recording = self._lending(limit, self.waiting_runs, self.outbound_runs)
+        return len(self.engine.active_runs) - held - elsewhere - recording
+
+    def _lending(self, limit: int, waiting: set[str], outbound: Mapping[str, int] | list[str]) -> tuple[int, int, int]:
+        """The active runs that lend their slot: those a guard holds (a step waiting for a rate limit's slot),
+        up to WAITING_RUNS_FACTOR x the limit (issue 13: waits must not starve the rest); those kept waiting by
+        another party (a mail relay, a webhook, a scanner), up to OUTBOUND_RUNS_FACTOR x the limit; those only
+        waiting for their record's commit, up to RECORDING_RUNS_FACTOR x the limit."""
+        elsewhere = len(outbound) if not waiting else sum(1 for run_id in outbound if run_id not in waiting)
+        return (min(len(waiting), WAITING_RUNS_FACTOR * limit), min(elsewhere, OUTBOUND_RUNS_FACTOR * limit),
+                min(len(self.recording_runs), RECORDING_RUNS_FACTOR * limit))
 
     def slots(self) -> dict[str, int]:
-        """What the run slots are doing, for `status` and the metrics: the limit, the runs counted against it,
-        and the active runs that are not (held by a guard, waiting on another party, or only being recorded),
-        as `_busy_runs` counts them. Safe from another thread (a scrape): it reads copies, each made in one
-        step under the GIL."""
+        """What the run slots are doing, for `status` and the metrics: the limit, the runs counted against it
+        (`busy`) and those that lend theirs. Safe from another thread (a scrape): it counts copies, each made
+        in one step under the GIL."""
         limit = self.settings.max_concurrent_runs
-        waiting, outbound = set(self.waiting_runs), list(self.outbound_runs)
-        held = min(len(waiting), WAITING_RUNS_FACTOR * limit)
-        elsewhere = min(len(outbound) - len(waiting.intersection(outbound)), OUTBOUND_RUNS_FACTOR * limit)
-        recording = min(len(self.recording_runs), RECORDING_RUNS_FACTOR * limit)
+        held, elsewhere, recording = self._lending(limit, set(self.waiting_runs), list(self.outbound_runs))
         return {"limit": limit, "busy": max(len(self.engine.active_runs) - held - elsewhere - recording, 0),
                 "held_by_guard": held, "waiting_elsewhere": elsewhere, "recording": recording}
 
