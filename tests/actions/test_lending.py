@@ -86,21 +86,26 @@ async def test_a_wait_lends_its_run_s_slot_only_past_lend_after(monkeypatch: pyt
     from sdd.engine.registry import _current_step
 
     calls: list[tuple[str, bool]] = []
+    told = asyncio.Event()
+
+    def on_outbound(run_id: str, waiting: bool) -> None:
+        calls.append((run_id, waiting))
+        told.set()
+
     monkeypatch.setattr(lending, "LEND_AFTER", 0.05)
     # (what the runner stores: StepInfo's fields, in order)
     token = _current_step.set(("run-1", "wf", "scan", 1, "run-1:scan", {}, False, "run", None, {}))
     try:
-        async with lent(lambda run_id, waiting: calls.append((run_id, waiting))):
+        async with lent(on_outbound):
             pass                    # a wait that ends at once lends nothing
         assert calls == []
         done = asyncio.Event()
 
         async def held() -> None:
-            async with lent(lambda run_id, waiting: calls.append((run_id, waiting))):
+            async with lent(on_outbound):
                 await done.wait()
         task = asyncio.create_task(held())
-        while not calls:
-            await asyncio.sleep(0.01)  # (polls the lending timer, bounded by the test's timeout)
+        await asyncio.wait_for(told.wait(), 10)  # the lending timer fires
         assert calls == [("run-1", True)]
         done.set()
         await task
