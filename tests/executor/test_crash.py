@@ -8,6 +8,7 @@ A request after the crash reconnects to the executor's next instance on the same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -162,25 +163,34 @@ async def test_requests_beyond_the_executor_s_limit_in_flight_wait_for_a_place(
     path.write_text(f"#!/bin/sh\nexec cat {fifo}\n")  # each waits until the test opens the FIFO to write
     os.chmod(path, 0o755)
     calls = [asyncio.ensure_future(client.call(RunScript(str(path), timeout=120.0))) for _ in range(MAX_INFLIGHT + 2)]
-    await asyncio.to_thread(wait_until, lambda: _readers(fifo) == MAX_INFLIGHT, "every place taken by a script")
-    assert not any(c.done() for c in calls)  # the last two wait: none refused
-    writer = await asyncio.to_thread(open, fifo, "w")  # the readers return (EOF once it is closed)
-    writer.close()
-    await asyncio.to_thread(wait_until, lambda: _readers(fifo) == 2, "the two that waited running")
-    writer = await asyncio.to_thread(open, fifo, "w")
-    writer.close()
-    done = await asyncio.wait_for(asyncio.gather(*calls), 60)
-    assert [d.value["returncode"] for d in done] == [0] * (MAX_INFLIGHT + 2)
+    try:
+        await asyncio.to_thread(wait_until, lambda: len(_readers(fifo)) == MAX_INFLIGHT, "every place taken")
+        assert not any(c.done() for c in calls)  # the last two wait: none refused
+        writer = await asyncio.to_thread(open, fifo, "w")  # the readers return (EOF once it is closed)
+        writer.close()
+        await asyncio.to_thread(wait_until, lambda: len(_readers(fifo)) == 2, "the two that waited running")
+        writer = await asyncio.to_thread(open, fifo, "w")
+        writer.close()
+        done = await asyncio.wait_for(asyncio.gather(*calls), 60)
+        assert [d.value["returncode"] for d in done] == [0] * (MAX_INFLIGHT + 2)
+    finally:  # a failure must not leave scripts blocked on the FIFO for ever
+        for pid in _readers(fifo):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for c in calls:
+            c.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
 
 
-def _readers(fifo: Path) -> int:
+def _readers(fifo: Path) -> list[int]:
     """The scripts' `cat FIFO` processes (each blocked opening it until a writer comes), from /proc."""
     want = f"cat\0{fifo}\0".encode()
-    count = 0
+    found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                count += fh.read() == want
+                if fh.read() == want:
+                    found.append(int(pid))
         except OSError:
             pass
-    return count
+    return found
