@@ -17,6 +17,13 @@ async def _enter(lane: Lane, order: list[int], i: int, leave: asyncio.Event) -> 
         await leave.wait()
 
 
+def _callers(lane: Lane, n: int) -> tuple[list[int], list[asyncio.Event], list[asyncio.Task[None]]]:
+    """`n` callers entering `lane` in turn: the order they got in, the event that lets each leave, their tasks."""
+    order: list[int] = []
+    leave = [asyncio.Event() for _ in range(n)]
+    return order, leave, [asyncio.create_task(_enter(lane, order, i, leave[i])) for i in range(n)]
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -24,9 +31,7 @@ async def _settle() -> None:
 
 async def test_a_lane_lets_its_limit_in_and_the_rest_in_their_order() -> None:
     lane = Lane(2)
-    order: list[int] = []
-    leave = [asyncio.Event() for _ in range(5)]
-    tasks = [asyncio.create_task(_enter(lane, order, i, leave[i])) for i in range(5)]
+    order, leave, tasks = _callers(lane, 5)
     await _settle()
     assert order == [0, 1] and (lane.busy, lane.waiting) == (2, 3)
     leave[1].set()
@@ -40,9 +45,7 @@ async def test_a_lane_lets_its_limit_in_and_the_rest_in_their_order() -> None:
 
 async def test_a_lane_s_limit_may_change_while_callers_wait() -> None:
     lane = Lane(1)
-    order: list[int] = []
-    leave = [asyncio.Event() for _ in range(4)]
-    tasks = [asyncio.create_task(_enter(lane, order, i, leave[i])) for i in range(4)]
+    order, leave, tasks = _callers(lane, 4)
     await _settle()
     assert order == [0]
     lane.set_limit(3)  # raised: two of those waiting go in at once
@@ -63,10 +66,8 @@ async def test_a_lane_s_limit_may_change_while_callers_wait() -> None:
 
 async def test_a_caller_cancelled_in_line_or_just_let_in_gives_its_place_to_the_next() -> None:
     lane = Lane(1)
-    order: list[int] = []
-    leave = [asyncio.Event() for _ in range(3)]
     await lane.__aenter__()  # the test holds the place
-    tasks = [asyncio.create_task(_enter(lane, order, i, leave[i])) for i in range(3)]
+    order, leave, tasks = _callers(lane, 3)
     await _settle()
     assert (lane.busy, lane.waiting) == (1, 3)
     tasks[0].cancel()        # cancelled while waiting in line
